@@ -1,0 +1,66 @@
+#!/usr/bin/env node
+/** The dfgate command line (DESIGN.md §6). */
+import pg from 'pg';
+import { ConfigError, helpText, parseConfig, type Config } from './config.js';
+import { migrate, MigrationError } from './db/migrate.js';
+import { createLogger } from './log.js';
+import { maskSecrets } from './url.js';
+
+async function runMigrate(cfg: Config): Promise<number> {
+  const log = createLogger(cfg.logLevel);
+  const client = new pg.Client({ connectionString: cfg.upstream, application_name: 'dfgate migrate' });
+  try {
+    await client.connect();
+    const res = await migrate(client, {
+      onApplied: (m, ms) => log.info({ version: m.version, name: m.name, ms }, 'migration applied'),
+    });
+    log.info({ from: res.from, to: res.to, applied: res.applied.length }, res.applied.length ? 'schema migrated' : 'schema up to date');
+    return 0;
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err);
+    log.error({ upstream: maskSecrets(cfg.upstream ?? '') }, maskSecrets(msg));
+    return err instanceof MigrationError ? 1 : 1;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+export async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
+  let cfg: Config;
+  try {
+    cfg = parseConfig(argv, env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`dfgate: ${err.message}\n`);
+      return err.exitCode;
+    }
+    throw err;
+  }
+  if (cfg.help) {
+    process.stdout.write(helpText(cfg.command) + '\n');
+    return 0;
+  }
+  switch (cfg.command) {
+    case 'migrate':
+      return await runMigrate(cfg);
+    case 'serve':
+    case 'worker':
+    case 'check':
+    case 'roles':
+      process.stderr.write(
+        `dfgate: "${cfg.command === 'serve' ? 'dfgate' : `dfgate ${cfg.command}`}" is not available in this build yet ` +
+          '(the proxy and executor land with their issues); only "dfgate migrate" works today\n',
+      );
+      return 3;
+  }
+}
+
+main(process.argv.slice(2), process.env).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`dfgate: ${maskSecrets(err instanceof Error ? (err.stack ?? err.message) : String(err))}\n`);
+    process.exitCode = 1;
+  },
+);

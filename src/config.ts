@@ -1,0 +1,174 @@
+/**
+ * Command-line and environment configuration, parsed once at the edge into a
+ * frozen, fully resolved object (STYLE.md 13). Every flag has an environment
+ * variable (DFGATE_<FLAG>); flags win. Unknown flags are errors (exit 2).
+ */
+import { parsePostgresUrl, UrlError } from './url.js';
+
+export type Command = 'serve' | 'migrate' | 'worker' | 'check' | 'roles';
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface HostPort {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface Config {
+  readonly command: Command;
+  readonly help: boolean;
+  readonly upstream: string | undefined;
+  readonly executorUrl: string | undefined;
+  readonly listen: HostPort;
+  readonly adminListen: HostPort | undefined;
+  readonly executor: boolean;
+  readonly migrate: boolean;
+  readonly logLevel: LogLevel;
+  readonly files: readonly string[];
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  readonly exitCode = 2;
+}
+
+type FlagKind = 'string' | 'boolean';
+interface FlagSpec {
+  readonly name: string;
+  readonly kind: FlagKind;
+  readonly env: string;
+  readonly help: string;
+  readonly commands: readonly Command[];
+}
+
+const ALL: readonly Command[] = ['serve', 'migrate', 'worker', 'check', 'roles'];
+const DB: readonly Command[] = ['serve', 'migrate', 'worker', 'roles'];
+
+export const FLAGS: readonly FlagSpec[] = [
+  { name: 'upstream', kind: 'string', env: 'DFGATE_UPSTREAM', help: 'PostgreSQL URL of the database dfgate serves', commands: DB },
+  { name: 'listen', kind: 'string', env: 'DFGATE_LISTEN', help: 'HOST:PORT for clients (default 127.0.0.1:6432)', commands: ['serve'] },
+  { name: 'executor-url', kind: 'string', env: 'DFGATE_EXECUTOR_URL', help: "URL of the executor's control login (default: --upstream)", commands: ['serve', 'worker'] },
+  { name: 'no-executor', kind: 'boolean', env: 'DFGATE_NO_EXECUTOR', help: 'run the proxy only', commands: ['serve'] },
+  { name: 'no-migrate', kind: 'boolean', env: 'DFGATE_NO_MIGRATE', help: 'do not apply migrations at start', commands: ['serve', 'worker'] },
+  { name: 'admin-listen', kind: 'string', env: 'DFGATE_ADMIN_LISTEN', help: 'HOST:PORT of the HTTP admin port (default off)', commands: ['serve', 'worker'] },
+  { name: 'log-level', kind: 'string', env: 'DFGATE_LOG_LEVEL', help: 'fatal|error|warn|info|debug|trace|silent (default info)', commands: ALL },
+  { name: 'help', kind: 'boolean', env: '', help: 'show this help', commands: ALL },
+];
+
+const LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+export function parseHostPort(text: string, what: string): HostPort {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 0 && port <= 65535)) {
+    throw new ConfigError(`${what} must be HOST:PORT (got "${text}")`);
+  }
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+function truthy(v: string): boolean {
+  return ['1', 'true', 'yes', 'on'].includes(v.toLowerCase());
+}
+
+export function parseConfig(argv: readonly string[], env: Readonly<Record<string, string | undefined>>): Config {
+  let command: Command = 'serve';
+  let rest = argv;
+  const first = argv[0];
+  if (first !== undefined && !first.startsWith('-')) {
+    if (!(ALL as readonly string[]).includes(first) || first === 'serve') {
+      throw new ConfigError(`unknown command "${first}" (commands: migrate, worker, check, roles)`);
+    }
+    command = first as Command;
+    rest = argv.slice(1);
+  }
+  const values = new Map<string, string | boolean>();
+  const files: string[] = [];
+  for (let i = 0; i < rest.length; i++) {
+    const arg = rest[i] ?? '';
+    if (!arg.startsWith('--')) {
+      if (command === 'check') {
+        files.push(arg);
+        continue;
+      }
+      throw new ConfigError(`unexpected argument "${arg}"`);
+    }
+    const eq = arg.indexOf('=');
+    const name = arg.slice(2, eq === -1 ? undefined : eq);
+    const spec = FLAGS.find((f) => f.name === name);
+    if (!spec || !spec.commands.includes(command)) {
+      throw new ConfigError(`unknown flag --${name}${command === 'serve' ? '' : ` for "dfgate ${command}"`} (see --help)`);
+    }
+    if (spec.kind === 'boolean') {
+      if (eq !== -1) throw new ConfigError(`flag --${name} takes no value`);
+      values.set(name, true);
+    } else {
+      const v = eq !== -1 ? arg.slice(eq + 1) : rest[++i];
+      if (v === undefined) throw new ConfigError(`flag --${name} needs a value`);
+      values.set(name, v);
+    }
+  }
+  for (const spec of FLAGS) {
+    if (values.has(spec.name) || !spec.env || !spec.commands.includes(command)) continue;
+    const v = env[spec.env];
+    if (v === undefined || v === '') continue;
+    values.set(spec.name, spec.kind === 'boolean' ? truthy(v) : v);
+  }
+  const str = (n: string): string | undefined => {
+    const v = values.get(n);
+    return typeof v === 'string' ? v : undefined;
+  };
+  const url = (n: string, what: string): string | undefined => {
+    const v = str(n);
+    if (v === undefined) return undefined;
+    try {
+      parsePostgresUrl(v, what);
+    } catch (err) {
+      if (err instanceof UrlError) throw new ConfigError(err.message);
+      throw err;
+    }
+    return v;
+  };
+  const level = str('log-level') ?? 'info';
+  if (!(LEVELS as readonly string[]).includes(level)) {
+    throw new ConfigError(`--log-level must be one of ${LEVELS.join(', ')} (got "${level}")`);
+  }
+  const help = values.get('help') === true;
+  const upstream = url('upstream', '--upstream');
+  const executorUrl = url('executor-url', '--executor-url') ?? upstream;
+  if (!help && command !== 'check' && upstream === undefined) {
+    throw new ConfigError('--upstream (or DFGATE_UPSTREAM) is required: the PostgreSQL URL dfgate serves');
+  }
+  if (!help && command === 'check' && files.length === 0) {
+    throw new ConfigError('dfgate check needs at least one FILE.sql');
+  }
+  const admin = str('admin-listen');
+  return Object.freeze({
+    command,
+    help,
+    upstream,
+    executorUrl,
+    listen: Object.freeze(parseHostPort(str('listen') ?? '127.0.0.1:6432', '--listen')),
+    adminListen: admin === undefined ? undefined : Object.freeze(parseHostPort(admin, '--admin-listen')),
+    executor: values.get('no-executor') !== true,
+    migrate: values.get('no-migrate') !== true,
+    logLevel: level as LogLevel,
+    files: Object.freeze(files),
+  });
+}
+
+export function helpText(command: Command): string {
+  const usage: Record<Command, string> = {
+    serve: 'dfgate --upstream postgres://USER:PASS@HOST:PORT/DB [--listen HOST:PORT] [flags]\n  proxy + executor in front of a database',
+    migrate: 'dfgate migrate --upstream URL\n  create or upgrade the df schema',
+    worker: 'dfgate worker --upstream URL\n  run the executor only (no proxy)',
+    check: 'dfgate check FILE.sql...\n  validate the df.start(...) calls in workflow files offline',
+    roles: 'dfgate roles --upstream URL\n  print the SQL that provisions step logins',
+  };
+  const lines = [`usage: ${usage[command]}`, '', 'flags:'];
+  for (const f of FLAGS) {
+    if (!f.commands.includes(command)) continue;
+    const flag = f.kind === 'string' ? `--${f.name} VALUE` : `--${f.name}`;
+    lines.push(`  ${flag.padEnd(26)} ${f.help}${f.env ? ` [env ${f.env}]` : ''}`);
+  }
+  if (command === 'serve') lines.push('', 'commands: migrate, worker, check, roles (dfgate COMMAND --help)');
+  return lines.join('\n');
+}
