@@ -68,7 +68,7 @@ BEGIN
     ['GRANT SELECT ON df.nodes TO %s', 'table', 'df.nodes', 'SELECT'],
     ['GRANT INSERT (id, instance_id, node_type, query, result_name, left_node, right_node, submitted_by, database) ON df.nodes TO %s', 'column', 'df.nodes', 'INSERT'],
     ['GRANT SELECT, INSERT, UPDATE, DELETE ON df.vars TO %s', 'table', 'df.vars', 'SELECT,INSERT,UPDATE,DELETE'],
-    ['GRANT SELECT, INSERT (instance_id, submitted_by, signal_name, payload) ON df.signals TO %s', 'table', 'df.signals', 'SELECT,INSERT'],
+    ['GRANT SELECT, INSERT (instance_id, submitted_by, signal_name, payload) ON df.signals TO %s', 'column', 'df.signals', 'SELECT,INSERT'],
     ['GRANT SELECT ON df.events TO %s', 'table', 'df.events', 'SELECT']];
   IF include_http THEN
     v_checks := v_checks || ARRAY[
@@ -93,14 +93,14 @@ BEGIN
         ELSE has_table_privilege(v_checks[i][3], p || ' WITH GRANT OPTION')
           OR (v_checks[i][2] = 'column' AND has_any_column_privilege(v_checks[i][3], p || ' WITH GRANT OPTION')) END)
       FROM unnest(string_to_array(v_checks[i][4], ',')) AS p) THEN
-      v_missing := v_missing || format(v_checks[i][1], quote_ident(current_user)) || ' WITH GRANT OPTION;';
+      v_missing := v_missing || (format(v_checks[i][1], quote_ident(current_user)) || ' WITH GRANT OPTION;');
     END IF;
   END LOOP;
   IF cardinality(v_missing) > 0 THEN
     RAISE EXCEPTION 'permission denied: role "%" cannot grant df usage to "%" (it lacks % grant option(s))', current_user, p_role, cardinality(v_missing)
       USING ERRCODE = '42501',
             HINT = 'An administrator runs: ' || array_to_string(v_missing, ' ')
-                   || format(' (or: SELECT df.grant_usage(%L, include_http => %s, with_grant => true);)', current_user, include_http);
+                   || format(' (or: SELECT df.grant_usage(%L, include_http => %s, with_grant => true);)', current_user, CASE WHEN include_http THEN 'true' ELSE 'false' END);
   END IF;
   FOREACH v_stmt IN ARRAY v_stmts LOOP
     EXECUTE v_stmt;
