@@ -8,13 +8,19 @@ import { maskSecrets } from './url.js';
 
 async function runMigrate(cfg: Config): Promise<number> {
   const log = createLogger(cfg.logLevel);
-  const client = new pg.Client({ connectionString: cfg.upstream, application_name: 'dfgate migrate' });
+  const client = new pg.Client({
+    connectionString: cfg.upstream,
+    application_name: 'dfgate migrate',
+  });
   try {
     await client.connect();
     const res = await migrate(client, {
       onApplied: (m, ms) => log.info({ version: m.version, name: m.name, ms }, 'migration applied'),
     });
-    log.info({ from: res.from, to: res.to, applied: res.applied.length }, res.applied.length ? 'schema migrated' : 'schema up to date');
+    log.info(
+      { from: res.from, to: res.to, applied: res.applied.length },
+      res.applied.length ? 'schema migrated' : 'schema up to date',
+    );
     return 0;
   } catch (err) {
     const msg = err instanceof Error ? err.message : String(err);
@@ -60,7 +66,9 @@ main(process.argv.slice(2), process.env).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    process.stderr.write(`dfgate: ${maskSecrets(err instanceof Error ? (err.stack ?? err.message) : String(err))}\n`);
+    process.stderr.write(
+      `dfgate: ${maskSecrets(err instanceof Error ? (err.stack ?? err.message) : String(err))}\n`,
+    );
     process.exitCode = 1;
   },
 );

@@ -44,13 +44,55 @@ const ALL: readonly Command[] = ['serve', 'migrate', 'worker', 'check', 'roles']
 const DB: readonly Command[] = ['serve', 'migrate', 'worker', 'roles'];
 
 export const FLAGS: readonly FlagSpec[] = [
-  { name: 'upstream', kind: 'string', env: 'DFGATE_UPSTREAM', help: 'PostgreSQL URL of the database dfgate serves', commands: DB },
-  { name: 'listen', kind: 'string', env: 'DFGATE_LISTEN', help: 'HOST:PORT for clients (default 127.0.0.1:6432)', commands: ['serve'] },
-  { name: 'executor-url', kind: 'string', env: 'DFGATE_EXECUTOR_URL', help: "URL of the executor's control login (default: --upstream)", commands: ['serve', 'worker'] },
-  { name: 'no-executor', kind: 'boolean', env: 'DFGATE_NO_EXECUTOR', help: 'run the proxy only', commands: ['serve'] },
-  { name: 'no-migrate', kind: 'boolean', env: 'DFGATE_NO_MIGRATE', help: 'do not apply migrations at start', commands: ['serve', 'worker'] },
-  { name: 'admin-listen', kind: 'string', env: 'DFGATE_ADMIN_LISTEN', help: 'HOST:PORT of the HTTP admin port (default off)', commands: ['serve', 'worker'] },
-  { name: 'log-level', kind: 'string', env: 'DFGATE_LOG_LEVEL', help: 'fatal|error|warn|info|debug|trace|silent (default info)', commands: ALL },
+  {
+    name: 'upstream',
+    kind: 'string',
+    env: 'DFGATE_UPSTREAM',
+    help: 'PostgreSQL URL of the database dfgate serves',
+    commands: DB,
+  },
+  {
+    name: 'listen',
+    kind: 'string',
+    env: 'DFGATE_LISTEN',
+    help: 'HOST:PORT for clients (default 127.0.0.1:6432)',
+    commands: ['serve'],
+  },
+  {
+    name: 'executor-url',
+    kind: 'string',
+    env: 'DFGATE_EXECUTOR_URL',
+    help: "URL of the executor's control login (default: --upstream)",
+    commands: ['serve', 'worker'],
+  },
+  {
+    name: 'no-executor',
+    kind: 'boolean',
+    env: 'DFGATE_NO_EXECUTOR',
+    help: 'run the proxy only',
+    commands: ['serve'],
+  },
+  {
+    name: 'no-migrate',
+    kind: 'boolean',
+    env: 'DFGATE_NO_MIGRATE',
+    help: 'do not apply migrations at start',
+    commands: ['serve', 'worker'],
+  },
+  {
+    name: 'admin-listen',
+    kind: 'string',
+    env: 'DFGATE_ADMIN_LISTEN',
+    help: 'HOST:PORT of the HTTP admin port (default off)',
+    commands: ['serve', 'worker'],
+  },
+  {
+    name: 'log-level',
+    kind: 'string',
+    env: 'DFGATE_LOG_LEVEL',
+    help: 'fatal|error|warn|info|debug|trace|silent (default info)',
+    commands: ALL,
+  },
   { name: 'help', kind: 'boolean', env: '', help: 'show this help', commands: ALL },
 ];
 
@@ -69,7 +111,10 @@ function truthy(v: string): boolean {
   return ['1', 'true', 'yes', 'on'].includes(v.toLowerCase());
 }
 
-export function parseConfig(argv: readonly string[], env: Readonly<Record<string, string | undefined>>): Config {
+export function parseConfig(
+  argv: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+): Config {
   let command: Command = 'serve';
   let rest = argv;
   const first = argv[0];
@@ -95,7 +140,9 @@ export function parseConfig(argv: readonly string[], env: Readonly<Record<string
     const name = arg.slice(2, eq === -1 ? undefined : eq);
     const spec = FLAGS.find((f) => f.name === name);
     if (!spec || !spec.commands.includes(command)) {
-      throw new ConfigError(`unknown flag --${name}${command === 'serve' ? '' : ` for "dfgate ${command}"`} (see --help)`);
+      throw new ConfigError(
+        `unknown flag --${name}${command === 'serve' ? '' : ` for "dfgate ${command}"`} (see --help)`,
+      );
     }
     if (spec.kind === 'boolean') {
       if (eq !== -1) throw new ConfigError(`flag --${name} takes no value`);
@@ -135,7 +182,9 @@ export function parseConfig(argv: readonly string[], env: Readonly<Record<string
   const upstream = url('upstream', '--upstream');
   const executorUrl = url('executor-url', '--executor-url') ?? upstream;
   if (!help && command !== 'check' && upstream === undefined) {
-    throw new ConfigError('--upstream (or DFGATE_UPSTREAM) is required: the PostgreSQL URL dfgate serves');
+    throw new ConfigError(
+      '--upstream (or DFGATE_UPSTREAM) is required: the PostgreSQL URL dfgate serves',
+    );
   }
   if (!help && command === 'check' && files.length === 0) {
     throw new ConfigError('dfgate check needs at least one FILE.sql');
@@ -147,7 +196,8 @@ export function parseConfig(argv: readonly string[], env: Readonly<Record<string
     upstream,
     executorUrl,
     listen: Object.freeze(parseHostPort(str('listen') ?? '127.0.0.1:6432', '--listen')),
-    adminListen: admin === undefined ? undefined : Object.freeze(parseHostPort(admin, '--admin-listen')),
+    adminListen:
+      admin === undefined ? undefined : Object.freeze(parseHostPort(admin, '--admin-listen')),
     executor: values.get('no-executor') !== true,
     migrate: values.get('no-migrate') !== true,
     logLevel: level as LogLevel,
@@ -157,7 +207,8 @@ export function parseConfig(argv: readonly string[], env: Readonly<Record<string
 
 export function helpText(command: Command): string {
   const usage: Record<Command, string> = {
-    serve: 'dfgate --upstream postgres://USER:PASS@HOST:PORT/DB [--listen HOST:PORT] [flags]\n  proxy + executor in front of a database',
+    serve:
+      'dfgate --upstream postgres://USER:PASS@HOST:PORT/DB [--listen HOST:PORT] [flags]\n  proxy + executor in front of a database',
     migrate: 'dfgate migrate --upstream URL\n  create or upgrade the df schema',
     worker: 'dfgate worker --upstream URL\n  run the executor only (no proxy)',
     check: 'dfgate check FILE.sql...\n  validate the df.start(...) calls in workflow files offline',
@@ -169,6 +220,7 @@ export function helpText(command: Command): string {
     const flag = f.kind === 'string' ? `--${f.name} VALUE` : `--${f.name}`;
     lines.push(`  ${flag.padEnd(26)} ${f.help}${f.env ? ` [env ${f.env}]` : ''}`);
   }
-  if (command === 'serve') lines.push('', 'commands: migrate, worker, check, roles (dfgate COMMAND --help)');
+  if (command === 'serve')
+    lines.push('', 'commands: migrate, worker, check, roles (dfgate COMMAND --help)');
   return lines.join('\n');
 }

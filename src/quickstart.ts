@@ -36,7 +36,9 @@ async function setupDemo(adminUrl: string, demoPassword: string): Promise<void> 
     await migrate(c);
     const exists = await c.query(`SELECT 1 FROM pg_roles WHERE rolname = $1`, [DEMO_ROLE]);
     if (exists.rowCount === 0) {
-      await c.query(`CREATE ROLE ${DEMO_ROLE} LOGIN PASSWORD '${demoPassword.replace(/'/g, "''")}'`);
+      await c.query(
+        `CREATE ROLE ${DEMO_ROLE} LOGIN PASSWORD '${demoPassword.replace(/'/g, "''")}'`,
+      );
       await c.query(`GRANT CREATE ON SCHEMA public TO ${DEMO_ROLE}`);
     }
     await c.query(`SET client_min_messages = warning`);
@@ -72,12 +74,22 @@ async function main(): Promise<void> {
       port: 54329,
     };
     writeFileSync(path.join(dir, 'state.json'), JSON.stringify(state, null, 2), { mode: 0o600 });
-    log.info({ dataDir: path.join(dir, 'data'), reused }, reused ? 'starting PostgreSQL (reusing data)' : 'initialising PostgreSQL');
-    cluster = await startCluster({ baseDir: dir, password: state.superuserPassword, port: state.port });
+    log.info(
+      { dataDir: path.join(dir, 'data'), reused },
+      reused ? 'starting PostgreSQL (reusing data)' : 'initialising PostgreSQL',
+    );
+    cluster = await startCluster({
+      baseDir: dir,
+      password: state.superuserPassword,
+      port: state.port,
+    });
     adminUrl = cluster.url();
     await setupDemo(adminUrl, state.demoPassword);
     demoUrl = `postgres://${DEMO_ROLE}:${state.demoPassword}@127.0.0.1:${state.port}/postgres`;
-    log.info({ port: state.port, major: cluster.majorVersion }, 'PostgreSQL ready, df schema migrated');
+    log.info(
+      { port: state.port, major: cluster.majorVersion },
+      'PostgreSQL ready, df schema migrated',
+    );
   }
   process.stdout.write(
     [
@@ -102,6 +114,8 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  process.stderr.write(`dfgate quick start failed: ${maskSecrets(err instanceof Error ? err.message : String(err))}\n`);
+  process.stderr.write(
+    `dfgate quick start failed: ${maskSecrets(err instanceof Error ? err.message : String(err))}\n`,
+  );
   process.exit(1);
 });

@@ -13,7 +13,9 @@ export function parsePostgresUrl(text: string, what = 'URL'): URL {
     throw new UrlError(`${what} is not a valid URL: ${maskSecrets(text)}`);
   }
   if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
-    throw new UrlError(`${what} must start with postgres:// or postgresql:// (got ${url.protocol}//)`);
+    throw new UrlError(
+      `${what} must start with postgres:// or postgresql:// (got ${url.protocol}//)`,
+    );
   }
   if (!url.hostname && !url.searchParams.get('host')) {
     throw new UrlError(`${what} names no host: ${maskSecrets(text)}`);

@@ -53,14 +53,26 @@ export function loadMigrations(dir = migrationsDir()): readonly Migration[] {
   for (const file of readdirSync(dir).sort()) {
     if (!file.endsWith('.sql')) continue;
     const m = /^(\d{4})_([a-z0-9_]+)\.sql$/.exec(file);
-    if (!m) throw new MigrationError(`migration file name ${file} does not match NNNN_name.sql`, 'bad_file');
+    if (!m)
+      throw new MigrationError(
+        `migration file name ${file} does not match NNNN_name.sql`,
+        'bad_file',
+      );
     const version = Number(m[1]);
     const sql = readFileSync(path.join(dir, file), 'utf8');
     const expected = out.length + 1;
     if (version !== expected) {
-      throw new MigrationError(`migration ${file}: expected version ${expected} (no gaps, no duplicates)`, 'bad_file');
+      throw new MigrationError(
+        `migration ${file}: expected version ${expected} (no gaps, no duplicates)`,
+        'bad_file',
+      );
     }
-    out.push({ version, name: m[2] ?? '', sql, checksum: createHash('sha256').update(sql).digest('hex') });
+    out.push({
+      version,
+      name: m[2] ?? '',
+      sql,
+      checksum: createHash('sha256').update(sql).digest('hex'),
+    });
   }
   return out;
 }
@@ -79,7 +91,10 @@ export interface MigrateOptions {
 }
 
 /** Applies pending migrations on an open connection (not inside a transaction). */
-export async function migrate(client: pg.ClientBase, opts: MigrateOptions = {}): Promise<MigrateResult> {
+export async function migrate(
+  client: pg.ClientBase,
+  opts: MigrateOptions = {},
+): Promise<MigrateResult> {
   const migrations = opts.migrations ?? loadMigrations();
   const target = opts.target ?? migrations.length;
   await client.query('SELECT pg_advisory_lock($1, 0)', [LOCK_KEY]);
@@ -121,16 +136,17 @@ export async function migrate(client: pg.ClientBase, opts: MigrateOptions = {}):
       await client.query('BEGIN');
       try {
         await client.query(m.sql);
-        await client.query('INSERT INTO df.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)', [
-          m.version,
-          m.name,
-          m.checksum,
-        ]);
+        await client.query(
+          'INSERT INTO df.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)',
+          [m.version, m.name, m.checksum],
+        );
         await client.query('COMMIT');
       } catch (err) {
         await client.query('ROLLBACK').catch(() => undefined);
         const msg = err instanceof Error ? err.message : String(err);
-        throw new MigrationError(`migration ${m.version} (${m.name}) failed: ${msg}`, 'failed', { cause: err });
+        throw new MigrationError(`migration ${m.version} (${m.name}) failed: ${msg}`, 'failed', {
+          cause: err,
+        });
       }
       done.push(m.version);
       opts.onApplied?.(m, Date.now() - started);

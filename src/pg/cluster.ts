@@ -9,7 +9,16 @@
  * data directory is handed to that user.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, chownSync, writeFileSync, readFileSync, rmSync, statSync } from 'node:fs';
+import {
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  chownSync,
+  writeFileSync,
+  readFileSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import pg from 'pg';
@@ -76,11 +85,16 @@ function serverOsUser(): OsUser | undefined {
   const found = lookup();
   if (found) return found;
   spawnSync('groupadd', ['--system', 'postgres'], { stdio: 'ignore' });
-  spawnSync('useradd', ['--system', '--no-create-home', '-g', 'postgres', '--shell', '/usr/sbin/nologin', 'postgres'], {
-    stdio: 'ignore',
-  });
+  spawnSync(
+    'useradd',
+    ['--system', '--no-create-home', '-g', 'postgres', '--shell', '/usr/sbin/nologin', 'postgres'],
+    {
+      stdio: 'ignore',
+    },
+  );
   const created = lookup();
-  if (!created) throw new Error('running as root, but no "postgres" OS user exists and useradd failed');
+  if (!created)
+    throw new Error('running as root, but no "postgres" OS user exists and useradd failed');
   return created;
 }
 
@@ -111,7 +125,9 @@ function run(bin: string, args: readonly string[], user: OsUser | undefined): vo
     env: { ...process.env, LC_ALL: 'C' },
   });
   if (res.status !== 0) {
-    throw new Error(`${path.basename(bin)} failed (exit ${res.status}): ${res.stderr || res.stdout}`);
+    throw new Error(
+      `${path.basename(bin)} failed (exit ${res.status}): ${res.stderr || res.stdout}`,
+    );
   }
 }
 
@@ -137,7 +153,19 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     try {
       run(
         path.join(binDir, 'initdb'),
-        ['-D', dataDir, '-U', 'postgres', `--pwfile=${pwFile}`, '--auth-local=trust', '--auth-host=scram-sha-256', '-E', 'UTF8', '--locale=C', '--no-sync'],
+        [
+          '-D',
+          dataDir,
+          '-U',
+          'postgres',
+          `--pwfile=${pwFile}`,
+          '--auth-local=trust',
+          '--auth-host=scram-sha-256',
+          '-E',
+          'UTF8',
+          '--locale=C',
+          '--no-sync',
+        ],
         user,
       );
     } finally {
@@ -162,10 +190,12 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
   child.stdout?.pipe(log, { end: false });
   child.stderr?.pipe(log, { end: false });
   let exited = false;
-  const exitPromise = new Promise<void>((resolve) => child.once('exit', () => {
-    exited = true;
-    resolve();
-  }));
+  const exitPromise = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      exited = true;
+      resolve();
+    }),
+  );
   const url = (database = 'postgres'): string =>
     `postgres://postgres:${encodeURIComponent(opts.password)}@127.0.0.1:${port}/${encodeURIComponent(database)}`;
 
@@ -178,7 +208,9 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     const client = new pg.Client({ connectionString: url() });
     try {
       await client.connect();
-      const r = await client.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`);
+      const r = await client.query<{ v: string }>(
+        `SELECT current_setting('server_version_num') AS v`,
+      );
       majorVersion = Math.floor(Number(r.rows[0]?.v) / 10000);
       await client.end();
       break;
@@ -186,7 +218,9 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
       await client.end().catch(() => undefined);
       if (Date.now() > deadline) {
         child.kill('SIGKILL');
-        throw new Error(`PostgreSQL did not accept connections within 60 s: ${String(err)}\n${tail(logFile)}`);
+        throw new Error(
+          `PostgreSQL did not accept connections within 60 s: ${String(err)}\n${tail(logFile)}`,
+        );
       }
       await new Promise((r) => setTimeout(r, 100));
     }

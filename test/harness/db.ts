@@ -84,13 +84,20 @@ export function useTestDatabase(): TestDb {
       const password = randomBytes(9).toString('base64url');
       const ident = quoteIdent(roleName);
       const login = opts.login ?? true;
-      const attrs = [login ? 'LOGIN' : 'NOLOGIN', opts.superuser ? 'SUPERUSER' : '', opts.createrole ? 'CREATEROLE' : ''];
+      const attrs = [
+        login ? 'LOGIN' : 'NOLOGIN',
+        opts.superuser ? 'SUPERUSER' : '',
+        opts.createrole ? 'CREATEROLE' : '',
+      ];
       await handle.admin.query(`CREATE ROLE ${ident} ${attrs.join(' ')} PASSWORD '${password}'`);
       roles.push(roleName);
       await handle.admin.query(`GRANT CONNECT, TEMP ON DATABASE ${quoteIdent(name)} TO ${ident}`);
       await handle.admin.query(`GRANT USAGE, CREATE ON SCHEMA public TO ${ident}`);
       if (opts.grant ?? login) {
-        await handle.admin.query(`SELECT df.grant_usage($1, include_http => $2)`, [roleName, opts.http ?? false]);
+        await handle.admin.query(`SELECT df.grant_usage($1, include_http => $2)`, [
+          roleName,
+          opts.http ?? false,
+        ]);
       }
       return { name: roleName, password, ident, url: withUser(url, roleName, password) };
     },

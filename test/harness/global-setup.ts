@@ -39,7 +39,11 @@ export default async function setup(project: TestProject): Promise<() => Promise
   } else if (process.env['DFGATE_TEST_CONTAINERS'] === '1') {
     const { GenericContainer, Wait } = await import('testcontainers');
     const c = await new GenericContainer('postgres:17')
-      .withEnvironment({ POSTGRES_PASSWORD: 'dfgate-test', POSTGRES_HOST_AUTH_METHOD: 'scram-sha-256', POSTGRES_INITDB_ARGS: '--auth-host=scram-sha-256' })
+      .withEnvironment({
+        POSTGRES_PASSWORD: 'dfgate-test',
+        POSTGRES_HOST_AUTH_METHOD: 'scram-sha-256',
+        POSTGRES_INITDB_ARGS: '--auth-host=scram-sha-256',
+      })
       .withExposedPorts(5432)
       .withWaitStrategy(Wait.forLogMessage(/database system is ready to accept connections/, 2))
       .start();
@@ -54,7 +58,13 @@ export default async function setup(project: TestProject): Promise<() => Promise
       baseDir: base,
       binDir: process.env['DFGATE_TEST_PGBIN'] || undefined,
       password: 'dfgate-test-superuser',
-      settings: { fsync: 'off', synchronous_commit: 'off', full_page_writes: 'off', log_min_messages: 'warning', log_min_error_statement: 'panic' },
+      settings: {
+        fsync: 'off',
+        synchronous_commit: 'off',
+        full_page_writes: 'off',
+        log_min_messages: 'warning',
+        log_min_error_statement: 'panic',
+      },
     });
     adminUrl = cluster.url();
     serverLog = cluster.logFile;
@@ -77,7 +87,9 @@ export default async function setup(project: TestProject): Promise<() => Promise
   project.provide('serverLog', serverLog);
   project.provide('serverMajor', major);
   project.provide('pgBinDir', binDir);
-  process.stdout.write(`[dfgate tests] PostgreSQL ${major} at ${adminUrl.replace(/:[^:@/]*@/, ':***@')}\n`);
+  process.stdout.write(
+    `[dfgate tests] PostgreSQL ${major} at ${adminUrl.replace(/:[^:@/]*@/, ':***@')}\n`,
+  );
 
   return async () => {
     await cluster?.stop();

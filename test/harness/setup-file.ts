@@ -8,7 +8,9 @@ afterEach((ctx) => {
   if (!file) return;
   try {
     const lines = readFileSync(file, 'utf8').trimEnd().split('\n').slice(-40);
-    process.stderr.write(`\n--- PostgreSQL server log (last ${lines.length} lines of ${file}) ---\n${lines.join('\n')}\n---\n`);
+    process.stderr.write(
+      `\n--- PostgreSQL server log (last ${lines.length} lines of ${file}) ---\n${lines.join('\n')}\n---\n`,
+    );
   } catch {
     // no log to show
   }

@@ -16,7 +16,11 @@ interface Case {
   readonly null?: boolean;
 }
 
-const cases = (JSON.parse(readFileSync(new URL('../golden/dsl-cases.json', import.meta.url), 'utf8')) as { cases: Case[] }).cases;
+const cases = (
+  JSON.parse(readFileSync(new URL('../golden/dsl-cases.json', import.meta.url), 'utf8')) as {
+    cases: Case[];
+  }
+).cases;
 const db = useTestDatabase();
 let user: pg.Client;
 

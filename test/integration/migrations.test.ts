@@ -50,7 +50,9 @@ describe('migrations', () => {
   it('refuses a schema newer than it knows', async () => {
     const c = await freshDatabase('newer');
     await migrate(c);
-    await c.query(`INSERT INTO df.schema_migrations (version, name, checksum) VALUES (9999, 'future', 'x')`);
+    await c.query(
+      `INSERT INTO df.schema_migrations (version, name, checksum) VALUES (9999, 'future', 'x')`,
+    );
     await expect(migrate(c)).rejects.toMatchObject({ code: 'schema_newer' });
     await expect(migrate(c)).rejects.toThrow(/newer than this dfgate knows/);
     await dropDatabase(c);
@@ -71,7 +73,9 @@ describe('migrations', () => {
     const c1 = await freshDatabase('race');
     const c2 = await db.connect(withDatabase(db.adminUrl, c1.database ?? ''));
     const [r1, r2] = await Promise.all([migrate(c1), migrate(c2)]);
-    expect([...r1.applied, ...r2.applied].sort((x, y) => x - y)).toEqual(loadMigrations().map((m) => m.version));
+    expect([...r1.applied, ...r2.applied].sort((x, y) => x - y)).toEqual(
+      loadMigrations().map((m) => m.version),
+    );
     await c2.end();
     await dropDatabase(c1);
   });

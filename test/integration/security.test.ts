@@ -16,8 +16,13 @@ beforeAll(async () => {
   a = await db.connect(alice.url);
   b = await db.connect(bob.url);
   await b.query(`SELECT df.setvar('secret', 'bob-only')`);
-  bobInstance = (await b.query(`SELECT df.start(df.wait_for_signal('go') ~> 'SELECT 1', 'bob-wf') AS id`)).rows[0].id;
-  await b.query(`INSERT INTO df.signals (instance_id, submitted_by, signal_name, payload) VALUES ($1, $2, 'early', '1')`, [bobInstance, bob.name]);
+  bobInstance = (
+    await b.query(`SELECT df.start(df.wait_for_signal('go') ~> 'SELECT 1', 'bob-wf') AS id`)
+  ).rows[0].id;
+  await b.query(
+    `INSERT INTO df.signals (instance_id, submitted_by, signal_name, payload) VALUES ($1, $2, 'early', '1')`,
+    [bobInstance, bob.name],
+  );
 });
 
 describe('row-level security', () => {
@@ -27,60 +32,99 @@ describe('row-level security', () => {
       expect(r.rows[0].n, table).toBe(0);
     }
     expect((await b.query(`SELECT count(*)::int AS n FROM df.nodes`)).rows[0].n).toBe(3);
-    expect((await a.query(`SELECT df.status($1) AS s, df.result($1) AS r`, [bobInstance])).rows[0]).toEqual({ s: null, r: null });
+    expect(
+      (await a.query(`SELECT df.status($1) AS s, df.result($1) AS r`, [bobInstance])).rows[0],
+    ).toEqual({ s: null, r: null });
     expect((await a.query(`SELECT df.getvar('secret') AS v`)).rows[0].v).toBeNull();
   });
 
   it('role A cannot update or delete B’s rows', async () => {
-    const up = await a.query(`UPDATE df.instances SET status = 'cancelled' WHERE id = $1`, [bobInstance]);
+    const up = await a.query(`UPDATE df.instances SET status = 'cancelled' WHERE id = $1`, [
+      bobInstance,
+    ]);
     expect(up.rowCount).toBe(0);
-    await expect(a.query(`DELETE FROM df.instances WHERE id = $1`, [bobInstance])).rejects.toMatchObject({ code: '42501' });
+    await expect(
+      a.query(`DELETE FROM df.instances WHERE id = $1`, [bobInstance]),
+    ).rejects.toMatchObject({ code: '42501' });
     expect((await a.query(`DELETE FROM df.vars WHERE name = 'secret'`)).rowCount).toBe(0);
     expect((await b.query(`SELECT df.status($1) AS s`, [bobInstance])).rows[0].s).toBe('pending');
   });
 
   it('inserting a row in B’s name is a policy violation', async () => {
     await expect(
-      a.query(`INSERT INTO df.instances (id, root_node, submitted_by) VALUES ('0000aaaa', '0000bbbb', $1)`, [bob.name]),
-    ).rejects.toMatchObject({ code: '42501', message: expect.stringContaining('row-level security') });
-    await expect(a.query(`INSERT INTO df.vars (name, value, owner) VALUES ('x', 'y', $1)`, [bob.name])).rejects.toMatchObject({
+      a.query(
+        `INSERT INTO df.instances (id, root_node, submitted_by) VALUES ('0000aaaa', '0000bbbb', $1)`,
+        [bob.name],
+      ),
+    ).rejects.toMatchObject({
+      code: '42501',
+      message: expect.stringContaining('row-level security'),
+    });
+    await expect(
+      a.query(`INSERT INTO df.vars (name, value, owner) VALUES ('x', 'y', $1)`, [bob.name]),
+    ).rejects.toMatchObject({
       code: '42501',
     });
     await expect(
-      a.query(`INSERT INTO df.signals (instance_id, submitted_by, signal_name, payload) VALUES ($1, $2, 'go', '{}')`, [bobInstance, bob.name]),
+      a.query(
+        `INSERT INTO df.signals (instance_id, submitted_by, signal_name, payload) VALUES ($1, $2, 'go', '{}')`,
+        [bobInstance, bob.name],
+      ),
     ).rejects.toMatchObject({ code: '42501' });
   });
 
   it('submitted_by cannot be changed, not even by the owner of the row', async () => {
-    await expect(b.query(`UPDATE df.instances SET submitted_by = $2 WHERE id = $1`, [bobInstance, alice.name])).rejects.toMatchObject({
+    await expect(
+      b.query(`UPDATE df.instances SET submitted_by = $2 WHERE id = $1`, [bobInstance, alice.name]),
+    ).rejects.toMatchObject({
       code: '42501',
     });
   });
 
   it('a user may set their own instance’s status only to cancelled', async () => {
     const id = (await a.query(`SELECT df.start('SELECT 1') AS id`)).rows[0].id;
-    await expect(a.query(`UPDATE df.instances SET status = 'completed' WHERE id = $1`, [id])).rejects.toThrow(
-      "instance status can only be changed to 'cancelled'",
-    );
+    await expect(
+      a.query(`UPDATE df.instances SET status = 'completed' WHERE id = $1`, [id]),
+    ).rejects.toThrow("instance status can only be changed to 'cancelled'");
     await a.query(`UPDATE df.instances SET status = 'cancelled' WHERE id = $1`, [id]);
-    await expect(a.query(`UPDATE df.instances SET status = 'cancelled', updated_at = now() WHERE id = $1`, [id])).resolves.toBeTruthy();
-    await expect(a.query(`UPDATE df.instances SET status = 'pending' WHERE id = $1`, [id])).rejects.toThrow('is already cancelled');
+    await expect(
+      a.query(`UPDATE df.instances SET status = 'cancelled', updated_at = now() WHERE id = $1`, [
+        id,
+      ]),
+    ).resolves.toBeTruthy();
+    await expect(
+      a.query(`UPDATE df.instances SET status = 'pending' WHERE id = $1`, [id]),
+    ).rejects.toThrow('is already cancelled');
   });
 
   it('a directly inserted instance never becomes runnable', async () => {
     await a.query('BEGIN');
     await a.query(`INSERT INTO df.instances (id, root_node) VALUES ('00000001', '00000002')`);
-    await a.query(`INSERT INTO df.nodes (id, instance_id, node_type, query) VALUES ('00000002', '00000001', 'SQL', 'SELECT 1')`);
+    await a.query(
+      `INSERT INTO df.nodes (id, instance_id, node_type, query) VALUES ('00000002', '00000001', 'SQL', 'SELECT 1')`,
+    );
     await a.query('COMMIT');
-    const row = (await a.query(`SELECT runnable, submitted_by::text AS s FROM df.instances WHERE id = '00000001'`)).rows[0];
+    const row = (
+      await a.query(
+        `SELECT runnable, submitted_by::text AS s FROM df.instances WHERE id = '00000001'`,
+      )
+    ).rows[0];
     expect(row).toEqual({ runnable: false, s: alice.name });
-    await expect(a.query(`UPDATE df.instances SET runnable = true WHERE id = '00000001'`)).rejects.toMatchObject({ code: '42501' });
     await expect(
-      a.query(`INSERT INTO df.instances (id, root_node, runnable) VALUES ('00000003', '00000004', true)`),
+      a.query(`UPDATE df.instances SET runnable = true WHERE id = '00000001'`),
+    ).rejects.toMatchObject({ code: '42501' });
+    await expect(
+      a.query(
+        `INSERT INTO df.instances (id, root_node, runnable) VALUES ('00000003', '00000004', true)`,
+      ),
     ).rejects.toMatchObject({ code: '42501' });
     // a later transaction cannot activate it either
-    await expect(a.query(`SELECT df._activate('00000001')`)).rejects.toThrow('was not inserted by this transaction');
-    expect((await a.query(`SELECT runnable FROM df.instances WHERE id = '00000001'`)).rows[0].runnable).toBe(false);
+    await expect(a.query(`SELECT df._activate('00000001')`)).rejects.toThrow(
+      'was not inserted by this transaction',
+    );
+    expect(
+      (await a.query(`SELECT runnable FROM df.instances WHERE id = '00000001'`)).rows[0].runnable,
+    ).toBe(false);
   });
 
   it('df._activate on forged rows in the same transaction applies every df.start check', async () => {
@@ -88,7 +132,9 @@ describe('row-level security', () => {
     await a.query(`INSERT INTO df.instances (id, root_node) VALUES ('00000011', '00000012')`);
     await a.query(`INSERT INTO df.nodes (id, instance_id, node_type, query) VALUES
       ('00000012', '00000011', 'HTTP', '{"url":"http://169.254.169.254/","method":"GET","body":null,"headers":null,"timeout_seconds":1}')`);
-    await expect(a.query(`SELECT df._activate('00000011')`)).rejects.toThrow('permission denied for HTTP steps');
+    await expect(a.query(`SELECT df._activate('00000011')`)).rejects.toThrow(
+      'permission denied for HTTP steps',
+    );
     await a.query('ROLLBACK');
     // a cycle of nodes is not a tree
     await a.query('BEGIN');
@@ -100,13 +146,30 @@ describe('row-level security', () => {
   });
 
   it('df._start_graph called directly gains nothing over df.start', async () => {
-    const http = JSON.stringify({ node_type: 'HTTP', query: '{"url":"https://x.example.com","method":"GET","body":null,"headers":null,"timeout_seconds":5}' });
-    await expect(a.query(`SELECT df.start($1)`, [http])).rejects.toThrow('permission denied for HTTP steps');
-    await expect(a.query(`SELECT df._start_graph($1, NULL, NULL, '{}')`, [http])).rejects.toThrow('permission denied for HTTP steps');
-    await expect(a.query(`SELECT df._start_graph('{"node_type":"X"}', NULL, NULL, '{}')`)).rejects.toThrow('Unknown node_type');
+    const http = JSON.stringify({
+      node_type: 'HTTP',
+      query:
+        '{"url":"https://x.example.com","method":"GET","body":null,"headers":null,"timeout_seconds":5}',
+    });
+    await expect(a.query(`SELECT df.start($1)`, [http])).rejects.toThrow(
+      'permission denied for HTTP steps',
+    );
+    await expect(a.query(`SELECT df._start_graph($1, NULL, NULL, '{}')`, [http])).rejects.toThrow(
+      'permission denied for HTTP steps',
+    );
+    await expect(
+      a.query(`SELECT df._start_graph('{"node_type":"X"}', NULL, NULL, '{}')`),
+    ).rejects.toThrow('Unknown node_type');
     // the submitter is always current_user, whatever the options say
-    const id = (await a.query(`SELECT df._start_graph('SELECT 1', NULL, NULL, $1) AS id`, [JSON.stringify({ submitted_by: bob.name })])).rows[0].id;
-    expect((await db.admin.query(`SELECT submitted_by::text AS s FROM df.instances WHERE id = $1`, [id])).rows[0].s).toBe(alice.name);
+    const id = (
+      await a.query(`SELECT df._start_graph('SELECT 1', NULL, NULL, $1) AS id`, [
+        JSON.stringify({ submitted_by: bob.name }),
+      ])
+    ).rows[0].id;
+    expect(
+      (await db.admin.query(`SELECT submitted_by::text AS s FROM df.instances WHERE id = $1`, [id]))
+        .rows[0].s,
+    ).toBe(alice.name);
   });
 });
 
@@ -116,27 +179,44 @@ describe('signals and cancellation', () => {
       code: 'P0002',
       message: `Instance not found or access denied: ${bobInstance}`,
     });
-    await expect(a.query(`SELECT df.cancel($1)`, [bobInstance])).rejects.toThrow(`Instance not found or access denied: ${bobInstance}`);
-    await expect(a.query(`SELECT df.signal('ffffffff', 'go')`)).rejects.toThrow('Instance not found or access denied: ffffffff');
-    await expect(a.query(`SELECT df.signal('', 'go')`)).rejects.toThrow('Instance ID cannot be empty');
-    await expect(a.query(`SELECT df.signal($1, '')`, [bobInstance])).rejects.toThrow('Signal name cannot be empty');
+    await expect(a.query(`SELECT df.cancel($1)`, [bobInstance])).rejects.toThrow(
+      `Instance not found or access denied: ${bobInstance}`,
+    );
+    await expect(a.query(`SELECT df.signal('ffffffff', 'go')`)).rejects.toThrow(
+      'Instance not found or access denied: ffffffff',
+    );
+    await expect(a.query(`SELECT df.signal('', 'go')`)).rejects.toThrow(
+      'Instance ID cannot be empty',
+    );
+    await expect(a.query(`SELECT df.signal($1, '')`, [bobInstance])).rejects.toThrow(
+      'Signal name cannot be empty',
+    );
   });
 
   it('signals are transactional, durable and normalised', async () => {
     const id = (await a.query(`SELECT df.start(df.wait_for_signal('go')) AS id`)).rows[0].id;
     await a.query('BEGIN');
-    expect((await a.query(`SELECT df.signal($1, 'go', 'rolled back') AS r`, [id])).rows[0].r).toBe('OK');
+    expect((await a.query(`SELECT df.signal($1, 'go', 'rolled back') AS r`, [id])).rows[0].r).toBe(
+      'OK',
+    );
     await a.query('ROLLBACK');
-    for (const data of ['{"ok":true}', '42', 'approve', '', 'null']) await a.query(`SELECT df.signal($1, 'go', $2)`, [id, data]);
+    for (const data of ['{"ok":true}', '42', 'approve', '', 'null'])
+      await a.query(`SELECT df.signal($1, 'go', $2)`, [id, data]);
     await a.query(`SELECT df.signal($1, 'go')`, [id]);
-    const payloads = (await a.query(`SELECT payload FROM df.signals WHERE instance_id = $1 ORDER BY id`, [id])).rows.map((r) => r.payload);
+    const payloads = (
+      await a.query(`SELECT payload FROM df.signals WHERE instance_id = $1 ORDER BY id`, [id])
+    ).rows.map((r) => r.payload);
     expect(payloads).toEqual([{ ok: true }, 42, 'approve', '', null, {}]);
   });
 
   it('signalling a finished instance is an error; cancel is idempotent', async () => {
     const id = (await a.query(`SELECT df.start('SELECT 1') AS id`)).rows[0].id;
-    expect((await a.query(`SELECT df.cancel($1, 'no longer needed') AS r`, [id])).rows[0].r).toBe(`Instance ${id} cancelled: no longer needed`);
-    expect((await a.query(`SELECT df.cancel($1) AS r`, [id])).rows[0].r).toBe(`Instance ${id} cancelled: Cancelled by user`);
+    expect((await a.query(`SELECT df.cancel($1, 'no longer needed') AS r`, [id])).rows[0].r).toBe(
+      `Instance ${id} cancelled: no longer needed`,
+    );
+    expect((await a.query(`SELECT df.cancel($1) AS r`, [id])).rows[0].r).toBe(
+      `Instance ${id} cancelled: Cancelled by user`,
+    );
     expect((await a.query(`SELECT df.status($1) AS s`, [id])).rows[0].s).toBe('cancelled');
     await expect(a.query(`SELECT df.signal($1, 'go')`, [id])).rejects.toMatchObject({
       code: '55000',
@@ -180,9 +260,15 @@ describe('variables', () => {
     await expect(c.query(`SELECT df.setvar('a', 'b')`)).rejects.toThrow(
       'df.setvar() cannot be called inside a workflow - set variables before starting the workflow',
     );
-    await expect(c.query(`SELECT df.unsetvar('a')`)).rejects.toThrow('df.unsetvar() cannot be called inside a workflow - manage variables before starting the workflow');
-    await expect(c.query(`SELECT df.clearvars()`)).rejects.toThrow('df.clearvars() cannot be called inside a workflow - manage variables before starting the workflow');
-    await expect(c.query(`SELECT df.await_instance('00000000')`)).rejects.toThrow('df.await_instance() cannot be called inside a workflow');
+    await expect(c.query(`SELECT df.unsetvar('a')`)).rejects.toThrow(
+      'df.unsetvar() cannot be called inside a workflow - manage variables before starting the workflow',
+    );
+    await expect(c.query(`SELECT df.clearvars()`)).rejects.toThrow(
+      'df.clearvars() cannot be called inside a workflow - manage variables before starting the workflow',
+    );
+    await expect(c.query(`SELECT df.await_instance('00000000')`)).rejects.toThrow(
+      'df.await_instance() cannot be called inside a workflow',
+    );
     await expect(c.query(`SELECT df.start('SELECT 1', transaction_mode => 'new')`)).rejects.toThrow(
       "df.start() with transaction_mode => 'new' cannot be called inside a workflow",
     );
@@ -199,33 +285,72 @@ describe('grants', () => {
     await expect(c.query(`SELECT * FROM df.instances`)).rejects.toMatchObject({ code: '42501' });
     await db.admin.query(`SELECT df.grant_usage($1)`, [carol.name]);
     const c2 = await db.connect(carol.url);
-    expect((await c2.query(`SELECT df.start('SELECT 1' ~> 'SELECT 2') AS id`)).rows[0].id).toMatch(/^[0-9a-f]{8}$/);
-    await expect(c2.query(`SELECT df.http('https://x.example.com')`)).rejects.toMatchObject({ code: '42501' });
-    expect((await db.admin.query(`SELECT include_http FROM df.role_grants WHERE role_name = $1`, [carol.name])).rows).toEqual([{ include_http: false }]);
+    expect((await c2.query(`SELECT df.start('SELECT 1' ~> 'SELECT 2') AS id`)).rows[0].id).toMatch(
+      /^[0-9a-f]{8}$/,
+    );
+    await expect(c2.query(`SELECT df.http('https://x.example.com')`)).rejects.toMatchObject({
+      code: '42501',
+    });
+    expect(
+      (
+        await db.admin.query(`SELECT include_http FROM df.role_grants WHERE role_name = $1`, [
+          carol.name,
+        ])
+      ).rows,
+    ).toEqual([{ include_http: false }]);
     await db.admin.query(`SELECT df.grant_usage($1, include_http => true)`, [carol.name]);
-    expect((await c2.query(`SELECT df.http('https://x.example.com') AS g`)).rows[0].g).toContain('"node_type":"HTTP"');
-    expect((await c2.query(`SELECT df.start(df.http('https://x.example.com')) AS id`)).rows[0].id).toMatch(/^[0-9a-f]{8}$/);
-    expect((await db.admin.query(`SELECT include_http FROM df.role_grants WHERE role_name = $1`, [carol.name])).rows).toEqual([{ include_http: true }]);
+    expect((await c2.query(`SELECT df.http('https://x.example.com') AS g`)).rows[0].g).toContain(
+      '"node_type":"HTTP"',
+    );
+    expect(
+      (await c2.query(`SELECT df.start(df.http('https://x.example.com')) AS id`)).rows[0].id,
+    ).toMatch(/^[0-9a-f]{8}$/);
+    expect(
+      (
+        await db.admin.query(`SELECT include_http FROM df.role_grants WHERE role_name = $1`, [
+          carol.name,
+        ])
+      ).rows,
+    ).toEqual([{ include_http: true }]);
     await db.admin.query(`SELECT df.revoke_usage($1)`, [carol.name]);
     await expect(c2.query(`SELECT df.start('SELECT 1')`)).rejects.toMatchObject({ code: '42501' });
-    await expect(c2.query(`SELECT df.http('https://x.example.com')`)).rejects.toMatchObject({ code: '42501' });
-    expect((await db.admin.query(`SELECT count(*)::int AS n FROM df.role_grants WHERE role_name = $1`, [carol.name])).rows[0].n).toBe(0);
+    await expect(c2.query(`SELECT df.http('https://x.example.com')`)).rejects.toMatchObject({
+      code: '42501',
+    });
+    expect(
+      (
+        await db.admin.query(`SELECT count(*)::int AS n FROM df.role_grants WHERE role_name = $1`, [
+          carol.name,
+        ])
+      ).rows[0].n,
+    ).toBe(0);
   });
 
   it('grant_usage is not for everyone; with_grant delegates; a missing grant option names the statement', async () => {
-    await expect(a.query(`SELECT df.grant_usage($1)`, [bob.name])).rejects.toMatchObject({ code: '42501' });
+    await expect(a.query(`SELECT df.grant_usage($1)`, [bob.name])).rejects.toMatchObject({
+      code: '42501',
+    });
     const lead = await db.role('lead', { grant: false, createrole: true });
     await db.admin.query(`SELECT df.grant_usage($1, with_grant => true)`, [lead.name]);
     const dave = await db.role('dave', { grant: false });
     const l = await db.connect(lead.url);
     await l.query(`SELECT df.grant_usage($1)`, [dave.name]);
     const d = await db.connect(dave.url);
-    expect((await d.query(`SELECT df.start('SELECT 1') AS id`)).rows[0].id).toMatch(/^[0-9a-f]{8}$/);
+    expect((await d.query(`SELECT df.start('SELECT 1') AS id`)).rows[0].id).toMatch(
+      /^[0-9a-f]{8}$/,
+    );
     // lead holds no HTTP grant option
-    const err = await l.query(`SELECT df.grant_usage($1, include_http => true)`, [dave.name]).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: '42501', message: expect.stringContaining('cannot grant df usage') });
+    const err = await l
+      .query(`SELECT df.grant_usage($1, include_http => true)`, [dave.name])
+      .catch((e: unknown) => e);
+    expect(err).toMatchObject({
+      code: '42501',
+      message: expect.stringContaining('cannot grant df usage'),
+    });
     expect((err as { hint: string }).hint).toContain('include_http => true, with_grant => true');
-    expect((err as { hint: string }).hint).toContain(`GRANT EXECUTE ON FUNCTION df.http(text, text, text, jsonb, integer) TO ${lead.name} WITH GRANT OPTION;`);
+    expect((err as { hint: string }).hint).toContain(
+      `GRANT EXECUTE ON FUNCTION df.http(text, text, text, jsonb, integer) TO ${lead.name} WITH GRANT OPTION;`,
+    );
   });
 
   it('operators resolve unqualified after the grant, the old search_path is kept, OPERATOR(df.~>) always works', async () => {
@@ -237,9 +362,19 @@ describe('grants', () => {
     expect((await e.query(`SHOW search_path`)).rows[0].search_path).toBe('erin_stuff, public, df');
     expect((await e.query(`SELECT 'SELECT 1' ~> 'SELECT 2' AS g`)).rows[0].g).toContain('"THEN"');
     await e.query(`SET search_path = public`);
-    await expect(e.query(`SELECT 'SELECT 1' ~> 'SELECT 2'`)).rejects.toThrow('operator does not exist');
-    expect((await e.query(`SELECT 'SELECT 1' OPERATOR(df.~>) 'SELECT 2' AS g`)).rows[0].g).toContain('"THEN"');
-    expect((await e.query(`SELECT df.start(OPERATOR(df.@>) ('SELECT 1' OPERATOR(df.|) 'SELECT 2')) AS id`)).rows[0].id).toMatch(/^[0-9a-f]{8}$/);
+    await expect(e.query(`SELECT 'SELECT 1' ~> 'SELECT 2'`)).rejects.toThrow(
+      'operator does not exist',
+    );
+    expect(
+      (await e.query(`SELECT 'SELECT 1' OPERATOR(df.~>) 'SELECT 2' AS g`)).rows[0].g,
+    ).toContain('"THEN"');
+    expect(
+      (
+        await e.query(
+          `SELECT df.start(OPERATOR(df.@>) ('SELECT 1' OPERATOR(df.|) 'SELECT 2')) AS id`,
+        )
+      ).rows[0].id,
+    ).toMatch(/^[0-9a-f]{8}$/);
   });
 
   it('role names that need quoting work everywhere', async () => {
@@ -247,7 +382,9 @@ describe('grants', () => {
     const c = await db.connect(withUser(db.url, odd.name, odd.password));
     await c.query(`SELECT df.setvar('k', 'v')`);
     const id = (await c.query(`SELECT df.start('SELECT 1') AS id`)).rows[0].id;
-    expect((await c.query(`SELECT df.status($1) AS s, df.getvar('k') AS v`, [id])).rows[0]).toEqual({ s: 'pending', v: 'v' });
+    expect((await c.query(`SELECT df.status($1) AS s, df.getvar('k') AS v`, [id])).rows[0]).toEqual(
+      { s: 'pending', v: 'v' },
+    );
     expect((await c.query(`SELECT df.signal($1, 'x') AS r`, [id])).rows[0].r).toBe('OK');
     expect((await a.query(`SELECT df.status($1) AS s`, [id])).rows[0].s).toBeNull();
   });
@@ -256,10 +393,24 @@ describe('grants', () => {
     const exec = await db.role('exec', { grant: false });
     await db.admin.query(`GRANT df_executor TO ${exec.ident}`);
     const x = await db.connect(exec.url);
-    expect((await x.query(`SELECT count(*)::int AS n FROM df.instances WHERE id = $1`, [bobInstance])).rows[0].n).toBe(1);
-    await x.query(`UPDATE df.instances SET status = 'running', lease_epoch = lease_epoch + 1 WHERE id = $1`, [bobInstance]);
+    expect(
+      (await x.query(`SELECT count(*)::int AS n FROM df.instances WHERE id = $1`, [bobInstance]))
+        .rows[0].n,
+    ).toBe(1);
+    await x.query(
+      `UPDATE df.instances SET status = 'running', lease_epoch = lease_epoch + 1 WHERE id = $1`,
+      [bobInstance],
+    );
     expect((await b.query(`SELECT df.status($1) AS s`, [bobInstance])).rows[0].s).toBe('running');
-    expect((await x.query(`SELECT count(*)::int AS n FROM df.signals WHERE instance_id = $1`, [bobInstance])).rows[0].n).toBe(1);
-    await expect(x.query(`UPDATE df.config SET value = 'true' WHERE key = 'enable_superuser_instances'`)).rejects.toMatchObject({ code: '42501' });
+    expect(
+      (
+        await x.query(`SELECT count(*)::int AS n FROM df.signals WHERE instance_id = $1`, [
+          bobInstance,
+        ])
+      ).rows[0].n,
+    ).toBe(1);
+    await expect(
+      x.query(`UPDATE df.config SET value = 'true' WHERE key = 'enable_superuser_instances'`),
+    ).rejects.toMatchObject({ code: '42501' });
   });
 });

@@ -12,7 +12,11 @@ beforeAll(async () => {
   a = await db.connect(alice.url);
 });
 
-async function one<T = Record<string, unknown>>(c: pg.Client, sql: string, params: unknown[] = []): Promise<T> {
+async function one<T = Record<string, unknown>>(
+  c: pg.Client,
+  sql: string,
+  params: unknown[] = [],
+): Promise<T> {
   const r = await c.query(sql, params);
   return r.rows[0] as T;
 }
@@ -24,18 +28,33 @@ describe('df.start', () => {
       `SELECT df.start(('SELECT 1 AS a' |=> 'x') ~> df.if('SELECT $x > 0', 'SELECT ''pos''', df.sleep(1)), 'demo') AS id`,
     );
     expect(id).toMatch(/^[0-9a-f]{8}$/);
-    const inst = await one<Record<string, unknown>>(a, `SELECT * FROM df.instances WHERE id = $1`, [id]);
-    expect(inst).toMatchObject({ label: 'demo', status: 'pending', submitted_by: alice.name, runnable: true, database: null });
+    const inst = await one<Record<string, unknown>>(a, `SELECT * FROM df.instances WHERE id = $1`, [
+      id,
+    ]);
+    expect(inst).toMatchObject({
+      label: 'demo',
+      status: 'pending',
+      submitted_by: alice.name,
+      runnable: true,
+      database: null,
+    });
     const nodes = (
-      await a.query(`SELECT id, node_type, query, result_name, left_node, right_node, status, submitted_by
-                       FROM df.nodes WHERE instance_id = $1 ORDER BY ctid`, [id])
+      await a.query(
+        `SELECT id, node_type, query, result_name, left_node, right_node, status, submitted_by
+                       FROM df.nodes WHERE instance_id = $1 ORDER BY ctid`,
+        [id],
+      )
     ).rows;
     expect(nodes.map((n) => n.node_type)).toEqual(['THEN', 'SQL', 'IF', 'SQL', 'SLEEP', 'SQL']);
     const [then, sql1, iff, pos, sleep, cond] = nodes;
     expect(inst['root_node']).toBe(then.id);
     expect(then).toMatchObject({ left_node: sql1.id, right_node: iff.id, query: null });
     expect(sql1).toMatchObject({ query: 'SELECT 1 AS a', result_name: 'x' });
-    expect(iff).toMatchObject({ left_node: pos.id, right_node: sleep.id, query: `{"condition_node":"${cond.id}"}` });
+    expect(iff).toMatchObject({
+      left_node: pos.id,
+      right_node: sleep.id,
+      query: `{"condition_node":"${cond.id}"}`,
+    });
     expect(pos.query).toBe(`SELECT 'pos'`);
     expect(sleep.query).toBe('1');
     expect(cond.query).toBe('SELECT $x > 0');
@@ -49,15 +68,23 @@ describe('df.start', () => {
       `SELECT df.start(df.join3('SELECT 1', 'SELECT 2', 'SELECT 3') ~> df.loop('SELECT 4', 'SELECT false')
                        ~> '{"node_type":"IF","query":"{\\"k\\": 1}","left_node":{"node_type":"SQL","query":"t"},"right_node":{"node_type":"SQL","query":"e"},"condition_node":{"node_type":"SQL","query":"c"}}') AS id`,
     );
-    const rows = (await a.query(`SELECT id, node_type, query FROM df.nodes WHERE instance_id = $1 ORDER BY ctid`, [id])).rows;
+    const rows = (
+      await a.query(
+        `SELECT id, node_type, query FROM df.nodes WHERE instance_id = $1 ORDER BY ctid`,
+        [id],
+      )
+    ).rows;
     const join = rows.find((r) => r.node_type === 'JOIN');
     const loop = rows.find((r) => r.node_type === 'LOOP');
     const iff = rows.find((r) => r.node_type === 'IF');
-    const ids = (q: string): string[] => Object.values(JSON.parse(q) as Record<string, unknown>).flat() as string[];
+    const ids = (q: string): string[] =>
+      Object.values(JSON.parse(q) as Record<string, unknown>).flat() as string[];
     expect(join.query).toMatch(/^\{"extra_nodes":\["[0-9a-f]{8}"\]\}$/);
     expect(rows.find((r) => r.id === ids(join.query)[0]).query).toBe('SELECT 3');
     expect(loop.query).toMatch(/^\{"condition_node":"[0-9a-f]{8}"\}$/);
-    expect(rows.find((r) => r.id === JSON.parse(loop.query).condition_node).query).toBe('SELECT false');
+    expect(rows.find((r) => r.id === JSON.parse(loop.query).condition_node).query).toBe(
+      'SELECT false',
+    );
     expect(iff.query).toMatch(/^\{"k":1,"condition_node":"[0-9a-f]{8}"\}$/);
   });
 
@@ -69,9 +96,15 @@ describe('df.start', () => {
     const r = await a.query(`SELECT df.start('SELECT ' || g) AS id FROM generate_series(1, 100) g`);
     expect(new Set(r.rows.map((x) => x.id)).size).toBe(100);
     await a.query('BEGIN');
-    const rb = await a.query(`SELECT df.start('SELECT ' || g) AS id FROM generate_series(1, 100) g`);
+    const rb = await a.query(
+      `SELECT df.start('SELECT ' || g) AS id FROM generate_series(1, 100) g`,
+    );
     await a.query('ROLLBACK');
-    const left = await one<{ n: string }>(a, `SELECT count(*) AS n FROM df.instances WHERE id = ANY($1)`, [rb.rows.map((x) => x.id)]);
+    const left = await one<{ n: string }>(
+      a,
+      `SELECT count(*) AS n FROM df.instances WHERE id = ANY($1)`,
+      [rb.rows.map((x) => x.id)],
+    );
     expect(Number(left.n)).toBe(0);
     await new Promise((res) => setTimeout(res, 300));
     expect(heard.filter((p) => p.startsWith('start:')).length).toBe(100);
@@ -82,7 +115,11 @@ describe('df.start', () => {
     await a.query(`SELECT df.setvar('region', 'eu'), df.setvar('empty', '')`);
     await a.query(`INSERT INTO df.vars (name, value) VALUES ('nothing', NULL)`);
     const { id } = await one<{ id: string }>(a, `SELECT df.start('SELECT 1') AS id`);
-    const { vars } = await one<{ vars: unknown }>(a, `SELECT vars FROM df.instances WHERE id = $1`, [id]);
+    const { vars } = await one<{ vars: unknown }>(
+      a,
+      `SELECT vars FROM df.instances WHERE id = $1`,
+      [id],
+    );
     expect(vars).toEqual({ region: 'eu', empty: '' });
     await a.query(`SELECT df.clearvars()`);
   });
@@ -91,31 +128,66 @@ describe('df.start', () => {
     await a.query(`CREATE TABLE orders (id int PRIMARY KEY, wf text)`);
     await a.query(`CREATE FUNCTION start_order() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN NEW.wf := df.start('UPDATE orders SET wf = wf WHERE id = ' || NEW.id, 'order-' || NEW.id); RETURN NEW; END $$`);
-    await a.query(`CREATE TRIGGER orders_start BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION start_order()`);
+    await a.query(
+      `CREATE TRIGGER orders_start BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION start_order()`,
+    );
     await a.query(`INSERT INTO orders (id) VALUES (1), (2)`);
-    const rows = (await a.query(`SELECT o.id, i.label FROM orders o JOIN df.instances i ON i.id = o.wf ORDER BY o.id`)).rows;
-    expect(rows).toEqual([{ id: 1, label: 'order-1' }, { id: 2, label: 'order-2' }]);
+    const rows = (
+      await a.query(
+        `SELECT o.id, i.label FROM orders o JOIN df.instances i ON i.id = o.wf ORDER BY o.id`,
+      )
+    ).rows;
+    expect(rows).toEqual([
+      { id: 1, label: 'order-1' },
+      { id: 2, label: 'order-2' },
+    ]);
     await a.query(`DO $$ BEGIN PERFORM df.start('SELECT 42', 'from-do'); END $$`);
-    expect((await one<{ n: string }>(a, `SELECT count(*) AS n FROM df.instances WHERE label = 'from-do'`)).n).toBe('1');
+    expect(
+      (
+        await one<{ n: string }>(
+          a,
+          `SELECT count(*) AS n FROM df.instances WHERE label = 'from-do'`,
+        )
+      ).n,
+    ).toBe('1');
   });
 
   it('returns the existing instance for a repeated idempotency_key', async () => {
-    const first = await one<{ id: string }>(a, `SELECT df.start('SELECT 1', idempotency_key => 'k-1') AS id`);
-    const again = await one<{ id: string }>(a, `SELECT df.start('SELECT 2', idempotency_key => 'k-1') AS id`);
+    const first = await one<{ id: string }>(
+      a,
+      `SELECT df.start('SELECT 1', idempotency_key => 'k-1') AS id`,
+    );
+    const again = await one<{ id: string }>(
+      a,
+      `SELECT df.start('SELECT 2', idempotency_key => 'k-1') AS id`,
+    );
     expect(again.id).toBe(first.id);
   });
 
   it('refuses the unsupported arguments with 0A000 and bad ones with 22023', async () => {
-    await expect(a.query(`SELECT df.start('SELECT 1', 'l', 'otherdb')`)).rejects.toMatchObject({ code: '0A000' });
-    await expect(a.query(`SELECT df.start('SELECT 1', transaction_mode => 'new')`)).rejects.toMatchObject({
+    await expect(a.query(`SELECT df.start('SELECT 1', 'l', 'otherdb')`)).rejects.toMatchObject({
+      code: '0A000',
+    });
+    await expect(
+      a.query(`SELECT df.start('SELECT 1', transaction_mode => 'new')`),
+    ).rejects.toMatchObject({
       code: '0A000',
       message: expect.stringContaining('needs the dfgate proxy'),
     });
-    await expect(a.query(`SELECT df.start('SELECT 1', transaction_mode => 'later')`)).rejects.toMatchObject({
+    await expect(
+      a.query(`SELECT df.start('SELECT 1', transaction_mode => 'later')`),
+    ).rejects.toMatchObject({
       code: '22023',
       message: `invalid transaction_mode "later" for df.start(): expected 'caller' or 'new'`,
     });
-    expect((await one<{ id: string }>(a, `SELECT df.start('SELECT 1', transaction_mode => 'CALLER') AS id`)).id).toMatch(/^[0-9a-f]{8}$/);
+    expect(
+      (
+        await one<{ id: string }>(
+          a,
+          `SELECT df.start('SELECT 1', transaction_mode => 'CALLER') AS id`,
+        )
+      ).id,
+    ).toMatch(/^[0-9a-f]{8}$/);
   });
 
   it('applies the start rule: unknown types and malformed nodes are errors, other text is SQL', async () => {
@@ -126,8 +198,15 @@ describe('df.start', () => {
       "Invalid durable function: Malformed Durofut JSON with node_type 'SQL'",
     );
     const { id } = await one<{ id: string }>(a, `SELECT df.start('c' ?> 't') AS id`);
-    const n = await one<{ node_type: string; query: string }>(a, `SELECT node_type, query FROM df.nodes WHERE instance_id = $1`, [id]);
-    expect(n).toEqual({ node_type: 'SQL', query: '{"condition": "c", "_partial_if": true, "then_branch": "t"}' });
+    const n = await one<{ node_type: string; query: string }>(
+      a,
+      `SELECT node_type, query FROM df.nodes WHERE instance_id = $1`,
+      [id],
+    );
+    expect(n).toEqual({
+      node_type: 'SQL',
+      query: '{"condition": "c", "_partial_if": true, "then_branch": "t"}',
+    });
     await a.query(`SELECT df.setvar('v', '1')`);
     await expect(a.query(`SELECT df.start(df.setvar('v', '2'))`)).rejects.toThrow(
       'Invalid durable function: df.setvar() cannot be used as a workflow step. Call df.setvar() before df.start().',
@@ -135,22 +214,60 @@ describe('df.start', () => {
   });
 
   const invalid: ReadonlyArray<readonly [string, string]> = [
-    [`{"node_type":"THEN","left_node":"x","right_node":{"node_type":"SQL","query":"b"}}`, 'root: Durofut children must be JSON objects'],
-    [`{"node_type":"IF","query":"{}","left_node":{"node_type":"SQL","query":"t"},"right_node":{"node_type":"SQL","query":"e"},"condition_node":5}`, 'root: condition_node must be a Durofut JSON object'],
-    [`{"node_type":"JOIN","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL","query":"b"},"extra_nodes":[1]}`, 'root: extra_nodes entries must be Durofut JSON objects'],
-    [`{"node_type":"THEN","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL","query":"b"},"condition_node":{"node_type":"SQL","query":"c"}}`, 'root: condition_node is not valid for THEN nodes'],
-    [`{"node_type":"RACE","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL","query":"b"},"extra_nodes":[{"node_type":"SQL","query":"c"}]}`, 'root: extra_nodes is not valid for RACE nodes'],
-    [`{"node_type":"IF","query":"{\\"condition_node\\":\\"aaaaaaaa\\"}","left_node":{"node_type":"SQL","query":"t"},"right_node":{"node_type":"SQL","query":"e"}}`, 'root: condition_node in IF must be a first-class Durofut field, not embedded in query'],
-    [`{"node_type":"JOIN","query":"{\\"extra_nodes\\":[]}","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL","query":"b"}}`, 'root: extra_nodes in JOIN must be a first-class Durofut field, not embedded in query'],
-    [`{"node_type":"IF","query":"not json","left_node":{"node_type":"SQL","query":"t"},"right_node":{"node_type":"SQL","query":"e"},"condition_node":{"node_type":"SQL","query":"c"}}`, 'root: query in IF must be valid JSON config: '],
-    [`{"node_type":"LOOP","query":"[1]","left_node":{"node_type":"SQL","query":"t"},"condition_node":{"node_type":"SQL","query":"c"}}`, 'root: query in LOOP must be a JSON config object'],
-    [`{"node_type":"THEN","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"IF","query":"{}","left_node":{"node_type":"SQL","query":"t"},"right_node":{"node_type":"BAD"},"condition_node":{"node_type":"SQL","query":"c"}}}`, "root.right.right: Unknown node_type 'BAD'"],
-    [`{"node_type":"IF","query":"{}","left_node":{"node_type":"SQL","query":"t"},"right_node":{"node_type":"SQL","query":"e"},"condition_node":{"node_type":"THEN","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL","query":"b"},"condition_node":{"node_type":"SQL","query":"x"}}}`, 'root.condition_node: condition_node is not valid for THEN nodes'],
+    [
+      `{"node_type":"THEN","left_node":"x","right_node":{"node_type":"SQL","query":"b"}}`,
+      'root: Durofut children must be JSON objects',
+    ],
+    [
+      `{"node_type":"IF","query":"{}","left_node":{"node_type":"SQL","query":"t"},"right_node":{"node_type":"SQL","query":"e"},"condition_node":5}`,
+      'root: condition_node must be a Durofut JSON object',
+    ],
+    [
+      `{"node_type":"JOIN","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL","query":"b"},"extra_nodes":[1]}`,
+      'root: extra_nodes entries must be Durofut JSON objects',
+    ],
+    [
+      `{"node_type":"THEN","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL","query":"b"},"condition_node":{"node_type":"SQL","query":"c"}}`,
+      'root: condition_node is not valid for THEN nodes',
+    ],
+    [
+      `{"node_type":"RACE","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL","query":"b"},"extra_nodes":[{"node_type":"SQL","query":"c"}]}`,
+      'root: extra_nodes is not valid for RACE nodes',
+    ],
+    [
+      `{"node_type":"IF","query":"{\\"condition_node\\":\\"aaaaaaaa\\"}","left_node":{"node_type":"SQL","query":"t"},"right_node":{"node_type":"SQL","query":"e"}}`,
+      'root: condition_node in IF must be a first-class Durofut field, not embedded in query',
+    ],
+    [
+      `{"node_type":"JOIN","query":"{\\"extra_nodes\\":[]}","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL","query":"b"}}`,
+      'root: extra_nodes in JOIN must be a first-class Durofut field, not embedded in query',
+    ],
+    [
+      `{"node_type":"IF","query":"not json","left_node":{"node_type":"SQL","query":"t"},"right_node":{"node_type":"SQL","query":"e"},"condition_node":{"node_type":"SQL","query":"c"}}`,
+      'root: query in IF must be valid JSON config: ',
+    ],
+    [
+      `{"node_type":"LOOP","query":"[1]","left_node":{"node_type":"SQL","query":"t"},"condition_node":{"node_type":"SQL","query":"c"}}`,
+      'root: query in LOOP must be a JSON config object',
+    ],
+    [
+      `{"node_type":"THEN","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"IF","query":"{}","left_node":{"node_type":"SQL","query":"t"},"right_node":{"node_type":"BAD"},"condition_node":{"node_type":"SQL","query":"c"}}}`,
+      "root.right.right: Unknown node_type 'BAD'",
+    ],
+    [
+      `{"node_type":"IF","query":"{}","left_node":{"node_type":"SQL","query":"t"},"right_node":{"node_type":"SQL","query":"e"},"condition_node":{"node_type":"THEN","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL","query":"b"},"condition_node":{"node_type":"SQL","query":"x"}}}`,
+      'root.condition_node: condition_node is not valid for THEN nodes',
+    ],
   ];
   for (const [graph, message] of invalid) {
     it(`validates: ${message}`, async () => {
       const err = await a.query(`SELECT df.start($1)`, [graph]).catch((e: unknown) => e);
-      expect(err).toMatchObject({ code: '22023', message: expect.stringContaining(`Invalid durable function: Invalid durable function graph: ${message}`) });
+      expect(err).toMatchObject({
+        code: '22023',
+        message: expect.stringContaining(
+          `Invalid durable function: Invalid durable function graph: ${message}`,
+        ),
+      });
     });
   }
 
@@ -172,10 +289,19 @@ describe('df.start', () => {
         node_type: 'JOIN',
         left_node: { node_type: 'SQL', query: 'SELECT 1' },
         right_node: { node_type: 'SQL', query: 'SELECT 2' },
-        extra_nodes: Array.from({ length: branches - 2 }, (_, i) => ({ node_type: 'SQL', query: `SELECT ${i + 3}` })),
+        extra_nodes: Array.from({ length: branches - 2 }, (_, i) => ({
+          node_type: 'SQL',
+          query: `SELECT ${i + 3}`,
+        })),
       });
     const { id } = await one<{ id: string }>(a, `SELECT df.start($1) AS id`, [join(9999)]);
-    expect((await one<{ n: string }>(a, `SELECT count(*) AS n FROM df.nodes WHERE instance_id = $1`, [id])).n).toBe('10000');
+    expect(
+      (
+        await one<{ n: string }>(a, `SELECT count(*) AS n FROM df.nodes WHERE instance_id = $1`, [
+          id,
+        ])
+      ).n,
+    ).toBe('10000');
     await expect(a.query(`SELECT df.start($1)`, [join(10000)])).rejects.toThrow(
       'Workflow exceeds maximum node count of 10000. Simplify the workflow or break it into multiple instances.',
     );
@@ -183,11 +309,21 @@ describe('df.start', () => {
 
   it('reports constraint failures of hand-written graphs as a failed node batch', async () => {
     const err = await a
-      .query(`SELECT df.start('{"node_type":"THEN","query":"x","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL","query":"b"}}')`)
+      .query(
+        `SELECT df.start('{"node_type":"THEN","query":"x","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL","query":"b"}}')`,
+      )
       .catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: '23514', message: expect.stringMatching(/^Failed to insert node batch '[0-9a-f]{8}\.\.[0-9a-f]{8}': /) });
-    const err2 = await a.query(`SELECT df.start('{"node_type":"SQL","query":"a","result_name":"no way"}')`).catch((e: unknown) => e);
-    expect(err2).toMatchObject({ code: '23514', message: expect.stringContaining('nodes_result_name_check') });
+    expect(err).toMatchObject({
+      code: '23514',
+      message: expect.stringMatching(/^Failed to insert node batch '[0-9a-f]{8}\.\.[0-9a-f]{8}': /),
+    });
+    const err2 = await a
+      .query(`SELECT df.start('{"node_type":"SQL","query":"a","result_name":"no way"}')`)
+      .catch((e: unknown) => e);
+    expect(err2).toMatchObject({
+      code: '23514',
+      message: expect.stringContaining('nodes_result_name_check'),
+    });
   });
 });
 
@@ -198,11 +334,17 @@ describe('identity and the superuser guard', () => {
     await expect(c.query(`SELECT df.start('SELECT 1')`)).rejects.toThrow(
       `pg_durable: superuser instances are disabled. current_user "${boss.name}" is a superuser`,
     );
-    await db.admin.query(`UPDATE df.config SET value = 'true' WHERE key = 'enable_superuser_instances'`);
+    await db.admin.query(
+      `UPDATE df.config SET value = 'true' WHERE key = 'enable_superuser_instances'`,
+    );
     try {
-      expect((await one<{ id: string }>(c, `SELECT df.start('SELECT 1') AS id`)).id).toMatch(/^[0-9a-f]{8}$/);
+      expect((await one<{ id: string }>(c, `SELECT df.start('SELECT 1') AS id`)).id).toMatch(
+        /^[0-9a-f]{8}$/,
+      );
     } finally {
-      await db.admin.query(`UPDATE df.config SET value = 'false' WHERE key = 'enable_superuser_instances'`);
+      await db.admin.query(
+        `UPDATE df.config SET value = 'false' WHERE key = 'enable_superuser_instances'`,
+      );
     }
   });
 
@@ -217,11 +359,21 @@ describe('identity and the superuser guard', () => {
     await a.query(`SET ROLE ${other.ident}`);
     const { id } = await one<{ id: string }>(a, `SELECT df.start('SELECT 1') AS id`);
     await a.query(`RESET ROLE`);
-    expect((await one<{ s: string }>(db.admin, `SELECT submitted_by::text AS s FROM df.instances WHERE id = $1`, [id])).s).toBe(other.name);
+    expect(
+      (
+        await one<{ s: string }>(
+          db.admin,
+          `SELECT submitted_by::text AS s FROM df.instances WHERE id = $1`,
+          [id],
+        )
+      ).s,
+    ).toBe(other.name);
   });
 
   it('df.config is readable through df.start but writable only by the schema owner', async () => {
-    await expect(a.query(`UPDATE df.config SET value = 'true' WHERE key = 'enable_superuser_instances'`)).rejects.toMatchObject({ code: '42501' });
+    await expect(
+      a.query(`UPDATE df.config SET value = 'true' WHERE key = 'enable_superuser_instances'`),
+    ).rejects.toMatchObject({ code: '42501' });
     await expect(a.query(`SELECT * FROM df.config`)).rejects.toMatchObject({ code: '42501' });
   });
 });
