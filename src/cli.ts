@@ -4,6 +4,7 @@ import pg from 'pg';
 import { ConfigError, helpText, parseConfig, type Config } from './config.js';
 import { migrate, MigrationError } from './db/migrate.js';
 import { createLogger } from './log.js';
+import { serveForever } from './serve.js';
 import { maskSecrets } from './url.js';
 
 async function runMigrate(cfg: Config): Promise<number> {
@@ -50,12 +51,13 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Pro
     case 'migrate':
       return await runMigrate(cfg);
     case 'serve':
+      return await serveForever(cfg, createLogger(cfg.logLevel));
     case 'worker':
     case 'check':
     case 'roles':
       process.stderr.write(
-        `dfgate: "${cfg.command === 'serve' ? 'dfgate' : `dfgate ${cfg.command}`}" is not available in this build yet ` +
-          '(the proxy and executor land with their issues); only "dfgate migrate" works today\n',
+        `dfgate: "dfgate ${cfg.command}" is not available in this build yet ` +
+          '(it lands with the executor and proxy-interception issues); "dfgate" (the proxy) and "dfgate migrate" work\n',
       );
       return 3;
   }

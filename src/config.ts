@@ -24,6 +24,12 @@ export interface Config {
   readonly migrate: boolean;
   readonly logLevel: LogLevel;
   readonly files: readonly string[];
+  readonly tlsCert: string | undefined;
+  readonly tlsKey: string | undefined;
+  readonly maxClientConnections: number;
+  readonly connectTimeoutMs: number;
+  readonly maxMessageSize: number;
+  readonly shutdownTimeoutMs: number;
 }
 
 export class ConfigError extends Error {
@@ -190,6 +196,20 @@ export function parseConfig(
     throw new ConfigError('dfgate check needs at least one FILE.sql');
   }
   const admin = str('admin-listen');
+  const num = (n: string, dflt: number, min: number, max: number): number => {
+    const v = str(n);
+    if (v === undefined) return dflt;
+    const x = Number(v);
+    if (!/^\d+(\.\d+)?$/.test(v) || !(x >= min && x <= max)) {
+      throw new ConfigError(`--${n} must be a number from ${min} to ${max} (got "${v}")`);
+    }
+    return x;
+  };
+  const tlsCert = str('tls-cert');
+  const tlsKey = str('tls-key');
+  if ((tlsCert === undefined) !== (tlsKey === undefined)) {
+    throw new ConfigError('--tls-cert and --tls-key go together');
+  }
   return Object.freeze({
     command,
     help,
@@ -202,6 +222,12 @@ export function parseConfig(
     migrate: values.get('no-migrate') !== true,
     logLevel: level as LogLevel,
     files: Object.freeze(files),
+    tlsCert,
+    tlsKey,
+    maxClientConnections: num('max-client-connections', 1000, 1, 1_000_000),
+    connectTimeoutMs: num('connect-timeout', 10, 0.1, 3600) * 1000,
+    maxMessageSize: num('max-message-size', 1024 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
+    shutdownTimeoutMs: num('shutdown-timeout', 30, 0, 86400) * 1000,
   });
 }
 

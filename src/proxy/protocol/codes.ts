@@ -1,0 +1,71 @@
+/**
+ * Message type bytes of the PostgreSQL frontend/backend protocol.
+ * https://www.postgresql.org/docs/current/protocol-message-formats.html
+ */
+
+/** Messages a client (frontend) sends, by their type byte. */
+export const Frontend = {
+  Bind: 0x42, // 'B'
+  Close: 0x43, // 'C'
+  CopyData: 0x64, // 'd'
+  CopyDone: 0x63, // 'c'
+  CopyFail: 0x66, // 'f'
+  Describe: 0x44, // 'D'
+  Execute: 0x45, // 'E'
+  Flush: 0x48, // 'H'
+  FunctionCall: 0x46, // 'F'
+  Parse: 0x50, // 'P'
+  Password: 0x70, // 'p' (PasswordMessage, SASLInitialResponse, SASLResponse, GSSResponse)
+  Query: 0x51, // 'Q'
+  Sync: 0x53, // 'S'
+  Terminate: 0x58, // 'X'
+} as const;
+
+/** Messages the server (backend) sends that dfgate looks at. */
+export const Backend = {
+  Authentication: 0x52, // 'R'
+  BackendKeyData: 0x4b, // 'K'
+  ErrorResponse: 0x45, // 'E'
+  NegotiateProtocolVersion: 0x76, // 'v'
+  NoticeResponse: 0x4e, // 'N'
+  ParameterStatus: 0x53, // 'S'
+  ReadyForQuery: 0x5a, // 'Z'
+} as const;
+
+/** Request codes of the untyped startup-phase packets. */
+export const StartupCode = {
+  /** 1234.5679 */
+  SSLRequest: 80877103,
+  /** 1234.5680 */
+  GSSENCRequest: 80877104,
+  /** 1234.5678 */
+  CancelRequest: 80877102,
+} as const;
+
+/** Protocol versions: major << 16 | minor. */
+export const ProtocolVersion = {
+  V3_0: 196608,
+  V3_2: 196610,
+} as const;
+
+/** Authentication request codes inside an 'R' message. */
+export const AuthCode = {
+  Ok: 0,
+  CleartextPassword: 3,
+  MD5Password: 5,
+  GSS: 7,
+  GSSContinue: 8,
+  SSPI: 9,
+  SASL: 10,
+  SASLContinue: 11,
+  SASLFinal: 12,
+} as const;
+
+const FRONTEND_TYPES = new Set<number>(Object.values(Frontend));
+
+export function isFrontendType(b: number): boolean {
+  return FRONTEND_TYPES.has(b);
+}
+
+/** The largest startup packet PostgreSQL accepts (MAX_STARTUP_PACKET_LENGTH). */
+export const MAX_STARTUP_PACKET = 10_000;

@@ -1,0 +1,175 @@
+/**
+ * Framing of typed protocol messages (1 type byte, int32 length counting
+ * itself, body) over a byte stream split into arbitrary chunks.
+ *
+ * The hot path copies nothing: messages the caller does not ask to inspect
+ * are forwarded as slices of the chunk they arrived in (a whole chunk when it
+ * holds only such messages), their bodies never read. A message the caller
+ * inspects is handed over complete (a slice when it sits inside one chunk,
+ * else assembled into a buffer allocated once from its length), and the
+ * caller may replace or drop it. The length is checked against the maximum
+ * message size on the header, before anything is buffered.
+ */
+import { ProtocolError } from './reader.js';
+
+export class MessageTooLarge extends ProtocolError {
+  constructor(
+    readonly type: number,
+    readonly size: number,
+    readonly max: number,
+  ) {
+    super(`message of type ${JSON.stringify(String.fromCharCode(type))} is ${size} bytes, over the ${max}-byte limit`);
+  }
+}
+
+export interface FramerHooks {
+  /** Whether a message of this type must be seen whole. Called once per message. */
+  inspect(type: number): boolean;
+  /**
+   * A complete inspected message: `raw` is the framed message, `body` its
+   * payload. Return undefined to forward `raw`, a buffer to forward instead,
+   * or null to drop it.
+   */
+  message(type: number, body: Buffer, raw: Buffer): Buffer | null | undefined;
+  /** Optional check of every header (type byte and length) before it is forwarded. */
+  header?(type: number, length: number): void;
+}
+
+export class Framer {
+  private readonly head = Buffer.alloc(5);
+  private headFill = 0;
+  /** Body bytes still to come of the current message. */
+  private remaining = 0;
+  /** The inspected message being assembled across chunks. */
+  private whole: Buffer | undefined;
+  private wholeFill = 0;
+  private wholeType = 0;
+
+  constructor(
+    private readonly hooks: FramerHooks,
+    private readonly maxMessageSize = Number.POSITIVE_INFINITY,
+  ) {}
+
+  /** True between messages (nothing partial held or half-forwarded). */
+  get atBoundary(): boolean {
+    return this.headFill === 0 && this.remaining === 0 && this.whole === undefined;
+  }
+
+  private check(type: number, len: number): void {
+    if (len < 4) throw new ProtocolError(`invalid message length ${len} for type ${JSON.stringify(String.fromCharCode(type))}`);
+    if (len - 4 > this.maxMessageSize) throw new MessageTooLarge(type, len - 4, this.maxMessageSize);
+    this.hooks.header?.(type, len);
+  }
+
+  private finishWhole(out: Buffer[]): void {
+    const raw = this.whole as Buffer;
+    this.whole = undefined;
+    this.wholeFill = 0;
+    const res = this.hooks.message(this.wholeType, raw.subarray(5), raw);
+    if (res !== null) out.push(res ?? raw);
+  }
+
+  /** Splits a chunk; returns the pieces to forward, in order. */
+  push(chunk: Buffer): Buffer[] {
+    const out: Buffer[] = [];
+    let pos = 0;
+    let runStart = 0;
+    const n = chunk.length;
+    while (pos < n) {
+      if (this.remaining > 0) {
+        const take = Math.min(this.remaining, n - pos);
+        if (this.whole) {
+          chunk.copy(this.whole, this.wholeFill, pos, pos + take);
+          this.wholeFill += take;
+          pos += take;
+          this.remaining -= take;
+          runStart = pos;
+          if (this.remaining === 0) this.finishWhole(out);
+        } else {
+          pos += take;
+          this.remaining -= take;
+        }
+        continue;
+      }
+      if (this.headFill === 0 && n - pos >= 5) {
+        const type = chunk[pos] as number;
+        const len = chunk.readInt32BE(pos + 1);
+        this.check(type, len);
+        if (!this.hooks.inspect(type)) {
+          pos += 5;
+          this.remaining = len - 4;
+          continue;
+        }
+        if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+        if (n - pos >= len + 1) {
+          const raw = chunk.subarray(pos, pos + len + 1);
+          const res = this.hooks.message(type, raw.subarray(5), raw);
+          if (res !== null) out.push(res ?? raw);
+          pos += len + 1;
+          runStart = pos;
+        } else {
+          this.whole = Buffer.allocUnsafe(len + 1);
+          this.wholeType = type;
+          chunk.copy(this.whole, 0, pos, n);
+          this.wholeFill = n - pos;
+          this.remaining = len + 1 - this.wholeFill;
+          pos = n;
+          runStart = n;
+        }
+        continue;
+      }
+      // A header split across chunks: hold its bytes until it is complete.
+      if (this.headFill === 0 && pos > runStart) out.push(chunk.subarray(runStart, pos));
+      const take = Math.min(5 - this.headFill, n - pos);
+      chunk.copy(this.head, this.headFill, pos, pos + take);
+      this.headFill += take;
+      pos += take;
+      runStart = pos;
+      if (this.headFill < 5) break;
+      this.headFill = 0;
+      const type = this.head[0] as number;
+      const len = this.head.readInt32BE(1);
+      this.check(type, len);
+      if (this.hooks.inspect(type)) {
+        this.whole = Buffer.allocUnsafe(len + 1);
+        this.wholeType = type;
+        this.head.copy(this.whole, 0, 0, 5);
+        this.wholeFill = 5;
+        this.remaining = len - 4;
+        if (this.remaining === 0) this.finishWhole(out);
+      } else {
+        out.push(Buffer.from(this.head));
+        this.remaining = len - 4;
+      }
+    }
+    if (pos > runStart && !this.whole) out.push(chunk.subarray(runStart, pos));
+    return out;
+  }
+}
+
+/**
+ * Collects one untyped startup-phase packet (int32 length counting itself,
+ * then the body), refusing lengths outside [8, max].
+ */
+export class StartupFramer {
+  private buf: Buffer = Buffer.alloc(0);
+
+  constructor(private readonly max: number) {}
+
+  /** Adds bytes; returns the packet body and any bytes after it, or undefined if incomplete. */
+  push(chunk: Buffer): { readonly body: Buffer; readonly rest: Buffer } | undefined {
+    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    if (this.buf.length < 4) return undefined;
+    const len = this.buf.readInt32BE(0);
+    if (len < 8 || len > this.max) throw new ProtocolError(`invalid length of startup packet: ${len}`);
+    if (this.buf.length < len) return undefined;
+    const body = this.buf.subarray(4, len);
+    const rest = this.buf.subarray(len);
+    this.buf = Buffer.alloc(0);
+    return { body, rest };
+  }
+
+  get buffered(): number {
+    return this.buf.length;
+  }
+}

@@ -1,0 +1,106 @@
+/** A bounds-checked reader over one message body (never reads past its end). */
+
+export class ProtocolError extends Error {
+  override readonly name = 'ProtocolError';
+}
+
+export class Reader {
+  private pos = 0;
+  constructor(private readonly buf: Buffer) {}
+
+  get remaining(): number {
+    return this.buf.length - this.pos;
+  }
+
+  private need(n: number, what: string): void {
+    if (n < 0 || this.pos + n > this.buf.length) {
+      throw new ProtocolError(`truncated message: ${what} needs ${n} bytes, ${this.remaining} left`);
+    }
+  }
+
+  byte(what = 'byte'): number {
+    this.need(1, what);
+    return this.buf[this.pos++] as number;
+  }
+
+  int16(what = 'int16'): number {
+    this.need(2, what);
+    const v = this.buf.readInt16BE(this.pos);
+    this.pos += 2;
+    return v;
+  }
+
+  int32(what = 'int32'): number {
+    this.need(4, what);
+    const v = this.buf.readInt32BE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+
+  /** A NUL-terminated string (UTF-8). */
+  cstring(what = 'string'): string {
+    const end = this.buf.indexOf(0, this.pos);
+    if (end < 0) throw new ProtocolError(`unterminated ${what}`);
+    const s = this.buf.toString('utf8', this.pos, end);
+    this.pos = end + 1;
+    return s;
+  }
+
+  bytes(n: number, what = 'bytes'): Buffer {
+    this.need(n, what);
+    const b = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return b;
+  }
+
+  rest(): Buffer {
+    const b = this.buf.subarray(this.pos);
+    this.pos = this.buf.length;
+    return b;
+  }
+
+  end(what: string): void {
+    if (this.remaining !== 0) throw new ProtocolError(`${what}: ${this.remaining} unexpected trailing bytes`);
+  }
+}
+
+/** Builds one message: optional type byte, int32 length (counting itself), body. */
+export class Writer {
+  private parts: Buffer[] = [];
+  private size = 0;
+
+  byte(v: number): this {
+    return this.push(Buffer.from([v & 0xff]));
+  }
+  int16(v: number): this {
+    const b = Buffer.allocUnsafe(2);
+    b.writeInt16BE(v);
+    return this.push(b);
+  }
+  int32(v: number): this {
+    const b = Buffer.allocUnsafe(4);
+    b.writeInt32BE(v);
+    return this.push(b);
+  }
+  cstring(s: string): this {
+    return this.push(Buffer.from(s + '\0', 'utf8'));
+  }
+  bytes(b: Buffer): this {
+    return this.push(b);
+  }
+  private push(b: Buffer): this {
+    this.parts.push(b);
+    this.size += b.length;
+    return this;
+  }
+  /** The framed message; `type` undefined for startup-phase packets. */
+  finish(type?: number): Buffer {
+    const head = Buffer.allocUnsafe(type === undefined ? 4 : 5);
+    if (type === undefined) head.writeInt32BE(this.size + 4, 0);
+    else {
+      head[0] = type;
+      head.writeInt32BE(this.size + 4, 1);
+    }
+    return Buffer.concat([head, ...this.parts], head.length + this.size);
+  }
+}

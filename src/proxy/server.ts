@@ -1,0 +1,105 @@
+/**
+ * The listening side of the proxy, the one place that accepts sockets:
+ * connection limits, TLS material, graceful shutdown.
+ */
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
+import type { Logger } from 'pino';
+import { CancelRegistry } from './cancel.js';
+import { SqlState } from './protocol/sqlstate.js';
+import { Session } from './session.js';
+import type { UpstreamTarget } from './upstream.js';
+
+export interface ProxyOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly upstream: UpstreamTarget;
+  readonly log: Logger;
+  readonly maxClientConnections: number;
+  readonly connectTimeoutMs: number;
+  readonly maxMessageSize: number;
+  readonly tlsCert?: string | undefined;
+  readonly tlsKey?: string | undefined;
+}
+
+export interface ProxyServer {
+  readonly port: number;
+  readonly sessions: ReadonlySet<Session>;
+  /** Stops accepting, lets sessions finish up to timeoutMs, then terminates them (57P01). */
+  shutdown(timeoutMs: number): Promise<void>;
+}
+
+export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
+  const log = opts.log;
+  const sessions = new Set<Session>();
+  const cancels = new CancelRegistry(log, opts.connectTimeoutMs);
+  const secureContext =
+    opts.tlsCert && opts.tlsKey ? tls.createSecureContext({ cert: readFileSync(opts.tlsCert), key: readFileSync(opts.tlsKey) }) : undefined;
+  let shuttingDown = false;
+  let admitted = 0;
+  let onAllClosed: (() => void) | undefined;
+
+  const server = net.createServer((sock) => {
+    const session = new Session(sock, {
+      log,
+      upstream: opts.upstream,
+      connectTimeoutMs: opts.connectTimeoutMs,
+      maxMessageSize: opts.maxMessageSize,
+      tls: secureContext,
+      cancels,
+      admit: (s) => {
+        if (shuttingDown) {
+          return { severity: 'FATAL', code: SqlState.CannotConnectNow, message: 'the database system is shutting down' };
+        }
+        if (admitted >= opts.maxClientConnections) {
+          log.warn({ max: opts.maxClientConnections }, 'refusing a client: --max-client-connections reached');
+          return { severity: 'FATAL', code: SqlState.TooManyConnections, message: 'sorry, too many clients already' };
+        }
+        admitted++;
+        admittedSessions.add(s);
+        return undefined;
+      },
+      closed: (s) => {
+        sessions.delete(s);
+        if (admittedSessions.delete(s)) admitted--;
+        if (sessions.size === 0) onAllClosed?.();
+      },
+    });
+    sessions.add(session);
+  });
+  const admittedSessions = new Set<Session>();
+  server.on('error', (err) => log.error({ err }, 'listener error'));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, opts.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const addr = server.address();
+  const port = typeof addr === 'object' && addr !== null ? addr.port : opts.port;
+  log.info({ listen: `${opts.host}:${port}`, upstream: `${opts.upstream.host}:${opts.upstream.port}`, tls: Boolean(secureContext) }, 'proxy listening');
+
+  return {
+    port,
+    sessions,
+    async shutdown(timeoutMs: number): Promise<void> {
+      if (shuttingDown) return;
+      shuttingDown = true;
+      server.close();
+      log.info({ sessions: sessions.size, timeoutMs }, 'shutting down: waiting for sessions to finish');
+      const allClosed = new Promise<void>((resolve) => {
+        onAllClosed = resolve;
+        if (sessions.size === 0) resolve();
+      });
+      for (const s of sessions) s.drain();
+      const timer = setTimeout(() => {
+        for (const s of [...sessions]) s.terminateForShutdown();
+      }, timeoutMs);
+      await allClosed;
+      clearTimeout(timer);
+      log.info('proxy stopped');
+    },
+  };
+}
