@@ -32,6 +32,8 @@ export interface ClusterOptions {
   readonly port?: number | undefined;
   /** Password of the `postgres` superuser (scram-sha-256 over TCP). */
   readonly password: string;
+  /** Lines placed first in pg_hba.conf when the cluster is created. */
+  readonly hbaFirst?: readonly string[] | undefined;
   /** Extra `-c name=value` server settings. */
   readonly settings?: Readonly<Record<string, string>> | undefined;
 }
@@ -170,6 +172,10 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
       );
     } finally {
       rmSync(pwFile, { force: true });
+    }
+    if (opts.hbaFirst?.length) {
+      const hba = path.join(dataDir, 'pg_hba.conf');
+      writeFileSync(hba, opts.hbaFirst.join('\n') + '\n' + readFileSync(hba, 'utf8'));
     }
   }
   const port = opts.port ?? (await freePort());

@@ -24,6 +24,7 @@ declare module 'vitest' {
     serverLog: string;
     serverMajor: number;
     pgBinDir: string;
+    ownCluster: boolean;
   }
 }
 
@@ -58,6 +59,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
       baseDir: base,
       binDir: process.env['DFGATE_TEST_PGBIN'] || undefined,
       password: 'dfgate-test-superuser',
+      // Members of these groups log in over TCP with trust / md5 (auth tests); everyone else scram-sha-256.
+      hbaFirst: ['host all +dfgate_trust_logins 127.0.0.1/32 trust', 'host all +dfgate_md5_logins 127.0.0.1/32 md5'],
       settings: {
         fsync: 'off',
         synchronous_commit: 'off',
@@ -75,6 +78,9 @@ export default async function setup(project: TestProject): Promise<() => Promise
   await admin.connect();
   const ver = await admin.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`);
   const major = Math.floor(Number(ver.rows[0]?.v) / 10000);
+  for (const g of ['dfgate_trust_logins', 'dfgate_md5_logins']) {
+    await admin.query(`DO $$ BEGIN CREATE ROLE ${g} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$`);
+  }
   await admin.query(`DROP DATABASE IF EXISTS ${TEMPLATE_DB}`);
   await admin.query(`CREATE DATABASE ${TEMPLATE_DB}`);
   await admin.end();
@@ -87,6 +93,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   project.provide('serverLog', serverLog);
   project.provide('serverMajor', major);
   project.provide('pgBinDir', binDir);
+  project.provide('ownCluster', cluster !== undefined);
   process.stdout.write(
     `[dfgate tests] PostgreSQL ${major} at ${adminUrl.replace(/:[^:@/]*@/, ':***@')}\n`,
   );

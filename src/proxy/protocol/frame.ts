@@ -100,14 +100,18 @@ export class Framer {
           this.remaining = len - 4;
           continue;
         }
-        if (pos > runStart) out.push(chunk.subarray(runStart, pos));
         if (n - pos >= len + 1) {
+          // Whole inside this chunk: forwarded unchanged it stays part of the run.
           const raw = chunk.subarray(pos, pos + len + 1);
           const res = this.hooks.message(type, raw.subarray(5), raw);
-          if (res !== null) out.push(res ?? raw);
+          if (res !== undefined) {
+            if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+            if (res !== null) out.push(res);
+            runStart = pos + len + 1;
+          }
           pos += len + 1;
-          runStart = pos;
         } else {
+          if (pos > runStart) out.push(chunk.subarray(runStart, pos));
           this.whole = Buffer.allocUnsafe(len + 1);
           this.wholeType = type;
           chunk.copy(this.whole, 0, pos, n);

@@ -1,0 +1,255 @@
+/** The frontend codec and the framer, byte by byte: every frame split at every offset. */
+import { describe, expect, it } from 'vitest';
+import { decodeAuth, decodeBackendKey, decodeErrorFields, encodeAuthSASL, encodeError } from '../../src/proxy/protocol/backend.js';
+import { Frontend } from '../../src/proxy/protocol/codes.js';
+import { Framer, MessageTooLarge, StartupFramer } from '../../src/proxy/protocol/frame.js';
+import {
+  decodeAuthMessage,
+  decodeFrontend,
+  decodeStartup,
+  encodeAuthMessage,
+  encodeFrontend,
+  encodeStartup,
+  type AuthMessage,
+  type FrontendMessage,
+  type StartupPacket,
+} from '../../src/proxy/protocol/frontend.js';
+import { ProtocolError } from '../../src/proxy/protocol/reader.js';
+
+const MESSAGES: FrontendMessage[] = [
+  { type: 'Query', sql: `SELECT df.start('SELECT ''ünïcødé'' 🚀') -- tail` },
+  { type: 'Query', sql: '' },
+  { type: 'Parse', name: 'stmt_1', sql: 'SELECT $1::int + $2', paramTypes: [23, 0xffffffff] },
+  { type: 'Parse', name: '', sql: 'SELECT 1', paramTypes: [] },
+  {
+    type: 'Bind',
+    portal: 'p',
+    statement: 'stmt_1',
+    paramFormats: [0, 1],
+    params: [Buffer.from('42'), null, Buffer.alloc(0), Buffer.from([0, 1, 2, 255])],
+    resultFormats: [1],
+  },
+  { type: 'Bind', portal: '', statement: '', paramFormats: [], params: [], resultFormats: [] },
+  { type: 'Describe', kind: 'S', name: 'stmt_1' },
+  { type: 'Describe', kind: 'P', name: '' },
+  { type: 'Execute', portal: '', maxRows: 0 },
+  { type: 'Execute', portal: 'p', maxRows: 100 },
+  { type: 'Close', kind: 'S', name: 'stmt_1' },
+  { type: 'Close', kind: 'P', name: 'p' },
+  { type: 'Sync' },
+  { type: 'Flush' },
+  { type: 'CopyData', data: Buffer.from('1\tone\n2\ttwo\n') },
+  { type: 'CopyData', data: Buffer.alloc(0) },
+  { type: 'CopyDone' },
+  { type: 'CopyFail', message: 'aborted by user' },
+  { type: 'FunctionCall', oid: 1598, argFormats: [0], args: [Buffer.from('x'), null], resultFormat: 1 },
+  { type: 'AuthData', data: Buffer.from('n,,n=,r=abc') },
+  { type: 'Terminate' },
+];
+
+const STARTUP: StartupPacket[] = [
+  { type: 'StartupMessage', version: 196608, params: [['user', 'alice'], ['database', 'db ü'], ['application_name', 'psql'], ['options', '-c search_path=df']] },
+  { type: 'StartupMessage', version: 196610, params: [['user', 'u']] },
+  { type: 'SSLRequest' },
+  { type: 'GSSENCRequest' },
+  { type: 'CancelRequest', pid: 4242, key: Buffer.from([1, 2, 3, 4]) },
+  { type: 'CancelRequest', pid: 7, key: Buffer.alloc(32, 0xab) },
+];
+
+const AUTH: Array<[AuthMessage['type'], AuthMessage]> = [
+  ['PasswordMessage', { type: 'PasswordMessage', password: 'md5abcdef' }],
+  ['SASLInitialResponse', { type: 'SASLInitialResponse', mechanism: 'SCRAM-SHA-256', data: Buffer.from('n,,n=,r=nonce') }],
+  ['SASLInitialResponse', { type: 'SASLInitialResponse', mechanism: 'SCRAM-SHA-256', data: null }],
+  ['SASLResponse', { type: 'SASLResponse', data: Buffer.from('c=biws,r=nonce,p=proof') }],
+];
+
+/** Feeds the stream to a framer in the given pieces; returns the output and the messages seen whole. */
+function frame(pieces: Buffer[], inspect: (t: number) => boolean, replace?: (t: number, body: Buffer) => Buffer | null | undefined) {
+  const seen: Array<[number, Buffer]> = [];
+  const f = new Framer({
+    inspect,
+    message: (t, body, raw) => {
+      seen.push([t, Buffer.from(raw)]);
+      return replace?.(t, body);
+    },
+  });
+  const out: Buffer[] = [];
+  for (const p of pieces) out.push(...f.push(p).map((b) => Buffer.from(b)));
+  return { out: Buffer.concat(out), seen, boundary: f.atBoundary };
+}
+
+function splits(buf: Buffer): Buffer[][] {
+  const all: Buffer[][] = [];
+  for (let i = 0; i <= buf.length; i++) all.push([buf.subarray(0, i), buf.subarray(i)]);
+  return all;
+}
+
+describe('frontend codec', () => {
+  it.each(MESSAGES.map((m) => [m.type, m] as const))('%s round-trips byte for byte', (_t, m) => {
+    const bytes = encodeFrontend(m);
+    expect(bytes.readInt32BE(1)).toBe(bytes.length - 1);
+    const back = decodeFrontend(bytes[0] as number, bytes.subarray(5));
+    expect(back).toEqual(m);
+    expect(encodeFrontend(back).equals(bytes)).toBe(true);
+  });
+
+  it.each(STARTUP.map((p) => [p.type, p] as const))('%s round-trips', (_t, p) => {
+    const bytes = encodeStartup(p);
+    expect(bytes.readInt32BE(0)).toBe(bytes.length);
+    const back = decodeStartup(bytes.subarray(4));
+    expect(back).toEqual(p);
+    expect(encodeStartup(back).equals(bytes)).toBe(true);
+  });
+
+  it.each(AUTH)('%s round-trips', (kind, m) => {
+    const bytes = encodeAuthMessage(m);
+    expect(bytes[0]).toBe(Frontend.Password);
+    const back = decodeAuthMessage(bytes.subarray(5), kind);
+    expect(back).toEqual(m);
+    expect(encodeAuthMessage(back).equals(bytes)).toBe(true);
+  });
+
+  it('every truncation of every message is a ProtocolError, never a crash or an over-read', () => {
+    for (const m of MESSAGES) {
+      const bytes = encodeFrontend(m);
+      const body = bytes.subarray(5);
+      for (let cut = 0; cut < body.length; cut++) {
+        let res: unknown;
+        try {
+          res = decodeFrontend(bytes[0] as number, body.subarray(0, cut));
+        } catch (e) {
+          expect(e).toBeInstanceOf(ProtocolError);
+          continue;
+        }
+        // a shorter body may still be a valid (different) message, e.g. CopyData
+        expect(['CopyData', 'AuthData']).toContain((res as FrontendMessage).type);
+      }
+      if (!['CopyData', 'AuthData', 'Sync', 'Flush', 'Terminate', 'CopyDone'].includes(m.type)) {
+        expect(() => decodeFrontend(bytes[0] as number, Buffer.concat([body, Buffer.from([0])]))).toThrow(ProtocolError);
+      }
+    }
+  });
+
+  it('rejects unknown types, bad kinds, negative counts and lengths', () => {
+    expect(() => decodeFrontend(0x7a, Buffer.alloc(0))).toThrow(/invalid frontend message type "z"/);
+    expect(() => decodeFrontend(Frontend.Describe, Buffer.from('X\0'))).toThrow(/invalid target type/);
+    const neg = Buffer.alloc(4);
+    neg.writeInt16BE(-1, 2);
+    expect(() => decodeFrontend(Frontend.Bind, Buffer.concat([Buffer.from('\0\0'), neg]))).toThrow(/negative/);
+    const badLen = encodeFrontend({ type: 'Bind', portal: '', statement: '', paramFormats: [], params: [Buffer.from('x')], resultFormats: [] });
+    badLen.writeInt32BE(-5, 5 + 2 + 2 + 2);
+    expect(() => decodeFrontend(Frontend.Bind, badLen.subarray(5))).toThrow(/invalid parameter length/);
+    expect(() => decodeStartup(Buffer.from([0, 2, 0, 0]))).toThrow(/unsupported frontend protocol 2\.0/);
+    expect(() => decodeStartup(Buffer.from([0, 3, 0, 0, 0x75, 0x73, 0x65, 0x72]))).toThrow(/unterminated/);
+  });
+});
+
+describe('framer', () => {
+  const stream = Buffer.concat(MESSAGES.map(encodeFrontend));
+  const types = MESSAGES.map((m) => encodeFrontend(m)[0]);
+
+  it('forwards a stream unchanged and untouched, split at every offset', () => {
+    for (const pieces of splits(stream)) {
+      const r = frame(pieces, () => false);
+      expect(r.out.equals(stream)).toBe(true);
+      expect(r.seen).toHaveLength(0);
+      expect(r.boundary).toBe(true);
+    }
+  });
+
+  it('hands every inspected message over whole, split at every offset', () => {
+    for (const pieces of splits(stream)) {
+      const r = frame(pieces, () => true);
+      expect(r.out.equals(stream)).toBe(true);
+      expect(r.seen.map(([t]) => t)).toEqual(types);
+      expect(Buffer.concat(r.seen.map(([, raw]) => raw)).equals(stream)).toBe(true);
+    }
+  });
+
+  it('splits into single bytes and into random pieces', () => {
+    const bytes = [...stream].map((b) => Buffer.from([b]));
+    expect(frame(bytes, (t) => t === Frontend.Query).out.equals(stream)).toBe(true);
+    let seed = 12345;
+    const rnd = (): number => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    for (let round = 0; round < 200; round++) {
+      const pieces: Buffer[] = [];
+      for (let i = 0; i < stream.length; ) {
+        const n = 1 + Math.floor(rnd() * 40);
+        pieces.push(stream.subarray(i, i + n));
+        i += n;
+      }
+      const r = frame(pieces, (t) => t === Frontend.Parse || t === Frontend.Bind);
+      expect(r.out.equals(stream)).toBe(true);
+      expect(r.seen).toHaveLength(4);
+    }
+  });
+
+  it('replaces and drops inspected messages at every split', () => {
+    const replacement = encodeFrontend({ type: 'Query', sql: 'SELECT 2' });
+    const expected = Buffer.concat(
+      MESSAGES.filter((m) => m.type !== 'Flush').map((m) => (m.type === 'Query' ? replacement : encodeFrontend(m))),
+    );
+    for (const pieces of splits(stream)) {
+      const r = frame(
+        pieces,
+        (t) => t === Frontend.Query || t === Frontend.Flush,
+        (t) => (t === Frontend.Flush ? null : replacement),
+      );
+      expect(r.out.equals(expected)).toBe(true);
+    }
+  });
+
+  it('refuses an oversized message on its header, before its body arrives', () => {
+    const f = new Framer({ inspect: () => true, message: () => undefined }, 1024);
+    const head = Buffer.from([Frontend.Query, 0, 0, 0x10, 0]);
+    expect(() => f.push(head)).toThrow(MessageTooLarge);
+    const g = new Framer({ inspect: () => false, message: () => undefined }, 1024);
+    expect(() => g.push(head.subarray(0, 3))).not.toThrow();
+    expect(() => g.push(head.subarray(3))).toThrow(/over the 1024-byte limit/);
+  });
+
+  it('refuses lengths below 4', () => {
+    const f = new Framer({ inspect: () => false, message: () => undefined });
+    expect(() => f.push(Buffer.from([Frontend.Sync, 0, 0, 0, 3]))).toThrow(/invalid message length 3/);
+  });
+
+  it('the startup framer reassembles packets at every split and bounds their length', () => {
+    const all = Buffer.concat(STARTUP.map(encodeStartup));
+    for (const pieces of splits(all)) {
+      const sf = new StartupFramer(10_000);
+      const got: StartupPacket[] = [];
+      let rest = Buffer.alloc(0);
+      for (const p of pieces) {
+        let r = sf.push(p);
+        while (r) {
+          got.push(decodeStartup(r.body));
+          rest = r.rest;
+          r = rest.length ? sf.push(rest) : undefined;
+        }
+      }
+      expect(got).toEqual(STARTUP);
+    }
+    const big = Buffer.alloc(8);
+    big.writeInt32BE(10_001, 0);
+    expect(() => new StartupFramer(10_000).push(big)).toThrow(/invalid length of startup packet: 10001/);
+    const tiny = Buffer.from([0, 0, 0, 4]);
+    expect(() => new StartupFramer(10_000).push(tiny)).toThrow(/invalid length/);
+  });
+});
+
+describe('backend messages dfgate builds or reads', () => {
+  it('ErrorResponse fields', () => {
+    const e = encodeError({ severity: 'FATAL', code: '08P01', message: 'bad', hint: 'h', position: 7 });
+    expect(e[0]).toBe(0x45);
+    expect(e.readInt32BE(1)).toBe(e.length - 1);
+    const f = decodeErrorFields(e.subarray(5));
+    expect(Object.fromEntries(f)).toEqual({ S: 'FATAL', V: 'FATAL', C: '08P01', M: 'bad', H: 'h', P: '7' });
+  });
+
+  it('SASL mechanism lists and backend keys of any length', () => {
+    const m = encodeAuthSASL(['SCRAM-SHA-256', 'SCRAM-SHA-256-PLUS']);
+    expect(decodeAuth(m.subarray(5))).toEqual({ code: 10, mechanisms: ['SCRAM-SHA-256', 'SCRAM-SHA-256-PLUS'] });
+    const k = Buffer.concat([Buffer.from([0, 0, 1, 0]), Buffer.alloc(32, 7)]);
+    expect(decodeBackendKey(k)).toEqual({ pid: 256, key: Buffer.alloc(32, 7) });
+  });
+});
