@@ -130,8 +130,7 @@ export class Session {
       }
       case 'CancelRequest':
         void this.ctx.cancels.forward(packet.pid, packet.key);
-        this.client.end();
-        this.phase = 'closed';
+        this.close('cancel request');
         return;
       case 'StartupMessage': {
         this.startup = undefined;
@@ -170,6 +169,7 @@ export class Session {
   private directTls(first: Buffer): void {
     if (!this.ctx.tls) {
       this.log.warn('client started TLS directly (sslnegotiation=direct) but dfgate has no --tls-cert; closing');
+      this.close('direct TLS without a certificate');
       this.client.destroy();
       return;
     }
@@ -193,6 +193,7 @@ export class Session {
     secure.once('secure', () => {
       if (direct && secure.alpnProtocol !== 'postgresql') {
         this.log.warn('direct TLS without ALPN "postgresql"; closing');
+        this.close('direct TLS without ALPN');
         secure.destroy();
       }
     });
