@@ -14,7 +14,10 @@ export async function migrateUpstream(url: string, log: Logger): Promise<void> {
     const res = await migrate(client, {
       onApplied: (m, ms) => log.info({ version: m.version, name: m.name, ms }, 'migration applied'),
     });
-    log.info({ from: res.from, to: res.to }, res.applied.length ? 'schema migrated' : 'schema up to date');
+    log.info(
+      { from: res.from, to: res.to },
+      res.applied.length ? 'schema migrated' : 'schema up to date',
+    );
   } finally {
     await client.end().catch(() => undefined);
   }
@@ -23,7 +26,10 @@ export async function migrateUpstream(url: string, log: Logger): Promise<void> {
 export async function serve(cfg: Config, log: Logger): Promise<ProxyServer> {
   const upstream = cfg.upstream as string;
   if (cfg.migrate) await migrateUpstream(upstream, log);
-  if (cfg.executor) log.warn('the executor is not part of this build yet: instances are recorded but not run (issue 6)');
+  if (cfg.executor)
+    log.warn(
+      'the executor is not part of this build yet: instances are recorded but not run (issue 6)',
+    );
   return await startProxy({
     host: cfg.listen.host,
     port: cfg.listen.port,

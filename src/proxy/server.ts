@@ -35,7 +35,12 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const sessions = new Set<Session>();
   const cancels = new CancelRegistry(log, opts.connectTimeoutMs);
   const secureContext =
-    opts.tlsCert && opts.tlsKey ? tls.createSecureContext({ cert: readFileSync(opts.tlsCert), key: readFileSync(opts.tlsKey) }) : undefined;
+    opts.tlsCert && opts.tlsKey
+      ? tls.createSecureContext({
+          cert: readFileSync(opts.tlsCert),
+          key: readFileSync(opts.tlsKey),
+        })
+      : undefined;
   let shuttingDown = false;
   let admitted = 0;
   let onAllClosed: (() => void) | undefined;
@@ -50,11 +55,22 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       cancels,
       admit: (s) => {
         if (shuttingDown) {
-          return { severity: 'FATAL', code: SqlState.CannotConnectNow, message: 'the database system is shutting down' };
+          return {
+            severity: 'FATAL',
+            code: SqlState.CannotConnectNow,
+            message: 'the database system is shutting down',
+          };
         }
         if (admitted >= opts.maxClientConnections) {
-          log.warn({ max: opts.maxClientConnections }, 'refusing a client: --max-client-connections reached');
-          return { severity: 'FATAL', code: SqlState.TooManyConnections, message: 'sorry, too many clients already' };
+          log.warn(
+            { max: opts.maxClientConnections },
+            'refusing a client: --max-client-connections reached',
+          );
+          return {
+            severity: 'FATAL',
+            code: SqlState.TooManyConnections,
+            message: 'sorry, too many clients already',
+          };
         }
         admitted++;
         admittedSessions.add(s);
@@ -79,7 +95,14 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   });
   const addr = server.address();
   const port = typeof addr === 'object' && addr !== null ? addr.port : opts.port;
-  log.info({ listen: `${opts.host}:${port}`, upstream: `${opts.upstream.host}:${opts.upstream.port}`, tls: Boolean(secureContext) }, 'proxy listening');
+  log.info(
+    {
+      listen: `${opts.host}:${port}`,
+      upstream: `${opts.upstream.host}:${opts.upstream.port}`,
+      tls: Boolean(secureContext),
+    },
+    'proxy listening',
+  );
 
   return {
     port,
@@ -88,7 +111,10 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       if (shuttingDown) return;
       shuttingDown = true;
       server.close();
-      log.info({ sessions: sessions.size, timeoutMs }, 'shutting down: waiting for sessions to finish');
+      log.info(
+        { sessions: sessions.size, timeoutMs },
+        'shutting down: waiting for sessions to finish',
+      );
       const allClosed = new Promise<void>((resolve) => {
         onAllClosed = resolve;
         if (sessions.size === 0) resolve();

@@ -10,10 +10,29 @@ import type net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { CancelRegistry } from './cancel.js';
-import { decodeAuth, decodeBackendKey, decodeErrorFields, decodeParameterStatus, encodeAuthSASL, encodeError, type ErrorFields } from './protocol/backend.js';
-import { AuthCode, Backend, Frontend, isFrontendType, MAX_STARTUP_PACKET } from './protocol/codes.js';
+import {
+  decodeAuth,
+  decodeBackendKey,
+  decodeErrorFields,
+  decodeParameterStatus,
+  encodeAuthSASL,
+  encodeError,
+  type ErrorFields,
+} from './protocol/backend.js';
+import {
+  AuthCode,
+  Backend,
+  Frontend,
+  isFrontendType,
+  MAX_STARTUP_PACKET,
+} from './protocol/codes.js';
 import { Framer, MessageTooLarge, StartupFramer } from './protocol/frame.js';
-import { decodeAuthMessage, decodeStartup, encodeFrontend, type AuthMessage } from './protocol/frontend.js';
+import {
+  decodeAuthMessage,
+  decodeStartup,
+  encodeFrontend,
+  type AuthMessage,
+} from './protocol/frontend.js';
 import { ProtocolError } from './protocol/reader.js';
 import { SqlState } from './protocol/sqlstate.js';
 import { connectUpstream, type UpstreamTarget } from './upstream.js';
@@ -33,7 +52,13 @@ export interface SessionContext {
 type Phase = 'startup' | 'connecting' | 'auth' | 'ready' | 'closed';
 
 const SERVER_INSPECT = new Uint8Array(256);
-for (const t of [Backend.Authentication, Backend.BackendKeyData, Backend.ParameterStatus, Backend.ReadyForQuery, Backend.ErrorResponse]) {
+for (const t of [
+  Backend.Authentication,
+  Backend.BackendKeyData,
+  Backend.ParameterStatus,
+  Backend.ReadyForQuery,
+  Backend.ErrorResponse,
+]) {
   SERVER_INSPECT[t] = 1;
 }
 const TLS_HANDSHAKE = 0x16;
@@ -68,14 +93,22 @@ export class Session {
     private client: net.Socket,
     private readonly ctx: SessionContext,
   ) {
-    this.log = ctx.log.child({ conn: this.id, remote: `${client.remoteAddress ?? 'local'}:${client.remotePort ?? 0}` });
+    this.log = ctx.log.child({
+      conn: this.id,
+      remote: `${client.remoteAddress ?? 'local'}:${client.remotePort ?? 0}`,
+    });
     client.setNoDelay(true);
     this.attachClient(client);
   }
 
   /** Idle: no transaction open and nothing outstanding. */
   get idle(): boolean {
-    return this.phase === 'ready' && this.txStatus === 'I' && this.outstanding === 0 && (this.clientFramer?.atBoundary ?? true);
+    return (
+      this.phase === 'ready' &&
+      this.txStatus === 'I' &&
+      this.outstanding === 0 &&
+      (this.clientFramer?.atBoundary ?? true)
+    );
   }
 
   private attachClient(sock: net.Socket): void {
@@ -88,7 +121,8 @@ export class Session {
     try {
       if (this.phase === 'startup') this.onStartupData(chunk);
       else if (this.phase === 'connecting') this.pendingClient.push(chunk);
-      else if (this.upstream && this.clientFramer) this.forward(this.clientFramer.push(chunk), this.upstream, this.client);
+      else if (this.upstream && this.clientFramer)
+        this.forward(this.clientFramer.push(chunk), this.upstream, this.client);
     } catch (err) {
       this.protocolFailure(err);
     }
@@ -96,12 +130,20 @@ export class Session {
 
   private protocolFailure(err: unknown): void {
     if (err instanceof MessageTooLarge) {
-      this.fatal({ severity: 'FATAL', code: SqlState.ProgramLimitExceeded, message: `invalid message length: ${err.message}` });
+      this.fatal({
+        severity: 'FATAL',
+        code: SqlState.ProgramLimitExceeded,
+        message: `invalid message length: ${err.message}`,
+      });
     } else if (err instanceof ProtocolError) {
       this.fatal({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: err.message });
     } else {
       this.log.error({ err }, 'internal error in session');
-      this.fatal({ severity: 'FATAL', code: SqlState.InternalError, message: 'internal error in dfgate; see its log' });
+      this.fatal({
+        severity: 'FATAL',
+        code: SqlState.InternalError,
+        message: 'internal error in dfgate; see its log',
+      });
     }
   }
 
@@ -109,7 +151,11 @@ export class Session {
 
   private onStartupData(chunk: Buffer): void {
     const framer = this.startup as StartupFramer;
-    if (framer.buffered === 0 && chunk[0] === TLS_HANDSHAKE && !(this.client instanceof tls.TLSSocket)) {
+    if (
+      framer.buffered === 0 &&
+      chunk[0] === TLS_HANDSHAKE &&
+      !(this.client instanceof tls.TLSSocket)
+    ) {
       this.directTls(chunk);
       return;
     }
@@ -119,7 +165,8 @@ export class Session {
     switch (packet.type) {
       case 'SSLRequest':
       case 'GSSENCRequest': {
-        if (got.rest.length > 0) throw new ProtocolError(`received unencrypted data after ${packet.type}`);
+        if (got.rest.length > 0)
+          throw new ProtocolError(`received unencrypted data after ${packet.type}`);
         if (packet.type === 'SSLRequest' && this.ctx.tls) {
           this.client.write('S');
           this.upgradeClient([]);
@@ -149,7 +196,11 @@ export class Session {
           return;
         }
         if (!this.user) {
-          this.fatal({ severity: 'FATAL', code: SqlState.InvalidAuthorization, message: 'no PostgreSQL user name specified in startup packet' });
+          this.fatal({
+            severity: 'FATAL',
+            code: SqlState.InvalidAuthorization,
+            message: 'no PostgreSQL user name specified in startup packet',
+          });
           return;
         }
         const refused = this.ctx.admit(this);
@@ -168,7 +219,9 @@ export class Session {
   /** PostgreSQL 17's sslnegotiation=direct: TLS from the first byte, ALPN "postgresql". */
   private directTls(first: Buffer): void {
     if (!this.ctx.tls) {
-      this.log.warn('client started TLS directly (sslnegotiation=direct) but dfgate has no --tls-cert; closing');
+      this.log.warn(
+        'client started TLS directly (sslnegotiation=direct) but dfgate has no --tls-cert; closing',
+      );
       this.close('direct TLS without a certificate');
       this.client.destroy();
       return;
@@ -231,9 +284,12 @@ export class Session {
         inspect: (t) => t === Frontend.Password && this.phase === 'auth',
         header: (t) => {
           if (!isFrontendType(t)) {
-            throw new ProtocolError(`invalid frontend message type ${JSON.stringify(String.fromCharCode(t))} (0x${t.toString(16)})`);
+            throw new ProtocolError(
+              `invalid frontend message type ${JSON.stringify(String.fromCharCode(t))} (0x${t.toString(16)})`,
+            );
           }
-          if (t === Frontend.Query || t === Frontend.Sync || t === Frontend.FunctionCall) this.outstanding++;
+          if (t === Frontend.Query || t === Frontend.Sync || t === Frontend.FunctionCall)
+            this.outstanding++;
           else if (t === Frontend.Terminate) this.clientTerminated = true;
         },
         message: (t, body) => this.onClientAuthMessage(t, body),
@@ -323,8 +379,14 @@ export class Session {
       }
       case Backend.ErrorResponse: {
         const fields = decodeErrorFields(body);
-        if (fields.get('V') === 'FATAL' || fields.get('S') === 'FATAL' || fields.get('V') === 'PANIC') this.sawFatal = true;
-        if (this.phase === 'auth') this.log.info({ code: fields.get('C') }, 'upstream refused the connection');
+        if (
+          fields.get('V') === 'FATAL' ||
+          fields.get('S') === 'FATAL' ||
+          fields.get('V') === 'PANIC'
+        )
+          this.sawFatal = true;
+        if (this.phase === 'auth')
+          this.log.info({ code: fields.get('C') }, 'upstream refused the connection');
         return undefined;
       }
       default:
@@ -335,13 +397,19 @@ export class Session {
   private onClientAuthMessage(type: number, body: Buffer): Buffer | null | undefined {
     if (type !== Frontend.Password || !this.expectAuth) return undefined;
     const m = decodeAuthMessage(body, this.expectAuth);
-    if (m.type === 'SASLInitialResponse' && m.data !== null && m.data[0] === 0x79 /* y */ && this.upstreamTls) {
+    if (
+      m.type === 'SASLInitialResponse' &&
+      m.data !== null &&
+      m.data[0] === 0x79 /* y */ &&
+      this.upstreamTls
+    ) {
       // The client supports channel binding but dfgate hid SCRAM-SHA-256-PLUS; a TLS
       // server that supports binding must then refuse ("downgrade"), so say what to change.
       this.fatal({
         severity: 'FATAL',
         code: SqlState.InvalidAuthorization,
-        message: 'SCRAM channel binding cannot pass through dfgate: the client\'s TLS session ends at dfgate, and the upstream server\'s TLS session is a different one',
+        message:
+          "SCRAM channel binding cannot pass through dfgate: the client's TLS session ends at dfgate, and the upstream server's TLS session is a different one",
         hint: 'Connect to dfgate with channel_binding=disable (for example psql "host=... sslmode=require channel_binding=disable"), or without TLS on a trusted network.',
       });
       return null;
@@ -351,12 +419,18 @@ export class Session {
 
   private onUpstreamClosed(): void {
     if (this.phase === 'closed') return;
-    if (!this.clientTerminated && !this.sawFatal && (this.serverFramer?.atBoundary ?? true) && this.phase !== 'connecting') {
+    if (
+      !this.clientTerminated &&
+      !this.sawFatal &&
+      (this.serverFramer?.atBoundary ?? true) &&
+      this.phase !== 'connecting'
+    ) {
       this.log.warn('upstream connection lost');
       this.fatal({
         severity: 'FATAL',
         code: SqlState.ConnectionFailure,
-        message: 'server closed the connection unexpectedly (the upstream connection of dfgate was lost)',
+        message:
+          'server closed the connection unexpectedly (the upstream connection of dfgate was lost)',
       });
       return;
     }
@@ -369,7 +443,8 @@ export class Session {
   fatal(e: ErrorFields): void {
     if (this.phase === 'closed') return;
     this.log.info({ code: e.code, msg: e.message }, 'closing client connection with an error');
-    if (!this.client.destroyed && (this.serverFramer?.atBoundary ?? true)) this.client.write(encodeError(e));
+    if (!this.client.destroyed && (this.serverFramer?.atBoundary ?? true))
+      this.client.write(encodeError(e));
     this.close(e.message);
   }
 
@@ -380,16 +455,22 @@ export class Session {
   }
 
   terminateForShutdown(): void {
-    this.fatal({ severity: 'FATAL', code: SqlState.AdminShutdown, message: 'terminating connection due to administrator command' });
+    this.fatal({
+      severity: 'FATAL',
+      code: SqlState.AdminShutdown,
+      message: 'terminating connection due to administrator command',
+    });
   }
 
   close(reason: string): void {
     if (this.phase === 'closed') return;
+    const was = this.phase;
     this.phase = 'closed';
     this.unregisterKey?.();
     const up = this.upstream;
     if (up && !up.destroyed) {
-      if (!this.clientTerminated && (this.clientFramer?.atBoundary ?? true)) up.end(encodeFrontend({ type: 'Terminate' }));
+      if (was === 'ready' && !this.clientTerminated && (this.clientFramer?.atBoundary ?? true))
+        up.end(encodeFrontend({ type: 'Terminate' }));
       else up.end();
       setTimeout(() => up.destroy(), 1000).unref();
     }

@@ -24,20 +24,38 @@ export class UpstreamError extends Error {
   override readonly name = 'UpstreamError';
 }
 
-const SSL_MODES: readonly SslMode[] = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'];
+const SSL_MODES: readonly SslMode[] = [
+  'disable',
+  'allow',
+  'prefer',
+  'require',
+  'verify-ca',
+  'verify-full',
+];
 
 /** The upstream target of a postgres:// URL. */
 export function targetFromUrl(text: string): UpstreamTarget {
   const url = new URL(text);
-  const host = url.searchParams.get('host') ?? decodeURIComponent(url.hostname.replace(/^\[|\]$/g, '')) ?? '127.0.0.1';
+  const host =
+    url.searchParams.get('host') ??
+    decodeURIComponent(url.hostname.replace(/^\[|\]$/g, '')) ??
+    '127.0.0.1';
   const port = Number(url.searchParams.get('port') ?? (url.port || 5432));
   const mode = (url.searchParams.get('sslmode') ?? 'prefer') as SslMode;
-  if (!SSL_MODES.includes(mode)) throw new UpstreamError(`unsupported sslmode "${mode}" (use one of ${SSL_MODES.join(', ')})`);
+  if (!SSL_MODES.includes(mode))
+    throw new UpstreamError(`unsupported sslmode "${mode}" (use one of ${SSL_MODES.join(', ')})`);
   const rootcert = url.searchParams.get('sslrootcert');
   if ((mode === 'verify-ca' || mode === 'verify-full') && !rootcert) {
-    throw new UpstreamError(`sslmode=${mode} needs sslrootcert=/path/to/ca.pem in the upstream URL`);
+    throw new UpstreamError(
+      `sslmode=${mode} needs sslrootcert=/path/to/ca.pem in the upstream URL`,
+    );
   }
-  return { host: host || '127.0.0.1', port, sslmode: mode, ca: rootcert ? readFileSync(rootcert) : undefined };
+  return {
+    host: host || '127.0.0.1',
+    port,
+    sslmode: mode,
+    ca: rootcert ? readFileSync(rootcert) : undefined,
+  };
 }
 
 function rawConnect(t: UpstreamTarget, timeoutMs: number): Promise<net.Socket> {
@@ -47,7 +65,9 @@ function rawConnect(t: UpstreamTarget, timeoutMs: number): Promise<net.Socket> {
       : net.connect({ host: t.host, port: t.port });
     const timer = setTimeout(() => {
       sock.destroy();
-      reject(new UpstreamError(`timed out after ${timeoutMs} ms connecting to ${t.host}:${t.port}`));
+      reject(
+        new UpstreamError(`timed out after ${timeoutMs} ms connecting to ${t.host}:${t.port}`),
+      );
     }, timeoutMs);
     sock.once('connect', () => {
       clearTimeout(timer);
@@ -64,7 +84,10 @@ function rawConnect(t: UpstreamTarget, timeoutMs: number): Promise<net.Socket> {
 
 function readOneByte(sock: net.Socket, timeoutMs: number): Promise<number> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => done(new UpstreamError('timed out waiting for the answer to SSLRequest')), timeoutMs);
+    const timer = setTimeout(
+      () => done(new UpstreamError('timed out waiting for the answer to SSLRequest')),
+      timeoutMs,
+    );
     const onData = (b: Buffer): void => {
       if (b.length !== 1) {
         done(new UpstreamError('upstream sent unexpected data after SSLRequest'));
@@ -72,8 +95,10 @@ function readOneByte(sock: net.Socket, timeoutMs: number): Promise<number> {
       }
       done(undefined, b[0]);
     };
-    const onErr = (e: Error): void => done(new UpstreamError(`upstream failed during SSL negotiation: ${e.message}`));
-    const onEnd = (): void => done(new UpstreamError('upstream closed the connection during SSL negotiation'));
+    const onErr = (e: Error): void =>
+      done(new UpstreamError(`upstream failed during SSL negotiation: ${e.message}`));
+    const onEnd = (): void =>
+      done(new UpstreamError('upstream closed the connection during SSL negotiation'));
     function done(err?: Error, v?: number): void {
       clearTimeout(timer);
       sock.off('data', onData).off('error', onErr).off('end', onEnd);
@@ -92,7 +117,10 @@ export interface UpstreamSocket {
 }
 
 /** Connects and negotiates TLS; the returned socket is paused. */
-export async function connectUpstream(t: UpstreamTarget, timeoutMs: number): Promise<UpstreamSocket> {
+export async function connectUpstream(
+  t: UpstreamTarget,
+  timeoutMs: number,
+): Promise<UpstreamSocket> {
   const deadline = Date.now() + timeoutMs;
   const sock = await rawConnect(t, timeoutMs);
   sock.pause();
@@ -110,7 +138,9 @@ export async function connectUpstream(t: UpstreamTarget, timeoutMs: number): Pro
   if (answer === 0x4e /* N */) {
     if (t.sslmode === 'prefer') return { socket: sock, tls: false };
     sock.destroy();
-    throw new UpstreamError(`the upstream server does not support SSL, but sslmode=${t.sslmode} requires it`);
+    throw new UpstreamError(
+      `the upstream server does not support SSL, but sslmode=${t.sslmode} requires it`,
+    );
   }
   if (answer !== 0x53 /* S */) {
     sock.destroy();
@@ -125,10 +155,13 @@ export async function connectUpstream(t: UpstreamTarget, timeoutMs: number): Pro
     checkServerIdentity: t.sslmode === 'verify-full' ? tls.checkServerIdentity : () => undefined,
   });
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      secure.destroy();
-      reject(new UpstreamError('timed out during the TLS handshake with the upstream'));
-    }, Math.max(1, deadline - Date.now()));
+    const timer = setTimeout(
+      () => {
+        secure.destroy();
+        reject(new UpstreamError('timed out during the TLS handshake with the upstream'));
+      },
+      Math.max(1, deadline - Date.now()),
+    );
     secure.once('secureConnect', () => {
       clearTimeout(timer);
       resolve();

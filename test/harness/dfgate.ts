@@ -6,7 +6,10 @@ import { afterAll } from 'vitest';
 import { startProxy, type ProxyOptions, type ProxyServer } from '../../src/proxy/server.js';
 import type { UpstreamTarget } from '../../src/proxy/upstream.js';
 
-export function upstreamOf(url: string, sslmode: UpstreamTarget['sslmode'] = 'disable'): UpstreamTarget {
+export function upstreamOf(
+  url: string,
+  sslmode: UpstreamTarget['sslmode'] = 'disable',
+): UpstreamTarget {
   const u = new URL(url);
   return { host: u.hostname, port: Number(u.port), sslmode };
 }
@@ -23,7 +26,10 @@ afterAll(async () => {
   await Promise.all(proxies.splice(0).map((p) => p.shutdown(0)));
 });
 
-export async function startTestProxy(upstreamUrl: string, opts: Partial<ProxyOptions> = {}): Promise<ProxyServer> {
+export async function startTestProxy(
+  upstreamUrl: string,
+  opts: Partial<ProxyOptions> = {},
+): Promise<ProxyServer> {
   const p = await startProxy({
     host: '127.0.0.1',
     port: 0,
@@ -52,16 +58,25 @@ afterAll(() => {
 });
 
 /** Starts `dfgate` (dist/src/cli.js) with --listen 127.0.0.1:0 and waits until it listens. */
-export async function spawnDfgate(args: string[], env: Record<string, string> = {}): Promise<DfgateProcess> {
-  const proc = spawn(process.execPath, [path.resolve('dist/src/cli.js'), '--listen', '127.0.0.1:0', ...args], {
-    env: { ...process.env, DFGATE_LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+export async function spawnDfgate(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<DfgateProcess> {
+  const proc = spawn(
+    process.execPath,
+    [path.resolve('dist/src/cli.js'), '--listen', '127.0.0.1:0', ...args],
+    {
+      env: { ...process.env, DFGATE_LOG_LEVEL: 'info', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   children.push(proc);
   let out = '';
   proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
   proc.stderr?.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const exited = new Promise<number | null>((resolve) =>
+    proc.once('exit', (code) => resolve(code)),
+  );
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`dfgate did not start:\n${out}`)), 30_000);
     const check = (): void => {

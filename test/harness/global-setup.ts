@@ -8,6 +8,7 @@
  *    scram-sha-256 for TCP logins;
  * 3. testcontainers only when DFGATE_TEST_CONTAINERS=1.
  */
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -29,6 +30,13 @@ declare module 'vitest' {
 }
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  // Tests that run the CLI as a child process use dist/: build the current sources once.
+  const build = spawnSync(
+    process.execPath,
+    [path.resolve('node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'],
+    { encoding: 'utf8' },
+  );
+  if (build.status !== 0) throw new Error(`tsc failed:\n${build.stdout}${build.stderr}`);
   let adminUrl: string;
   let cluster: RunningCluster | undefined;
   let stopContainer: (() => Promise<void>) | undefined;
@@ -60,7 +68,10 @@ export default async function setup(project: TestProject): Promise<() => Promise
       binDir: process.env['DFGATE_TEST_PGBIN'] || undefined,
       password: 'dfgate-test-superuser',
       // Members of these groups log in over TCP with trust / md5 (auth tests); everyone else scram-sha-256.
-      hbaFirst: ['host all +dfgate_trust_logins 127.0.0.1/32 trust', 'host all +dfgate_md5_logins 127.0.0.1/32 md5'],
+      hbaFirst: [
+        'host all +dfgate_trust_logins 127.0.0.1/32 trust',
+        'host all +dfgate_md5_logins 127.0.0.1/32 md5',
+      ],
       settings: {
         fsync: 'off',
         synchronous_commit: 'off',
@@ -79,7 +90,9 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const ver = await admin.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`);
   const major = Math.floor(Number(ver.rows[0]?.v) / 10000);
   for (const g of ['dfgate_trust_logins', 'dfgate_md5_logins']) {
-    await admin.query(`DO $$ BEGIN CREATE ROLE ${g} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$`);
+    await admin.query(
+      `DO $$ BEGIN CREATE ROLE ${g} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$`,
+    );
   }
   await admin.query(`DROP DATABASE IF EXISTS ${TEMPLATE_DB}`);
   await admin.query(`CREATE DATABASE ${TEMPLATE_DB}`);

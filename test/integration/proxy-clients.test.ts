@@ -37,7 +37,11 @@ interface Run {
 }
 
 /** Runs a client binary without blocking the event loop (the proxy under test lives in this process). */
-function run(bin: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Run> {
+function run(
+  bin: string,
+  args: string[],
+  opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): Promise<Run> {
   return new Promise((resolve) => {
     const child = spawn(bin, args, { env: { ...process.env, PAGER: '', ...opts.env } });
     let out = '';
@@ -54,20 +58,31 @@ function run(bin: string, args: string[], opts: { input?: string; env?: NodeJS.P
 }
 
 function runPsql(url: string, args: string[]): Promise<Run> {
-  return run(psql, ['-X', '--no-psqlrc', '-v', 'ON_ERROR_STOP=1', '-d', url, ...args], { env: { PGCONNECT_TIMEOUT: '10' } });
+  return run(psql, ['-X', '--no-psqlrc', '-v', 'ON_ERROR_STOP=1', '-d', url, ...args], {
+    env: { PGCONNECT_TIMEOUT: '10' },
+  });
 }
 
 describe('psql through dfgate', () => {
   it('a multi-statement -c string, \\d and \\copy give the same output as a direct connection', async () => {
-    const setup = await runPsql(direct, ['-c', `CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL, note text); CREATE INDEX people_name ON people (name)`]);
+    const setup = await runPsql(direct, [
+      '-c',
+      `CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL, note text); CREATE INDEX people_name ON people (name)`,
+    ]);
     expect(setup.code, setup.err).toBe(0);
     const csv = path.join(tmp, 'people.csv');
-    writeFileSync(csv, Array.from({ length: 2000 }, (_, i) => `${i},name ${i},ü ${i % 7}`).join('\n') + '\n');
+    writeFileSync(
+      csv,
+      Array.from({ length: 2000 }, (_, i) => `${i},name ${i},ü ${i % 7}`).join('\n') + '\n',
+    );
     const load = await runPsql(proxied, ['-c', `\\copy people FROM '${csv}' WITH (FORMAT csv)`]);
     expect(load.code, load.err).toBe(0);
     expect(load.out.trim()).toBe('COPY 2000');
     const scripts: string[][] = [
-      ['-c', 'SELECT count(*), min(id), max(id) FROM people; SELECT note, count(*) FROM people GROUP BY 1 ORDER BY 1; SELECT 1/0'],
+      [
+        '-c',
+        'SELECT count(*), min(id), max(id) FROM people; SELECT note, count(*) FROM people GROUP BY 1 ORDER BY 1; SELECT 1/0',
+      ],
       ['-c', '\\d people'],
       ['-c', '\\copy (SELECT * FROM people ORDER BY id LIMIT 50) TO STDOUT WITH (FORMAT csv)'],
       ['-c', 'SELECT current_user, session_user'],
@@ -76,7 +91,9 @@ describe('psql through dfgate', () => {
       const a = await runPsql(direct, s);
       const b = await runPsql(proxied, s);
       expect(b.out, s.join(' ')).toBe(a.out);
-      expect(b.err.replace(/127\.0\.0\.1:\d+/g, ''), s.join(' ')).toBe(a.err.replace(/127\.0\.0\.1:\d+/g, ''));
+      expect(b.err.replace(/127\.0\.0\.1:\d+/g, ''), s.join(' ')).toBe(
+        a.err.replace(/127\.0\.0\.1:\d+/g, ''),
+      );
       expect(b.code).toBe(a.code);
     }
   });
@@ -102,7 +119,9 @@ describe('psql through dfgate', () => {
   });
 
   it('Ctrl-C (SIGINT) cancels a running statement through dfgate', async () => {
-    const child = spawn(psql, ['-X', '-d', proxied, '-c', 'SELECT pg_sleep(20)'], { env: { ...process.env, PAGER: '' } });
+    const child = spawn(psql, ['-X', '-d', proxied, '-c', 'SELECT pg_sleep(20)'], {
+      env: { ...process.env, PAGER: '' },
+    });
     let err = '';
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     await new Promise((r) => setTimeout(r, 700));
@@ -124,7 +143,11 @@ describe('pgbench through dfgate', () => {
     expect(init.code, init.err).toBe(0);
     for (const mode of ['simple', 'extended', 'prepared']) {
       for (const extra of [['-S'], []]) {
-        const r = await run(pgbench, ['-M', mode, ...extra, '-c', '4', '-j', '2', '-t', '200', ...conn], { env, timeoutMs: 120_000 });
+        const r = await run(
+          pgbench,
+          ['-M', mode, ...extra, '-c', '4', '-j', '2', '-t', '200', ...conn],
+          { env, timeoutMs: 120_000 },
+        );
         expect(r.code, `${mode} ${extra.join(' ')}: ${r.err}`).toBe(0);
         expect(r.out).toMatch(/number of failed transactions: 0 \(0\.000%\)/);
         expect(r.out).toContain('number of transactions actually processed: 800/800');

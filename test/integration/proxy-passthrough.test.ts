@@ -26,7 +26,10 @@ async function client(u = url): Promise<pg.Client> {
 }
 
 /** Reads backend messages from a raw socket until `until` matches one. */
-function readMessages(sock: net.Socket, until: (type: string, body: Buffer) => boolean): Promise<Array<[string, Buffer]>> {
+function readMessages(
+  sock: net.Socket,
+  until: (type: string, body: Buffer) => boolean,
+): Promise<Array<[string, Buffer]>> {
   return new Promise((resolve, reject) => {
     let buf = Buffer.alloc(0);
     const got: Array<[string, Buffer]> = [];
@@ -54,9 +57,15 @@ function readMessages(sock: net.Socket, until: (type: string, body: Buffer) => b
 describe('pass-through with node-postgres', () => {
   it('simple and parameterised queries, types and NULLs', async () => {
     const c = await client();
-    const r = await c.query(`SELECT 1::int AS a, 'ü 🚀'::text AS b, NULL::int AS c, 12345678901234::int8::text AS d, current_user AS u`);
+    const r = await c.query(
+      `SELECT 1::int AS a, 'ü 🚀'::text AS b, NULL::int AS c, 12345678901234::int8::text AS d, current_user AS u`,
+    );
     expect(r.rows).toEqual([{ a: 1, b: 'ü 🚀', c: null, d: '12345678901234', u: role.name }]);
-    const p = await c.query(`SELECT $1::int + $2::int AS s, $3::text AS t`, [40, 2, 'x'.repeat(100_000)]);
+    const p = await c.query(`SELECT $1::int + $2::int AS s, $3::text AS t`, [
+      40,
+      2,
+      'x'.repeat(100_000),
+    ]);
     expect(p.rows[0].s).toBe(42);
     expect(p.rows[0].t).toHaveLength(100_000);
   });
@@ -67,15 +76,21 @@ describe('pass-through with node-postgres', () => {
       const r = await c.query({ name: 'add_one', text: 'SELECT $1::int + 1 AS n', values: [i] });
       expect(r.rows[0].n).toBe(i + 1);
     }
-    const ps = await c.query(`SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name = 'add_one'`);
+    const ps = await c.query(
+      `SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name = 'add_one'`,
+    );
     expect(ps.rows[0].n).toBe(1);
   });
 
   it('queued queries, multiple result sets, and a transaction with an error and ROLLBACK', async () => {
     const c = await client();
-    const results = await Promise.all(Array.from({ length: 50 }, (_, i) => c.query(`SELECT ${i} AS i`)));
+    const results = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => c.query(`SELECT ${i} AS i`)),
+    );
     expect(results.map((r) => r.rows[0].i)).toEqual(Array.from({ length: 50 }, (_, i) => i));
-    const multi = (await c.query(`SELECT 1 AS a; SELECT 2 AS b; SELECT 3 AS c`)) as unknown as pg.QueryResult[];
+    const multi = (await c.query(
+      `SELECT 1 AS a; SELECT 2 AS b; SELECT 3 AS c`,
+    )) as unknown as pg.QueryResult[];
     expect(multi.map((r) => r.rows[0])).toEqual([{ a: 1 }, { b: 2 }, { c: 3 }]);
     await c.query(`CREATE TABLE t_tx (id int PRIMARY KEY)`);
     await c.query('BEGIN');
@@ -92,13 +107,34 @@ describe('pass-through with node-postgres', () => {
     const run = async (p: number): Promise<string> => {
       const sock = net.connect({ host: '127.0.0.1', port: p });
       await new Promise((r) => sock.once('connect', r));
-      sock.write(encodeStartup({ type: 'StartupMessage', version: 196608, params: [['user', trustUser.name], ['database', db.name]] }));
+      sock.write(
+        encodeStartup({
+          type: 'StartupMessage',
+          version: 196608,
+          params: [
+            ['user', trustUser.name],
+            ['database', db.name],
+          ],
+        }),
+      );
       await readMessages(sock, (t) => t === 'Z');
       const msgs = [];
       for (let i = 0; i < 3; i++) {
         msgs.push(
-          encodeFrontend({ type: 'Parse', name: '', sql: i === 1 ? 'SELECT 1/0' : `SELECT ${i}`, paramTypes: [] }),
-          encodeFrontend({ type: 'Bind', portal: '', statement: '', paramFormats: [], params: [], resultFormats: [] }),
+          encodeFrontend({
+            type: 'Parse',
+            name: '',
+            sql: i === 1 ? 'SELECT 1/0' : `SELECT ${i}`,
+            paramTypes: [],
+          }),
+          encodeFrontend({
+            type: 'Bind',
+            portal: '',
+            statement: '',
+            paramFormats: [],
+            params: [],
+            resultFormats: [],
+          }),
           encodeFrontend({ type: 'Execute', portal: '', maxRows: 0 }),
           encodeFrontend({ type: 'Sync' }),
         );
@@ -107,7 +143,11 @@ describe('pass-through with node-postgres', () => {
       let zs = 0;
       const got = await readMessages(sock, (t) => t === 'Z' && ++zs === 3);
       sock.end(encodeFrontend({ type: 'Terminate' }));
-      return got.map(([t, body]) => (t === 'E' ? `E(${body.toString('latin1').match(/C(\w{5})/)?.[1]})` : t)).join('');
+      return got
+        .map(([t, body]) =>
+          t === 'E' ? `E(${body.toString('latin1').match(/C(\w{5})/)?.[1]})` : t,
+        )
+        .join('');
     };
     const direct = await run(Number(new URL(db.url).port));
     expect(direct).toContain('E(22012)');
@@ -117,7 +157,9 @@ describe('pass-through with node-postgres', () => {
   it('LISTEN/NOTIFY across two clients', async () => {
     const a = await client();
     const b = await client();
-    const got = new Promise<string>((resolve) => a.on('notification', (n) => resolve(n.payload ?? '')));
+    const got = new Promise<string>((resolve) =>
+      a.on('notification', (n) => resolve(n.payload ?? '')),
+    );
     await a.query('LISTEN dfgate_chan');
     await b.query(`SELECT pg_notify('dfgate_chan', 'hello ü')`);
     expect(await got).toBe('hello ü');
@@ -139,7 +181,10 @@ describe('pass-through with node-postgres', () => {
     const q = c.query(`SELECT pg_sleep(10)`);
     await new Promise((r) => setTimeout(r, 200));
     const canceller = new pg.Client({ connectionString: url });
-    (canceller as unknown as { cancel(c: pg.Client, q: unknown): void }).cancel(c, (c as unknown as { activeQuery: unknown }).activeQuery);
+    (canceller as unknown as { cancel(c: pg.Client, q: unknown): void }).cancel(
+      c,
+      (c as unknown as { activeQuery: unknown }).activeQuery,
+    );
     await expect(q).rejects.toMatchObject({ code: '57014' });
     expect(Date.now() - started).toBeLessThan(1500);
     expect((await c.query('SELECT 1 AS ok')).rows[0].ok).toBe(1);
@@ -160,7 +205,12 @@ describe('pass-through with node-postgres', () => {
 describe('COPY with backpressure and bounded memory', () => {
   let dfgate: DfgateProcess;
   beforeAll(async () => {
-    dfgate = await spawnDfgate(['--upstream', `${db.url}?sslmode=disable`, '--no-migrate', '--no-executor']);
+    dfgate = await spawnDfgate([
+      '--upstream',
+      `${db.url}?sslmode=disable`,
+      '--no-migrate',
+      '--no-executor',
+    ]);
   });
 
   function rssKb(pid: number): number {
@@ -174,7 +224,10 @@ describe('COPY with backpressure and bounded memory', () => {
     const line = 'x'.repeat(1000);
     const rows = 100_000; // ~100 MB
     let peak = 0;
-    const sampler = setInterval(() => (peak = Math.max(peak, rssKb(dfgate.proc.pid as number))), 50);
+    const sampler = setInterval(
+      () => (peak = Math.max(peak, rssKb(dfgate.proc.pid as number))),
+      50,
+    );
     const before = rssKb(dfgate.proc.pid as number);
     let i = 0;
     const source = new Readable({
@@ -184,7 +237,10 @@ describe('COPY with backpressure and bounded memory', () => {
       },
     });
     await pipeline(source, c.query(copyFrom('COPY big FROM STDIN')));
-    expect((await c.query(`SELECT count(*)::int AS n, sum(length(payload))::bigint AS b FROM big`)).rows[0]).toEqual({ n: rows, b: String(rows * 1000) });
+    expect(
+      (await c.query(`SELECT count(*)::int AS n, sum(length(payload))::bigint AS b FROM big`))
+        .rows[0],
+    ).toEqual({ n: rows, b: String(rows * 1000) });
     let bytes = 0;
     let slowdowns = 0;
     const sink = new Writable({

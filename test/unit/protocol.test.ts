@@ -1,6 +1,12 @@
 /** The frontend codec and the framer, byte by byte: every frame split at every offset. */
 import { describe, expect, it } from 'vitest';
-import { decodeAuth, decodeBackendKey, decodeErrorFields, encodeAuthSASL, encodeError } from '../../src/proxy/protocol/backend.js';
+import {
+  decodeAuth,
+  decodeBackendKey,
+  decodeErrorFields,
+  encodeAuthSASL,
+  encodeError,
+} from '../../src/proxy/protocol/backend.js';
 import { Frontend } from '../../src/proxy/protocol/codes.js';
 import { Framer, MessageTooLarge, StartupFramer } from '../../src/proxy/protocol/frame.js';
 import {
@@ -42,13 +48,28 @@ const MESSAGES: FrontendMessage[] = [
   { type: 'CopyData', data: Buffer.alloc(0) },
   { type: 'CopyDone' },
   { type: 'CopyFail', message: 'aborted by user' },
-  { type: 'FunctionCall', oid: 1598, argFormats: [0], args: [Buffer.from('x'), null], resultFormat: 1 },
+  {
+    type: 'FunctionCall',
+    oid: 1598,
+    argFormats: [0],
+    args: [Buffer.from('x'), null],
+    resultFormat: 1,
+  },
   { type: 'AuthData', data: Buffer.from('n,,n=,r=abc') },
   { type: 'Terminate' },
 ];
 
 const STARTUP: StartupPacket[] = [
-  { type: 'StartupMessage', version: 196608, params: [['user', 'alice'], ['database', 'db ü'], ['application_name', 'psql'], ['options', '-c search_path=df']] },
+  {
+    type: 'StartupMessage',
+    version: 196608,
+    params: [
+      ['user', 'alice'],
+      ['database', 'db ü'],
+      ['application_name', 'psql'],
+      ['options', '-c search_path=df'],
+    ],
+  },
   { type: 'StartupMessage', version: 196610, params: [['user', 'u']] },
   { type: 'SSLRequest' },
   { type: 'GSSENCRequest' },
@@ -58,13 +79,20 @@ const STARTUP: StartupPacket[] = [
 
 const AUTH: Array<[AuthMessage['type'], AuthMessage]> = [
   ['PasswordMessage', { type: 'PasswordMessage', password: 'md5abcdef' }],
-  ['SASLInitialResponse', { type: 'SASLInitialResponse', mechanism: 'SCRAM-SHA-256', data: Buffer.from('n,,n=,r=nonce') }],
+  [
+    'SASLInitialResponse',
+    { type: 'SASLInitialResponse', mechanism: 'SCRAM-SHA-256', data: Buffer.from('n,,n=,r=nonce') },
+  ],
   ['SASLInitialResponse', { type: 'SASLInitialResponse', mechanism: 'SCRAM-SHA-256', data: null }],
   ['SASLResponse', { type: 'SASLResponse', data: Buffer.from('c=biws,r=nonce,p=proof') }],
 ];
 
 /** Feeds the stream to a framer in the given pieces; returns the output and the messages seen whole. */
-function frame(pieces: Buffer[], inspect: (t: number) => boolean, replace?: (t: number, body: Buffer) => Buffer | null | undefined) {
+function frame(
+  pieces: Buffer[],
+  inspect: (t: number) => boolean,
+  replace?: (t: number, body: Buffer) => Buffer | null | undefined,
+) {
   const seen: Array<[number, Buffer]> = [];
   const f = new Framer({
     inspect,
@@ -125,22 +153,43 @@ describe('frontend codec', () => {
         expect(['CopyData', 'AuthData']).toContain((res as FrontendMessage).type);
       }
       if (!['CopyData', 'AuthData', 'Sync', 'Flush', 'Terminate', 'CopyDone'].includes(m.type)) {
-        expect(() => decodeFrontend(bytes[0] as number, Buffer.concat([body, Buffer.from([0])]))).toThrow(ProtocolError);
+        expect(() =>
+          decodeFrontend(bytes[0] as number, Buffer.concat([body, Buffer.from([0])])),
+        ).toThrow(ProtocolError);
       }
     }
   });
 
   it('rejects unknown types, bad kinds, negative counts and lengths', () => {
-    expect(() => decodeFrontend(0x7a, Buffer.alloc(0))).toThrow(/invalid frontend message type "z"/);
-    expect(() => decodeFrontend(Frontend.Describe, Buffer.from('X\0'))).toThrow(/invalid target type/);
+    expect(() => decodeFrontend(0x7a, Buffer.alloc(0))).toThrow(
+      /invalid frontend message type "z"/,
+    );
+    expect(() => decodeFrontend(Frontend.Describe, Buffer.from('X\0'))).toThrow(
+      /invalid target type/,
+    );
     const neg = Buffer.alloc(4);
     neg.writeInt16BE(-1, 2);
-    expect(() => decodeFrontend(Frontend.Bind, Buffer.concat([Buffer.from('\0\0'), neg]))).toThrow(/negative/);
-    const badLen = encodeFrontend({ type: 'Bind', portal: '', statement: '', paramFormats: [], params: [Buffer.from('x')], resultFormats: [] });
+    expect(() => decodeFrontend(Frontend.Bind, Buffer.concat([Buffer.from('\0\0'), neg]))).toThrow(
+      /negative/,
+    );
+    const badLen = encodeFrontend({
+      type: 'Bind',
+      portal: '',
+      statement: '',
+      paramFormats: [],
+      params: [Buffer.from('x')],
+      resultFormats: [],
+    });
     badLen.writeInt32BE(-5, 5 + 2 + 2 + 2);
-    expect(() => decodeFrontend(Frontend.Bind, badLen.subarray(5))).toThrow(/invalid parameter length/);
-    expect(() => decodeStartup(Buffer.from([0, 2, 0, 0]))).toThrow(/unsupported frontend protocol 2\.0/);
-    expect(() => decodeStartup(Buffer.from([0, 3, 0, 0, 0x75, 0x73, 0x65, 0x72]))).toThrow(/unterminated/);
+    expect(() => decodeFrontend(Frontend.Bind, badLen.subarray(5))).toThrow(
+      /invalid parameter length/,
+    );
+    expect(() => decodeStartup(Buffer.from([0, 2, 0, 0]))).toThrow(
+      /unsupported frontend protocol 2\.0/,
+    );
+    expect(() => decodeStartup(Buffer.from([0, 3, 0, 0, 0x75, 0x73, 0x65, 0x72]))).toThrow(
+      /unterminated/,
+    );
   });
 });
 
@@ -173,7 +222,7 @@ describe('framer', () => {
     const rnd = (): number => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
     for (let round = 0; round < 200; round++) {
       const pieces: Buffer[] = [];
-      for (let i = 0; i < stream.length; ) {
+      for (let i = 0; i < stream.length;) {
         const n = 1 + Math.floor(rnd() * 40);
         pieces.push(stream.subarray(i, i + n));
         i += n;
@@ -187,7 +236,9 @@ describe('framer', () => {
   it('replaces and drops inspected messages at every split', () => {
     const replacement = encodeFrontend({ type: 'Query', sql: 'SELECT 2' });
     const expected = Buffer.concat(
-      MESSAGES.filter((m) => m.type !== 'Flush').map((m) => (m.type === 'Query' ? replacement : encodeFrontend(m))),
+      MESSAGES.filter((m) => m.type !== 'Flush').map((m) =>
+        m.type === 'Query' ? replacement : encodeFrontend(m),
+      ),
     );
     for (const pieces of splits(stream)) {
       const r = frame(
@@ -210,7 +261,9 @@ describe('framer', () => {
 
   it('refuses lengths below 4', () => {
     const f = new Framer({ inspect: () => false, message: () => undefined });
-    expect(() => f.push(Buffer.from([Frontend.Sync, 0, 0, 0, 3]))).toThrow(/invalid message length 3/);
+    expect(() => f.push(Buffer.from([Frontend.Sync, 0, 0, 0, 3]))).toThrow(
+      /invalid message length 3/,
+    );
   });
 
   it('the startup framer reassembles packets at every split and bounds their length', () => {
@@ -231,7 +284,9 @@ describe('framer', () => {
     }
     const big = Buffer.alloc(8);
     big.writeInt32BE(10_001, 0);
-    expect(() => new StartupFramer(10_000).push(big)).toThrow(/invalid length of startup packet: 10001/);
+    expect(() => new StartupFramer(10_000).push(big)).toThrow(
+      /invalid length of startup packet: 10001/,
+    );
     const tiny = Buffer.from([0, 0, 0, 4]);
     expect(() => new StartupFramer(10_000).push(tiny)).toThrow(/invalid length/);
   });
@@ -239,16 +294,32 @@ describe('framer', () => {
 
 describe('backend messages dfgate builds or reads', () => {
   it('ErrorResponse fields', () => {
-    const e = encodeError({ severity: 'FATAL', code: '08P01', message: 'bad', hint: 'h', position: 7 });
+    const e = encodeError({
+      severity: 'FATAL',
+      code: '08P01',
+      message: 'bad',
+      hint: 'h',
+      position: 7,
+    });
     expect(e[0]).toBe(0x45);
     expect(e.readInt32BE(1)).toBe(e.length - 1);
     const f = decodeErrorFields(e.subarray(5));
-    expect(Object.fromEntries(f)).toEqual({ S: 'FATAL', V: 'FATAL', C: '08P01', M: 'bad', H: 'h', P: '7' });
+    expect(Object.fromEntries(f)).toEqual({
+      S: 'FATAL',
+      V: 'FATAL',
+      C: '08P01',
+      M: 'bad',
+      H: 'h',
+      P: '7',
+    });
   });
 
   it('SASL mechanism lists and backend keys of any length', () => {
     const m = encodeAuthSASL(['SCRAM-SHA-256', 'SCRAM-SHA-256-PLUS']);
-    expect(decodeAuth(m.subarray(5))).toEqual({ code: 10, mechanisms: ['SCRAM-SHA-256', 'SCRAM-SHA-256-PLUS'] });
+    expect(decodeAuth(m.subarray(5))).toEqual({
+      code: 10,
+      mechanisms: ['SCRAM-SHA-256', 'SCRAM-SHA-256-PLUS'],
+    });
     const k = Buffer.concat([Buffer.from([0, 0, 1, 0]), Buffer.alloc(32, 7)]);
     expect(decodeBackendKey(k)).toEqual({ pid: 256, key: Buffer.alloc(32, 7) });
   });

@@ -18,7 +18,9 @@ export class MessageTooLarge extends ProtocolError {
     readonly size: number,
     readonly max: number,
   ) {
-    super(`message of type ${JSON.stringify(String.fromCharCode(type))} is ${size} bytes, over the ${max}-byte limit`);
+    super(
+      `message of type ${JSON.stringify(String.fromCharCode(type))} is ${size} bytes, over the ${max}-byte limit`,
+    );
   }
 }
 
@@ -56,8 +58,12 @@ export class Framer {
   }
 
   private check(type: number, len: number): void {
-    if (len < 4) throw new ProtocolError(`invalid message length ${len} for type ${JSON.stringify(String.fromCharCode(type))}`);
-    if (len - 4 > this.maxMessageSize) throw new MessageTooLarge(type, len - 4, this.maxMessageSize);
+    if (len < 4)
+      throw new ProtocolError(
+        `invalid message length ${len} for type ${JSON.stringify(String.fromCharCode(type))}`,
+      );
+    if (len - 4 > this.maxMessageSize)
+      throw new MessageTooLarge(type, len - 4, this.maxMessageSize);
     this.hooks.header?.(type, len);
   }
 
@@ -165,7 +171,8 @@ export class StartupFramer {
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
     if (this.buf.length < 4) return undefined;
     const len = this.buf.readInt32BE(0);
-    if (len < 8 || len > this.max) throw new ProtocolError(`invalid length of startup packet: ${len}`);
+    if (len < 8 || len > this.max)
+      throw new ProtocolError(`invalid length of startup packet: ${len}`);
     if (this.buf.length < len) return undefined;
     const body = this.buf.subarray(4, len);
     const rest = this.buf.subarray(len);

@@ -8,14 +8,23 @@ import { Frontend, ProtocolVersion, StartupCode } from './codes.js';
 import { ProtocolError, Reader, Writer } from './reader.js';
 
 export type StartupPacket =
-  | { readonly type: 'StartupMessage'; readonly version: number; readonly params: ReadonlyArray<readonly [string, string]> }
+  | {
+      readonly type: 'StartupMessage';
+      readonly version: number;
+      readonly params: ReadonlyArray<readonly [string, string]>;
+    }
   | { readonly type: 'SSLRequest' }
   | { readonly type: 'GSSENCRequest' }
   | { readonly type: 'CancelRequest'; readonly pid: number; readonly key: Buffer };
 
 export type FrontendMessage =
   | { readonly type: 'Query'; readonly sql: string }
-  | { readonly type: 'Parse'; readonly name: string; readonly sql: string; readonly paramTypes: readonly number[] }
+  | {
+      readonly type: 'Parse';
+      readonly name: string;
+      readonly sql: string;
+      readonly paramTypes: readonly number[];
+    }
   | {
       readonly type: 'Bind';
       readonly portal: string;
@@ -45,7 +54,11 @@ export type FrontendMessage =
 
 export type AuthMessage =
   | { readonly type: 'PasswordMessage'; readonly password: string }
-  | { readonly type: 'SASLInitialResponse'; readonly mechanism: string; readonly data: Buffer | null }
+  | {
+      readonly type: 'SASLInitialResponse';
+      readonly mechanism: string;
+      readonly data: Buffer | null;
+    }
   | { readonly type: 'SASLResponse'; readonly data: Buffer };
 
 export function assertNever(x: never): never {
@@ -66,11 +79,13 @@ export function decodeStartup(body: Buffer): StartupPacket {
     case StartupCode.CancelRequest: {
       const pid = r.int32('process id');
       const key = Buffer.from(r.rest());
-      if (key.length < 4 || key.length > 256) throw new ProtocolError(`CancelRequest: invalid key length ${key.length}`);
+      if (key.length < 4 || key.length > 256)
+        throw new ProtocolError(`CancelRequest: invalid key length ${key.length}`);
       return { type: 'CancelRequest', pid, key };
     }
     default: {
-      if (code >>> 16 !== 3) throw new ProtocolError(`unsupported frontend protocol ${code >>> 16}.${code & 0xffff}`);
+      if (code >>> 16 !== 3)
+        throw new ProtocolError(`unsupported frontend protocol ${code >>> 16}.${code & 0xffff}`);
       const params: Array<readonly [string, string]> = [];
       for (;;) {
         const name = r.cstring('parameter name');
@@ -137,7 +152,11 @@ export function decodeFrontend(type: number, body: Buffer): FrontendMessage {
       break;
     }
     case Frontend.Describe:
-      m = { type: 'Describe', kind: kind(r.byte('Describe kind'), 'Describe'), name: r.cstring('name') };
+      m = {
+        type: 'Describe',
+        kind: kind(r.byte('Describe kind'), 'Describe'),
+        name: r.cstring('name'),
+      };
       break;
     case Frontend.Execute:
       m = { type: 'Execute', portal: r.cstring('portal name'), maxRows: r.int32('row limit') };
@@ -174,7 +193,9 @@ export function decodeFrontend(type: number, body: Buffer): FrontendMessage {
       m = { type: 'AuthData', data: r.rest() };
       break;
     default:
-      throw new ProtocolError(`invalid frontend message type ${JSON.stringify(String.fromCharCode(type))} (0x${type.toString(16)})`);
+      throw new ProtocolError(
+        `invalid frontend message type ${JSON.stringify(String.fromCharCode(type))} (0x${type.toString(16)})`,
+      );
   }
   r.end(m.type);
   return m;
@@ -192,7 +213,11 @@ export function decodeAuthMessage(body: Buffer, expect: AuthMessage['type']): Au
       const mechanism = r.cstring('mechanism');
       const len = r.int32('initial response length');
       if (len < -1) throw new ProtocolError(`invalid SASL response length ${len}`);
-      m = { type: 'SASLInitialResponse', mechanism, data: len === -1 ? null : r.bytes(len, 'initial response') };
+      m = {
+        type: 'SASLInitialResponse',
+        mechanism,
+        data: len === -1 ? null : r.bytes(len, 'initial response'),
+      };
       break;
     }
     case 'SASLResponse':

@@ -14,7 +14,9 @@ export class Reader {
 
   private need(n: number, what: string): void {
     if (n < 0 || this.pos + n > this.buf.length) {
-      throw new ProtocolError(`truncated message: ${what} needs ${n} bytes, ${this.remaining} left`);
+      throw new ProtocolError(
+        `truncated message: ${what} needs ${n} bytes, ${this.remaining} left`,
+      );
     }
   }
 
@@ -60,7 +62,8 @@ export class Reader {
   }
 
   end(what: string): void {
-    if (this.remaining !== 0) throw new ProtocolError(`${what}: ${this.remaining} unexpected trailing bytes`);
+    if (this.remaining !== 0)
+      throw new ProtocolError(`${what}: ${this.remaining} unexpected trailing bytes`);
   }
 }
 

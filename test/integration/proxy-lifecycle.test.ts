@@ -1,0 +1,413 @@
+/** Authentication relay, limits, malformed input, upstream loss, client loss and graceful shutdown. */
+import net from 'node:net';
+import pg from 'pg';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { decodeErrorFields } from '../../src/proxy/protocol/backend.js';
+import { encodeFrontend, encodeStartup } from '../../src/proxy/protocol/frontend.js';
+import { useTestDatabase, withUser, type TestRole } from '../harness/db.js';
+import { spawnDfgate, startTestProxy, viaPort } from '../harness/dfgate.js';
+
+const db = useTestDatabase();
+let port: number;
+let scram: TestRole;
+let trust: TestRole;
+
+beforeAll(async () => {
+  port = (await startTestProxy(db.url)).port;
+  scram = await db.role('scram');
+  trust = await db.role('trust');
+  await db.admin.query(`GRANT dfgate_trust_logins TO ${trust.ident}`);
+});
+
+interface Raw {
+  readonly sock: net.Socket;
+  /** Resolves with all messages up to and including the first one matching. */
+  until(pred: (t: string, body: Buffer) => boolean): Promise<Array<[string, Buffer]>>;
+  closed: Promise<void>;
+}
+
+function raw(p: number): Promise<Raw> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host: '127.0.0.1', port: p });
+    let buf = Buffer.alloc(0);
+    const queue: Array<[string, Buffer]> = [];
+    let waiter: (() => void) | undefined;
+    const closed = new Promise<void>((r) => sock.once('close', () => r()));
+    sock.on('error', () => undefined);
+    sock.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      while (buf.length >= 5 && buf.length >= buf.readInt32BE(1) + 1) {
+        const len = buf.readInt32BE(1);
+        queue.push([String.fromCharCode(buf[0] as number), buf.subarray(5, len + 1)]);
+        buf = buf.subarray(len + 1);
+      }
+      waiter?.();
+    });
+    sock.once('connect', () =>
+      resolve({
+        sock,
+        closed,
+        async until(pred) {
+          const out: Array<[string, Buffer]> = [];
+          for (;;) {
+            while (queue.length) {
+              const m = queue.shift() as [string, Buffer];
+              out.push(m);
+              if (pred(m[0], m[1])) return out;
+            }
+            const more = new Promise<void>((r) => (waiter = r));
+            const done = await Promise.race([more.then(() => false), closed.then(() => true)]);
+            if (done && queue.length === 0) return out;
+          }
+        },
+      }),
+    );
+    sock.once('error', reject);
+  });
+}
+
+function errorOf(msgs: Array<[string, Buffer]>): Record<string, string> | undefined {
+  const e = msgs.find(([t]) => t === 'E');
+  return e ? Object.fromEntries(decodeErrorFields(e[1])) : undefined;
+}
+
+describe('authentication relay', () => {
+  it('trust, md5 and scram-sha-256 roles log in through dfgate without dfgate knowing passwords', async () => {
+    const md5 = await db.role('md5', { grant: false });
+    await db.admin.query(
+      `SET password_encryption = 'md5'; ALTER ROLE ${md5.ident} PASSWORD '${md5.password}'; RESET password_encryption`,
+    );
+    await db.admin.query(`GRANT dfgate_md5_logins TO ${md5.ident}`);
+    expect(
+      (
+        await db.admin.query(`SELECT left(rolpassword, 3) AS p FROM pg_authid WHERE rolname = $1`, [
+          md5.name,
+        ])
+      ).rows[0].p,
+    ).toBe('md5');
+    for (const [r, url] of [
+      [trust, withUser(viaPort(db.url, port), trust.name, undefined)],
+      [md5, viaPort(md5.url, port)],
+      [scram, viaPort(scram.url, port)],
+    ] as const) {
+      const c = await db.connect(url);
+      expect((await c.query('SELECT current_user AS u')).rows[0].u).toBe(r.name);
+      await c.end();
+    }
+  });
+
+  it('a wrong password gets 28P01 from the server, relayed unchanged', async () => {
+    const bad = new pg.Client({
+      connectionString: withUser(viaPort(db.url, port), scram.name, 'wrong'),
+    });
+    await expect(bad.connect()).rejects.toMatchObject({
+      code: '28P01',
+      message: `password authentication failed for user "${scram.name}"`,
+    });
+  });
+
+  it('SCRAM-SHA-256-PLUS is never offered to clients', async () => {
+    const r = await raw(port);
+    r.sock.write(
+      encodeStartup({
+        type: 'StartupMessage',
+        version: 196608,
+        params: [
+          ['user', scram.name],
+          ['database', db.name],
+        ],
+      }),
+    );
+    const msgs = await r.until((t) => t === 'R');
+    const body = msgs[msgs.length - 1]?.[1] as Buffer;
+    expect(body.readInt32BE(0)).toBe(10);
+    expect(body.subarray(4).toString()).toBe('SCRAM-SHA-256\0\0');
+    r.sock.destroy();
+  });
+
+  it('protocol version negotiation passes through like a direct connection', async () => {
+    const kinds = async (p: number): Promise<string> => {
+      const r = await raw(p);
+      r.sock.write(
+        encodeStartup({
+          type: 'StartupMessage',
+          version: 196610,
+          params: [
+            ['user', trust.name],
+            ['database', db.name],
+            ['_pq_.bogus', 'x'],
+          ],
+        }),
+      );
+      const msgs = await r.until((t) => t === 'Z' || t === 'E');
+      r.sock.end(encodeFrontend({ type: 'Terminate' }));
+      return msgs
+        .map(([t]) => t)
+        .filter((t) => t !== 'S')
+        .join('');
+    };
+    const direct = await kinds(Number(new URL(db.url).port));
+    expect(direct.startsWith(db.major >= 18 ? 'v' : 'v')).toBe(true);
+    expect(await kinds(port)).toBe(direct);
+  });
+
+  it('replication connections are refused with a clear error', async () => {
+    const r = await raw(port);
+    r.sock.write(
+      encodeStartup({
+        type: 'StartupMessage',
+        version: 196608,
+        params: [
+          ['user', trust.name],
+          ['database', db.name],
+          ['replication', 'database'],
+        ],
+      }),
+    );
+    const e = errorOf(await r.until((t) => t === 'E'));
+    expect(e).toMatchObject({
+      V: 'FATAL',
+      C: '0A000',
+      M: 'replication connections are not supported through dfgate',
+    });
+    await r.closed;
+  });
+
+  it('GSSENCRequest is answered N; SSLRequest without certificates is answered N', async () => {
+    for (const type of ['GSSENCRequest', 'SSLRequest'] as const) {
+      const s = net.connect({ host: '127.0.0.1', port });
+      s.write(encodeStartup({ type }));
+      const answer = await new Promise<Buffer>((r) => s.once('data', r));
+      expect(answer.toString()).toBe('N');
+      s.destroy();
+    }
+  });
+});
+
+describe('malformed input', () => {
+  it.each([
+    [
+      'an oversized message',
+      () => Buffer.concat([Buffer.from([0x51]), Buffer.from([0x7f, 0, 0, 0])]),
+      '54000',
+    ],
+    ['an unknown message type', () => Buffer.from([0x7a, 0, 0, 0, 4]), '08P01'],
+    ['a length below 4', () => Buffer.from([0x51, 0, 0, 0, 2]), '08P01'],
+  ])('%s gets FATAL and a closed connection, after login', async (_n, bytes, code) => {
+    const r = await raw(port);
+    r.sock.write(
+      encodeStartup({
+        type: 'StartupMessage',
+        version: 196608,
+        params: [
+          ['user', trust.name],
+          ['database', db.name],
+        ],
+      }),
+    );
+    await r.until((t) => t === 'Z');
+    r.sock.write(bytes());
+    const e = errorOf(await r.until((t) => t === 'E'));
+    expect(e).toMatchObject({ V: 'FATAL', C: code });
+    await r.closed;
+  });
+
+  it('a bad startup packet gets FATAL 08P01', async () => {
+    const r = await raw(port);
+    r.sock.write(Buffer.from([0, 0, 0, 3, 0, 0, 0, 0]));
+    expect(errorOf(await r.until((t) => t === 'E'))).toMatchObject({
+      C: '08P01',
+      M: 'invalid length of startup packet: 3',
+    });
+    await r.closed;
+  });
+});
+
+describe('limits and upstream trouble', () => {
+  it('--max-client-connections refuses the next client with 53300', async () => {
+    const p = (await startTestProxy(db.url, { maxClientConnections: 2 })).port;
+    const a = await db.connect(viaPort(scram.url, p));
+    const b = await db.connect(viaPort(scram.url, p));
+    await expect(db.connect(viaPort(scram.url, p))).rejects.toMatchObject({
+      code: '53300',
+      message: 'sorry, too many clients already',
+    });
+    await a.end();
+    await new Promise((r) => setTimeout(r, 100));
+    const c = await db.connect(viaPort(scram.url, p));
+    expect((await c.query('SELECT 1 AS x')).rows[0].x).toBe(1);
+    await b.end();
+    await c.end();
+  });
+
+  it('an unreachable or silent upstream gives the client an ErrorResponse, not a closed socket', async () => {
+    const closedPort = await new Promise<number>((resolve) => {
+      const s = net.createServer();
+      s.listen(0, '127.0.0.1', () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
+    });
+    const refused = (await startTestProxy(`postgres://x@127.0.0.1:${closedPort}/db`)).port;
+    await expect(db.connect(viaPort(scram.url, refused))).rejects.toMatchObject({
+      code: '08001',
+      message: expect.stringContaining('dfgate could not connect to the upstream server'),
+    });
+    const silent = net.createServer(() => undefined);
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+    const proxy = await startTestProxy(
+      `postgres://x@127.0.0.1:${(silent.address() as net.AddressInfo).port}/db`,
+      {
+        connectTimeoutMs: 400,
+        upstream: {
+          host: '127.0.0.1',
+          port: (silent.address() as net.AddressInfo).port,
+          sslmode: 'prefer',
+        },
+      },
+    );
+    const t0 = Date.now();
+    await expect(db.connect(viaPort(scram.url, proxy.port))).rejects.toMatchObject({
+      code: '08001',
+      message: expect.stringContaining('timed out'),
+    });
+    expect(Date.now() - t0).toBeLessThan(3000);
+    silent.close();
+  });
+
+  it('a backend terminated by the server reports 57P01 to the client', async () => {
+    const app = `dfgate-term-${Date.now()}`;
+    const r = await raw(port);
+    r.sock.write(
+      encodeStartup({
+        type: 'StartupMessage',
+        version: 196608,
+        params: [
+          ['user', trust.name],
+          ['database', db.name],
+          ['application_name', app],
+        ],
+      }),
+    );
+    await r.until((t) => t === 'Z');
+    await db.admin.query(
+      'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1',
+      [app],
+    );
+    const e = errorOf(await r.until((t) => t === 'E'));
+    expect(e).toMatchObject({
+      V: 'FATAL',
+      C: '57P01',
+      M: 'terminating connection due to administrator command',
+    });
+    await r.closed;
+  });
+
+  it('losing the upstream connection mid-session is reported as 08006', async () => {
+    // a TCP relay between dfgate and PostgreSQL that the test can cut
+    const pgPort = Number(new URL(db.url).port);
+    const cut: net.Socket[] = [];
+    const relay = net.createServer((inbound) => {
+      const out = net.connect({ host: '127.0.0.1', port: pgPort });
+      cut.push(inbound, out);
+      inbound.pipe(out).pipe(inbound);
+      inbound.on('error', () => undefined);
+      out.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
+    const p = (
+      await startTestProxy(`postgres://x@127.0.0.1:${(relay.address() as net.AddressInfo).port}/db`)
+    ).port;
+    const r = await raw(p);
+    r.sock.write(
+      encodeStartup({
+        type: 'StartupMessage',
+        version: 196608,
+        params: [
+          ['user', trust.name],
+          ['database', db.name],
+        ],
+      }),
+    );
+    await r.until((t) => t === 'Z');
+    for (const s of cut) s.destroy();
+    const e = errorOf(await r.until((t) => t === 'E'));
+    expect(e).toMatchObject({ V: 'FATAL', C: '08006' });
+    await r.closed;
+    relay.close();
+  });
+
+  it('a client that disconnects leaves no backend behind', async () => {
+    const appName = `dfgate-leak-${Date.now()}`;
+    for (let i = 0; i < 5; i++) {
+      const c = new pg.Client({
+        connectionString: viaPort(scram.url, port),
+        application_name: appName,
+      });
+      c.on('error', () => undefined);
+      await c.connect();
+      await c.query('SELECT 1');
+      // drop the socket without Terminate
+      (c as unknown as { connection: { stream: net.Socket } }).connection.stream.destroy();
+    }
+    const count = async (): Promise<number> =>
+      (
+        await db.admin.query(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1`,
+          [appName],
+        )
+      ).rows[0].n;
+    for (let i = 0; i < 50 && (await count()) > 0; i++)
+      await new Promise((r) => setTimeout(r, 100));
+    expect(await count()).toBe(0);
+  });
+});
+
+describe('graceful shutdown (SIGTERM to the dfgate process)', () => {
+  it('stops accepting, lets open transactions finish, closes idle sessions with 57P01, then exits', async () => {
+    const d = await spawnDfgate([
+      '--upstream',
+      `${db.url}?sslmode=disable`,
+      '--no-migrate',
+      '--no-executor',
+      '--shutdown-timeout',
+      '20',
+    ]);
+    const url = viaPort(scram.url, d.port);
+    const busy = await db.connect(url);
+    const idle = await db.connect(url);
+    const idleErrors: Array<{ code?: string }> = [];
+    idle.on('error', (e) => idleErrors.push(e as { code?: string }));
+    await busy.query('CREATE TABLE IF NOT EXISTS shutdown_t (id int)');
+    await busy.query('BEGIN');
+    await busy.query('INSERT INTO shutdown_t VALUES (1)');
+    const exited = d.stop('SIGTERM');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(idleErrors.map((e) => e.code)).toContain('57P01');
+    await expect(db.connect(url)).rejects.toBeTruthy();
+    await busy.query('INSERT INTO shutdown_t VALUES (2)');
+    await busy.query('COMMIT');
+    expect(await exited).toBe(0);
+    expect((await db.admin.query('SELECT count(*)::int AS n FROM shutdown_t')).rows[0].n).toBe(2);
+  });
+
+  it('terminates sessions still busy when the timeout expires', async () => {
+    const d = await spawnDfgate([
+      '--upstream',
+      `${db.url}?sslmode=disable`,
+      '--no-migrate',
+      '--no-executor',
+      '--shutdown-timeout',
+      '1',
+    ]);
+    const c = await db.connect(viaPort(scram.url, d.port));
+    const errs: Array<{ code?: string }> = [];
+    c.on('error', (e) => errs.push(e as { code?: string }));
+    await c.query('BEGIN');
+    const t0 = Date.now();
+    expect(await d.stop('SIGTERM')).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(errs.map((e) => e.code)).toContain('57P01');
+  });
+});
