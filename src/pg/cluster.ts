@@ -211,7 +211,8 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     if (exited) {
       throw new Error(`PostgreSQL exited during start-up; log ${logFile}:\n${tail(logFile)}`);
     }
-    const client = new pg.Client({ connectionString: url() });
+    // probe over the Unix socket (local trust), whatever TCP demands (TLS, passwords)
+    const client = new pg.Client({ host: sockDir, port, user: 'postgres', database: 'postgres' });
     try {
       await client.connect();
       const r = await client.query<{ v: string }>(

@@ -7,6 +7,7 @@
  * https://www.postgresql.org/docs/current/protocol-flow.html
  */
 import type net from 'node:net';
+import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { CancelRegistry } from './cancel.js';
@@ -235,8 +236,25 @@ export class Session {
     raw.removeAllListeners('close');
     raw.removeAllListeners('error');
     raw.on('error', () => undefined);
-    if (initial.length) raw.unshift(Buffer.concat(initial));
-    const secure = new tls.TLSSocket(raw, {
+    let transport: net.Socket | Duplex = raw;
+    if (initial.length) {
+      // Bytes already read (a direct-TLS ClientHello) must reach the TLS layer:
+      // wrap the socket in a JS stream that replays them first.
+      const replay = new Duplex({
+        read: () => undefined,
+        write: (chunk: Buffer, _enc, cb) => raw.write(chunk, cb),
+        final: (cb) => {
+          raw.end();
+          cb();
+        },
+      });
+      replay.push(Buffer.concat(initial));
+      raw.on('data', (d: Buffer) => replay.push(d));
+      raw.on('end', () => replay.push(null));
+      raw.on('close', () => replay.destroy());
+      transport = replay;
+    }
+    const secure = new tls.TLSSocket(transport as net.Socket, {
       isServer: true,
       secureContext: this.ctx.tls as tls.SecureContext,
       ALPNProtocols: ['postgresql'],
