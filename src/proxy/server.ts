@@ -45,7 +45,8 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   let admitted = 0;
   let onAllClosed: (() => void) | undefined;
 
-  const server = net.createServer((sock) => {
+  // Half-open: a client may send Terminate and FIN before reading the answers (as with PostgreSQL itself).
+  const server = net.createServer({ allowHalfOpen: true }, (sock) => {
     const session = new Session(sock, {
       log,
       upstream: opts.upstream,

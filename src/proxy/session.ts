@@ -89,6 +89,8 @@ export class Session {
   private clientTerminated = false;
   private draining = false;
   private readonly pendingClient: Buffer[] = [];
+  /** A client protocol error to report once the upstream has answered what came before it. */
+  private pendingFatal: ErrorFields | undefined;
 
   constructor(
     private client: net.Socket,
@@ -116,36 +118,65 @@ export class Session {
     sock.on('data', (chunk: Buffer) => this.onClientData(chunk));
     sock.on('error', (err) => this.log.debug({ err: err.message }, 'client socket error'));
     sock.on('close', () => this.close('client closed'));
+    // The client finished sending: pass the half-close on and keep relaying answers.
+    sock.on('end', () => {
+      if (this.upstream && !this.upstream.destroyed && this.phase !== 'closed') this.upstream.end();
+      else this.close('client ended');
+    });
   }
 
   private onClientData(chunk: Buffer): void {
     try {
       if (this.phase === 'startup') this.onStartupData(chunk);
       else if (this.phase === 'connecting') this.pendingClient.push(chunk);
-      else if (this.upstream && this.clientFramer)
+      else if (this.upstream && this.clientFramer && !this.pendingFatal) {
         this.forward(this.clientFramer.push(chunk), this.upstream, this.client);
+        if (this.clientFramer.failed) this.clientFramingFailed(this.clientFramer.failed);
+      }
     } catch (err) {
       this.protocolFailure(err);
     }
   }
 
-  private protocolFailure(err: unknown): void {
+  /**
+   * A client message that cannot be framed: like PostgreSQL, answer everything
+   * sent before it first (the upstream gets Terminate right after the last good
+   * message and finishes its replies), then send the FATAL and close.
+   */
+  private clientFramingFailed(err: Error): void {
+    if (this.phase !== 'ready' || !this.upstream) {
+      this.protocolFailure(err);
+      return;
+    }
+    this.pendingFatal = this.errorFields(err);
+    this.client.pause();
+    this.clientTerminated = true;
+    this.upstream.write(encodeFrontend({ type: 'Terminate' }));
+    setTimeout(() => {
+      if (this.pendingFatal) this.fatal(this.pendingFatal);
+    }, 10_000).unref();
+  }
+
+  private errorFields(err: unknown): ErrorFields {
     if (err instanceof MessageTooLarge) {
-      this.fatal({
+      return {
         severity: 'FATAL',
         code: SqlState.ProgramLimitExceeded,
         message: `invalid message length: ${err.message}`,
-      });
-    } else if (err instanceof ProtocolError) {
-      this.fatal({ severity: 'FATAL', code: SqlState.ProtocolViolation, message: err.message });
-    } else {
-      this.log.error({ err }, 'internal error in session');
-      this.fatal({
-        severity: 'FATAL',
-        code: SqlState.InternalError,
-        message: 'internal error in dfgate; see its log',
-      });
+      };
     }
+    if (err instanceof ProtocolError)
+      return { severity: 'FATAL', code: SqlState.ProtocolViolation, message: err.message };
+    this.log.error({ err }, 'internal error in session');
+    return {
+      severity: 'FATAL',
+      code: SqlState.InternalError,
+      message: 'internal error in dfgate; see its log',
+    };
+  }
+
+  private protocolFailure(err: unknown): void {
+    this.fatal(this.errorFields(err));
   }
 
   // ---- startup phase --------------------------------------------------
@@ -437,6 +468,11 @@ export class Session {
 
   private onUpstreamClosed(): void {
     if (this.phase === 'closed') return;
+    if (this.pendingFatal) {
+      if (this.sawFatal) this.close('upstream closed after its own FATAL');
+      else this.fatal(this.pendingFatal);
+      return;
+    }
     if (
       !this.clientTerminated &&
       !this.sawFatal &&

@@ -32,16 +32,72 @@ function openssl(args: string[]): void {
 
 beforeAll(async () => {
   // a CA and a server certificate for 127.0.0.1
-  openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('ca.key'), '-out', f('ca.pem'), '-days', '2', '-subj', '/CN=dfgate test CA']);
-  openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('server.key'), '-out', f('server.csr'), '-subj', '/CN=127.0.0.1']);
+  openssl([
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    f('ca.key'),
+    '-out',
+    f('ca.pem'),
+    '-days',
+    '2',
+    '-subj',
+    '/CN=dfgate test CA',
+  ]);
+  openssl([
+    'req',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    f('server.key'),
+    '-out',
+    f('server.csr'),
+    '-subj',
+    '/CN=127.0.0.1',
+  ]);
   writeFileSync(f('ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-  openssl(['x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-out', f('server.pem'), '-days', '2', '-extfile', f('ext.cnf')]);
-  openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('other.key'), '-out', f('other-ca.pem'), '-days', '2', '-subj', '/CN=another CA']);
+  openssl([
+    'x509',
+    '-req',
+    '-in',
+    f('server.csr'),
+    '-CA',
+    f('ca.pem'),
+    '-CAkey',
+    f('ca.key'),
+    '-CAcreateserial',
+    '-out',
+    f('server.pem'),
+    '-days',
+    '2',
+    '-extfile',
+    f('ext.cnf'),
+  ]);
+  openssl([
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    f('other.key'),
+    '-out',
+    f('other-ca.pem'),
+    '-days',
+    '2',
+    '-subj',
+    '/CN=another CA',
+  ]);
   const binDir = inject('pgBinDir') || (await embeddedBinDir());
   // server key material readable by the server's OS user
   const pgDir = path.join(dir, 'pg');
   execFileSync('mkdir', ['-p', pgDir]);
-  for (const n of ['server.pem', 'server.key']) writeFileSync(path.join(pgDir, n), readFileSync(f(n)), { mode: 0o600 });
+  for (const n of ['server.pem', 'server.key'])
+    writeFileSync(path.join(pgDir, n), readFileSync(f(n)), { mode: 0o600 });
   if (process.getuid?.() === 0) {
     const uid = Number(execFileSync('id', ['-u', 'postgres']).toString());
     const gid = Number(execFileSync('id', ['-g', 'postgres']).toString());
@@ -52,9 +108,17 @@ beforeAll(async () => {
     binDir,
     password: 'tls-superuser',
     hbaFirst: ['hostnossl all all 127.0.0.1/32 reject'],
-    settings: { ssl: 'on', ssl_cert_file: path.join(pgDir, 'server.pem'), ssl_key_file: path.join(pgDir, 'server.key'), fsync: 'off' },
+    settings: {
+      ssl: 'on',
+      ssl_cert_file: path.join(pgDir, 'server.pem'),
+      ssl_key_file: path.join(pgDir, 'server.key'),
+      fsync: 'off',
+    },
   });
-  const admin = new pg.Client({ connectionString: cluster.url(), ssl: { rejectUnauthorized: false } });
+  const admin = new pg.Client({
+    connectionString: cluster.url(),
+    ssl: { rejectUnauthorized: false },
+  });
   await admin.connect();
   await admin.query(`CREATE ROLE ${user} LOGIN PASSWORD '${password}'`);
   await admin.end();
@@ -70,7 +134,9 @@ async function proxy(sslmode: string, extra = '', withTls = true): Promise<Proxy
   const p = await startProxy({
     host: '127.0.0.1',
     port: 0,
-    upstream: targetFromUrl(`postgres://127.0.0.1:${cluster.port}/postgres?sslmode=${sslmode}${extra}`),
+    upstream: targetFromUrl(
+      `postgres://127.0.0.1:${cluster.port}/postgres?sslmode=${sslmode}${extra}`,
+    ),
     log: pino({ level: 'silent' }),
     maxClientConnections: 100,
     connectTimeoutMs: 5000,
@@ -97,9 +163,13 @@ describe('TLS', () => {
   it('a client requiring TLS reaches a TLS-only upstream (sslmode=require) through dfgate, with scram-sha-256', async () => {
     const p = await proxy('require');
     const c = await connect(p.port, { ca: readFileSync(f('ca.pem')), rejectUnauthorized: true });
-    const r = await c.query(`SELECT current_user AS u, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()`);
+    const r = await c.query(
+      `SELECT current_user AS u, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()`,
+    );
     expect(r.rows[0]).toEqual({ u: user, ssl: true });
-    expect((c as unknown as { connection: { stream: tls.TLSSocket } }).connection.stream.encrypted).toBe(true);
+    expect(
+      (c as unknown as { connection: { stream: tls.TLSSocket } }).connection.stream.encrypted,
+    ).toBe(true);
     await c.end();
   });
 
@@ -109,7 +179,10 @@ describe('TLS', () => {
     expect((await c.query('SELECT 1 AS one')).rows[0].one).toBe(1);
     await c.end();
     const bad = await proxy('verify-ca', `&sslrootcert=${f('other-ca.pem')}`);
-    await expect(connect(bad.port, false)).rejects.toMatchObject({ code: '08001', message: expect.stringContaining('TLS to the upstream failed (sslmode=verify-ca)') });
+    await expect(connect(bad.port, false)).rejects.toMatchObject({
+      code: '08001',
+      message: expect.stringContaining('TLS to the upstream failed (sslmode=verify-ca)'),
+    });
   });
 
   it('sslmode=disable against a TLS-only server is refused by the server, relayed', async () => {
@@ -117,13 +190,26 @@ describe('TLS', () => {
     await expect(connect(p.port, false)).rejects.toMatchObject({ code: '28000' });
   });
 
-  const psql = ['/usr/lib/postgresql/15/bin/psql', '/usr/bin/psql'].find((x) => existsSync(x)) as string;
+  const psql = ['/usr/lib/postgresql/15/bin/psql', '/usr/bin/psql'].find((x) =>
+    existsSync(x),
+  ) as string;
 
   function runPsql(conninfo: string): Promise<{ code: number | null; out: string; err: string }> {
     return new Promise((resolve) => {
-      const child = spawn(psql, ['-X', '-At', '-d', conninfo, '-c', 'SELECT current_user, (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())'], {
-        env: { ...process.env, PGPASSWORD: password, PGCONNECT_TIMEOUT: '10' },
-      });
+      const child = spawn(
+        psql,
+        [
+          '-X',
+          '-At',
+          '-d',
+          conninfo,
+          '-c',
+          'SELECT current_user, (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())',
+        ],
+        {
+          env: { ...process.env, PGPASSWORD: password, PGCONNECT_TIMEOUT: '10' },
+        },
+      );
       let out = '';
       let err = '';
       child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -151,10 +237,24 @@ describe('TLS', () => {
 
   it('direct TLS (sslnegotiation=direct, ALPN "postgresql") is accepted when dfgate has a certificate', async () => {
     const p = await proxy('require');
-    const s = tls.connect({ host: '127.0.0.1', port: p.port, ca: readFileSync(f('ca.pem')), ALPNProtocols: ['postgresql'] });
+    const s = tls.connect({
+      host: '127.0.0.1',
+      port: p.port,
+      ca: readFileSync(f('ca.pem')),
+      ALPNProtocols: ['postgresql'],
+    });
     await new Promise((r) => s.once('secureConnect', r));
     expect(s.alpnProtocol).toBe('postgresql');
-    s.write(encodeStartup({ type: 'StartupMessage', version: 196608, params: [['user', user], ['database', 'postgres']] }));
+    s.write(
+      encodeStartup({
+        type: 'StartupMessage',
+        version: 196608,
+        params: [
+          ['user', user],
+          ['database', 'postgres'],
+        ],
+      }),
+    );
     const first = await new Promise<Buffer>((r) => s.once('data', r));
     expect(String.fromCharCode(first[0] as number)).toBe('R');
     s.destroy();
@@ -162,7 +262,12 @@ describe('TLS', () => {
 
   it('direct TLS without a certificate, and plaintext after an SSLRequest, are refused', async () => {
     const plain = await proxy('require', '', false);
-    const s = tls.connect({ host: '127.0.0.1', port: plain.port, rejectUnauthorized: false, ALPNProtocols: ['postgresql'] });
+    const s = tls.connect({
+      host: '127.0.0.1',
+      port: plain.port,
+      rejectUnauthorized: false,
+      ALPNProtocols: ['postgresql'],
+    });
     const failed = await new Promise<boolean>((r) => {
       s.once('secureConnect', () => r(false));
       s.once('error', () => r(true));
@@ -171,7 +276,12 @@ describe('TLS', () => {
     expect(failed).toBe(true);
     const withTls = await proxy('require');
     const raw = net.connect({ host: '127.0.0.1', port: withTls.port });
-    raw.write(Buffer.concat([encodeStartup({ type: 'SSLRequest' }), encodeStartup({ type: 'StartupMessage', version: 196608, params: [['user', user]] })]));
+    raw.write(
+      Buffer.concat([
+        encodeStartup({ type: 'SSLRequest' }),
+        encodeStartup({ type: 'StartupMessage', version: 196608, params: [['user', user]] }),
+      ]),
+    );
     const reply = await new Promise<Buffer>((r) => raw.once('data', r));
     expect(reply[0]).toBe(0x45); // 'E': unencrypted data after SSLRequest
     expect(reply.toString('latin1')).toContain('08P01');

@@ -252,11 +252,17 @@ describe('framer', () => {
 
   it('refuses an oversized message on its header, before its body arrives', () => {
     const f = new Framer({ inspect: () => true, message: () => undefined }, 1024);
+    const sync = encodeFrontend({ type: 'Sync' });
     const head = Buffer.from([Frontend.Query, 0, 0, 0x10, 0]);
-    expect(() => f.push(head)).toThrow(MessageTooLarge);
+    // what precedes the offending header is still forwarded; nothing after it
+    expect(Buffer.concat(f.push(Buffer.concat([sync, head, sync]))).equals(sync)).toBe(true);
+    expect(f.failed).toBeInstanceOf(MessageTooLarge);
+    expect(f.push(sync)).toEqual([]);
     const g = new Framer({ inspect: () => false, message: () => undefined }, 1024);
-    expect(() => g.push(head.subarray(0, 3))).not.toThrow();
-    expect(() => g.push(head.subarray(3))).toThrow(/over the 1024-byte limit/);
+    expect(g.push(Buffer.concat([sync, head.subarray(0, 3)])).length).toBe(1);
+    expect(g.failed).toBeUndefined();
+    expect(g.push(head.subarray(3))).toEqual([]);
+    expect(g.failed?.message).toMatch(/over the 1024-byte limit/);
   });
 
   it('refuses lengths below 4', () => {

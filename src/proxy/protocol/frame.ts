@@ -75,13 +75,38 @@ export class Framer {
     if (res !== null) out.push(res ?? raw);
   }
 
-  /** Splits a chunk; returns the pieces to forward, in order. */
+  /**
+   * The framing error that stopped this stream, if any. Everything before the
+   * offending message was returned by push(); nothing after it ever is.
+   */
+  failed: Error | undefined;
+
+  /** Splits a chunk; returns the pieces to forward, in order (see `failed`). */
   push(chunk: Buffer): Buffer[] {
     const out: Buffer[] = [];
+    if (this.failed) return out;
+    const state = { pos: 0, runStart: 0 };
+    try {
+      this.scan(chunk, out, state);
+    } catch (err) {
+      this.failed = err instanceof Error ? err : new Error(String(err));
+      // forward what came before the offending header, never what follows
+      if (state.pos > state.runStart && !this.whole && this.headFill === 0)
+        out.push(chunk.subarray(state.runStart, state.pos));
+    }
+    return out;
+  }
+
+  private scan(chunk: Buffer, out: Buffer[], state: { pos: number; runStart: number }): void {
     let pos = 0;
     let runStart = 0;
     const n = chunk.length;
+    const sync = (): void => {
+      state.pos = pos;
+      state.runStart = runStart;
+    };
     while (pos < n) {
+      sync();
       if (this.remaining > 0) {
         const take = Math.min(this.remaining, n - pos);
         if (this.whole) {
@@ -130,6 +155,8 @@ export class Framer {
       }
       // A header split across chunks: hold its bytes until it is complete.
       if (this.headFill === 0 && pos > runStart) out.push(chunk.subarray(runStart, pos));
+      runStart = pos;
+      sync();
       const take = Math.min(5 - this.headFill, n - pos);
       chunk.copy(this.head, this.headFill, pos, pos + take);
       this.headFill += take;
@@ -153,7 +180,6 @@ export class Framer {
       }
     }
     if (pos > runStart && !this.whole) out.push(chunk.subarray(runStart, pos));
-    return out;
   }
 }
 
