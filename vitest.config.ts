@@ -8,6 +8,9 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: 'forks',
-    reporters: ['default', ['json', { outputFile: process.env['DFGATE_TEST_REPORT'] ?? '.test-report.json' }]],
+    reporters: [
+      'default',
+      ['json', { outputFile: process.env['DFGATE_TEST_REPORT'] ?? '.test-report.json' }],
+    ],
   },
 });

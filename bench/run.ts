@@ -1,14 +1,17 @@
 /**
- * `npm run bench`: reproducible benchmarks, each printing its baseline from
- * the same run and the ratio against it. The pass-through and executor
- * benchmarks arrive with the proxy and executor issues.
+ * `npm run bench`: reproducible benchmarks. Every figure is printed with the
+ * baseline measured in the same run and the ratio against it.
+ *   - pass-through: pgbench -S direct / through dfgate / through PgBouncer (session mode)
+ *   - df.start: the in-database start of a 5-node graph vs a plain INSERT of the same text
+ * BENCH_SECONDS (default 15) sets the length of each pgbench run.
  */
-import pg from 'pg';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import pg from 'pg';
 import { migrate } from '../src/db/migrate.js';
 import { startCluster } from '../src/pg/cluster.js';
+import { passthrough } from './passthrough.js';
 
 async function timeIt(n: number, fn: () => Promise<void>): Promise<number> {
   const t0 = process.hrtime.bigint();
@@ -16,47 +19,66 @@ async function timeIt(n: number, fn: () => Promise<void>): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1e6 / n;
 }
 
+async function startBench(url: string): Promise<string[]> {
+  const u = new pg.Client({ connectionString: url });
+  await u.connect();
+  const graph = `'SELECT 1' ~> 'SELECT 2' ~> df.sleep(1) ~> 'SELECT 3'`;
+  await u.query(`SELECT df.start(${graph})`);
+  const n = 1000;
+  const plain = await timeIt(n, async () => {
+    await u.query(`INSERT INTO public.plain VALUES (md5(random()::text), ${graph}, 'x')`);
+  });
+  const start = await timeIt(n, async () => {
+    await u.query(`SELECT df.start(${graph}, 'x')`);
+  });
+  await u.end();
+  return [
+    `df.start, ${n} sequential autocommit statements each (synchronous_commit off):`,
+    `  baseline: INSERT of the graph text into a plain table  ${plain.toFixed(3)} ms/statement`,
+    `  df.start of the 5-node graph (in-database)             ${start.toFixed(3)} ms/statement`,
+    `  ratio df.start / INSERT                                ${(start / plain).toFixed(2)}x`,
+  ];
+}
+
 async function main(): Promise<void> {
+  const seconds = Number(process.env['BENCH_SECONDS'] ?? 15);
   const base = mkdtempSync(path.join(tmpdir(), 'dfgate-bench-'));
   const cluster = await startCluster({
     baseDir: base,
-    password: 'bench',
+    password: 'bench-superuser',
     binDir: process.env['DFGATE_TEST_PGBIN'] || undefined,
+    settings: { synchronous_commit: 'off', max_connections: '200' },
   });
   try {
     const c = new pg.Client({ connectionString: cluster.url() });
     await c.connect();
     await migrate(c);
-    await c.query(`CREATE ROLE bench LOGIN PASSWORD 'bench'`);
+    await c.query(`CREATE ROLE bench LOGIN PASSWORD 'bench-pw'`);
+    await c.query(`GRANT CREATE ON SCHEMA public TO bench`);
     await c.query(`SET client_min_messages = warning`);
     await c.query(`SELECT df.grant_usage('bench')`);
     await c.query(
       `CREATE TABLE public.plain (id text, graph text, label text); GRANT ALL ON public.plain TO bench`,
     );
     await c.end();
-    const u = new pg.Client({
-      connectionString: cluster.url().replace('postgres:bench@', 'bench:bench@'),
-    });
-    await u.connect();
-    const graph = `'SELECT 1' ~> 'SELECT 2' ~> df.sleep(1) ~> 'SELECT 3'`;
-    await u.query(`SELECT df.start(${graph})`);
-    const n = 500;
-    const plain = await timeIt(n, async () => {
-      await u.query(`INSERT INTO public.plain VALUES (md5(random()::text), ${graph}, 'x')`);
-    });
-    const start = await timeIt(n, async () => {
-      await u.query(`SELECT df.start(${graph}, 'x')`);
-    });
-    await u.end();
-    process.stdout.write(
-      [
-        `PostgreSQL ${cluster.majorVersion}, ${n} sequential statements each (autocommit)`,
-        `baseline  INSERT of the graph text into a plain table: ${plain.toFixed(3)} ms/statement`,
-        `df.start  (5-node graph, in-database, direct connection): ${start.toFixed(3)} ms/statement`,
-        `ratio     df.start / plain INSERT: ${(start / plain).toFixed(2)}x`,
-        '',
-      ].join('\n'),
+    const lines = [
+      `PostgreSQL ${cluster.majorVersion} on 127.0.0.1, ${new Date().toISOString()}`,
+      '',
+    ];
+    const p = await passthrough(cluster, 'bench', 'bench-pw', seconds);
+    lines.push(
+      `pass-through: pgbench -S -c 8 -j 2, ${seconds} s per run, 2 interleaved runs each (mean tps):`,
+      `  direct to PostgreSQL      ${p.direct.toFixed(0)} tps`,
+      `  through dfgate            ${p.dfgate.toFixed(0)} tps   (${(p.dfgate / p.direct).toFixed(2)}x direct)`,
+      p.pgbouncer === undefined
+        ? '  through PgBouncer         (pgbouncer not installed)'
+        : `  through PgBouncer         ${p.pgbouncer.toFixed(0)} tps   (${(p.pgbouncer / p.direct).toFixed(2)}x direct)\n  dfgate / PgBouncer        ${(p.dfgate / p.pgbouncer).toFixed(2)}x   (target >= 1.10x)`,
+      '',
     );
+    lines.push(
+      ...(await startBench(cluster.url().replace('postgres:bench-superuser@', 'bench:bench-pw@'))),
+    );
+    process.stdout.write(lines.join('\n') + '\n');
   } finally {
     await cluster.stop();
     rmSync(base, { recursive: true, force: true });
@@ -64,6 +86,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  process.stderr.write(String(err) + '\n');
+  process.stderr.write(String(err instanceof Error ? err.stack : err) + '\n');
   process.exit(1);
 });

@@ -11,6 +11,8 @@ import pg from 'pg';
 import { migrate } from './db/migrate.js';
 import { createLogger } from './log.js';
 import { startCluster, type RunningCluster } from './pg/cluster.js';
+import { startProxy } from './proxy/server.js';
+import { targetFromUrl } from './proxy/upstream.js';
 import { maskSecrets, parsePostgresUrl } from './url.js';
 
 interface State {
@@ -71,7 +73,7 @@ async function main(): Promise<void> {
     const state: State = loadState(dir) ?? {
       superuserPassword: randomBytes(12).toString('base64url'),
       demoPassword: randomBytes(9).toString('base64url'),
-      port: 54329,
+      port: Number(process.env['DFGATE_QUICKSTART_PG_PORT'] ?? 54329),
     };
     writeFileSync(path.join(dir, 'state.json'), JSON.stringify(state, null, 2), { mode: 0o600 });
     log.info(
@@ -91,26 +93,39 @@ async function main(): Promise<void> {
       'PostgreSQL ready, df schema migrated',
     );
   }
+  const listenPort = Number(process.env['DFGATE_QUICKSTART_PORT'] ?? 6432);
+  const proxy = await startProxy({
+    host: '127.0.0.1',
+    port: listenPort,
+    upstream: targetFromUrl(adminUrl),
+    log: log.child({ component: 'proxy' }),
+    maxClientConnections: 1000,
+    connectTimeoutMs: 10_000,
+    maxMessageSize: 1024 * 1024 * 1024,
+  });
+  const viaDfgate = new URL(demoUrl);
+  viaDfgate.host = `127.0.0.1:${proxy.port}`;
   process.stdout.write(
     [
       '',
-      'dfgate quick start is ready.',
-      `  database URL: ${demoUrl}`,
-      `  connect:      psql '${demoUrl}'`,
-      '  The dfgate proxy is not part of this build yet: connect to PostgreSQL directly;',
-      '  the df.* functions work there (SELECT df.start(...)). Ctrl-C stops.',
+      'dfgate is ready.',
+      `  URL:     ${viaDfgate.toString()}`,
+      `  connect: psql '${viaDfgate.toString()}'`,
+      `  try:     SELECT df.start('SELECT 1' ~> 'SELECT 2', 'hello');`,
+      '  (the executor that runs instances lands with issue 6; df.start records them today)',
+      '  Ctrl-C stops dfgate and PostgreSQL.',
       '',
     ].join('\n'),
   );
   const stop = async (): Promise<void> => {
     log.info('stopping');
+    await proxy.shutdown(5000);
     await cluster?.stop();
     process.exit(0);
   };
   process.once('SIGINT', () => void stop());
   process.once('SIGTERM', () => void stop());
   if (!cluster) log.info({ upstream: maskSecrets(adminUrl) }, 'using an existing database');
-  setInterval(() => undefined, 1 << 30);
 }
 
 main().catch((err: unknown) => {

@@ -1,0 +1,158 @@
+/**
+ * Pass-through benchmark: pgbench -S (select-only, simple protocol) against
+ * PostgreSQL directly, through dfgate (a separate process) and through
+ * Debian's PgBouncer in session mode, in one run; printed as ratios.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { freePort, type RunningCluster } from '../src/pg/cluster.js';
+
+export interface PassthroughResult {
+  readonly direct: number;
+  readonly dfgate: number;
+  readonly pgbouncer: number | undefined;
+}
+
+function bin(name: string): string | undefined {
+  for (const dir of ['/usr/lib/postgresql/15/bin', '/usr/bin', '/usr/sbin'])
+    if (existsSync(path.join(dir, name))) return path.join(dir, name);
+  return undefined;
+}
+
+function pgbench(args: string[], env: NodeJS.ProcessEnv): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(bin('pgbench') as string, args, { env: { ...process.env, ...env } });
+    let out = '';
+    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    c.once('exit', (code) =>
+      code === 0 ? resolve(out) : reject(new Error(`pgbench failed:\n${out}`)),
+    );
+  });
+}
+
+function tps(out: string): number {
+  const m = /tps = ([\d.]+) \(without initial connection time\)/.exec(out);
+  if (!m) throw new Error(`no tps in pgbench output:\n${out}`);
+  return Number(m[1]);
+}
+
+async function waitForLine(proc: ChildProcess, re: RegExp): Promise<RegExpExecArray> {
+  let out = '';
+  return await new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`timeout waiting for ${re}:\n${out}`)), 30_000);
+    const on = (d: Buffer): void => {
+      out += d.toString();
+      const m = re.exec(out);
+      if (m) {
+        clearTimeout(t);
+        resolve(m);
+      }
+    };
+    proc.stdout?.on('data', on);
+    proc.stderr?.on('data', on);
+  });
+}
+
+export async function passthrough(
+  cluster: RunningCluster,
+  user: string,
+  password: string,
+  seconds: number,
+): Promise<PassthroughResult> {
+  if (!bin('pgbench')) throw new Error('pgbench not found (install postgresql-client)');
+  const env = { PGPASSWORD: password };
+  const common = (port: number): string[] => [
+    '-h',
+    '127.0.0.1',
+    '-p',
+    String(port),
+    '-U',
+    user,
+    'postgres',
+  ];
+  await pgbench(['-i', '-s', '10', '-q', ...common(cluster.port)], env);
+
+  const dfgate = spawn(
+    process.execPath,
+    [
+      path.resolve('dist/src/cli.js'),
+      '--upstream',
+      `${cluster.url()}?sslmode=disable`,
+      '--listen',
+      '127.0.0.1:0',
+      '--no-executor',
+      '--log-level',
+      'info',
+    ],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  const dfPort = Number((await waitForLine(dfgate, /"listen":"127\.0\.0\.1:(\d+)"/))[1]);
+
+  let bouncer: ChildProcess | undefined;
+  let bouncerPort = 0;
+  const pgbouncerBin = bin('pgbouncer');
+  if (pgbouncerBin) {
+    const dir = mkdtempSync(path.join(tmpdir(), 'dfgate-pgbouncer-'));
+    chmodSync(dir, 0o755);
+    bouncerPort = await freePort();
+    writeFileSync(path.join(dir, 'users.txt'), `"${user}" "${password}"\n`);
+    writeFileSync(
+      path.join(dir, 'pgbouncer.ini'),
+      [
+        '[databases]',
+        `* = host=127.0.0.1 port=${cluster.port}`,
+        '[pgbouncer]',
+        'listen_addr = 127.0.0.1',
+        `listen_port = ${bouncerPort}`,
+        'unix_socket_dir =',
+        'auth_type = scram-sha-256',
+        `auth_file = ${path.join(dir, 'users.txt')}`,
+        'pool_mode = session',
+        'max_client_conn = 1000',
+        'default_pool_size = 100',
+      ].join('\n') + '\n',
+    );
+    const asRoot = process.getuid?.() === 0;
+    if (asRoot) {
+      const uid = Number(spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).stdout);
+      const gid = Number(spawnSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).stdout);
+      for (const f of ['', 'users.txt', 'pgbouncer.ini']) chownSync(path.join(dir, f), uid, gid);
+      bouncer = spawn(pgbouncerBin, [path.join(dir, 'pgbouncer.ini')], {
+        uid,
+        gid,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+    } else {
+      bouncer = spawn(pgbouncerBin, [path.join(dir, 'pgbouncer.ini')], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+    }
+    await waitForLine(bouncer, /process up|listening on/);
+  }
+
+  const run = async (port: number): Promise<number> =>
+    tps(await pgbench(['-S', '-c', '8', '-j', '2', '-T', String(seconds), ...common(port)], env));
+  try {
+    // interleave the targets so drift in machine load hits all of them alike
+    const r = { direct: [] as number[], dfgate: [] as number[], pgbouncer: [] as number[] };
+    for (let round = 0; round < 2; round++) {
+      r.direct.push(await run(cluster.port));
+      r.dfgate.push(await run(dfPort));
+      if (bouncer) r.pgbouncer.push(await run(bouncerPort));
+    }
+    const avg = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+    return {
+      direct: avg(r.direct),
+      dfgate: avg(r.dfgate),
+      pgbouncer: bouncer ? avg(r.pgbouncer) : undefined,
+    };
+  } finally {
+    dfgate.kill('SIGTERM');
+    bouncer?.kill('SIGTERM');
+  }
+}
