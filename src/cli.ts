@@ -53,11 +53,12 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Pro
     case 'serve':
       return await serveForever(cfg, createLogger(cfg.logLevel));
     case 'worker':
+      return await serveForever(cfg, createLogger(cfg.logLevel), false);
     case 'check':
     case 'roles':
       process.stderr.write(
         `dfgate: "dfgate ${cfg.command}" is not available in this build yet ` +
-          '(it lands with the executor and proxy-interception issues); "dfgate" (the proxy) and "dfgate migrate" work\n',
+          '(it lands with the proxy-interception and operations issues)\n',
       );
       return 3;
   }

@@ -30,6 +30,12 @@ export interface Config {
   readonly connectTimeoutMs: number;
   readonly maxMessageSize: number;
   readonly shutdownTimeoutMs: number;
+  readonly maxConcurrentSteps: number;
+  readonly leaseMs: number;
+  readonly pollMs: number;
+  readonly stepAuth: 'login' | 'set-role';
+  /** DFGATE_STEP_SECRET: step login passwords derive from it (never printed). */
+  readonly stepSecret: string | undefined;
 }
 
 export class ConfigError extends Error {
@@ -133,6 +139,34 @@ export const FLAGS: readonly FlagSpec[] = [
     env: 'DFGATE_SHUTDOWN_TIMEOUT',
     help: 'seconds sessions get to finish on SIGTERM (default 30)',
     commands: ['serve'],
+  },
+  {
+    name: 'max-concurrent-steps',
+    kind: 'string',
+    env: 'DFGATE_MAX_CONCURRENT_STEPS',
+    help: 'SQL steps running at once (default 10)',
+    commands: ['serve', 'worker'],
+  },
+  {
+    name: 'lease-seconds',
+    kind: 'string',
+    env: 'DFGATE_LEASE_SECONDS',
+    help: 'instance lease length; another process takes over after it expires (default 30)',
+    commands: ['serve', 'worker'],
+  },
+  {
+    name: 'poll-interval',
+    kind: 'string',
+    env: 'DFGATE_POLL_INTERVAL',
+    help: 'seconds between safety-net polls for work (default 5)',
+    commands: ['serve', 'worker'],
+  },
+  {
+    name: 'step-auth',
+    kind: 'string',
+    env: 'DFGATE_STEP_AUTH',
+    help: 'login (a step login per role, default) or set-role (single-tenant opt-in)',
+    commands: ['serve', 'worker'],
   },
   {
     name: 'log-level',
@@ -247,6 +281,10 @@ export function parseConfig(
     }
     return x;
   };
+  const stepAuth = str('step-auth') ?? 'login';
+  if (stepAuth !== 'login' && stepAuth !== 'set-role') {
+    throw new ConfigError(`--step-auth must be login or set-role (got "${stepAuth}")`);
+  }
   const tlsCert = str('tls-cert');
   const tlsKey = str('tls-key');
   if ((tlsCert === undefined) !== (tlsKey === undefined)) {
@@ -270,6 +308,11 @@ export function parseConfig(
     connectTimeoutMs: num('connect-timeout', 10, 0.1, 3600) * 1000,
     maxMessageSize: num('max-message-size', 1024 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     shutdownTimeoutMs: num('shutdown-timeout', 30, 0, 86400) * 1000,
+    maxConcurrentSteps: num('max-concurrent-steps', 10, 1, 1000),
+    leaseMs: num('lease-seconds', 30, 0.2, 3600) * 1000,
+    pollMs: num('poll-interval', 5, 0.05, 3600) * 1000,
+    stepAuth,
+    stepSecret: env['DFGATE_STEP_SECRET'] || undefined,
   });
 }
 

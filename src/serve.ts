@@ -1,7 +1,9 @@
-/** `dfgate` (serve): migrations, then the proxy in front of the upstream. */
+/** `dfgate` (serve) and `dfgate worker`: migrations, the executor, and the proxy. */
 import pg from 'pg';
 import type { Config } from './config.js';
 import { migrate } from './db/migrate.js';
+import type { Executor } from './executor/executor.js';
+import { startExecutor } from './executor/start.js';
 import type { Logger } from './log.js';
 import { startProxy, type ProxyServer } from './proxy/server.js';
 import { targetFromUrl } from './proxy/upstream.js';
@@ -23,14 +25,23 @@ export async function migrateUpstream(url: string, log: Logger): Promise<void> {
   }
 }
 
-export async function serve(cfg: Config, log: Logger): Promise<ProxyServer> {
+export interface Running {
+  readonly proxy: ProxyServer | undefined;
+  readonly executor: Executor | undefined;
+}
+
+export async function serve(cfg: Config, log: Logger, withProxy = true): Promise<Running> {
   const upstream = cfg.upstream as string;
   if (cfg.migrate) await migrateUpstream(upstream, log);
-  if (cfg.executor)
-    log.warn(
-      'the executor is not part of this build yet: instances are recorded but not run (issue 6)',
-    );
-  return await startProxy({
+  const executor =
+    cfg.executor || !withProxy
+      ? await startExecutor(
+          { ...cfg, executorUrl: cfg.executorUrl ?? upstream },
+          log.child({ component: 'executor' }),
+        )
+      : undefined;
+  if (!withProxy) return { proxy: undefined, executor };
+  const proxy = await startProxy({
     host: cfg.listen.host,
     port: cfg.listen.port,
     upstream: targetFromUrl(upstream),
@@ -41,13 +52,14 @@ export async function serve(cfg: Config, log: Logger): Promise<ProxyServer> {
     tlsCert: cfg.tlsCert,
     tlsKey: cfg.tlsKey,
   });
+  return { proxy, executor };
 }
 
 /** Runs until SIGTERM/SIGINT, then shuts down gracefully. */
-export async function serveForever(cfg: Config, log: Logger): Promise<number> {
-  let proxy: ProxyServer;
+export async function serveForever(cfg: Config, log: Logger, withProxy = true): Promise<number> {
+  let running: Running;
   try {
-    proxy = await serve(cfg, log);
+    running = await serve(cfg, log, withProxy);
   } catch (err) {
     log.error({ upstream: maskSecrets(cfg.upstream ?? '') }, maskSecrets((err as Error).message));
     return 1;
@@ -55,7 +67,11 @@ export async function serveForever(cfg: Config, log: Logger): Promise<number> {
   return await new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
       log.info({ signal }, 'shutting down');
-      void proxy.shutdown(cfg.shutdownTimeoutMs).then(() => resolve(0));
+      void (async () => {
+        await running.proxy?.shutdown(cfg.shutdownTimeoutMs);
+        await running.executor?.stop();
+        resolve(0);
+      })();
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));

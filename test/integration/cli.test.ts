@@ -69,5 +69,6 @@ describe('dfgate CLI', () => {
     const r = dfgate(['check', 'x.sql']);
     expect(r.code).toBe(3);
     expect(r.err).toContain('not available in this build yet');
+    expect(dfgate(['worker', '--help']).code).toBe(0);
   });
 });

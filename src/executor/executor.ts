@@ -1,0 +1,676 @@
+/**
+ * The executor (DESIGN.md §4): claims runnable committed instances under a
+ * lease with an epoch, replays each with the deterministic core, performs the
+ * actions it asks for (SQL steps on step connections, timers, signal
+ * deliveries, loop summaries), writes node stamps, and parks or finishes the
+ * instance. Any number of executors may run against one database; they
+ * coordinate only through row locks, leases and epochs.
+ */
+import { randomBytes, createHash } from 'node:crypto';
+import { Cron } from 'croner';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { runCore, type Action, type EventKind, type Stamp, type StoredEvent } from './core.js';
+import { buildGraph, type Graph, type NodeRow } from './graph.js';
+import { compactJson } from './encode.js';
+import { loadParser } from './sqlcheck.js';
+import { runSqlStep, StepPool, isRetryable, type StepAuth, type StepIdentity } from './steps.js';
+
+export interface ExecutorOptions {
+  /** The executor's control login (member of df_executor). */
+  readonly controlUrl: string;
+  readonly log: Logger;
+  readonly stepAuth: StepAuth;
+  /** Secret the step login passwords are derived from (same on every dfgate process). */
+  readonly stepSecret: string;
+  readonly leaseMs: number;
+  readonly pollMs: number;
+  readonly maxConcurrentSteps: number;
+  readonly maxConcurrentInstances: number;
+  readonly maxLoopIterations: number;
+}
+
+interface InstanceRow {
+  readonly id: string;
+  readonly label: string | null;
+  readonly root_node: string;
+  readonly status: string;
+  readonly role_name: string | null;
+  readonly role_oid: number;
+  readonly rolsuper: boolean | null;
+  readonly vars: Record<string, string>;
+  readonly lease_epoch: string;
+}
+
+const WAKE_CHANNEL = 'dfgate_wake';
+
+function tokenHash(token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex');
+}
+
+function nextCron(expr: string, after: Date): Date {
+  const next = new Cron(expr, { timezone: 'UTC', paused: true }).nextRun(after);
+  if (!next) throw new Error('the expression never matches');
+  return next;
+}
+
+class Semaphore {
+  private waiters: Array<() => void> = [];
+  constructor(private free: number) {}
+  async take(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((r) => this.waiters.push(r));
+  }
+  give(): void {
+    const w = this.waiters.shift();
+    if (w) w();
+    else this.free++;
+  }
+}
+
+export class Executor {
+  readonly owner = `${process.pid}-${randomBytes(4).toString('hex')}`;
+  private readonly control: pg.Pool;
+  private readonly steps: StepPool;
+  private readonly slots: Semaphore;
+  private listener: pg.Client | undefined;
+  private readonly active = new Map<string, { epoch: number; stepPids: Set<number> }>();
+  private stopping = false;
+  private pumping = false;
+  private pumpAgain = false;
+  private timer: NodeJS.Timeout | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private readonly graphs = new Map<string, Graph>();
+  private readonly log: Logger;
+  private readonly finished = new Set<Promise<void>>();
+
+  constructor(private readonly opts: ExecutorOptions) {
+    this.log = opts.log;
+    this.control = new pg.Pool({
+      connectionString: opts.controlUrl,
+      max: 6,
+      application_name: 'dfgate:executor',
+    } as pg.PoolConfig);
+    this.control.on('error', (err) =>
+      this.log.warn({ err: err.message }, 'control connection error'),
+    );
+    this.steps = new StepPool(
+      { controlUrl: opts.controlUrl, auth: opts.stepAuth, secret: opts.stepSecret, log: opts.log },
+      this.control,
+    );
+    this.slots = new Semaphore(opts.maxConcurrentSteps);
+  }
+
+  async start(): Promise<void> {
+    await loadParser();
+    await this.listen();
+    this.timer = setInterval(() => this.wake(), this.opts.pollMs);
+    this.heartbeat = setInterval(
+      () => void this.renewLeases(),
+      Math.max(50, Math.floor(this.opts.leaseMs / 3)),
+    );
+    this.log.info({ owner: this.owner, stepAuth: this.opts.stepAuth }, 'executor started');
+    this.wake();
+  }
+
+  private async listen(): Promise<void> {
+    if (this.stopping) return;
+    const c = new pg.Client({
+      connectionString: this.opts.controlUrl,
+      application_name: 'dfgate:listen',
+    });
+    c.on('notification', () => this.wake()); // a hint only: state is re-read
+    c.on('error', () => undefined);
+    c.on('end', () => {
+      if (this.stopping) return;
+      this.log.warn('LISTEN connection lost; reconnecting');
+      setTimeout(() => void this.listen().catch(() => undefined), 500);
+    });
+    try {
+      await c.connect();
+      await c.query(`LISTEN ${WAKE_CHANNEL}`);
+      this.listener = c;
+      this.wake();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'cannot LISTEN; retrying');
+      setTimeout(() => void this.listen().catch(() => undefined), 1000);
+    }
+  }
+
+  /** Asks the executor to look for work now (from LISTEN, the poll, or the proxy in-process). */
+  wake(): void {
+    if (this.stopping) return;
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    this.pumping = true;
+    void this.pump().finally(() => {
+      this.pumping = false;
+      if (this.pumpAgain && !this.stopping) {
+        this.pumpAgain = false;
+        this.wake();
+      }
+    });
+  }
+
+  private async pump(): Promise<void> {
+    const capacity = this.opts.maxConcurrentInstances - this.active.size;
+    if (capacity <= 0) return;
+    let claimed: Array<{ id: string; lease_epoch: string }>;
+    try {
+      claimed = (
+        await this.control.query<{ id: string; lease_epoch: string }>(
+          `WITH ready AS (
+             SELECT i.id, row_number() OVER (PARTITION BY i.submitted_by ORDER BY i.created_at, i.id) AS turn, i.created_at
+               FROM df.instances i
+              WHERE i.runnable AND i.status IN ('pending', 'running')
+                AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())
+                AND (i.wake_at IS NULL OR i.wake_at <= clock_timestamp()
+                     OR EXISTS (SELECT 1 FROM df.signals s WHERE s.instance_id = i.id AND s.consumed_at IS NULL
+                                   AND s.signal_name = ANY (i.waiting_signals)))
+                AND (i.waiting_signals IS NULL OR i.wake_at IS NOT NULL OR cardinality(i.waiting_signals) = 0
+                     OR EXISTS (SELECT 1 FROM df.signals s WHERE s.instance_id = i.id AND s.consumed_at IS NULL
+                                   AND s.signal_name = ANY (i.waiting_signals)))
+              ORDER BY turn, created_at
+              LIMIT $2),
+           locked AS (
+             SELECT i.id FROM df.instances i JOIN ready r USING (id)
+              WHERE i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp()
+              FOR UPDATE OF i SKIP LOCKED)
+           UPDATE df.instances i
+              SET lease_owner = $1, lease_epoch = i.lease_epoch + 1,
+                  lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
+                  status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
+                  updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END,
+                  wake_at = NULL, waiting_signals = NULL
+             FROM locked WHERE i.id = locked.id
+           RETURNING i.id, i.lease_epoch`,
+          [this.owner, capacity, this.opts.leaseMs],
+        )
+      ).rows;
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'claim failed');
+      return;
+    }
+    for (const c of claimed) {
+      const epoch = Number(c.lease_epoch);
+      this.active.set(c.id, { epoch, stepPids: new Set() });
+      const p = this.drive(c.id, epoch)
+        .catch((err: unknown) => this.log.error({ instance: c.id, err }, 'instance driver failed'))
+        .finally(() => {
+          this.active.delete(c.id);
+          this.finished.delete(p);
+          this.wake();
+        });
+      this.finished.add(p);
+    }
+  }
+
+  private async renewLeases(): Promise<void> {
+    if (this.active.size === 0) return;
+    const ids = [...this.active.keys()];
+    try {
+      const r = await this.control.query<{ id: string; status: string }>(
+        `UPDATE df.instances SET lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000)
+          WHERE id = ANY ($1) AND lease_owner = $2 RETURNING id, status`,
+        [ids, this.owner, this.opts.leaseMs],
+      );
+      const held = new Map(r.rows.map((x) => [x.id, x.status]));
+      for (const id of ids) {
+        const st = held.get(id);
+        if (st === 'cancelled') await this.cancelSteps(id);
+        if (st === undefined) this.log.warn({ instance: id }, 'lease lost');
+      }
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'lease renewal failed');
+    }
+  }
+
+  private async cancelSteps(id: string): Promise<void> {
+    const a = this.active.get(id);
+    if (!a) return;
+    for (const pid of a.stepPids)
+      await this.control.query('SELECT pg_cancel_backend($1)', [pid]).catch(() => undefined);
+  }
+
+  private async load(
+    id: string,
+  ): Promise<
+    | {
+        inst: InstanceRow;
+        events: Map<string, Map<EventKind, StoredEvent>>;
+        stored: Map<string, { status: string; stamp: string | null }>;
+      }
+    | undefined
+  > {
+    const inst = (
+      await this.control.query<InstanceRow>(
+        `SELECT i.id, i.label, i.root_node, i.status, r.rolname AS role_name, i.submitted_by::oid::int AS role_oid, r.rolsuper, i.vars, i.lease_epoch
+           FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by WHERE i.id = $1`,
+        [id],
+      )
+    ).rows[0];
+    if (!inst) return undefined;
+    if (!this.graphs.has(id)) {
+      const rows = (
+        await this.control.query<NodeRow>(
+          `SELECT id, node_type, query, result_name, left_node, right_node FROM df.nodes WHERE instance_id = $1`,
+          [id],
+        )
+      ).rows;
+      this.graphs.set(id, buildGraph(inst.root_node, rows));
+    }
+    const evs = await this.control.query<{
+      activation: string;
+      kind: EventKind;
+      detail: Record<string, unknown>;
+      seq: string;
+    }>(
+      `SELECT activation, kind, detail, seq FROM df.events WHERE instance_id = $1 AND activation IS NOT NULL`,
+      [id],
+    );
+    const events = new Map<string, Map<EventKind, StoredEvent>>();
+    for (const e of evs.rows) {
+      let m = events.get(e.activation);
+      if (!m) events.set(e.activation, (m = new Map()));
+      m.set(e.kind, { seq: Number(e.seq), kind: e.kind, detail: e.detail });
+    }
+    const stored = new Map<string, { status: string; stamp: string | null }>();
+    const ns = await this.control.query<{ id: string; status: string; stamp: string | null }>(
+      `SELECT id, status, status_details ->> 'execution_id' AS stamp FROM df.nodes WHERE instance_id = $1`,
+      [id],
+    );
+    for (const n of ns.rows) stored.set(n.id, { status: n.status, stamp: n.stamp });
+    return { inst, events, stored };
+  }
+
+  private async event(
+    id: string,
+    epoch: number,
+    a: { key: string; node: string },
+    kind: EventKind,
+    detail: Record<string, unknown>,
+  ): Promise<void> {
+    await this.control.query('SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)', [
+      id,
+      epoch,
+      a.node,
+      a.key,
+      kind,
+      JSON.stringify(detail),
+    ]);
+  }
+
+  private async writeStamps(
+    id: string,
+    stamps: ReadonlyMap<string, Stamp>,
+    stored: Map<string, { status: string; stamp: string | null }>,
+  ): Promise<void> {
+    const ids: string[] = [];
+    const statuses: string[] = [];
+    const results: Array<string | null> = [];
+    const st: string[] = [];
+    for (const [node, s] of stamps) {
+      const cur = stored.get(node);
+      if (cur && cur.status === s.status && cur.stamp === s.stamp) continue;
+      ids.push(node);
+      statuses.push(s.status);
+      // results are stored through jsonb (spec §6.15): JSON text as is, other text as a JSON string
+      results.push(
+        s.result === null ? null : s.status === 'failed' ? JSON.stringify(s.result) : s.result,
+      );
+      st.push(s.stamp);
+    }
+    if (ids.length === 0) return;
+    await this.control.query(
+      `UPDATE df.nodes n SET status = u.status, result = CASE WHEN u.result IS NULL THEN NULL
+                                  ELSE COALESCE(df._try_jsonb(u.result), to_jsonb(u.result)) END,
+              status_details = jsonb_build_object('execution_id', u.stamp), updated_at = now()
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, status, result, stamp)
+        WHERE n.instance_id = $1 AND n.id = u.id`,
+      [id, ids, statuses, results, st],
+    );
+  }
+
+  private async finish(
+    id: string,
+    epoch: number,
+    status: 'completed' | 'failed',
+    error: string | null,
+  ): Promise<void> {
+    await this.control.query(
+      `UPDATE df.instances SET status = $3, error = $4, updated_at = now(),
+              completed_at = CASE WHEN $3 = 'completed' THEN now() END,
+              lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, waiting_signals = NULL
+        WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $5 AND status IN ('pending', 'running')`,
+      [id, epoch, status, error, this.owner],
+    );
+    this.graphs.delete(id);
+    this.log.info({ instance: id, status }, 'instance finished');
+  }
+
+  private async park(
+    id: string,
+    epoch: number,
+    wakeAt: Date | null,
+    signals: string[],
+  ): Promise<void> {
+    await this.control.query(
+      `UPDATE df.instances SET lease_owner = NULL, lease_expires_at = NULL, wake_at = $3, waiting_signals = $4
+        WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $5`,
+      [id, epoch, wakeAt, signals, this.owner],
+    );
+  }
+
+  /** Runs one instance while this executor holds its lease. */
+  private async drive(id: string, epoch: number): Promise<void> {
+    const log = this.log.child({ instance: id });
+    const inFlight = new Map<string, Promise<void>>();
+    for (;;) {
+      if (this.stopping) return;
+      const loaded = await this.load(id);
+      if (!loaded) return;
+      const { inst, events, stored } = loaded;
+      if (Number(inst.lease_epoch) !== epoch || !['pending', 'running'].includes(inst.status)) {
+        if (inst.status === 'cancelled') await this.cancelSteps(id);
+        await Promise.allSettled(inFlight.values());
+        return;
+      }
+      if (inst.role_name === null) {
+        await this.finish(
+          id,
+          epoch,
+          'failed',
+          `Instance ${id}: submitted_by role no longer exists in pg_roles`,
+        );
+        return;
+      }
+      if (inst.rolsuper) {
+        const allowed = (
+          await this.control.query<{ v: boolean }>(
+            `SELECT (value)::text::boolean AS v FROM df.config WHERE key = 'enable_superuser_instances'`,
+          )
+        ).rows[0]?.v;
+        if (!allowed) {
+          await this.finish(
+            id,
+            epoch,
+            'failed',
+            `pg_durable blocked instance ${id}: submitted_by role "${inst.role_name}" is a superuser, but pg_durable.enable_superuser_instances is off`,
+          );
+          return;
+        }
+      }
+      const now = new Date();
+      const core = runCore({
+        graph: this.graphs.get(id) as Graph,
+        instanceId: id,
+        label: inst.label,
+        vars: inst.vars,
+        events,
+        now,
+        maxLoopIterations: this.opts.maxLoopIterations,
+        nextCron,
+      });
+      await this.writeStamps(id, core.stamps, stored);
+      const o = core.outcome;
+      if (o.k === 'done' || o.k === 'failed') {
+        await Promise.allSettled(inFlight.values());
+        await this.finish(
+          id,
+          epoch,
+          o.k === 'done' ? 'completed' : 'failed',
+          o.k === 'failed' ? o.error : null,
+        );
+        return;
+      }
+      let progressed = false;
+      let wakeAt: Date | null = null;
+      const waiting: string[] = [];
+      const signalWaits = new Map<string, Array<Extract<Action, { a: 'signal' }>>>();
+      for (const a of core.actions) {
+        switch (a.a) {
+          case 'iter': {
+            await this.event(id, epoch, a, 'iter', a.detail);
+            progressed = true;
+            break;
+          }
+          case 'timer': {
+            if (!a.armed) {
+              await this.event(id, epoch, a, 'armed', { at: a.at.toISOString() });
+              progressed = true;
+            } else if (a.at.getTime() <= now.getTime()) {
+              await this.event(id, epoch, a, 'done', { result: a.result });
+              progressed = true;
+            } else if (!wakeAt || a.at < wakeAt) wakeAt = a.at;
+            break;
+          }
+          case 'signal': {
+            if (!a.armed) {
+              await this.event(id, epoch, a, 'armed', {
+                at: a.timeoutAt ? a.timeoutAt.toISOString() : null,
+              });
+              progressed = true;
+            } else {
+              const list = signalWaits.get(a.name) ?? [];
+              list.push(a);
+              signalWaits.set(a.name, list);
+            }
+            break;
+          }
+          case 'sql': {
+            if (inFlight.has(a.key)) break;
+            const p = this.step(id, epoch, inst, a, log).finally(() => inFlight.delete(a.key));
+            inFlight.set(a.key, p);
+            progressed = true;
+            break;
+          }
+        }
+      }
+      if (signalWaits.size > 0) {
+        const delivered = await this.deliverSignals(id, epoch, signalWaits, now);
+        if (delivered) progressed = true;
+        else {
+          for (const [name, waits] of signalWaits) {
+            waiting.push(name);
+            for (const w of waits)
+              if (w.timeoutAt && (!wakeAt || w.timeoutAt < wakeAt)) wakeAt = w.timeoutAt;
+          }
+        }
+      }
+      if (core.obsolete.length > 0) {
+        await this.control.query(
+          `DELETE FROM df.events WHERE instance_id = $1 AND activation LIKE ANY ($2)`,
+          [id, core.obsolete.map((p) => p.replace(/[\\%_]/g, (c) => '\\' + c) + '%')],
+        );
+      }
+      if (inFlight.size > 0) {
+        // wait for a step (or a short while, to notice timers and signals)
+        await Promise.race([
+          ...inFlight.values(),
+          new Promise((r) =>
+            setTimeout(
+              r,
+              Math.max(
+                20,
+                Math.min(
+                  this.opts.pollMs,
+                  wakeAt ? wakeAt.getTime() - Date.now() : this.opts.pollMs,
+                ),
+              ),
+            ),
+          ),
+        ]);
+        continue;
+      }
+      if (progressed) continue;
+      if (wakeAt && wakeAt.getTime() - Date.now() < Math.min(this.opts.pollMs, 1000)) {
+        await new Promise((r) =>
+          setTimeout(r, Math.max(1, (wakeAt as Date).getTime() - Date.now())),
+        );
+        continue;
+      }
+      await this.park(id, epoch, wakeAt, waiting);
+      // a signal that committed while parking would find the instance leased: look once more
+      const late = await this.control.query(
+        `SELECT 1 FROM df.signals WHERE instance_id = $1 AND consumed_at IS NULL AND signal_name = ANY ($2) LIMIT 1`,
+        [id, waiting],
+      );
+      if (late.rowCount) this.wake();
+      return;
+    }
+  }
+
+  /** A signal reaches every wait pending for its name; each wait takes the oldest unconsumed one (DESIGN.md §5 Q1). */
+  private async deliverSignals(
+    id: string,
+    epoch: number,
+    waits: Map<string, Array<Extract<Action, { a: 'signal' }>>>,
+    now: Date,
+  ): Promise<boolean> {
+    const c = await this.control.connect();
+    let delivered = false;
+    try {
+      await c.query('BEGIN');
+      for (const [name, list] of waits) {
+        const sig = (
+          await c.query<{ id: string; payload_text: string }>(
+            `SELECT id, payload::text AS payload_text FROM df.signals WHERE instance_id = $1 AND signal_name = $2 AND consumed_at IS NULL
+              ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED`,
+            [id, name],
+          )
+        ).rows[0];
+        if (sig) {
+          const data = sig.payload_text;
+          for (const w of list) {
+            const result = `{"signal_name":${JSON.stringify(name)},"timed_out":false,"data":${compactJson(data)}}`;
+            await c.query('SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)', [
+              id,
+              epoch,
+              w.node,
+              w.key,
+              'done',
+              JSON.stringify({ result }),
+            ]);
+          }
+          await c.query(
+            `UPDATE df.signals SET consumed_at = now(), consumed_by = $2 WHERE id = $1`,
+            [sig.id, list[0]?.node ?? null],
+          );
+          delivered = true;
+        } else {
+          for (const w of list) {
+            if (w.timeoutAt && w.timeoutAt.getTime() <= now.getTime()) {
+              const result = `{"signal_name":${JSON.stringify(name)},"timed_out":true,"data":null}`;
+              await c.query('SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)', [
+                id,
+                epoch,
+                w.node,
+                w.key,
+                'done',
+                JSON.stringify({ result }),
+              ]);
+              delivered = true;
+            }
+          }
+        }
+      }
+      await c.query('COMMIT');
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      c.release();
+    }
+    return delivered;
+  }
+
+  private async step(
+    id: string,
+    epoch: number,
+    inst: InstanceRow,
+    a: Extract<Action, { a: 'sql' }>,
+    log: Logger,
+  ): Promise<void> {
+    const identity: StepIdentity = { roleName: inst.role_name as string, roleOid: inst.role_oid };
+    let delay = 100;
+    for (let attempt = 1; ; attempt++) {
+      if (this.stopping) return;
+      const token = randomBytes(24).toString('base64url');
+      const marked = await this.control.query(
+        `UPDATE df.nodes n SET activation = $3, attempt_token = $4, attempts = attempts + 1
+          WHERE n.instance_id = $1 AND n.id = $2
+            AND EXISTS (SELECT 1 FROM df.instances i WHERE i.id = $1 AND i.lease_epoch = $5 AND i.lease_owner = $6
+                          AND i.status IN ('pending', 'running'))
+            AND NOT EXISTS (SELECT 1 FROM df.events e WHERE e.instance_id = $1 AND e.activation = $3 AND e.kind IN ('done', 'failed'))`,
+        [id, a.node, a.key, tokenHash(token), epoch, this.owner],
+      );
+      if (marked.rowCount === 0) return; // lease lost, cancelled, or already recorded
+      await this.slots.take();
+      let conn;
+      try {
+        conn = await this.steps.acquire(identity);
+      } catch (err) {
+        this.slots.give();
+        const msg = (err as Error).message;
+        if (isRetryable(err) && attempt < 50) {
+          await new Promise((r) => setTimeout(r, delay));
+          delay = Math.min(delay * 2, 5000);
+          continue;
+        }
+        await this.event(id, epoch, a, 'failed', {
+          error: `Failed to connect to database as '${identity.roleName}'. Error: ${msg}`,
+        }).catch(() => undefined);
+        return;
+      }
+      const pids = this.active.get(id)?.stepPids;
+      let pid = 0;
+      try {
+        const out = await runSqlStep(
+          conn,
+          { instance: id, node: a.node, key: a.key, epoch, token, sql: a.sql },
+          (p) => {
+            pid = p;
+            pids?.add(p);
+          },
+        );
+        if (out.k === 'retry') {
+          log.warn(
+            { node: a.node, err: String((out.err as Error).message) },
+            'step hit an infrastructure error; running it again',
+          );
+          // the commit may have succeeded before the connection broke: the marked update above re-checks
+          await new Promise((r) => setTimeout(r, delay));
+          delay = Math.min(delay * 2, 5000);
+          continue;
+        }
+        return;
+      } finally {
+        pids?.delete(pid);
+        await this.steps.release(identity, conn);
+        this.slots.give();
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.timer) clearInterval(this.timer);
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    await Promise.allSettled([...this.finished]);
+    // hand our leases back so another executor can continue at once
+    await this.control
+      .query(
+        `UPDATE df.instances SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1`,
+        [this.owner],
+      )
+      .catch(() => undefined);
+    await this.listener?.end().catch(() => undefined);
+    await this.steps.close();
+    await this.control.end().catch(() => undefined);
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * What a step's SQL may do, decided on its parse tree (libpg-query, the real
+ * PostgreSQL parser): transaction control, holdable cursors and visible role
+ * changes are refused; statements PostgreSQL refuses inside a transaction
+ * block run in autocommit (at least once instead of exactly once).
+ */
+import { loadModule, parseSync } from 'libpg-query';
+
+export type StepPlan =
+  | { readonly kind: 'transaction' }
+  | { readonly kind: 'autocommit'; readonly why: string }
+  | { readonly kind: 'refuse'; readonly error: string };
+
+let loaded: Promise<void> | undefined;
+export function loadParser(): Promise<void> {
+  loaded ??= loadModule();
+  return loaded;
+}
+
+const CURSOR_OPT_HOLD = 0x20;
+
+type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+
+function findRoleChange(node: Json): string | undefined {
+  if (Array.isArray(node)) {
+    for (const x of node) {
+      const r = findRoleChange(x);
+      if (r) return r;
+    }
+    return undefined;
+  }
+  if (node === null || typeof node !== 'object') return undefined;
+  const fc = node['FuncCall'] as { [k: string]: Json } | undefined;
+  if (fc) {
+    const names =
+      (fc['funcname'] as Json[] | undefined)?.map((n) =>
+        ((n as { String?: { sval?: string } }).String?.sval ?? '').toLowerCase(),
+      ) ?? [];
+    if (names[names.length - 1] === 'set_config') {
+      const first = (fc['args'] as Json[] | undefined)?.[0] as
+        { A_Const?: { sval?: { sval?: string } } } | undefined;
+      const setting = first?.A_Const?.sval?.sval?.toLowerCase();
+      if (setting === 'role' || setting === 'session_authorization')
+        return `set_config('${setting}', …)`;
+    }
+  }
+  for (const v of Object.values(node)) {
+    const r = findRoleChange(v);
+    if (r) return r;
+  }
+  return undefined;
+}
+
+export function planStep(sql: string): StepPlan {
+  let stmts: Array<{ stmt?: Json }>;
+  try {
+    stmts = (parseSync(sql) as unknown as { stmts?: Array<{ stmt?: Json }> }).stmts ?? [];
+  } catch {
+    // not parseable: PostgreSQL reports the syntax error itself
+    return { kind: 'transaction' };
+  }
+  for (const s of stmts) {
+    const stmt = (s.stmt ?? {}) as { [k: string]: { [k: string]: Json } };
+    const [type, body] = Object.entries(stmt)[0] ?? ['', {}];
+    if (type === 'TransactionStmt') {
+      return {
+        kind: 'refuse',
+        error:
+          'transaction control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, …) cannot be used in a workflow step: each step already runs in its own transaction',
+      };
+    }
+    if (
+      type === 'VariableSetStmt' &&
+      (body['name'] === 'role' || body['name'] === 'session_authorization')
+    ) {
+      return {
+        kind: 'refuse',
+        error: `changing the role (${body['kind'] === 'VAR_RESET' ? 'RESET' : 'SET'} ${String(body['name']).toUpperCase().replace('_', ' ')}) is not allowed in a workflow step: steps run as the role that started the workflow`,
+      };
+    }
+    if (type === 'DeclareCursorStmt' && (Number(body['options'] ?? 0) & CURSOR_OPT_HOLD) !== 0) {
+      return {
+        kind: 'refuse',
+        error: 'holdable cursors (WITH HOLD) cannot be used in a workflow step',
+      };
+    }
+    const rc = findRoleChange(body as Json);
+    if (rc)
+      return {
+        kind: 'refuse',
+        error: `changing the role (${rc}) is not allowed in a workflow step: steps run as the role that started the workflow`,
+      };
+  }
+  if (stmts.length === 1) {
+    const stmt = (stmts[0]?.stmt ?? {}) as { [k: string]: { [k: string]: Json } };
+    const [type, body] = Object.entries(stmt)[0] ?? ['', {}];
+    const params = JSON.stringify(body);
+    if (type === 'VacuumStmt') return { kind: 'autocommit', why: 'VACUUM/ANALYZE' };
+    if (type === 'IndexStmt' && body['concurrent'])
+      return { kind: 'autocommit', why: 'CREATE INDEX CONCURRENTLY' };
+    if (type === 'ReindexStmt' && params.includes('"concurrently"'))
+      return { kind: 'autocommit', why: 'REINDEX CONCURRENTLY' };
+    if (type === 'DropStmt' && body['concurrent'])
+      return { kind: 'autocommit', why: 'DROP INDEX CONCURRENTLY' };
+    if (
+      [
+        'CreatedbStmt',
+        'DropdbStmt',
+        'AlterSystemStmt',
+        'CreateTableSpaceStmt',
+        'DropTableSpaceStmt',
+      ].includes(type)
+    ) {
+      return { kind: 'autocommit', why: type };
+    }
+  }
+  return { kind: 'transaction' };
+}

@@ -1,0 +1,256 @@
+/**
+ * Step connections and running one SQL step exactly once (DESIGN.md §4):
+ * BEGIN; the statement (extended protocol, no parameters); SET CONSTRAINTS
+ * ALL IMMEDIATE; df._complete_step (lease epoch + attempt token); COMMIT.
+ * After every step the session is reset (DISCARD ALL, then the role and its
+ * settings again), so nothing a step leaves behind reaches the next one.
+ */
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { encodeRows, EncodeError, type Column } from './encode.js';
+import { ensureStepLogin, quoteIdent, stepPassword } from './identity.js';
+import { planStep } from './sqlcheck.js';
+
+/** Infrastructure errors: roll back and run the step again (DESIGN.md §4 "Errors"). */
+export const RETRYABLE = new Set([
+  '40001',
+  '40P01',
+  '57P01',
+  '57P02',
+  '57P03',
+  '53300',
+  '25006',
+  '08000',
+  '08003',
+  '08006',
+  '08001',
+  '08004',
+]);
+
+export function isRetryable(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  if (typeof code === 'string') return RETRYABLE.has(code) || code.startsWith('08');
+  // a lost connection surfaces without a SQLSTATE
+  return /Connection terminated|ECONNRESET|ECONNREFUSED|EPIPE|connection.*(lost|closed)/i.test(
+    String((err as Error).message),
+  );
+}
+
+export interface StepIdentity {
+  readonly roleName: string;
+  readonly roleOid: number;
+}
+
+export type StepAuth = 'login' | 'set-role';
+
+export interface StepPoolOptions {
+  readonly controlUrl: string;
+  readonly auth: StepAuth;
+  readonly secret: string;
+  readonly log: Logger;
+}
+
+const rawText = { getTypeParser: () => (v: string) => v } as unknown as pg.CustomTypesConfig;
+
+interface StepConn {
+  readonly client: pg.Client;
+  readonly reset: string;
+  broken: boolean;
+}
+
+export class StepPool {
+  private readonly idle = new Map<number, StepConn[]>();
+  private readonly provisioned = new Map<number, Promise<string>>();
+
+  constructor(
+    private readonly opts: StepPoolOptions,
+    private readonly control: pg.Pool,
+  ) {}
+
+  private async settingsFor(id: StepIdentity): Promise<string> {
+    // R's role-level settings (role-wide and for this database), applied as if R had logged in
+    const r = await this.control.query<{ cfg: string }>(
+      `SELECT unnest(setconfig) AS cfg FROM pg_db_role_setting
+        WHERE setrole = $1 AND setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+        ORDER BY setdatabase`,
+      [id.roleOid],
+    );
+    return r.rows
+      .map((x) => {
+        const eq = x.cfg.indexOf('=');
+        const name = x.cfg.slice(0, eq);
+        const value = x.cfg.slice(eq + 1);
+        return `SELECT set_config('${name.replace(/'/g, "''")}', '${value.replace(/'/g, "''")}', false)`;
+      })
+      .join('; ');
+  }
+
+  private async open(id: StepIdentity): Promise<StepConn> {
+    const url = new URL(this.opts.controlUrl);
+    if (this.opts.auth === 'login') {
+      let p = this.provisioned.get(id.roleOid);
+      if (!p) {
+        const c = await this.control.connect();
+        p = ensureStepLogin(c, id.roleName, id.roleOid, this.opts.secret).finally(() =>
+          c.release(),
+        );
+        this.provisioned.set(id.roleOid, p);
+        p.catch(() => this.provisioned.delete(id.roleOid));
+      }
+      const login = await p;
+      url.username = encodeURIComponent(login);
+      url.password = encodeURIComponent(stepPassword(this.opts.secret, login));
+    }
+    url.searchParams.set('application_name', 'dfgate:step');
+    const client = new pg.Client({
+      connectionString: url.toString(),
+      types: rawText,
+      connectionTimeoutMillis: 30_000,
+    });
+    client.on('error', () => undefined);
+    await client.connect();
+    const settings = await this.settingsFor(id);
+    const reset = [`SET ROLE ${quoteIdent(id.roleName)}`, settings, `SET df.in_workflow = 'true'`]
+      .filter(Boolean)
+      .join('; ');
+    await client.query(reset);
+    return { client, reset, broken: false };
+  }
+
+  async acquire(id: StepIdentity): Promise<StepConn> {
+    const list = this.idle.get(id.roleOid);
+    const c = list?.pop();
+    return c ?? (await this.open(id));
+  }
+
+  async release(id: StepIdentity, conn: StepConn): Promise<void> {
+    if (conn.broken) {
+      await conn.client.end().catch(() => undefined);
+      return;
+    }
+    try {
+      await conn.client.query(`DISCARD ALL; ${conn.reset}`);
+    } catch {
+      await conn.client.end().catch(() => undefined);
+      return;
+    }
+    const list = this.idle.get(id.roleOid) ?? [];
+    if (list.length < 8) {
+      list.push(conn);
+      this.idle.set(id.roleOid, list);
+    } else await conn.client.end().catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    for (const list of this.idle.values())
+      for (const c of list) await c.client.end().catch(() => undefined);
+    this.idle.clear();
+  }
+}
+
+export interface StepRequest {
+  readonly instance: string;
+  readonly node: string;
+  readonly key: string;
+  readonly epoch: number;
+  readonly token: string;
+  readonly sql: string;
+}
+
+export type StepOutcome =
+  | { readonly k: 'done' }
+  | { readonly k: 'failed'; readonly error: string }
+  | { readonly k: 'retry'; readonly err: unknown }
+  | { readonly k: 'abandoned'; readonly reason: string };
+
+const COMPLETE = 'SELECT df._complete_step($1, $2, $3, $4, $5, $6, $7::jsonb)';
+
+/** Runs one SQL step on `conn`. The outcome is committed with the effect, or nothing is. */
+export async function runSqlStep(
+  conn: StepConn,
+  req: StepRequest,
+  onPid?: (pid: number) => void,
+): Promise<StepOutcome> {
+  const c = conn.client;
+  const plan = planStep(req.sql);
+  const record = async (kind: 'done' | 'failed', detail: Record<string, string>): Promise<void> => {
+    await c.query(COMPLETE, [
+      req.instance,
+      req.node,
+      req.key,
+      req.epoch,
+      req.token,
+      kind,
+      JSON.stringify(detail),
+    ]);
+  };
+  const fail = async (error: string): Promise<StepOutcome> => {
+    await c.query('BEGIN');
+    await record('failed', { error });
+    await c.query('COMMIT');
+    return { k: 'failed', error };
+  };
+  try {
+    onPid?.((c as unknown as { processID: number }).processID);
+    if (plan.kind === 'refuse') return await fail(`SQL execution failed: ${plan.error}`);
+    let result: string;
+    if (plan.kind === 'autocommit') {
+      // runs outside a transaction block: at least once, recorded right after
+      try {
+        const r = await c.query({
+          text: req.sql,
+          rowMode: 'array',
+          queryMode: 'extended',
+        } as pg.QueryConfig);
+        result = encodeRows(
+          r.fields.map((f) => ({ name: f.name, typeOid: f.dataTypeID })),
+          r.rows as string[][],
+        );
+      } catch (err) {
+        if (isRetryable(err)) throw err;
+        if (err instanceof EncodeError) return await fail(err.message);
+        return await fail(
+          `SQL execution failed: error returned from database: ${(err as Error).message}`,
+        );
+      }
+      await c.query('BEGIN');
+      await record('done', { result });
+      await c.query('COMMIT');
+      return { k: 'done' };
+    }
+    await c.query('BEGIN');
+    try {
+      const r = await c.query({
+        text: req.sql,
+        rowMode: 'array',
+        queryMode: 'extended',
+      } as pg.QueryConfig);
+      const columns: Column[] = r.fields.map((f) => ({ name: f.name, typeOid: f.dataTypeID }));
+      result = encodeRows(columns, r.rows as string[][]);
+      await c.query('SET CONSTRAINTS ALL IMMEDIATE');
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      if (isRetryable(err)) return { k: 'retry', err };
+      if (err instanceof EncodeError) return await fail(err.message);
+      return await fail(
+        `SQL execution failed: error returned from database: ${(err as Error).message}`,
+      );
+    }
+    await record('done', { result });
+    await c.query('COMMIT');
+    return { k: 'done' };
+  } catch (err) {
+    await c.query('ROLLBACK').catch(() => undefined);
+    const code = (err as { code?: string }).code;
+    if (code === '57014' && /instance .* is /.test((err as Error).message))
+      return { k: 'abandoned', reason: (err as Error).message };
+    if (code === '40001' && /lease|stale attempt/.test((err as Error).message))
+      return { k: 'abandoned', reason: (err as Error).message };
+    if (isRetryable(err)) {
+      conn.broken = true;
+      return { k: 'retry', err };
+    }
+    conn.broken = true;
+    return { k: 'retry', err };
+  }
+}
