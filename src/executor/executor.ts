@@ -237,9 +237,7 @@ export class Executor {
       await this.control.query('SELECT pg_cancel_backend($1)', [pid]).catch(() => undefined);
   }
 
-  private async load(
-    id: string,
-  ): Promise<
+  private async load(id: string): Promise<
     | {
         inst: InstanceRow;
         events: Map<string, Map<EventKind, StoredEvent>>;

@@ -53,8 +53,15 @@ export async function ensureStepLogin(
     `GRANT ${quoteIdent(roleName)} TO ${quoteIdent(login)}`,
   ];
   try {
+    // one provisioner at a time per role, across dfgate processes
+    await control.query('BEGIN');
+    await control.query('SELECT pg_advisory_xact_lock(hashtext($1))', [
+      `dfgate step login ${roleOid}`,
+    ]);
     for (const q of sql) await control.query(q);
+    await control.query('COMMIT');
   } catch (err) {
+    await control.query('ROLLBACK').catch(() => undefined);
     throw new IdentityError(
       `cannot provision the step login of role "${roleName}": ${(err as Error).message}. An administrator runs: ` +
         `CREATE ROLE ${quoteIdent(login)} LOGIN NOINHERIT PASSWORD '<from dfgate roles>'; GRANT ${quoteIdent(roleName)} TO ${quoteIdent(login)};`,

@@ -8,7 +8,7 @@
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { encodeRows, EncodeError, type Column } from './encode.js';
-import { ensureStepLogin, quoteIdent, stepPassword } from './identity.js';
+import { ensureStepLogin, quoteIdent, stepLoginName, stepPassword } from './identity.js';
 import { planStep } from './sqlcheck.js';
 
 /** Infrastructure errors: roll back and run the step again (DESIGN.md §4 "Errors"). */
@@ -31,7 +31,7 @@ export function isRetryable(err: unknown): boolean {
   const code = (err as { code?: string }).code;
   if (typeof code === 'string') return RETRYABLE.has(code) || code.startsWith('08');
   // a lost connection surfaces without a SQLSTATE
-  return /Connection terminated|ECONNRESET|ECONNREFUSED|EPIPE|connection.*(lost|closed)/i.test(
+  return /Connection terminated|not queryable|ECONNRESET|ECONNREFUSED|EPIPE|connection.*(lost|closed)/i.test(
     String((err as Error).message),
   );
 }
@@ -60,7 +60,7 @@ interface StepConn {
 
 export class StepPool {
   private readonly idle = new Map<number, StepConn[]>();
-  private readonly provisioned = new Map<number, Promise<string>>();
+  private readonly provisioning = new Map<number, Promise<string>>();
 
   constructor(
     private readonly opts: StepPoolOptions,
@@ -87,28 +87,37 @@ export class StepPool {
 
   private async open(id: StepIdentity): Promise<StepConn> {
     const url = new URL(this.opts.controlUrl);
+    url.searchParams.set('application_name', 'dfgate:step');
     if (this.opts.auth === 'login') {
-      let p = this.provisioned.get(id.roleOid);
-      if (!p) {
-        const c = await this.control.connect();
-        p = ensureStepLogin(c, id.roleName, id.roleOid, this.opts.secret).finally(() =>
-          c.release(),
-        );
-        this.provisioned.set(id.roleOid, p);
-        p.catch(() => this.provisioned.delete(id.roleOid));
-      }
-      const login = await p;
+      const login = stepLoginName(id.roleOid);
       url.username = encodeURIComponent(login);
       url.password = encodeURIComponent(stepPassword(this.opts.secret, login));
     }
-    url.searchParams.set('application_name', 'dfgate:step');
-    const client = new pg.Client({
-      connectionString: url.toString(),
-      types: rawText,
-      connectionTimeoutMillis: 30_000,
-    });
-    client.on('error', () => undefined);
-    await client.connect();
+    const connect = async (): Promise<pg.Client> => {
+      const client = new pg.Client({
+        connectionString: url.toString(),
+        types: rawText,
+        connectionTimeoutMillis: 30_000,
+      });
+      client.on('error', () => undefined);
+      await client.connect();
+      return client;
+    };
+    let client: pg.Client;
+    try {
+      client = await connect();
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      // the step login is missing, or keyed with another secret: (re)provision it, once at a time
+      if (this.opts.auth !== 'login' || (code !== '28P01' && code !== '28000')) throw err;
+      let p = this.provisioning.get(id.roleOid);
+      if (!p) {
+        p = this.provision(id).finally(() => this.provisioning.delete(id.roleOid));
+        this.provisioning.set(id.roleOid, p);
+      }
+      await p;
+      client = await connect();
+    }
     const settings = await this.settingsFor(id);
     const reset = [`SET ROLE ${quoteIdent(id.roleName)}`, settings, `SET df.in_workflow = 'true'`]
       .filter(Boolean)
@@ -117,10 +126,34 @@ export class StepPool {
     return { client, reset, broken: false };
   }
 
+  private async provision(id: StepIdentity): Promise<string> {
+    for (let attempt = 1; ; attempt++) {
+      const c = await this.control.connect();
+      try {
+        return await ensureStepLogin(c, id.roleName, id.roleOid, this.opts.secret);
+      } catch (err) {
+        if (
+          attempt >= 5 ||
+          !/concurrently|deadlock|could not serialize/.test((err as Error).message)
+        )
+          throw err;
+      } finally {
+        c.release();
+      }
+      await new Promise((r) => setTimeout(r, 50 * attempt));
+    }
+  }
+
   async acquire(id: StepIdentity): Promise<StepConn> {
     const list = this.idle.get(id.roleOid);
-    const c = list?.pop();
-    return c ?? (await this.open(id));
+    for (let c = list?.pop(); c; c = list?.pop()) {
+      if (!c.broken) return c;
+      await c.client.end().catch(() => undefined);
+    }
+    const conn = await this.open(id);
+    conn.client.on('error', () => (conn.broken = true));
+    conn.client.on('end', () => (conn.broken = true));
+    return conn;
   }
 
   async release(id: StepIdentity, conn: StepConn): Promise<void> {

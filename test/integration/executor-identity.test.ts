@@ -19,16 +19,26 @@ beforeAll(async () => {
   await startTestExecutor(db.url);
 });
 
-async function step(sql: string): Promise<{ status: string; error: string | null; result: string | null }> {
+async function step(
+  sql: string,
+): Promise<{ status: string; error: string | null; result: string | null }> {
   const id = (await a.query(`SELECT df.start($1) AS id`, [sql])).rows[0].id as string;
   const r = await finished(a, id);
-  const n = (await a.query(`SELECT result #>> '{}' AS e FROM df.nodes WHERE instance_id = $1`, [id])).rows[0];
-  return { status: r.status, result: r.result, error: r.status === 'failed' ? (n?.e ?? null) : null };
+  const n = (
+    await a.query(`SELECT result #>> '{}' AS e FROM df.nodes WHERE instance_id = $1`, [id])
+  ).rows[0];
+  return {
+    status: r.status,
+    result: r.result,
+    error: r.status === 'failed' ? (n?.e ?? null) : null,
+  };
 }
 
 describe('steps run as the submitter and cannot escape', () => {
   it('current_user is the submitter; the session user is its step login, a member of that role only', async () => {
-    const r = await step(`SELECT current_user AS cu, session_user AS su, (SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = session_user) AS memberships`);
+    const r = await step(
+      `SELECT current_user AS cu, session_user AS su, (SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = session_user) AS memberships`,
+    );
     const row = JSON.parse(r.result as string).rows[0];
     expect(row.cu).toBe(alice.name);
     expect(row.su).toMatch(/^dfgate_step_\d+$/);
@@ -45,7 +55,10 @@ describe('steps run as the submitter and cannot escape', () => {
     ['RESET ROLE', 'changing the role'],
     [`SET ROLE bob_placeholder`, 'changing the role'],
     [`SET SESSION AUTHORIZATION bob_placeholder`, 'changing the role'],
-    [`SELECT set_config('role', 'bob_placeholder', false)`, "changing the role (set_config('role', …))"],
+    [
+      `SELECT set_config('role', 'bob_placeholder', false)`,
+      "changing the role (set_config('role', …))",
+    ],
     [`BEGIN`, 'transaction control statements'],
     [`DECLARE c CURSOR WITH HOLD FOR SELECT 1`, 'holdable cursors'],
   ])('%s is refused by parse tree', async (sql, msg) => {
@@ -55,10 +68,14 @@ describe('steps run as the submitter and cannot escape', () => {
   });
 
   it('dynamic SQL in a DO block cannot take B’s role: the step login holds only A', async () => {
-    const r = await step(`DO $$ BEGIN EXECUTE 'SET ROLE ${bob.name}'; EXECUTE 'INSERT INTO public.alice_log SELECT current_user, s FROM public.bob_secret'; END $$`);
+    const r = await step(
+      `DO $$ BEGIN EXECUTE 'SET ROLE ${bob.name}'; EXECUTE 'INSERT INTO public.alice_log SELECT current_user, s FROM public.bob_secret'; END $$`,
+    );
     expect(r.status).toBe('failed');
     expect(r.error).toMatch(/permission denied to set role|must be member of role/);
-    const r2 = await step(`DO $$ BEGIN EXECUTE 'RESET ROLE'; INSERT INTO public.alice_log VALUES (current_user, 'after reset'); END $$`);
+    const r2 = await step(
+      `DO $$ BEGIN EXECUTE 'RESET ROLE'; INSERT INTO public.alice_log VALUES (current_user, 'after reset'); END $$`,
+    );
     // RESET ROLE inside dynamic SQL returns to the step login, which has nothing of its own
     expect(r2.status).toBe('failed');
     expect(r2.error).toContain('permission denied');
@@ -83,7 +100,11 @@ describe('steps run as the submitter and cannot escape', () => {
   it('session state left by one step does not reach the next', async () => {
     await db.admin.query(`CREATE SCHEMA trap AUTHORIZATION ${alice.ident}`);
     await a.query(`CREATE TABLE trap.alice_log (who text, what text)`);
-    const id = (await a.query(`SELECT df.start($$SET search_path = trap, public$$ ~> $$CREATE TEMP TABLE tmp_x (a int)$$ ~> $$SELECT current_setting('search_path') AS sp, to_regclass('pg_temp.tmp_x') IS NULL AS no_temp$$) AS id`)).rows[0].id;
+    const id = (
+      await a.query(
+        `SELECT df.start($$SET search_path = trap, public$$ ~> $$CREATE TEMP TABLE tmp_x (a int)$$ ~> $$SELECT current_setting('search_path') AS sp, to_regclass('pg_temp.tmp_x') IS NULL AS no_temp$$) AS id`,
+      )
+    ).rows[0].id;
     const r = await finished(a, id);
     expect(r.status).toBe('completed');
     const row = JSON.parse((r.result as string).replace(/\s/g, '')).rows[0];

@@ -1,0 +1,185 @@
+/**
+ * Exactly once under crashes (STYLE.md 7): dfgate worker processes are killed
+ * with SIGKILL at seeded random moments and restarted; every step's side
+ * effect must happen exactly once and every instance must complete.
+ * DFGATE_CRASH_SEED=<n> replays a run.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import type pg from 'pg';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { useTestDatabase, type TestRole } from '../harness/db.js';
+
+const db = useTestDatabase();
+let role: TestRole;
+let c: pg.Client;
+const seed = Number(process.env['DFGATE_CRASH_SEED'] ?? Date.now() % 1_000_000);
+let x = seed || 1;
+const rnd = (): number => {
+  x ^= x << 13;
+  x ^= x >>> 17;
+  x ^= x << 5;
+  return (x >>> 0) / 4294967296;
+};
+
+const children = new Set<ChildProcess>();
+
+function worker(name: string): ChildProcess {
+  const p = spawn(
+    process.execPath,
+    [
+      path.resolve('dist/src/cli.js'),
+      'worker',
+      '--upstream',
+      `${db.url}?sslmode=disable`,
+      '--no-migrate',
+      '--lease-seconds',
+      '1',
+      '--poll-interval',
+      '0.2',
+      '--log-level',
+      'warn',
+    ],
+    {
+      env: { ...process.env, DFGATE_STEP_SECRET: 'crash-test-secret' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  let err = '';
+  p.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  p.once('exit', (code, sig) => {
+    children.delete(p);
+    if (code && code !== 0)
+      process.stderr.write(
+        `[crash] worker ${name} exited ${code} ${sig ?? ''}: ${err.slice(-2000)}\n`,
+      );
+  });
+  children.add(p);
+  return p;
+}
+
+async function startN(instances: number, steps: number): Promise<string[]> {
+  // each step takes a little while, so that kills land in the middle of steps
+  const seq = Array.from(
+    { length: steps },
+    (_, k) => `INSERT INTO effects SELECT '{sys_instance_id}', ${k + 1} FROM pg_sleep(0.03)`,
+  );
+  const graph = seq.map((s) => `'${s.replace(/'/g, "''")}'`).join(' ~> ');
+  const ids: string[] = [];
+  for (let i = 0; i < instances; i++)
+    ids.push((await c.query(`SELECT df.start(${graph}, 'crash') AS id`)).rows[0].id as string);
+  return ids;
+}
+
+async function waitAll(ids: string[], timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await c.query(
+      `SELECT count(*)::int AS n FROM df.instances WHERE id = ANY ($1) AND status = 'completed'`,
+      [ids],
+    );
+    if (r.rows[0].n === ids.length) return;
+    if (Date.now() > deadline) {
+      const st = await c.query(
+        `SELECT status, count(*)::int AS n, min(error) AS error FROM df.instances WHERE id = ANY ($1) GROUP BY 1`,
+        [ids],
+      );
+      throw new Error(`not all instances completed (seed ${seed}): ${JSON.stringify(st.rows)}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function assertExactlyOnce(ids: string[], steps: number): Promise<void> {
+  const r = await c.query(
+    `SELECT i.id, count(e.*)::int AS n, count(DISTINCT e.step)::int AS d
+       FROM unnest($1::text[]) AS i(id) LEFT JOIN effects e ON e.instance = i.id GROUP BY i.id`,
+    [ids],
+  );
+  const bad = r.rows.filter((row) => row.n !== steps || row.d !== steps);
+  expect(bad, `seed ${seed}`).toEqual([]);
+}
+
+beforeAll(async () => {
+  role = await db.role('crash');
+  c = await db.connect(role.url);
+  await c.query(`CREATE TABLE effects (instance text, step int)`);
+  process.stdout.write(`[crash] seed ${seed} (DFGATE_CRASH_SEED=${seed} to replay)\n`);
+});
+
+describe('exactly once under crashes', () => {
+  it('50 instances × 10 steps survive 20+ SIGKILLs at random moments with every effect exactly once', async () => {
+    const ids = await startN(50, 10);
+    let kills = 0;
+    let midRun = 0;
+    while (kills < 20) {
+      const w = worker(`k${kills}`);
+      // the lease is 1 s: a restarted worker first waits for the killed one's leases to expire
+      await new Promise((r) => setTimeout(r, 1000 + Math.floor(rnd() * 900)));
+      const open = (
+        await c.query(
+          `SELECT count(*)::int AS n FROM df.instances WHERE id = ANY ($1) AND status <> 'completed'`,
+          [ids],
+        )
+      ).rows[0].n;
+      if (open > 0) midRun++;
+      w.kill('SIGKILL');
+      await new Promise((r) => w.once('exit', r));
+      kills++;
+    }
+    const done = (
+      await c.query(
+        `SELECT count(*)::int AS n FROM df.instances WHERE id = ANY ($1) AND status = 'completed'`,
+        [ids],
+      )
+    ).rows[0].n;
+    const effectsBefore = (
+      await c.query(`SELECT count(*)::int AS n FROM effects WHERE instance = ANY ($1)`, [ids])
+    ).rows[0].n;
+    // the kills interrupted a run in progress
+    expect(effectsBefore).toBeGreaterThan(0);
+    expect(midRun).toBeGreaterThanOrEqual(10);
+    const final = worker('final');
+    await waitAll(ids, 120_000);
+    final.kill('SIGTERM');
+    await assertExactlyOnce(ids, 10);
+    process.stdout.write(
+      `[crash] ${kills} kills (${midRun} while instances were unfinished); ${effectsBefore} of 500 steps and ${done} of 50 instances had completed before the last restart\n`,
+    );
+  }, 240_000);
+
+  it('two workers split the work; one frozen past its lease commits nothing the other re-ran', async () => {
+    const ids = await startN(20, 10);
+    const a = worker('a');
+    const b = worker('b');
+    await new Promise((r) => setTimeout(r, 600));
+    a.kill('SIGSTOP');
+    await new Promise((r) => setTimeout(r, 2500)); // past the 1 s lease: b takes over a's instances
+    a.kill('SIGCONT');
+    await waitAll(ids, 120_000);
+    const owners = await c.query(
+      `SELECT count(DISTINCT lease_epoch)::int AS epochs FROM df.instances WHERE id = ANY ($1)`,
+      [ids],
+    );
+    expect(owners.rows[0].epochs).toBeGreaterThanOrEqual(1);
+    a.kill('SIGTERM');
+    b.kill('SIGTERM');
+    await assertExactlyOnce(ids, 10);
+  }, 240_000);
+
+  it('PostgreSQL connections dropped mid-run: the executor reconnects and completes everything once', async () => {
+    const ids = await startN(20, 10);
+    const w = worker('reconnect');
+    for (let i = 0; i < 5; i++) {
+      await new Promise((r) => setTimeout(r, 300));
+      // terminate every backend of this database except our own: steps, control, LISTEN
+      await db.admin.query(
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND application_name LIKE 'dfgate%'`,
+        [db.name],
+      );
+    }
+    await waitAll(ids, 120_000);
+    w.kill('SIGTERM');
+    await assertExactlyOnce(ids, 10);
+  }, 240_000);
+});
