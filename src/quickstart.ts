@@ -11,6 +11,7 @@ import pg from 'pg';
 import { migrate } from './db/migrate.js';
 import { createLogger } from './log.js';
 import { startCluster, type RunningCluster } from './pg/cluster.js';
+import { startExecutor } from './executor/start.js';
 import { startProxy } from './proxy/server.js';
 import { targetFromUrl } from './proxy/upstream.js';
 import { maskSecrets, parsePostgresUrl } from './url.js';
@@ -18,16 +19,52 @@ import { maskSecrets, parsePostgresUrl } from './url.js';
 interface State {
   readonly superuserPassword: string;
   readonly demoPassword: string;
+  readonly executorPassword?: string;
   readonly port: number;
 }
 
 const DEMO_ROLE = 'demo';
+
+/** The step-login secret of the quick start, kept beside its data (never in the database). */
+function stepSecret(dir: string): string {
+  const file = path.join(dir, 'step-secret');
+  try {
+    return readFileSync(file, 'utf8').trim();
+  } catch {
+    mkdirSync(dir, { recursive: true });
+    const secret = randomBytes(32).toString('base64url');
+    writeFileSync(file, secret, { mode: 0o600 });
+    return secret;
+  }
+}
 
 function loadState(dir: string): State | undefined {
   try {
     return JSON.parse(readFileSync(path.join(dir, 'state.json'), 'utf8')) as State;
   } catch {
     return undefined;
+  }
+}
+
+const EXECUTOR_ROLE = 'dfgate_executor';
+
+/**
+ * The executor's own non-superuser login: member of df_executor, allowed to
+ * create roles (it provisions step logins) and to hand out demo's role.
+ */
+async function setupExecutorLogin(adminUrl: string, password: string): Promise<void> {
+  const c = new pg.Client({ connectionString: adminUrl });
+  await c.connect();
+  try {
+    const exists = await c.query(`SELECT 1 FROM pg_roles WHERE rolname = $1`, [EXECUTOR_ROLE]);
+    const pw = password.replace(/'/g, "''");
+    if (exists.rowCount === 0)
+      await c.query(`CREATE ROLE ${EXECUTOR_ROLE} LOGIN CREATEROLE PASSWORD '${pw}'`);
+    else await c.query(`ALTER ROLE ${EXECUTOR_ROLE} LOGIN CREATEROLE PASSWORD '${pw}'`);
+    await c.query(`GRANT df_executor TO ${EXECUTOR_ROLE}`);
+    await c.query(`GRANT ${DEMO_ROLE} TO ${EXECUTOR_ROLE} WITH ADMIN OPTION`);
+  } finally {
+    await c.end();
   }
 }
 
@@ -58,6 +95,7 @@ async function main(): Promise<void> {
   let cluster: RunningCluster | undefined;
   let adminUrl: string;
   let demoUrl: string;
+  let executorUrl: string;
   if (upstream) {
     parsePostgresUrl(upstream, '--upstream');
     adminUrl = upstream;
@@ -66,14 +104,17 @@ async function main(): Promise<void> {
     await migrate(c);
     await c.end();
     demoUrl = upstream;
+    executorUrl = upstream;
   } else {
     const dir = path.resolve('.dfgate');
     mkdirSync(dir, { recursive: true });
     const reused = existsSync(path.join(dir, 'data', 'PG_VERSION'));
-    const state: State = loadState(dir) ?? {
-      superuserPassword: randomBytes(12).toString('base64url'),
-      demoPassword: randomBytes(9).toString('base64url'),
-      port: Number(process.env['DFGATE_QUICKSTART_PG_PORT'] ?? 54329),
+    const loaded = loadState(dir);
+    const state: State = {
+      superuserPassword: loaded?.superuserPassword ?? randomBytes(12).toString('base64url'),
+      demoPassword: loaded?.demoPassword ?? randomBytes(9).toString('base64url'),
+      executorPassword: loaded?.executorPassword ?? randomBytes(12).toString('base64url'),
+      port: loaded?.port ?? Number(process.env['DFGATE_QUICKSTART_PG_PORT'] ?? 54329),
     };
     writeFileSync(path.join(dir, 'state.json'), JSON.stringify(state, null, 2), { mode: 0o600 });
     log.info(
@@ -87,6 +128,8 @@ async function main(): Promise<void> {
     });
     adminUrl = cluster.url();
     await setupDemo(adminUrl, state.demoPassword);
+    await setupExecutorLogin(adminUrl, state.executorPassword as string);
+    executorUrl = `postgres://${EXECUTOR_ROLE}:${state.executorPassword}@127.0.0.1:${state.port}/postgres`;
     demoUrl = `postgres://${DEMO_ROLE}:${state.demoPassword}@127.0.0.1:${state.port}/postgres`;
     log.info(
       { port: state.port, major: cluster.majorVersion },
@@ -103,6 +146,17 @@ async function main(): Promise<void> {
     connectTimeoutMs: 10_000,
     maxMessageSize: 1024 * 1024 * 1024,
   });
+  const executor = await startExecutor(
+    {
+      executorUrl,
+      maxConcurrentSteps: 10,
+      leaseMs: 30_000,
+      pollMs: 2000,
+      stepAuth: 'login',
+      stepSecret: stepSecret(path.resolve('.dfgate')),
+    },
+    log.child({ component: 'executor' }),
+  );
   const viaDfgate = new URL(demoUrl);
   viaDfgate.host = `127.0.0.1:${proxy.port}`;
   process.stdout.write(
@@ -112,7 +166,7 @@ async function main(): Promise<void> {
       `  URL:     ${viaDfgate.toString()}`,
       `  connect: psql '${viaDfgate.toString()}'`,
       `  try:     SELECT df.start('SELECT 1' ~> 'SELECT 2', 'hello');`,
-      '  (the executor that runs instances lands with issue 6; df.start records them today)',
+      `  then:    SELECT df.status('<id>'), df.result('<id>');`,
       '  Ctrl-C stops dfgate and PostgreSQL.',
       '',
     ].join('\n'),
@@ -120,6 +174,7 @@ async function main(): Promise<void> {
   const stop = async (): Promise<void> => {
     log.info('stopping');
     await proxy.shutdown(5000);
+    await executor.stop();
     await cluster?.stop();
     process.exit(0);
   };

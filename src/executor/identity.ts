@@ -49,7 +49,7 @@ export async function ensureStepLogin(
   const verifier = scramVerifier(stepPassword(secret, login));
   const sql = [
     `DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${login}') THEN CREATE ROLE ${quoteIdent(login)} LOGIN NOINHERIT; END IF; END $$`,
-    `ALTER ROLE ${quoteIdent(login)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD '${verifier}'`,
+    `ALTER ROLE ${quoteIdent(login)} LOGIN PASSWORD '${verifier}'`,
     `GRANT ${quoteIdent(roleName)} TO ${quoteIdent(login)}`,
   ];
   try {
@@ -65,6 +65,15 @@ export async function ensureStepLogin(
     throw new IdentityError(
       `cannot provision the step login of role "${roleName}": ${(err as Error).message}. An administrator runs: ` +
         `CREATE ROLE ${quoteIdent(login)} LOGIN NOINHERIT PASSWORD '<from dfgate roles>'; GRANT ${quoteIdent(roleName)} TO ${quoteIdent(login)};`,
+    );
+  }
+  const attrs = await control.query<{ bad: boolean }>(
+    `SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls OR rolreplication AS bad FROM pg_roles WHERE rolname = $1`,
+    [login],
+  );
+  if (attrs.rows[0]?.bad) {
+    throw new IdentityError(
+      `step login ${login} has role attributes beyond LOGIN (superuser, createrole, createdb, bypassrls or replication); an administrator removes them`,
     );
   }
   const extra = await control.query<{ n: number }>(
