@@ -3,6 +3,7 @@
  * baseline measured in the same run and the ratio against it.
  *   - pass-through: pgbench -S direct / through dfgate / through PgBouncer (session mode)
  *   - df.start: the in-database start of a 5-node graph vs a plain INSERT of the same text
+ *   - executor: SQL steps per second, and df.start → first step latency
  * BENCH_SECONDS (default 15) sets the length of each pgbench run.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -11,6 +12,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { migrate } from '../src/db/migrate.js';
 import { startCluster } from '../src/pg/cluster.js';
+import { executorBench } from './executor.js';
 import { passthrough } from './passthrough.js';
 
 async function timeIt(n: number, fn: () => Promise<void>): Promise<number> {

@@ -44,6 +44,13 @@ interface InstanceRow {
 
 const WAKE_CHANNEL = 'dfgate_wake';
 
+/** What a driver keeps between ticks while it holds an instance's lease (nobody else writes these meanwhile). */
+interface DriveCache {
+  readonly events: Map<string, Map<EventKind, StoredEvent>>;
+  lastSeq: number;
+  stored: Map<string, { status: string; stamp: string | null }> | undefined;
+}
+
 function tokenHash(token: string): string {
   return createHash('sha256').update(token, 'utf8').digest('hex');
 }
@@ -223,7 +230,7 @@ export class Executor {
       for (const id of ids) {
         const st = held.get(id);
         if (st === 'cancelled') await this.cancelSteps(id);
-        if (st === undefined) this.log.warn({ instance: id }, 'lease lost');
+        if (st === undefined) this.log.debug({ instance: id }, 'lease not renewed (finished, or taken over)');
       }
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'lease renewal failed');
@@ -237,53 +244,32 @@ export class Executor {
       await this.control.query('SELECT pg_cancel_backend($1)', [pid]).catch(() => undefined);
   }
 
-  private async load(id: string): Promise<
-    | {
-        inst: InstanceRow;
-        events: Map<string, Map<EventKind, StoredEvent>>;
-        stored: Map<string, { status: string; stamp: string | null }>;
-      }
-    | undefined
-  > {
+  /** One round trip per tick: the instance, events newer than the cache holds, and (first time) node statuses. */
+  private async load(id: string, cache: DriveCache): Promise<InstanceRow | undefined> {
     const inst = (
-      await this.control.query<InstanceRow>(
-        `SELECT i.id, i.label, i.root_node, i.status, r.rolname AS role_name, i.submitted_by::oid::int AS role_oid, r.rolsuper, i.vars, i.lease_epoch
+      await this.control.query<InstanceRow & { events: Array<{ a: string; k: EventKind; d: Record<string, unknown>; s: number }>; nodes: Array<{ id: string; st: string; sd: string | null }> | null }>(
+        `SELECT i.id, i.label, i.root_node, i.status, r.rolname AS role_name, i.submitted_by::oid::int AS role_oid, r.rolsuper, i.vars, i.lease_epoch,
+                (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
+                   FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > $2) AS events,
+                CASE WHEN $3 THEN (SELECT json_agg(json_build_object('id', n.id, 'st', n.status, 'sd', n.status_details ->> 'execution_id'))
+                                     FROM df.nodes n WHERE n.instance_id = i.id) END AS nodes
            FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by WHERE i.id = $1`,
-        [id],
+        [id, cache.lastSeq, cache.stored === undefined],
       )
     ).rows[0];
     if (!inst) return undefined;
     if (!this.graphs.has(id)) {
-      const rows = (
-        await this.control.query<NodeRow>(
-          `SELECT id, node_type, query, result_name, left_node, right_node FROM df.nodes WHERE instance_id = $1`,
-          [id],
-        )
-      ).rows;
+      const rows = (await this.control.query<NodeRow>(`SELECT id, node_type, query, result_name, left_node, right_node FROM df.nodes WHERE instance_id = $1`, [id])).rows;
       this.graphs.set(id, buildGraph(inst.root_node, rows));
     }
-    const evs = await this.control.query<{
-      activation: string;
-      kind: EventKind;
-      detail: Record<string, unknown>;
-      seq: string;
-    }>(
-      `SELECT activation, kind, detail, seq FROM df.events WHERE instance_id = $1 AND activation IS NOT NULL`,
-      [id],
-    );
-    const events = new Map<string, Map<EventKind, StoredEvent>>();
-    for (const e of evs.rows) {
-      let m = events.get(e.activation);
-      if (!m) events.set(e.activation, (m = new Map()));
-      m.set(e.kind, { seq: Number(e.seq), kind: e.kind, detail: e.detail });
+    for (const e of inst.events) {
+      let m = cache.events.get(e.a);
+      if (!m) cache.events.set(e.a, (m = new Map()));
+      m.set(e.k, { seq: Number(e.s), kind: e.k, detail: e.d });
+      cache.lastSeq = Math.max(cache.lastSeq, Number(e.s));
     }
-    const stored = new Map<string, { status: string; stamp: string | null }>();
-    const ns = await this.control.query<{ id: string; status: string; stamp: string | null }>(
-      `SELECT id, status, status_details ->> 'execution_id' AS stamp FROM df.nodes WHERE instance_id = $1`,
-      [id],
-    );
-    for (const n of ns.rows) stored.set(n.id, { status: n.status, stamp: n.stamp });
-    return { inst, events, stored };
+    if (inst.nodes) cache.stored = new Map(inst.nodes.map((n) => [n.id, { status: n.st, stamp: n.sd }]));
+    return inst;
   }
 
   private async event(
@@ -303,16 +289,13 @@ export class Executor {
     ]);
   }
 
-  private async writeStamps(
-    id: string,
-    stamps: ReadonlyMap<string, Stamp>,
-    stored: Map<string, { status: string; stamp: string | null }>,
-  ): Promise<void> {
+  private async writeStamps(id: string, stamps: ReadonlyMap<string, Stamp>, stored: Map<string, { status: string; stamp: string | null }>, skip: ReadonlySet<string>): Promise<void> {
     const ids: string[] = [];
     const statuses: string[] = [];
     const results: Array<string | null> = [];
     const st: string[] = [];
     for (const [node, s] of stamps) {
+      if (skip.has(node)) continue;
       const cur = stored.get(node);
       if (cur && cur.status === s.status && cur.stamp === s.stamp) continue;
       ids.push(node);
@@ -322,11 +305,12 @@ export class Executor {
         s.result === null ? null : s.status === 'failed' ? JSON.stringify(s.result) : s.result,
       );
       st.push(s.stamp);
+      stored.set(node, { status: s.status, stamp: s.stamp });
     }
     if (ids.length === 0) return;
     await this.control.query(
       `UPDATE df.nodes n SET status = u.status, result = CASE WHEN u.result IS NULL THEN NULL
-                                  ELSE COALESCE(df._try_jsonb(u.result), to_jsonb(u.result)) END,
+                                  ELSE u.result::jsonb END,
               status_details = jsonb_build_object('execution_id', u.stamp), updated_at = now()
          FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, status, result, stamp)
         WHERE n.instance_id = $1 AND n.id = u.id`,
@@ -368,11 +352,13 @@ export class Executor {
   private async drive(id: string, epoch: number): Promise<void> {
     const log = this.log.child({ instance: id });
     const inFlight = new Map<string, Promise<void>>();
+    const cache: DriveCache = { events: new Map(), lastSeq: 0, stored: undefined };
     for (;;) {
       if (this.stopping) return;
-      const loaded = await this.load(id);
-      if (!loaded) return;
-      const { inst, events, stored } = loaded;
+      const inst = await this.load(id, cache);
+      if (!inst) return;
+      const events = cache.events;
+      const stored = cache.stored as Map<string, { status: string; stamp: string | null }>;
       if (Number(inst.lease_epoch) !== epoch || !['pending', 'running'].includes(inst.status)) {
         if (inst.status === 'cancelled') await this.cancelSteps(id);
         await Promise.allSettled(inFlight.values());
@@ -414,7 +400,9 @@ export class Executor {
         maxLoopIterations: this.opts.maxLoopIterations,
         nextCron,
       });
-      await this.writeStamps(id, core.stamps, stored);
+      // SQL nodes about to start get their running stamp with their attempt mark
+      const starting = new Set(core.actions.filter((a) => a.a === 'sql' && !inFlight.has(a.key)).map((a) => a.node));
+      await this.writeStamps(id, core.stamps, stored, starting);
       const o = core.outcome;
       if (o.k === 'done' || o.k === 'failed') {
         await Promise.allSettled(inFlight.values());
@@ -462,7 +450,9 @@ export class Executor {
           }
           case 'sql': {
             if (inFlight.has(a.key)) break;
-            const p = this.step(id, epoch, inst, a, log).finally(() => inFlight.delete(a.key));
+            const st = core.stamps.get(a.node)?.stamp ?? `${id}::1`;
+            stored.set(a.node, { status: 'running', stamp: st });
+            const p = this.step(id, epoch, inst, a, st, log).finally(() => inFlight.delete(a.key));
             inFlight.set(a.key, p);
             progressed = true;
             break;
@@ -481,6 +471,7 @@ export class Executor {
         }
       }
       if (core.obsolete.length > 0) {
+        for (const key of [...events.keys()]) if (core.obsolete.some((p) => key.startsWith(p))) events.delete(key);
         await this.control.query(
           `DELETE FROM df.events WHERE instance_id = $1 AND activation LIKE ANY ($2)`,
           [id, core.obsolete.map((p) => p.replace(/[\\%_]/g, (c) => '\\' + c) + '%')],
@@ -592,6 +583,7 @@ export class Executor {
     epoch: number,
     inst: InstanceRow,
     a: Extract<Action, { a: 'sql' }>,
+    stamp: string,
     log: Logger,
   ): Promise<void> {
     const identity: StepIdentity = { roleName: inst.role_name as string, roleOid: inst.role_oid };
@@ -600,12 +592,13 @@ export class Executor {
       if (this.stopping) return;
       const token = randomBytes(24).toString('base64url');
       const marked = await this.control.query(
-        `UPDATE df.nodes n SET activation = $3, attempt_token = $4, attempts = attempts + 1
+        `UPDATE df.nodes n SET activation = $3, attempt_token = $4, attempts = attempts + 1,
+                status = 'running', result = NULL, status_details = jsonb_build_object('execution_id', $7::text), updated_at = now()
           WHERE n.instance_id = $1 AND n.id = $2
             AND EXISTS (SELECT 1 FROM df.instances i WHERE i.id = $1 AND i.lease_epoch = $5 AND i.lease_owner = $6
                           AND i.status IN ('pending', 'running'))
             AND NOT EXISTS (SELECT 1 FROM df.events e WHERE e.instance_id = $1 AND e.activation = $3 AND e.kind IN ('done', 'failed'))`,
-        [id, a.node, a.key, tokenHash(token), epoch, this.owner],
+        [id, a.node, a.key, tokenHash(token), epoch, this.owner, stamp],
       );
       if (marked.rowCount === 0) return; // lease lost, cancelled, or already recorded
       await this.slots.take();

@@ -50,6 +50,24 @@ export interface StepPoolOptions {
   readonly log: Logger;
 }
 
+/**
+ * DISCARD ALL minus DISCARD PLANS: everything a step can leave in the session
+ * (role, settings, prepared statements, cursors, LISTENs, advisory locks, temp
+ * tables, sequence state) is reset, but cached plans (which PostgreSQL
+ * revalidates itself) survive, so the checkpoint function is not re-planned
+ * after every step.
+ */
+const RESET_SESSION = [
+  'CLOSE ALL',
+  'SET SESSION AUTHORIZATION DEFAULT',
+  'RESET ALL',
+  'DEALLOCATE ALL',
+  'UNLISTEN *',
+  'SELECT pg_advisory_unlock_all()',
+  'DISCARD TEMP',
+  'DISCARD SEQUENCES',
+].join('; ');
+
 const rawText = { getTypeParser: () => (v: string) => v } as unknown as pg.CustomTypesConfig;
 
 interface StepConn {
@@ -162,7 +180,7 @@ export class StepPool {
       return;
     }
     try {
-      await conn.client.query(`DISCARD ALL; ${conn.reset}`);
+      await conn.client.query(`${RESET_SESSION}; ${conn.reset}`);
     } catch {
       await conn.client.end().catch(() => undefined);
       return;
@@ -253,24 +271,25 @@ export async function runSqlStep(
     }
     await c.query('BEGIN');
     try {
-      const r = await c.query({
-        text: req.sql,
-        rowMode: 'array',
-        queryMode: 'extended',
-      } as pg.QueryConfig);
+      const r = await c.query({ text: req.sql, rowMode: 'array', queryMode: 'extended' } as pg.QueryConfig);
       const columns: Column[] = r.fields.map((f) => ({ name: f.name, typeOid: f.dataTypeID }));
       result = encodeRows(columns, r.rows as string[][]);
-      await c.query('SET CONSTRAINTS ALL IMMEDIATE');
     } catch (err) {
       await c.query('ROLLBACK').catch(() => undefined);
       if (isRetryable(err)) return { k: 'retry', err };
       if (err instanceof EncodeError) return await fail(err.message);
-      return await fail(
-        `SQL execution failed: error returned from database: ${(err as Error).message}`,
-      );
+      return await fail(`SQL execution failed: error returned from database: ${(err as Error).message}`);
     }
-    await record('done', { result });
-    await c.query('COMMIT');
+    // deferred constraints fire now, as the submitter; then the checkpoint and COMMIT, in one round trip
+    const lit = (v: string | number): string => (typeof v === 'number' ? String(v) : c.escapeLiteral(v));
+    const complete = `SELECT df._complete_step(${[req.instance, req.node, req.key, req.epoch, req.token, 'done', JSON.stringify({ result })].map(lit).join(', ')}::jsonb)`;
+    try {
+      await c.query(`SET CONSTRAINTS ALL IMMEDIATE; ${complete}; COMMIT`);
+    } catch (err) {
+      if (/^dfgate: /.test((err as Error).message) || isRetryable(err)) throw err;
+      await c.query('ROLLBACK').catch(() => undefined);
+      return await fail(`SQL execution failed: error returned from database: ${(err as Error).message}`);
+    }
     return { k: 'done' };
   } catch (err) {
     await c.query('ROLLBACK').catch(() => undefined);
