@@ -77,8 +77,19 @@ async function main(): Promise<void> {
         : `  through PgBouncer         ${p.pgbouncer.toFixed(0)} tps   (${(p.pgbouncer / p.direct).toFixed(2)}x direct)\n  dfgate / PgBouncer        ${(p.dfgate / p.pgbouncer).toFixed(2)}x   (target >= 1.10x)`,
       '',
     );
+    const userUrl = cluster.url().replace('postgres:bench-superuser@', 'bench:bench-pw@');
+    lines.push(...(await startBench(userUrl)), '');
+    const ex = await executorBench(
+      cluster.url(),
+      userUrl,
+      Number(process.env['BENCH_INSTANCES'] ?? 1000),
+      10,
+    );
     lines.push(
-      ...(await startBench(cluster.url().replace('postgres:bench-superuser@', 'bench:bench-pw@'))),
+      `executor: ${ex.instances} instances × ${ex.steps} SQL steps, started at once (16 concurrent steps):`,
+      `  throughput                 ${ex.stepsPerSecond.toFixed(0)} steps/s   (target >= 3000)`,
+      `  one 200-step sequence      ${ex.sequentialStepsPerSecond.toFixed(0)} steps/s`,
+      `  df.start commit -> first step commit, idle executor: p50 ${ex.firstStepP50} ms, p99 ${ex.firstStepP99} ms   (target p50 <= 5 ms)`,
     );
     process.stdout.write(lines.join('\n') + '\n');
   } finally {
