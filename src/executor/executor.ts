@@ -230,7 +230,8 @@ export class Executor {
       for (const id of ids) {
         const st = held.get(id);
         if (st === 'cancelled') await this.cancelSteps(id);
-        if (st === undefined) this.log.debug({ instance: id }, 'lease not renewed (finished, or taken over)');
+        if (st === undefined)
+          this.log.debug({ instance: id }, 'lease not renewed (finished, or taken over)');
       }
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'lease renewal failed');
@@ -247,7 +248,12 @@ export class Executor {
   /** One round trip per tick: the instance, events newer than the cache holds, and (first time) node statuses. */
   private async load(id: string, cache: DriveCache): Promise<InstanceRow | undefined> {
     const inst = (
-      await this.control.query<InstanceRow & { events: Array<{ a: string; k: EventKind; d: Record<string, unknown>; s: number }>; nodes: Array<{ id: string; st: string; sd: string | null }> | null }>(
+      await this.control.query<
+        InstanceRow & {
+          events: Array<{ a: string; k: EventKind; d: Record<string, unknown>; s: number }>;
+          nodes: Array<{ id: string; st: string; sd: string | null }> | null;
+        }
+      >(
         `SELECT i.id, i.label, i.root_node, i.status, r.rolname AS role_name, i.submitted_by::oid::int AS role_oid, r.rolsuper, i.vars, i.lease_epoch,
                 (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
                    FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > $2) AS events,
@@ -259,7 +265,12 @@ export class Executor {
     ).rows[0];
     if (!inst) return undefined;
     if (!this.graphs.has(id)) {
-      const rows = (await this.control.query<NodeRow>(`SELECT id, node_type, query, result_name, left_node, right_node FROM df.nodes WHERE instance_id = $1`, [id])).rows;
+      const rows = (
+        await this.control.query<NodeRow>(
+          `SELECT id, node_type, query, result_name, left_node, right_node FROM df.nodes WHERE instance_id = $1`,
+          [id],
+        )
+      ).rows;
       this.graphs.set(id, buildGraph(inst.root_node, rows));
     }
     for (const e of inst.events) {
@@ -268,7 +279,8 @@ export class Executor {
       m.set(e.k, { seq: Number(e.s), kind: e.k, detail: e.d });
       cache.lastSeq = Math.max(cache.lastSeq, Number(e.s));
     }
-    if (inst.nodes) cache.stored = new Map(inst.nodes.map((n) => [n.id, { status: n.st, stamp: n.sd }]));
+    if (inst.nodes)
+      cache.stored = new Map(inst.nodes.map((n) => [n.id, { status: n.st, stamp: n.sd }]));
     return inst;
   }
 
@@ -289,7 +301,12 @@ export class Executor {
     ]);
   }
 
-  private async writeStamps(id: string, stamps: ReadonlyMap<string, Stamp>, stored: Map<string, { status: string; stamp: string | null }>, skip: ReadonlySet<string>): Promise<void> {
+  private async writeStamps(
+    id: string,
+    stamps: ReadonlyMap<string, Stamp>,
+    stored: Map<string, { status: string; stamp: string | null }>,
+    skip: ReadonlySet<string>,
+  ): Promise<void> {
     const ids: string[] = [];
     const statuses: string[] = [];
     const results: Array<string | null> = [];
@@ -401,7 +418,9 @@ export class Executor {
         nextCron,
       });
       // SQL nodes about to start get their running stamp with their attempt mark
-      const starting = new Set(core.actions.filter((a) => a.a === 'sql' && !inFlight.has(a.key)).map((a) => a.node));
+      const starting = new Set(
+        core.actions.filter((a) => a.a === 'sql' && !inFlight.has(a.key)).map((a) => a.node),
+      );
       await this.writeStamps(id, core.stamps, stored, starting);
       const o = core.outcome;
       if (o.k === 'done' || o.k === 'failed') {
@@ -471,7 +490,8 @@ export class Executor {
         }
       }
       if (core.obsolete.length > 0) {
-        for (const key of [...events.keys()]) if (core.obsolete.some((p) => key.startsWith(p))) events.delete(key);
+        for (const key of [...events.keys()])
+          if (core.obsolete.some((p) => key.startsWith(p))) events.delete(key);
         await this.control.query(
           `DELETE FROM df.events WHERE instance_id = $1 AND activation LIKE ANY ($2)`,
           [id, core.obsolete.map((p) => p.replace(/[\\%_]/g, (c) => '\\' + c) + '%')],

@@ -271,24 +271,33 @@ export async function runSqlStep(
     }
     await c.query('BEGIN');
     try {
-      const r = await c.query({ text: req.sql, rowMode: 'array', queryMode: 'extended' } as pg.QueryConfig);
+      const r = await c.query({
+        text: req.sql,
+        rowMode: 'array',
+        queryMode: 'extended',
+      } as pg.QueryConfig);
       const columns: Column[] = r.fields.map((f) => ({ name: f.name, typeOid: f.dataTypeID }));
       result = encodeRows(columns, r.rows as string[][]);
     } catch (err) {
       await c.query('ROLLBACK').catch(() => undefined);
       if (isRetryable(err)) return { k: 'retry', err };
       if (err instanceof EncodeError) return await fail(err.message);
-      return await fail(`SQL execution failed: error returned from database: ${(err as Error).message}`);
+      return await fail(
+        `SQL execution failed: error returned from database: ${(err as Error).message}`,
+      );
     }
     // deferred constraints fire now, as the submitter; then the checkpoint and COMMIT, in one round trip
-    const lit = (v: string | number): string => (typeof v === 'number' ? String(v) : c.escapeLiteral(v));
+    const lit = (v: string | number): string =>
+      typeof v === 'number' ? String(v) : c.escapeLiteral(v);
     const complete = `SELECT df._complete_step(${[req.instance, req.node, req.key, req.epoch, req.token, 'done', JSON.stringify({ result })].map(lit).join(', ')}::jsonb)`;
     try {
       await c.query(`SET CONSTRAINTS ALL IMMEDIATE; ${complete}; COMMIT`);
     } catch (err) {
       if (/^dfgate: /.test((err as Error).message) || isRetryable(err)) throw err;
       await c.query('ROLLBACK').catch(() => undefined);
-      return await fail(`SQL execution failed: error returned from database: ${(err as Error).message}`);
+      return await fail(
+        `SQL execution failed: error returned from database: ${(err as Error).message}`,
+      );
     }
     return { k: 'done' };
   } catch (err) {

@@ -230,9 +230,14 @@ describe('storage stays bounded', () => {
   it('a loop that ran 300 iterations holds no more event rows than one that ran 10', async () => {
     await a.query(`CREATE TABLE its (k text)`);
     const rows = async (n: number): Promise<{ events: number; nodes: number }> => {
-      const r = await run(`@> ('INSERT INTO its VALUES (''${n}'')' ~> df.if('SELECT count(*) >= ${n} FROM its WHERE k = ''${n}''', df.break('done'), 'SELECT 1'))`);
+      const r = await run(
+        `@> ('INSERT INTO its VALUES (''${n}'')' ~> df.if('SELECT count(*) >= ${n} FROM its WHERE k = ''${n}''', df.break('done'), 'SELECT 1'))`,
+      );
       expect(r).toMatchObject({ status: 'completed', result: '"done"' });
-      const e = await db.admin.query(`SELECT (SELECT count(*)::int FROM df.events WHERE instance_id = $1) AS events, (SELECT count(*)::int FROM df.nodes WHERE instance_id = $1) AS nodes`, [r.id]);
+      const e = await db.admin.query(
+        `SELECT (SELECT count(*)::int FROM df.events WHERE instance_id = $1) AS events, (SELECT count(*)::int FROM df.nodes WHERE instance_id = $1) AS nodes`,
+        [r.id],
+      );
       return e.rows[0];
     };
     const ten = await rows(10);
