@@ -4,6 +4,7 @@ import pg from 'pg';
 import { ConfigError, helpText, parseConfig, type Config } from './config.js';
 import { migrate, MigrationError } from './db/migrate.js';
 import { createLogger } from './log.js';
+import { runRoles } from './roles.js';
 import { serveForever } from './serve.js';
 import { maskSecrets } from './url.js';
 
@@ -54,11 +55,11 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Pro
       return await serveForever(cfg, createLogger(cfg.logLevel));
     case 'worker':
       return await serveForever(cfg, createLogger(cfg.logLevel), false);
-    case 'check':
     case 'roles':
+      return await runRoles(cfg);
+    case 'check':
       process.stderr.write(
-        `dfgate: "dfgate ${cfg.command}" is not available in this build yet ` +
-          '(it lands with the proxy-interception and operations issues)\n',
+        'dfgate: "dfgate check" is not available in this build yet (it lands with the proxy-interception issue)\n',
       );
       return 3;
   }

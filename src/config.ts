@@ -34,6 +34,9 @@ export interface Config {
   readonly leaseMs: number;
   readonly pollMs: number;
   readonly stepAuth: 'login' | 'set-role';
+  readonly slotTimeoutMs: number;
+  readonly maxStepsPerRole: number;
+  readonly stepTimeoutMs: number;
   /** DFGATE_STEP_SECRET: step login passwords derive from it (never printed). */
   readonly stepSecret: string | undefined;
 }
@@ -166,6 +169,27 @@ export const FLAGS: readonly FlagSpec[] = [
     kind: 'string',
     env: 'DFGATE_STEP_AUTH',
     help: 'login (a step login per role, default) or set-role (single-tenant opt-in)',
+    commands: ['serve', 'worker'],
+  },
+  {
+    name: 'step-slot-timeout',
+    kind: 'string',
+    env: 'DFGATE_STEP_SLOT_TIMEOUT',
+    help: 'seconds a step waits for a free slot before failing (default 30)',
+    commands: ['serve', 'worker'],
+  },
+  {
+    name: 'max-steps-per-role',
+    kind: 'string',
+    env: 'DFGATE_MAX_STEPS_PER_ROLE',
+    help: 'SQL steps of one role at once (default 0: no cap)',
+    commands: ['serve', 'worker'],
+  },
+  {
+    name: 'step-timeout',
+    kind: 'string',
+    env: 'DFGATE_STEP_TIMEOUT',
+    help: 'statement_timeout of every step in seconds (default 0: none)',
     commands: ['serve', 'worker'],
   },
   {
@@ -312,6 +336,9 @@ export function parseConfig(
     leaseMs: num('lease-seconds', 30, 0.2, 3600) * 1000,
     pollMs: num('poll-interval', 5, 0.05, 3600) * 1000,
     stepAuth,
+    slotTimeoutMs: num('step-slot-timeout', 30, 0.1, 3600) * 1000,
+    maxStepsPerRole: num('max-steps-per-role', 0, 0, 1000),
+    stepTimeoutMs: num('step-timeout', 0, 0, 86400) * 1000,
     stepSecret: env['DFGATE_STEP_SECRET'] || undefined,
   });
 }

@@ -137,15 +137,6 @@ async function main(): Promise<void> {
     );
   }
   const listenPort = Number(process.env['DFGATE_QUICKSTART_PORT'] ?? 6432);
-  const proxy = await startProxy({
-    host: '127.0.0.1',
-    port: listenPort,
-    upstream: targetFromUrl(adminUrl),
-    log: log.child({ component: 'proxy' }),
-    maxClientConnections: 1000,
-    connectTimeoutMs: 10_000,
-    maxMessageSize: 1024 * 1024 * 1024,
-  });
   const executor = await startExecutor(
     {
       executorUrl,
@@ -157,6 +148,16 @@ async function main(): Promise<void> {
     },
     log.child({ component: 'executor' }),
   );
+  const proxy = await startProxy({
+    host: '127.0.0.1',
+    port: listenPort,
+    upstream: targetFromUrl(adminUrl),
+    log: log.child({ component: 'proxy' }),
+    maxClientConnections: 1000,
+    connectTimeoutMs: 10_000,
+    maxMessageSize: 1024 * 1024 * 1024,
+    onDfCommit: () => executor.wake(),
+  });
   const viaDfgate = new URL(demoUrl);
   viaDfgate.host = `127.0.0.1:${proxy.port}`;
   process.stdout.write(

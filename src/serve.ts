@@ -51,6 +51,7 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
     maxMessageSize: cfg.maxMessageSize,
     tlsCert: cfg.tlsCert,
     tlsKey: cfg.tlsKey,
+    onDfCommit: executor ? () => executor.wake() : undefined,
   });
   return { proxy, executor };
 }

@@ -27,6 +27,12 @@ export interface ExecutorOptions {
   readonly pollMs: number;
   readonly maxConcurrentSteps: number;
   readonly maxConcurrentInstances: number;
+  /** How long a step waits for a free slot before it fails (spec §12: execution_acquire_timeout). */
+  readonly slotTimeoutMs?: number;
+  /** At most this many steps of one role at once (0: no cap). */
+  readonly maxStepsPerRole?: number;
+  /** statement_timeout for every step (0: none, as in pg_durable). */
+  readonly stepTimeoutMs?: number;
   readonly maxLoopIterations: number;
 }
 
@@ -64,12 +70,25 @@ function nextCron(expr: string, after: Date): Date {
 class Semaphore {
   private waiters: Array<() => void> = [];
   constructor(private free: number) {}
-  async take(): Promise<void> {
+  /** Resolves true once a slot is held, false if none came free within timeoutMs. */
+  async take(timeoutMs = Number.POSITIVE_INFINITY): Promise<boolean> {
     if (this.free > 0) {
       this.free--;
-      return;
+      return true;
     }
-    await new Promise<void>((r) => this.waiters.push(r));
+    return await new Promise<boolean>((resolve) => {
+      const waiter = (): void => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      const timer = Number.isFinite(timeoutMs)
+        ? setTimeout(() => {
+            this.waiters = this.waiters.filter((w) => w !== waiter);
+            resolve(false);
+          }, timeoutMs)
+        : undefined;
+      this.waiters.push(waiter);
+    });
   }
   give(): void {
     const w = this.waiters.shift();
@@ -83,6 +102,7 @@ export class Executor {
   private readonly control: pg.Pool;
   private readonly steps: StepPool;
   private readonly slots: Semaphore;
+  private readonly roleSlots = new Map<number, Semaphore>();
   private listener: pg.Client | undefined;
   private readonly active = new Map<string, { epoch: number; stepPids: Set<number> }>();
   private stopping = false;
@@ -113,6 +133,12 @@ export class Executor {
 
   async start(): Promise<void> {
     await loadParser();
+    const rw = await this.control.query<{ ro: boolean }>('SELECT pg_is_in_recovery() AS ro');
+    if (rw.rows[0]?.ro) {
+      throw new Error(
+        'the executor URL points at a read-only standby: use the primary (add target_session_attrs=read-write to a multi-host URL)',
+      );
+    }
     await this.listen();
     this.timer = setInterval(() => this.wake(), this.opts.pollMs);
     this.heartbeat = setInterval(
@@ -621,12 +647,27 @@ export class Executor {
         [id, a.node, a.key, tokenHash(token), epoch, this.owner, stamp],
       );
       if (marked.rowCount === 0) return; // lease lost, cancelled, or already recorded
-      await this.slots.take();
+      const slotTimeout = this.opts.slotTimeoutMs ?? 30_000;
+      if (!(await this.slots.take(slotTimeout))) {
+        await this.event(id, epoch, a, 'failed', {
+          error: `pg_durable: connection limit reached (max_user_connections=${this.opts.maxConcurrentSteps}). Timed out after ${Math.round(slotTimeout / 1000)}s waiting for an available execution slot.`,
+        }).catch(() => undefined);
+        return;
+      }
+      let roleSlot: Semaphore | undefined;
+      if ((this.opts.maxStepsPerRole ?? 0) > 0) {
+        roleSlot =
+          this.roleSlots.get(identity.roleOid) ??
+          new Semaphore(this.opts.maxStepsPerRole as number);
+        this.roleSlots.set(identity.roleOid, roleSlot);
+        await roleSlot.take();
+      }
       let conn;
       try {
         conn = await this.steps.acquire(identity);
       } catch (err) {
         this.slots.give();
+        roleSlot?.give();
         const msg = (err as Error).message;
         if (isRetryable(err) && attempt < 50) {
           await new Promise((r) => setTimeout(r, delay));
@@ -648,6 +689,7 @@ export class Executor {
             pid = p;
             pids?.add(p);
           },
+          this.opts.stepTimeoutMs ?? 0,
         );
         if (out.k === 'retry') {
           log.warn(
@@ -664,6 +706,7 @@ export class Executor {
         pids?.delete(pid);
         await this.steps.release(identity, conn);
         this.slots.give();
+        roleSlot?.give();
       }
     }
   }

@@ -10,6 +10,9 @@ export interface ExecutorConfig {
   readonly pollMs: number;
   readonly stepAuth: 'login' | 'set-role';
   readonly stepSecret: string | undefined;
+  readonly slotTimeoutMs?: number;
+  readonly maxStepsPerRole?: number;
+  readonly stepTimeoutMs?: number;
 }
 
 export async function startExecutor(cfg: ExecutorConfig, log: Logger): Promise<Executor> {
@@ -30,6 +33,9 @@ export async function startExecutor(cfg: ExecutorConfig, log: Logger): Promise<E
     maxConcurrentSteps: cfg.maxConcurrentSteps,
     maxConcurrentInstances: Math.max(cfg.maxConcurrentSteps * 4, 16),
     maxLoopIterations: 100_000,
+    slotTimeoutMs: cfg.slotTimeoutMs ?? 30_000,
+    maxStepsPerRole: cfg.maxStepsPerRole ?? 0,
+    stepTimeoutMs: cfg.stepTimeoutMs ?? 0,
   });
   await ex.start();
   return ex;

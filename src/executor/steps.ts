@@ -221,6 +221,7 @@ export async function runSqlStep(
   conn: StepConn,
   req: StepRequest,
   onPid?: (pid: number) => void,
+  stepTimeoutMs = 0,
 ): Promise<StepOutcome> {
   const c = conn.client;
   const plan = planStep(req.sql);
@@ -269,7 +270,11 @@ export async function runSqlStep(
       await c.query('COMMIT');
       return { k: 'done' };
     }
-    await c.query('BEGIN');
+    await c.query(
+      stepTimeoutMs > 0
+        ? `BEGIN; SET LOCAL statement_timeout = ${Math.floor(stepTimeoutMs)}`
+        : 'BEGIN',
+    );
     try {
       const r = await c.query({
         text: req.sql,

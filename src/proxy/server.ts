@@ -21,6 +21,8 @@ export interface ProxyOptions {
   readonly maxMessageSize: number;
   readonly tlsCert?: string | undefined;
   readonly tlsKey?: string | undefined;
+  /** In-process wake of the executor after a client transaction that mentioned df.* ended. */
+  readonly onDfCommit?: (() => void) | undefined;
 }
 
 export interface ProxyServer {
@@ -54,6 +56,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       maxMessageSize: opts.maxMessageSize,
       tls: secureContext,
       cancels,
+      onDfCommit: opts.onDfCommit,
       admit: (s) => {
         if (shuttingDown) {
           return {

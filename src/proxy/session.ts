@@ -47,6 +47,8 @@ export interface SessionContext {
   readonly cancels: CancelRegistry;
   /** Called once a StartupMessage arrives: may this client be admitted? */
   admit(session: Session): ErrorFields | undefined;
+  /** Called when a transaction that mentioned df.* ends (ReadyForQuery back to idle): wakes the executor in-process. */
+  readonly onDfCommit?: (() => void) | undefined;
   closed(session: Session): void;
 }
 
@@ -63,6 +65,14 @@ for (const t of [
   SERVER_INSPECT[t] = 1;
 }
 const TLS_HANDSHAKE = 0x16;
+
+const DF_MARKS = ['df.', 'DF.', 'Df.', 'dF.', '"df".'].map((m) => Buffer.from(m));
+
+/** Does a Query or Parse body mention df. (any case, or quoted)? Native scans only. */
+export function mentionsDf(body: Buffer): boolean {
+  for (const m of DF_MARKS) if (body.indexOf(m) >= 0) return true;
+  return false;
+}
 
 let nextId = 1;
 
@@ -91,6 +101,8 @@ export class Session {
   private readonly pendingClient: Buffer[] = [];
   /** A client protocol error to report once the upstream has answered what came before it. */
   private pendingFatal: ErrorFields | undefined;
+  /** The current transaction sent a statement that mentions df.* */
+  private sawDf = false;
 
   constructor(
     private client: net.Socket,
@@ -330,7 +342,9 @@ export class Session {
     });
     this.clientFramer = new Framer(
       {
-        inspect: (t) => t === Frontend.Password && this.phase === 'auth',
+        inspect: (t) =>
+          (t === Frontend.Password && this.phase === 'auth') ||
+          ((t === Frontend.Query || t === Frontend.Parse) && this.ctx.onDfCommit !== undefined),
         header: (t) => {
           if (!isFrontendType(t)) {
             throw new ProtocolError(
@@ -385,6 +399,10 @@ export class Session {
     switch (type) {
       case Backend.ReadyForQuery: {
         this.txStatus = String.fromCharCode(body[0] ?? 0x49);
+        if (this.sawDf && this.txStatus === 'I') {
+          this.sawDf = false;
+          this.ctx.onDfCommit?.();
+        }
         if (this.outstanding > 0) this.outstanding--;
         if (this.phase === 'auth') {
           this.phase = 'ready';
@@ -444,6 +462,10 @@ export class Session {
   }
 
   private onClientAuthMessage(type: number, body: Buffer): Buffer | null | undefined {
+    if (type === Frontend.Query || type === Frontend.Parse) {
+      if (!this.sawDf && mentionsDf(body)) this.sawDf = true;
+      return undefined;
+    }
     if (type !== Frontend.Password || !this.expectAuth) return undefined;
     const m = decodeAuthMessage(body, this.expectAuth);
     if (
