@@ -87,6 +87,23 @@ describe('steps run as the submitter and cannot escape', () => {
     expect(r.error).toMatch(/permission denied to set role|must be member of role/);
   });
 
+  it('a function with a SET role clause naming B fails when the step calls it', async () => {
+    // A's own step may not even create it ...
+    const create = await step(
+      `CREATE FUNCTION public.as_bob_a() RETURNS text LANGUAGE sql SET role = ${bob.ident} AS 'SELECT current_user::text'`,
+    );
+    expect(create.status).toBe('failed');
+    expect(create.error).toMatch(/permission denied to set role/);
+    // ... and one prepared by an administrator fails when the step calls it
+    await db.admin.query(
+      `CREATE FUNCTION public.as_bob() RETURNS text LANGUAGE sql SET role = ${bob.ident} AS 'SELECT current_user::text'`,
+    );
+    await db.admin.query(`GRANT EXECUTE ON FUNCTION public.as_bob() TO ${alice.ident}`);
+    const r = await step(`SELECT public.as_bob() AS who`);
+    expect(r.status).toBe('failed');
+    expect(r.error).toMatch(/permission denied to set role|must be member of role/);
+  });
+
   it('a deferred constraint trigger fires as the submitter, inside the step', async () => {
     await a.query(`CREATE TABLE deferred_t (id int);
       CREATE FUNCTION note_deferred() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO public.alice_log VALUES (current_user, 'deferred'); RETURN NULL; END $$;
