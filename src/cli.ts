@@ -4,6 +4,7 @@ import pg from 'pg';
 import { ConfigError, helpText, parseConfig, type Config } from './config.js';
 import { migrate, MigrationError } from './db/migrate.js';
 import { createLogger } from './log.js';
+import { runCheck } from './dsl/check.js';
 import { runRoles } from './roles.js';
 import { serveForever } from './serve.js';
 import { maskSecrets } from './url.js';
@@ -58,10 +59,7 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Pro
     case 'roles':
       return await runRoles(cfg);
     case 'check':
-      process.stderr.write(
-        'dfgate: "dfgate check" is not available in this build yet (it lands with the proxy-interception issue)\n',
-      );
-      return 3;
+      return await runCheck(cfg.files);
   }
 }
 

@@ -343,6 +343,32 @@ const OPERATORS: Readonly<Record<string, (l: Value, r: Value) => Value>> = {
   '!>': ifElse,
 };
 
+/** df.* functions that exist but are not constant node builders. */
+const KNOWN_OTHER = new Set([
+  'start',
+  'signal',
+  'cancel',
+  'status',
+  'result',
+  'await_instance',
+  'wait_for_completion',
+  'run',
+  'version',
+  'target_database',
+  'setvar',
+  'getvar',
+  'unsetvar',
+  'clearvars',
+  'grant_usage',
+  'revoke_usage',
+  'list_instances',
+  'instance_info',
+  'instance_executions',
+  'instance_nodes',
+  'explain',
+  'metrics',
+]);
+
 function names(list: unknown): string[] {
   return ((list as Array<{ String?: { sval?: string } }>) ?? []).map((n) => n.String?.sval ?? '');
 }
@@ -377,7 +403,15 @@ export function evaluate(e: unknown): Value | undefined {
     const fn = names(fc['funcname']);
     if (fn.length !== 2 || fn[0] !== 'df') return undefined;
     const impl = FUNCTIONS[fn[1] as string];
-    if (!impl || fc['agg_star'] || fc['over'] || fc['agg_filter']) return undefined;
+    if (!impl) {
+      if (KNOWN_OTHER.has(fn[1] as string)) return undefined; // real df functions, not constant
+      throw new DslError(
+        `function df.${fn[1] as string}() does not exist`,
+        '42883',
+        fc['location'] as number,
+      );
+    }
+    if (fc['agg_star'] || fc['over'] || fc['agg_filter']) return undefined;
     const positional: Value[] = [];
     const named = new Map<string, Value>();
     for (const a of (fc['args'] as unknown[]) ?? []) {

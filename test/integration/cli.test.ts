@@ -1,5 +1,7 @@
 /** The dfgate command line, run as a real process (dist/ is built by npm install's prepare step). */
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { useTestDatabase, quoteIdent, withDatabase } from '../harness/db.js';
@@ -65,10 +67,34 @@ describe('dfgate CLI', () => {
     expect(r.out + r.err).not.toContain('pw123');
   });
 
-  it('commands whose issue has not landed say so and exit non-zero', () => {
-    const r = dfgate(['check', 'x.sql']);
-    expect(r.code).toBe(3);
-    expect(r.err).toContain('not available in this build yet');
+  it('dfgate check validates workflow files offline with file:line:column errors', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'dfgate-check-'));
+    const good = path.join(dir, 'good.sql');
+    const bad = path.join(dir, 'bad.sql');
+    writeFileSync(
+      good,
+      `-- nightly\nSELECT df.start(('SELECT 1 AS a' |=> 'x') ~> df.sleep(5) ~> 'SELECT $x', 'nightly');\nSELECT df.start('SELECT ' || n) FROM jobs;\n`,
+    );
+    writeFileSync(
+      bad,
+      `SELECT 1;\n\n  SELECT df.start('SELECT 1' ~> df.slep(5));\nSELECT df.start('{"node_type":"THEN","left_node":"x","right_node":{"node_type":"SQL","query":"b"}}');\nSELECT df.start(df.wait_for_schedule('0 0 * *'));\n`,
+    );
+    const ok = dfgate(['check', good]);
+    expect(ok.code, ok.out + ok.err).toBe(0);
+    expect(ok.out).toContain('skipped: df.start argument is not constant');
+    expect(ok.out).toContain('all workflows valid');
+    const r = dfgate(['check', good, bad]);
+    expect(r.code).toBe(1);
+    expect(r.out).toContain(`${bad}:3:33: error: function df.slep() does not exist`);
+    expect(r.out).toContain(
+      `${bad}:4:8: error: Invalid durable function: Invalid durable function graph: root: Durofut children must be JSON objects`,
+    );
+    expect(r.out).toContain(
+      `${bad}:5:17: error: Invalid cron expression '0 0 * *': expected 5 fields`,
+    );
+    expect(r.out).toContain('3 error(s)');
+    expect(dfgate(['check', path.join(dir, 'missing.sql')]).code).toBe(2);
     expect(dfgate(['worker', '--help']).code).toBe(0);
+    rmSync(dir, { recursive: true, force: true });
   });
 });
