@@ -157,6 +157,7 @@ async function main(): Promise<void> {
     connectTimeoutMs: 10_000,
     maxMessageSize: 1024 * 1024 * 1024,
     onDfCommit: () => executor.wake(),
+    edgeValidation: true,
   });
   const viaDfgate = new URL(demoUrl);
   viaDfgate.host = `127.0.0.1:${proxy.port}`;

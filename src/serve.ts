@@ -52,6 +52,7 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
     tlsCert: cfg.tlsCert,
     tlsKey: cfg.tlsKey,
     onDfCommit: executor ? () => executor.wake() : undefined,
+    edgeValidation: true,
   });
   return { proxy, executor };
 }

@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
+import { loadParser } from '../executor/sqlcheck.js';
 import { CancelRegistry } from './cancel.js';
 import { SqlState } from './protocol/sqlstate.js';
 import { Session } from './session.js';
@@ -23,6 +24,8 @@ export interface ProxyOptions {
   readonly tlsKey?: string | undefined;
   /** In-process wake of the executor after a client transaction that mentioned df.* ended. */
   readonly onDfCommit?: (() => void) | undefined;
+  /** Validate constant DSL in df.start calls at the edge, with positions (simple query protocol). */
+  readonly edgeValidation?: boolean | undefined;
 }
 
 export interface ProxyServer {
@@ -34,6 +37,7 @@ export interface ProxyServer {
 
 export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const log = opts.log;
+  if (opts.edgeValidation) await loadParser();
   const sessions = new Set<Session>();
   const cancels = new CancelRegistry(log, opts.connectTimeoutMs);
   const secureContext =
@@ -57,6 +61,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       tls: secureContext,
       cancels,
       onDfCommit: opts.onDfCommit,
+      edgeValidation: opts.edgeValidation,
       admit: (s) => {
         if (shuttingDown) {
           return {

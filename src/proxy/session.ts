@@ -10,6 +10,8 @@ import type net from 'node:net';
 import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
+import { edgeCheck, raiseStatement } from '../dsl/edge.js';
+import { encodeErrorFieldMap } from './protocol/backend.js';
 import type { CancelRegistry } from './cancel.js';
 import {
   decodeAuth,
@@ -49,6 +51,8 @@ export interface SessionContext {
   admit(session: Session): ErrorFields | undefined;
   /** Called when a transaction that mentioned df.* ends (ReadyForQuery back to idle): wakes the executor in-process. */
   readonly onDfCommit?: (() => void) | undefined;
+  /** Validate constant DSL of df.start calls in simple queries before they reach the database. */
+  readonly edgeValidation?: boolean | undefined;
   closed(session: Session): void;
 }
 
@@ -103,6 +107,8 @@ export class Session {
   private pendingFatal: ErrorFields | undefined;
   /** The current transaction sent a statement that mentions df.* */
   private sawDf = false;
+  /** Position to put into the next ErrorResponse (edge validation). */
+  private fixPosition: number | undefined;
 
   constructor(
     private client: net.Socket,
@@ -344,7 +350,8 @@ export class Session {
       {
         inspect: (t) =>
           (t === Frontend.Password && this.phase === 'auth') ||
-          ((t === Frontend.Query || t === Frontend.Parse) && this.ctx.onDfCommit !== undefined),
+          ((t === Frontend.Query || t === Frontend.Parse) &&
+            (this.ctx.onDfCommit !== undefined || this.ctx.edgeValidation === true)),
         header: (t) => {
           if (!isFrontendType(t)) {
             throw new ProtocolError(
@@ -446,6 +453,15 @@ export class Session {
       }
       case Backend.ErrorResponse: {
         const fields = decodeErrorFields(body);
+        if (this.fixPosition !== undefined) {
+          const pos = this.fixPosition;
+          this.fixPosition = undefined;
+          const fixed = new Map(
+            [...fields].filter(([k]) => !['W', 'P', 'p', 'q', 'F', 'L', 'R'].includes(k)),
+          );
+          fixed.set('P', String(pos));
+          return encodeErrorFieldMap(fixed);
+        }
         if (
           fields.get('V') === 'FATAL' ||
           fields.get('S') === 'FATAL' ||
@@ -463,7 +479,21 @@ export class Session {
 
   private onClientAuthMessage(type: number, body: Buffer): Buffer | null | undefined {
     if (type === Frontend.Query || type === Frontend.Parse) {
-      if (!this.sawDf && mentionsDf(body)) this.sawDf = true;
+      if (!mentionsDf(body)) return undefined;
+      this.sawDf = true;
+      if (
+        type === Frontend.Query &&
+        this.ctx.edgeValidation &&
+        this.serverParams.get('client_encoding') === 'UTF8'
+      ) {
+        const err = edgeCheck(body.toString('utf8', 0, Math.max(0, body.length - 1)));
+        if (err) {
+          // the server raises the same error (so its transaction state matches); its
+          // ErrorResponse then gets the position inside the client's own statement
+          this.fixPosition = err.position;
+          return encodeFrontend({ type: 'Query', sql: raiseStatement(err) });
+        }
+      }
       return undefined;
     }
     if (type !== Frontend.Password || !this.expectAuth) return undefined;

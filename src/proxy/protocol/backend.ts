@@ -81,3 +81,11 @@ export function decodeBackendKey(body: Buffer): { readonly pid: number; readonly
 export function encodeReadyForQuery(status: 'I' | 'T' | 'E'): Buffer {
   return new Writer().byte(status.charCodeAt(0)).finish(Backend.ReadyForQuery);
 }
+
+/** Re-encodes ErrorResponse fields (keyed by field letter), in order. */
+export function encodeErrorFieldMap(fields: ReadonlyMap<string, string>): Buffer {
+  const w = new Writer();
+  for (const [k, v] of fields) w.byte(k.charCodeAt(0)).cstring(v);
+  w.byte(0);
+  return w.finish(Backend.ErrorResponse);
+}
