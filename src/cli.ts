@@ -1,36 +1,21 @@
 #!/usr/bin/env node
 /** The dfgate command line (DESIGN.md §6). */
-import pg from 'pg';
 import { ConfigError, helpText, parseConfig, type Config } from './config.js';
-import { migrate, MigrationError } from './db/migrate.js';
 import { createLogger } from './log.js';
 import { runCheck } from './dsl/check.js';
 import { runRoles } from './roles.js';
-import { serveForever } from './serve.js';
+import { migrateUpstream, serveForever } from './serve.js';
 import { maskSecrets } from './url.js';
 
 async function runMigrate(cfg: Config): Promise<number> {
   const log = createLogger(cfg.logLevel);
-  const client = new pg.Client({
-    connectionString: cfg.upstream,
-    application_name: 'dfgate migrate',
-  });
   try {
-    await client.connect();
-    const res = await migrate(client, {
-      onApplied: (m, ms) => log.info({ version: m.version, name: m.name, ms }, 'migration applied'),
-    });
-    log.info(
-      { from: res.from, to: res.to, applied: res.applied.length },
-      res.applied.length ? 'schema migrated' : 'schema up to date',
-    );
+    await migrateUpstream(cfg.upstream as string, log);
     return 0;
   } catch (err) {
     const msg = err instanceof Error ? err.message : String(err);
     log.error({ upstream: maskSecrets(cfg.upstream ?? '') }, maskSecrets(msg));
-    return err instanceof MigrationError ? 1 : 1;
-  } finally {
-    await client.end().catch(() => undefined);
+    return 1;
   }
 }
 

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
-import { migrate } from './db/migrate.js';
+import { migrateUpstream } from './serve.js';
 import { createLogger } from './log.js';
 import { startCluster, type RunningCluster } from './pg/cluster.js';
 import { startExecutor } from './executor/start.js';
@@ -72,7 +72,6 @@ async function setupDemo(adminUrl: string, demoPassword: string): Promise<void> 
   const c = new pg.Client({ connectionString: adminUrl });
   await c.connect();
   try {
-    await migrate(c);
     const exists = await c.query(`SELECT 1 FROM pg_roles WHERE rolname = $1`, [DEMO_ROLE]);
     if (exists.rowCount === 0) {
       await c.query(
@@ -99,10 +98,7 @@ async function main(): Promise<void> {
   if (upstream) {
     parsePostgresUrl(upstream, '--upstream');
     adminUrl = upstream;
-    const c = new pg.Client({ connectionString: adminUrl });
-    await c.connect();
-    await migrate(c);
-    await c.end();
+    await migrateUpstream(adminUrl, log);
     demoUrl = upstream;
     executorUrl = upstream;
   } else {
@@ -127,6 +123,7 @@ async function main(): Promise<void> {
       port: state.port,
     });
     adminUrl = cluster.url();
+    await migrateUpstream(adminUrl, log);
     await setupDemo(adminUrl, state.demoPassword);
     await setupExecutorLogin(adminUrl, state.executorPassword as string);
     executorUrl = `postgres://${EXECUTOR_ROLE}:${state.executorPassword}@127.0.0.1:${state.port}/postgres`;

@@ -87,6 +87,13 @@ interface RawObject {
 }
 
 function parseRawObject(text: string): RawObject | undefined {
+  type Raw = {
+    raw: string;
+    type: string;
+    str?: string;
+    items?: string[];
+    entries?: Array<readonly [string, Raw]>;
+  };
   let i = 0;
   const ws = (): void => {
     while (i < text.length && ' \t\n\r'.includes(text[i] as string)) i++;
@@ -102,84 +109,35 @@ function parseRawObject(text: string): RawObject | undefined {
     i++;
     return JSON.parse(text.slice(start, i)) as string;
   };
-  const value = (): { raw: string; type: string; str?: string; items?: string[] } => {
+  /** Parses "open item (, item)* close" around `item`. */
+  const list = (close: string, item: () => void): void => {
+    i++;
+    ws();
+    if (text[i] !== close) {
+      for (;;) {
+        item();
+        ws();
+        if (text[i] === ',') {
+          i++;
+          continue;
+        }
+        if (text[i] === close) break;
+        fail();
+      }
+    }
+    i++;
+  };
+  const value = (): Raw => {
     ws();
     const start = i;
     const c = text[i];
-    let type: string;
-    let s: string | undefined;
-    let items: string[] | undefined;
+    const out: Omit<Raw, 'raw'> = { type: '' };
     if (c === '"') {
-      s = str();
-      type = 'string';
+      out.str = str();
+      out.type = 'string';
     } else if (c === '{') {
-      i++;
-      ws();
-      if (text[i] !== '}') {
-        for (;;) {
-          ws();
-          if (text[i] !== '"') fail();
-          str();
-          ws();
-          if (text[i] !== ':') fail();
-          i++;
-          value();
-          ws();
-          if (text[i] === ',') {
-            i++;
-            continue;
-          }
-          if (text[i] === '}') break;
-          fail();
-        }
-      }
-      i++;
-      type = 'object';
-    } else if (c === '[') {
-      i++;
-      items = [];
-      ws();
-      if (text[i] !== ']') {
-        for (;;) {
-          items.push(value().raw);
-          ws();
-          if (text[i] === ',') {
-            i++;
-            continue;
-          }
-          if (text[i] === ']') break;
-          fail();
-        }
-      }
-      i++;
-      type = 'array';
-    } else if (text.startsWith('true', i) || text.startsWith('false', i)) {
-      i += text.startsWith('true', i) ? 4 : 5;
-      type = 'boolean';
-    } else if (text.startsWith('null', i)) {
-      i += 4;
-      type = 'null';
-    } else {
-      const m = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/.exec(text.slice(i));
-      if (!m) fail();
-      i += (m as RegExpExecArray)[0].length;
-      type = 'number';
-    }
-    return {
-      raw: text.slice(start, i),
-      type,
-      ...(s !== undefined ? { str: s } : {}),
-      ...(items ? { items } : {}),
-    };
-  };
-  try {
-    ws();
-    if (text[i] !== '{') return undefined;
-    const entries: Array<readonly [string, ReturnType<typeof value>]> = [];
-    i++;
-    ws();
-    if (text[i] !== '}') {
-      for (;;) {
+      const entries: Array<readonly [string, Raw]> = [];
+      list('}', () => {
         ws();
         if (text[i] !== '"') fail();
         const k = str();
@@ -187,19 +145,33 @@ function parseRawObject(text: string): RawObject | undefined {
         if (text[i] !== ':') fail();
         i++;
         entries.push([k, value()]);
-        ws();
-        if (text[i] === ',') {
-          i++;
-          continue;
-        }
-        if (text[i] === '}') break;
-        fail();
-      }
+      });
+      out.entries = entries;
+      out.type = 'object';
+    } else if (c === '[') {
+      const items: string[] = [];
+      list(']', () => items.push(value().raw));
+      out.items = items;
+      out.type = 'array';
+    } else if (text.startsWith('true', i) || text.startsWith('false', i)) {
+      i += text.startsWith('true', i) ? 4 : 5;
+      out.type = 'boolean';
+    } else if (text.startsWith('null', i)) {
+      i += 4;
+      out.type = 'null';
+    } else {
+      const m = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/.exec(text.slice(i));
+      if (!m) fail();
+      i += (m as RegExpExecArray)[0].length;
+      out.type = 'number';
     }
-    i++;
+    return { raw: text.slice(start, i), ...out };
+  };
+  try {
+    const v = value();
     ws();
     if (i !== text.length) fail();
-    return { entries };
+    return v.type === 'object' ? { entries: v.entries ?? [] } : undefined;
   } catch {
     return undefined;
   }

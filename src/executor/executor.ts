@@ -57,6 +57,20 @@ interface DriveCache {
   stored: Map<string, { status: string; stamp: string | null }> | undefined;
 }
 
+const RECORD_EVENT = 'SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)';
+
+/** Records an executor-side event (lease-checked by df._record_event) on a pool or a client in a transaction. */
+async function recordEvent(
+  db: pg.Pool | pg.ClientBase,
+  id: string,
+  epoch: number,
+  a: { readonly key: string; readonly node: string },
+  kind: EventKind,
+  detail: Record<string, unknown>,
+): Promise<void> {
+  await db.query(RECORD_EVENT, [id, epoch, a.node, a.key, kind, JSON.stringify(detail)]);
+}
+
 function tokenHash(token: string): string {
   return createHash('sha256').update(token, 'utf8').digest('hex');
 }
@@ -235,6 +249,8 @@ export class Executor {
       const p = this.drive(c.id, epoch)
         .catch((err: unknown) => this.log.error({ instance: c.id, err }, 'instance driver failed'))
         .finally(() => {
+          // the graph is cached only while this process holds the lease
+          this.graphs.delete(c.id);
           this.active.delete(c.id);
           this.finished.delete(p);
           this.wake();
@@ -317,14 +333,7 @@ export class Executor {
     kind: EventKind,
     detail: Record<string, unknown>,
   ): Promise<void> {
-    await this.control.query('SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)', [
-      id,
-      epoch,
-      a.node,
-      a.key,
-      kind,
-      JSON.stringify(detail),
-    ]);
+    await recordEvent(this.control, id, epoch, a, kind, detail);
   }
 
   private async writeStamps(
@@ -374,7 +383,6 @@ export class Executor {
         WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $5 AND status IN ('pending', 'running')`,
       [id, epoch, status, error, this.owner],
     );
-    this.graphs.delete(id);
     this.log.info({ instance: id, status }, 'instance finished');
   }
 
@@ -583,14 +591,7 @@ export class Executor {
           const data = sig.payload_text;
           for (const w of list) {
             const result = `{"signal_name":${JSON.stringify(name)},"timed_out":false,"data":${compactJson(data)}}`;
-            await c.query('SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)', [
-              id,
-              epoch,
-              w.node,
-              w.key,
-              'done',
-              JSON.stringify({ result }),
-            ]);
+            await recordEvent(c, id, epoch, w, 'done', { result });
           }
           await c.query(
             `UPDATE df.signals SET consumed_at = now(), consumed_by = $2 WHERE id = $1`,
@@ -601,14 +602,7 @@ export class Executor {
           for (const w of list) {
             if (w.timeoutAt && w.timeoutAt.getTime() <= now.getTime()) {
               const result = `{"signal_name":${JSON.stringify(name)},"timed_out":true,"data":null}`;
-              await c.query('SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)', [
-                id,
-                epoch,
-                w.node,
-                w.key,
-                'done',
-                JSON.stringify({ result }),
-              ]);
+              await recordEvent(c, id, epoch, w, 'done', { result });
               delivered = true;
             }
           }

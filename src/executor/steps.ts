@@ -312,10 +312,7 @@ export async function runSqlStep(
       return { k: 'abandoned', reason: (err as Error).message };
     if (code === '40001' && /lease|stale attempt/.test((err as Error).message))
       return { k: 'abandoned', reason: (err as Error).message };
-    if (isRetryable(err)) {
-      conn.broken = true;
-      return { k: 'retry', err };
-    }
+    // anything else (a lost connection, an unexpected failure): drop the connection, run again
     conn.broken = true;
     return { k: 'retry', err };
   }
