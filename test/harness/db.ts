@@ -6,21 +6,11 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, inject } from 'vitest';
+import { withDatabase, withUser } from './urls.js';
 
 const TEMPLATE_DB = 'dfgate_template';
 
-export function withDatabase(url: string, db: string): string {
-  const u = new URL(url);
-  u.pathname = '/' + encodeURIComponent(db);
-  return u.toString();
-}
-
-export function withUser(url: string, user: string, password: string | undefined): string {
-  const u = new URL(url);
-  u.username = encodeURIComponent(user);
-  u.password = password === undefined ? '' : encodeURIComponent(password);
-  return u.toString();
-}
+export { withDatabase, withUser };
 
 export interface TestRole {
   readonly name: string;

@@ -16,6 +16,7 @@ import pg from 'pg';
 import type { TestProject } from 'vitest/node';
 import { migrate } from '../../src/db/migrate.js';
 import { startCluster, type RunningCluster } from '../../src/pg/cluster.js';
+import { withDatabase } from './urls.js';
 
 export const TEMPLATE_DB = 'dfgate_template';
 
@@ -116,10 +117,4 @@ export default async function setup(project: TestProject): Promise<() => Promise
     await stopContainer?.();
     if (base) rmSync(base, { recursive: true, force: true });
   };
-}
-
-export function withDatabase(url: string, db: string): string {
-  const u = new URL(url);
-  u.pathname = '/' + encodeURIComponent(db);
-  return u.toString();
 }

@@ -3,24 +3,12 @@
  * constructors and operators, evaluated by a granted ordinary role whose
  * search_path df.grant_usage extended, so operators resolve unqualified.
  */
-import { readFileSync } from 'node:fs';
 import type pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { dslCases } from '../harness/golden.js';
 import { useTestDatabase } from '../harness/db.js';
 
-interface Case {
-  readonly expr: string;
-  readonly graph?: string;
-  readonly error?: string;
-  readonly same_as?: string;
-  readonly null?: boolean;
-}
-
-const cases = (
-  JSON.parse(readFileSync(new URL('../golden/dsl-cases.json', import.meta.url), 'utf8')) as {
-    cases: Case[];
-  }
-).cases;
+const cases = dslCases();
 const db = useTestDatabase();
 let user: pg.Client;
 

@@ -2,8 +2,8 @@
 import net from 'node:net';
 import pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { decodeErrorFields } from '../../src/proxy/protocol/backend.js';
 import { encodeFrontend, encodeStartup } from '../../src/proxy/protocol/frontend.js';
+import { errorOf, loggedIn, raw } from '../harness/wire.js';
 import { useTestDatabase, withUser, type TestRole } from '../harness/db.js';
 import { spawnDfgate, startTestProxy, viaPort } from '../harness/dfgate.js';
 
@@ -18,58 +18,6 @@ beforeAll(async () => {
   trust = await db.role('trust');
   await db.admin.query(`GRANT dfgate_trust_logins TO ${trust.ident}`);
 });
-
-interface Raw {
-  readonly sock: net.Socket;
-  /** Resolves with all messages up to and including the first one matching. */
-  until(pred: (t: string, body: Buffer) => boolean): Promise<Array<[string, Buffer]>>;
-  closed: Promise<void>;
-}
-
-function raw(p: number): Promise<Raw> {
-  return new Promise((resolve, reject) => {
-    const sock = net.connect({ host: '127.0.0.1', port: p });
-    let buf = Buffer.alloc(0);
-    const queue: Array<[string, Buffer]> = [];
-    let waiter: (() => void) | undefined;
-    const closed = new Promise<void>((r) => sock.once('close', () => r()));
-    sock.on('error', () => undefined);
-    sock.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      while (buf.length >= 5 && buf.length >= buf.readInt32BE(1) + 1) {
-        const len = buf.readInt32BE(1);
-        queue.push([String.fromCharCode(buf[0] as number), buf.subarray(5, len + 1)]);
-        buf = buf.subarray(len + 1);
-      }
-      waiter?.();
-    });
-    sock.once('connect', () =>
-      resolve({
-        sock,
-        closed,
-        async until(pred) {
-          const out: Array<[string, Buffer]> = [];
-          for (;;) {
-            while (queue.length) {
-              const m = queue.shift() as [string, Buffer];
-              out.push(m);
-              if (pred(m[0], m[1])) return out;
-            }
-            const more = new Promise<void>((r) => (waiter = r));
-            const done = await Promise.race([more.then(() => false), closed.then(() => true)]);
-            if (done && queue.length === 0) return out;
-          }
-        },
-      }),
-    );
-    sock.once('error', reject);
-  });
-}
-
-function errorOf(msgs: Array<[string, Buffer]>): Record<string, string> | undefined {
-  const e = msgs.find(([t]) => t === 'E');
-  return e ? Object.fromEntries(decodeErrorFields(e[1])) : undefined;
-}
 
 describe('authentication relay', () => {
   it('trust, md5 and scram-sha-256 roles log in through dfgate without dfgate knowing passwords', async () => {
@@ -194,18 +142,7 @@ describe('malformed input', () => {
     ['an unknown message type', () => Buffer.from([0x7a, 0, 0, 0, 4]), '08P01'],
     ['a length below 4', () => Buffer.from([0x51, 0, 0, 0, 2]), '08P01'],
   ])('%s gets FATAL and a closed connection, after login', async (_n, bytes, code) => {
-    const r = await raw(port);
-    r.sock.write(
-      encodeStartup({
-        type: 'StartupMessage',
-        version: 196608,
-        params: [
-          ['user', trust.name],
-          ['database', db.name],
-        ],
-      }),
-    );
-    await r.until((t) => t === 'Z');
+    const r = await loggedIn(port, trust.name, db.name);
     r.sock.write(bytes());
     const e = errorOf(await r.until((t) => t === 'E'));
     expect(e).toMatchObject({ V: 'FATAL', C: code });
@@ -277,19 +214,7 @@ describe('limits and upstream trouble', () => {
 
   it('a backend terminated by the server reports 57P01 to the client', async () => {
     const app = `dfgate-term-${Date.now()}`;
-    const r = await raw(port);
-    r.sock.write(
-      encodeStartup({
-        type: 'StartupMessage',
-        version: 196608,
-        params: [
-          ['user', trust.name],
-          ['database', db.name],
-          ['application_name', app],
-        ],
-      }),
-    );
-    await r.until((t) => t === 'Z');
+    const r = await loggedIn(port, trust.name, db.name, [['application_name', app]]);
     await db.admin.query(
       'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1',
       [app],
@@ -318,18 +243,7 @@ describe('limits and upstream trouble', () => {
     const p = (
       await startTestProxy(`postgres://x@127.0.0.1:${(relay.address() as net.AddressInfo).port}/db`)
     ).port;
-    const r = await raw(p);
-    r.sock.write(
-      encodeStartup({
-        type: 'StartupMessage',
-        version: 196608,
-        params: [
-          ['user', trust.name],
-          ['database', db.name],
-        ],
-      }),
-    );
-    await r.until((t) => t === 'Z');
+    const r = await loggedIn(p, trust.name, db.name);
     for (const s of cut) s.destroy();
     const e = errorOf(await r.until((t) => t === 'E'));
     expect(e).toMatchObject({ V: 'FATAL', C: '08006' });

@@ -7,6 +7,7 @@ import pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { encodeFrontend, encodeStartup } from '../../src/proxy/protocol/frontend.js';
+import { loggedIn } from '../harness/wire.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { spawnDfgate, startTestProxy, viaPort, type DfgateProcess } from '../harness/dfgate.js';
 
@@ -23,35 +24,6 @@ beforeAll(async () => {
 
 async function client(u = url): Promise<pg.Client> {
   return await db.connect(u);
-}
-
-/** Reads backend messages from a raw socket until `until` matches one. */
-function readMessages(
-  sock: net.Socket,
-  until: (type: string, body: Buffer) => boolean,
-): Promise<Array<[string, Buffer]>> {
-  return new Promise((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const got: Array<[string, Buffer]> = [];
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      while (buf.length >= 5 && buf.length >= buf.readInt32BE(1) + 1) {
-        const len = buf.readInt32BE(1);
-        const t = String.fromCharCode(buf[0] as number);
-        const body = buf.subarray(5, len + 1);
-        got.push([t, body]);
-        buf = buf.subarray(len + 1);
-        if (until(t, body)) {
-          sock.off('data', onData);
-          resolve(got);
-          return;
-        }
-      }
-    };
-    sock.on('data', onData);
-    sock.once('error', reject);
-    sock.once('close', () => resolve(got));
-  });
 }
 
 describe('pass-through with node-postgres', () => {
@@ -105,19 +77,8 @@ describe('pass-through with node-postgres', () => {
     const trustUser = await db.role('pipe', { grant: false });
     await db.admin.query(`GRANT dfgate_trust_logins TO ${trustUser.ident}`);
     const run = async (p: number): Promise<string> => {
-      const sock = net.connect({ host: '127.0.0.1', port: p });
-      await new Promise((r) => sock.once('connect', r));
-      sock.write(
-        encodeStartup({
-          type: 'StartupMessage',
-          version: 196608,
-          params: [
-            ['user', trustUser.name],
-            ['database', db.name],
-          ],
-        }),
-      );
-      await readMessages(sock, (t) => t === 'Z');
+      const r = await loggedIn(p, trustUser.name, db.name);
+      const sock = r.sock;
       const msgs = [];
       for (let i = 0; i < 3; i++) {
         msgs.push(
@@ -141,7 +102,7 @@ describe('pass-through with node-postgres', () => {
       }
       sock.write(Buffer.concat(msgs));
       let zs = 0;
-      const got = await readMessages(sock, (t) => t === 'Z' && ++zs === 3);
+      const got = await r.until((t) => t === 'Z' && ++zs === 3);
       sock.end(encodeFrontend({ type: 'Terminate' }));
       return got
         .map(([t, body]) =>

@@ -2,21 +2,11 @@
 import { readFileSync } from 'node:fs';
 import { loadModule, parseSync } from 'libpg-query';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { dslCases } from '../harness/golden.js';
 import { cronError } from '../../src/dsl/cron.js';
 import { evaluate, valueText } from '../../src/dsl/evaluate.js';
 
-interface Case {
-  readonly expr: string;
-  readonly graph?: string;
-  readonly error?: string;
-  readonly same_as?: string;
-  readonly null?: boolean;
-}
-const cases = (
-  JSON.parse(readFileSync(new URL('../golden/dsl-cases.json', import.meta.url), 'utf8')) as {
-    cases: Case[];
-  }
-).cases;
+const cases = dslCases();
 
 beforeAll(async () => {
   await loadModule();

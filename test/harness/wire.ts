@@ -1,0 +1,75 @@
+/** A raw protocol client for tests that need exact messages: connect, log in, read what comes back. */
+import net from 'node:net';
+import { decodeErrorFields } from '../../src/proxy/protocol/backend.js';
+import { encodeStartup } from '../../src/proxy/protocol/frontend.js';
+
+export interface Raw {
+  readonly sock: net.Socket;
+  /** Resolves with all messages up to and including the first one matching. */
+  until(pred: (t: string, body: Buffer) => boolean): Promise<Array<[string, Buffer]>>;
+  closed: Promise<void>;
+}
+
+export function raw(p: number): Promise<Raw> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host: '127.0.0.1', port: p });
+    let buf = Buffer.alloc(0);
+    const queue: Array<[string, Buffer]> = [];
+    let waiter: (() => void) | undefined;
+    const closed = new Promise<void>((r) => sock.once('close', () => r()));
+    sock.on('error', () => undefined);
+    sock.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      while (buf.length >= 5 && buf.length >= buf.readInt32BE(1) + 1) {
+        const len = buf.readInt32BE(1);
+        queue.push([String.fromCharCode(buf[0] as number), buf.subarray(5, len + 1)]);
+        buf = buf.subarray(len + 1);
+      }
+      waiter?.();
+    });
+    sock.once('connect', () =>
+      resolve({
+        sock,
+        closed,
+        async until(pred) {
+          const out: Array<[string, Buffer]> = [];
+          for (;;) {
+            while (queue.length) {
+              const m = queue.shift() as [string, Buffer];
+              out.push(m);
+              if (pred(m[0], m[1])) return out;
+            }
+            const more = new Promise<void>((r) => (waiter = r));
+            const done = await Promise.race([more.then(() => false), closed.then(() => true)]);
+            if (done && queue.length === 0) return out;
+          }
+        },
+      }),
+    );
+    sock.once('error', reject);
+  });
+}
+
+export function errorOf(msgs: Array<[string, Buffer]>): Record<string, string> | undefined {
+  const e = msgs.find(([t]) => t === 'E');
+  return e ? Object.fromEntries(decodeErrorFields(e[1])) : undefined;
+}
+
+/** Connects and logs in with a StartupMessage (a trust login), returning once ReadyForQuery arrives. */
+export async function loggedIn(
+  port: number,
+  user: string,
+  database: string,
+  extra: ReadonlyArray<readonly [string, string]> = [],
+): Promise<Raw> {
+  const r = await raw(port);
+  r.sock.write(
+    encodeStartup({
+      type: 'StartupMessage',
+      version: 196608,
+      params: [['user', user], ['database', database], ...extra],
+    }),
+  );
+  await r.until((t) => t === 'Z');
+  return r;
+}
