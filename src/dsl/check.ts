@@ -6,7 +6,8 @@
  * skipped. Exit status: 0 clean, 1 errors, 2 unreadable or unparseable input.
  */
 import { readFileSync } from 'node:fs';
-import { loadModule, parseSync } from 'libpg-query';
+import { parseSync } from 'libpg-query';
+import { loadParser } from './parser.js';
 import { evaluate, valueText } from './evaluate.js';
 import { asNode, DslError, node } from './nodes.js';
 import { validateGraph } from './validate.js';
@@ -47,7 +48,7 @@ function findStarts(
 }
 
 export async function checkFile(file: string, text: string): Promise<Finding[]> {
-  await loadModule();
+  await loadParser();
   let ast: unknown;
   try {
     ast = parseSync(text);

@@ -4,18 +4,13 @@
  * changes are refused; statements PostgreSQL refuses inside a transaction
  * block run in autocommit (at least once instead of exactly once).
  */
-import { loadModule, parseSync } from 'libpg-query';
+import { parseSync } from 'libpg-query';
+export { loadParser } from '../dsl/parser.js';
 
 export type StepPlan =
   | { readonly kind: 'transaction' }
   | { readonly kind: 'autocommit'; readonly why: string }
   | { readonly kind: 'refuse'; readonly error: string };
-
-let loaded: Promise<void> | undefined;
-export function loadParser(): Promise<void> {
-  loaded ??= loadModule();
-  return loaded;
-}
 
 const CURSOR_OPT_HOLD = 0x20;
 

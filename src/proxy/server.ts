@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
-import { loadParser } from '../executor/sqlcheck.js';
+import { loadParser } from '../dsl/parser.js';
 import { CancelRegistry } from './cancel.js';
 import { SqlState } from './protocol/sqlstate.js';
 import { Session } from './session.js';

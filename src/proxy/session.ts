@@ -362,7 +362,7 @@ export class Session {
             this.outstanding++;
           else if (t === Frontend.Terminate) this.clientTerminated = true;
         },
-        message: (t, body) => this.onClientAuthMessage(t, body),
+        message: (t, body) => this.onClientMessage(t, body),
       },
       this.ctx.maxMessageSize,
     );
@@ -477,7 +477,8 @@ export class Session {
     }
   }
 
-  private onClientAuthMessage(type: number, body: Buffer): Buffer | null | undefined {
+  /** Client messages dfgate looks into: Query and Parse (df.* mentions, edge validation) and the password exchange. */
+  private onClientMessage(type: number, body: Buffer): Buffer | null | undefined {
     if (type === Frontend.Query || type === Frontend.Parse) {
       if (!mentionsDf(body)) return undefined;
       this.sawDf = true;
