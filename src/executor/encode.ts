@@ -21,7 +21,6 @@ const TYPE_NAMES: Readonly<Record<number, string>> = {
   17: 'BYTEA',
   18: '"CHAR"',
   26: 'OID',
-  114: 'JSON',
   142: 'XML',
   650: 'CIDR',
   651: 'CIDR[]',

@@ -139,7 +139,7 @@ export class Executor {
       this.log.warn({ err: err.message }, 'control connection error'),
     );
     this.steps = new StepPool(
-      { controlUrl: opts.controlUrl, auth: opts.stepAuth, secret: opts.stepSecret, log: opts.log },
+      { controlUrl: opts.controlUrl, auth: opts.stepAuth, secret: opts.stepSecret },
       this.control,
     );
     this.slots = new Semaphore(opts.maxConcurrentSteps);

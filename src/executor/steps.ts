@@ -6,7 +6,6 @@
  * settings again), so nothing a step leaves behind reaches the next one.
  */
 import pg from 'pg';
-import type { Logger } from 'pino';
 import { encodeRows, EncodeError, type Column } from './encode.js';
 import { ensureStepLogin, quoteIdent, stepLoginName, stepPassword } from './identity.js';
 import { planStep } from './sqlcheck.js';
@@ -47,7 +46,6 @@ export interface StepPoolOptions {
   readonly controlUrl: string;
   readonly auth: StepAuth;
   readonly secret: string;
-  readonly log: Logger;
 }
 
 /**

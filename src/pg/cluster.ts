@@ -70,13 +70,13 @@ export async function freePort(): Promise<number> {
   });
 }
 
-interface OsUser {
+export interface OsUser {
   readonly uid: number;
   readonly gid: number;
 }
 
 /** The OS user the server runs as when we are root (created when missing). */
-function serverOsUser(): OsUser | undefined {
+export function serverOsUser(): OsUser | undefined {
   if (typeof process.getuid !== 'function' || process.getuid() !== 0) return undefined;
   const lookup = (): OsUser | undefined => {
     const uid = spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' });

@@ -4,7 +4,7 @@
  * This file runs its own cluster with ssl=on.
  */
 import { spawn, execFileSync } from 'node:child_process';
-import { chmodSync, chownSync, mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
@@ -12,7 +12,12 @@ import net from 'node:net';
 import pg from 'pg';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startCluster, embeddedBinDir, type RunningCluster } from '../../src/pg/cluster.js';
+import {
+  startCluster,
+  embeddedBinDir,
+  serverOsUser,
+  type RunningCluster,
+} from '../../src/pg/cluster.js';
 import { startProxy, type ProxyServer } from '../../src/proxy/server.js';
 import { targetFromUrl } from '../../src/proxy/upstream.js';
 import { encodeStartup } from '../../src/proxy/protocol/frontend.js';
@@ -30,8 +35,8 @@ function openssl(args: string[]): void {
   execFileSync('openssl', args, { stdio: 'ignore' });
 }
 
-beforeAll(async () => {
-  // a CA and a server certificate for 127.0.0.1
+/** A self-signed CA certificate (key and PEM file names inside the test directory). */
+function selfSignedCa(key: string, pem: string, cn: string): void {
   openssl([
     'req',
     '-x509',
@@ -39,14 +44,19 @@ beforeAll(async () => {
     'rsa:2048',
     '-nodes',
     '-keyout',
-    f('ca.key'),
+    f(key),
     '-out',
-    f('ca.pem'),
+    f(pem),
     '-days',
     '2',
     '-subj',
-    '/CN=dfgate test CA',
+    `/CN=${cn}`,
   ]);
+}
+
+beforeAll(async () => {
+  // a CA and a server certificate for 127.0.0.1
+  selfSignedCa('ca.key', 'ca.pem', 'dfgate test CA');
   openssl([
     'req',
     '-newkey',
@@ -77,32 +87,17 @@ beforeAll(async () => {
     '-extfile',
     f('ext.cnf'),
   ]);
-  openssl([
-    'req',
-    '-x509',
-    '-newkey',
-    'rsa:2048',
-    '-nodes',
-    '-keyout',
-    f('other.key'),
-    '-out',
-    f('other-ca.pem'),
-    '-days',
-    '2',
-    '-subj',
-    '/CN=another CA',
-  ]);
+  selfSignedCa('other.key', 'other-ca.pem', 'another CA');
   const binDir = inject('pgBinDir') || (await embeddedBinDir());
   // server key material readable by the server's OS user
   const pgDir = path.join(dir, 'pg');
-  execFileSync('mkdir', ['-p', pgDir]);
+  mkdirSync(pgDir, { recursive: true });
   for (const n of ['server.pem', 'server.key'])
     writeFileSync(path.join(pgDir, n), readFileSync(f(n)), { mode: 0o600 });
-  if (process.getuid?.() === 0) {
-    const uid = Number(execFileSync('id', ['-u', 'postgres']).toString());
-    const gid = Number(execFileSync('id', ['-g', 'postgres']).toString());
-    for (const n of ['server.pem', 'server.key']) chownSync(path.join(pgDir, n), uid, gid);
-  }
+  const osUser = serverOsUser();
+  if (osUser)
+    for (const n of ['server.pem', 'server.key'])
+      chownSync(path.join(pgDir, n), osUser.uid, osUser.gid);
   cluster = await startCluster({
     baseDir: path.join(dir, 'cluster'),
     binDir,
