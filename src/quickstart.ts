@@ -155,6 +155,7 @@ async function main(): Promise<void> {
     maxMessageSize: 1024 * 1024 * 1024,
     onDfCommit: () => executor.wake(),
     edgeValidation: true,
+    startNew: (req) => executor.startNew(req),
   });
   const viaDfgate = new URL(demoUrl);
   viaDfgate.host = `127.0.0.1:${proxy.port}`;

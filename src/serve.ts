@@ -53,6 +53,7 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
     tlsKey: cfg.tlsKey,
     onDfCommit: executor ? () => executor.wake() : undefined,
     edgeValidation: true,
+    startNew: executor ? (req) => executor.startNew(req) : undefined,
   });
   return { proxy, executor };
 }

@@ -1,11 +1,13 @@
 /**
- * Validation at the edge (DESIGN.md §2 path 2): before a client's statement
- * that calls df.start reaches the database, its constant DSL is evaluated and
- * validated here, so an error can point at the offending call in the user's
- * own statement. Results are cached per statement text. Pure apart from the
- * cache.
+ * The proxy's view of a client statement that mentions df. (DESIGN.md §2
+ * path 2): every call of df.start is found in PostgreSQL's own parse tree
+ * (libpg-query), its constant workflow is evaluated and validated here, and
+ * the call, and only it, is replaced by df._start_graph(<graph>, ...) with the
+ * other arguments pasted unchanged, so that PostgreSQL converts and checks
+ * them exactly as df.start would. Byte offsets are UTF-8, as the parser's.
+ * Results are cached per statement text. Pure apart from the cache.
  */
-import { parseSync } from 'libpg-query';
+import { parseSync, scanSync, type ScanToken } from 'libpg-query';
 import { evaluate, valueText } from './evaluate.js';
 import { asNode, DslError, node } from './nodes.js';
 import { validateGraph } from './validate.js';
@@ -13,81 +15,482 @@ import { validateGraph } from './validate.js';
 export interface EdgeError {
   readonly code: string;
   readonly message: string;
+  readonly hint?: string | undefined;
   /** 1-based character position in the statement, as PostgreSQL reports positions. */
   readonly position: number;
 }
 
-const cache = new Map<string, EdgeError | null>();
-const CACHE_MAX = 1000;
+/** The parameters of df.start, in order. */
+export const START_PARAMS = [
+  'fut',
+  'label',
+  'database',
+  'transaction_mode',
+  'idempotency_key',
+  'max_attempts',
+  'max_backoff',
+  'on_failure',
+] as const;
+export type StartParam = (typeof START_PARAMS)[number];
 
-function charPosition(sql: string, byteOffset: number): number {
-  return [...Buffer.from(sql, 'utf8').subarray(0, byteOffset).toString('utf8')].length + 1;
+/** An argument of a transaction_mode => 'new' call: a constant (text or NULL) or a bind parameter. */
+export type NewArg = { readonly value: string | null } | { readonly param: number };
+
+export interface NewCall {
+  readonly args: ReadonlyMap<StartParam, NewArg>;
+  /** The result column's name ("start" unless the statement gives an alias). */
+  readonly column: string;
 }
 
-function starts(n: unknown, out: Array<{ [k: string]: unknown }>): void {
-  if (Array.isArray(n)) {
-    for (const x of n) starts(x, out);
+export type Edge =
+  /** Nothing to change: forward the statement as it is. */
+  | { readonly kind: 'pass' }
+  /** Refuse: statement `statement` (0-based) of the text fails with `error`; the ones before it run. */
+  | {
+      readonly kind: 'error';
+      readonly error: EdgeError;
+      readonly statement: { readonly start: number; readonly end: number };
+      readonly only: boolean;
+    }
+  /** Forward `text` instead; `position` maps a server error position back into the original. */
+  | { readonly kind: 'rewrite'; readonly text: string; position(p: number): number }
+  /** A top-level SELECT df.start(..., transaction_mode => 'new'): dfgate runs the start itself. */
+  | { readonly kind: 'new'; readonly call: NewCall };
+
+type Ast = { [k: string]: unknown };
+
+interface Found {
+  readonly fc: Ast;
+  /** Location of the unnamed select-list/RETURNING entry whose column this call names. */
+  readonly names: number | undefined;
+  readonly inFrom: boolean;
+}
+
+const RUNS = new Set([
+  'SelectStmt',
+  'InsertStmt',
+  'UpdateStmt',
+  'DeleteStmt',
+  'MergeStmt',
+  'CreateTableAsStmt',
+  'DeclareCursorStmt',
+  'CopyStmt',
+]);
+
+function isStart(fc: Ast): boolean {
+  const n = (fc['funcname'] as Array<{ String?: { sval?: string } }> | undefined) ?? [];
+  return n.length === 2 && n[0]?.String?.sval === 'df' && n[1]?.String?.sval === 'start';
+}
+
+function walk(v: unknown, names: number | undefined, inFrom: boolean, out: Found[]): void {
+  if (Array.isArray(v)) {
+    for (const x of v) walk(x, undefined, inFrom, out);
     return;
   }
-  if (n === null || typeof n !== 'object') return;
-  const o = n as { [k: string]: unknown };
-  const fc = o['FuncCall'] as { [k: string]: unknown } | undefined;
-  if (fc) {
-    const names = ((fc['funcname'] as Array<{ String?: { sval?: string } }>) ?? []).map(
-      (x) => x.String?.sval ?? '',
-    );
-    if (names.length === 2 && names[0] === 'df' && names[1] === 'start') out.push(fc);
+  if (v === null || typeof v !== 'object') return;
+  for (const [k, x] of Object.entries(v as Ast)) {
+    if (x === null || typeof x !== 'object') continue;
+    const o = x as Ast;
+    switch (k) {
+      case 'ResTarget':
+        walk(o['indirection'], undefined, inFrom, out);
+        walk(
+          o['val'],
+          o['name'] === undefined ? (o['location'] as number | undefined) : undefined,
+          inFrom,
+          out,
+        );
+        break;
+      case 'TypeCast':
+      case 'CollateClause':
+        // the column of `df.start(...)::text` is still named after the call
+        walk(o['arg'], names, inFrom, out);
+        walk(o['typeName'], undefined, inFrom, out);
+        break;
+      case 'RangeFunction':
+        walk(o, undefined, true, out);
+        break;
+      case 'FuncCall':
+        if (isStart(o)) out.push({ fc: o, names, inFrom });
+        walk(o, undefined, inFrom, out);
+        break;
+      default:
+        walk(x, undefined, inFrom, out);
+    }
   }
-  for (const v of Object.values(o)) starts(v, out);
 }
 
-/** The first DSL error in a single-statement text, or undefined (also for anything PostgreSQL should judge itself). */
-export function edgeCheck(sql: string): EdgeError | undefined {
-  const hit = cache.get(sql);
-  if (hit !== undefined) return hit ?? undefined;
-  let result: EdgeError | null = null;
+/** Is an EXPLAIN one that runs its statement (ANALYZE)? */
+function explainRuns(e: Ast): boolean {
+  for (const d of (e['options'] as Ast[] | undefined) ?? []) {
+    const de = d['DefElem'] as Ast | undefined;
+    if (de?.['defname'] !== 'analyze') continue;
+    const arg = de['arg'] as Ast | undefined;
+    if (!arg) return true;
+    const s = JSON.stringify(arg).toLowerCase();
+    return !/false|"off"|"0"|ival":0|"no"/.test(s);
+  }
+  return false;
+}
+
+/** The statement node that is executed (unwrapping EXPLAIN ANALYZE), or undefined. */
+function runnable(stmt: Ast): string | undefined {
+  const [type, body] = Object.entries(stmt)[0] ?? [];
+  if (!type) return undefined;
+  if (type === 'ExplainStmt') {
+    const e = body as Ast;
+    return explainRuns(e) ? runnable(e['query'] as Ast) : undefined;
+  }
+  return RUNS.has(type) ? type : undefined;
+}
+
+const CLAUSE = new Set([
+  'FROM',
+  'WHERE',
+  'GROUP',
+  'HAVING',
+  'WINDOW',
+  'ORDER',
+  'LIMIT',
+  'OFFSET',
+  'FETCH',
+  'FOR',
+  'UNION',
+  'INTERSECT',
+  'EXCEPT',
+  'INTO',
+  'RETURNING',
+  'ON',
+]);
+
+interface Call {
+  readonly start: number;
+  readonly end: number;
+  /** Argument expressions: parameter name → byte span of the expression and its AST. */
+  readonly args: Map<
+    StartParam,
+    { readonly start: number; readonly end: number; readonly ast: unknown }
+  >;
+}
+
+/** Token-level shape of a call: its closing parenthesis and the span of each argument. */
+function callShape(fc: Ast, tokens: ScanToken[]): Call | undefined {
+  const loc = fc['location'] as number;
+  let i = tokens.findIndex((t) => t.start >= loc);
+  while (i >= 0 && i < tokens.length && tokens[i]?.text !== '(') i++;
+  if (i < 0 || i >= tokens.length) return undefined;
+  const spans: Array<[number, number]> = [];
+  let depth = 0;
+  let argFirst = -1;
+  let end = -1;
+  for (let j = i; j < tokens.length; j++) {
+    const t = tokens[j] as ScanToken;
+    if (t.text === '(' || t.text === '[') {
+      depth++;
+      if (depth === 1) continue;
+    } else if (t.text === ')' || t.text === ']') {
+      depth--;
+      if (depth === 0) {
+        if (argFirst >= 0) spans.push([argFirst, j - 1]);
+        end = t.end;
+        break;
+      }
+    } else if (depth === 1 && t.text === ',') {
+      if (argFirst < 0) return undefined;
+      spans.push([argFirst, j - 1]);
+      argFirst = -1;
+      continue;
+    }
+    if (depth >= 1 && argFirst < 0) argFirst = j;
+  }
+  const asts = (fc['args'] as unknown[] | undefined) ?? [];
+  if (end < 0 || spans.length !== asts.length) return undefined;
+  const args: Call['args'] = new Map();
+  let positional = 0;
+  for (let a = 0; a < asts.length; a++) {
+    const [f, l] = spans[a] as [number, number];
+    const na = (asts[a] as Ast)['NamedArgExpr'] as Ast | undefined;
+    let first = f;
+    let name: string;
+    if (na) {
+      const arrow = tokens[f + 1]?.text;
+      if (arrow !== '=>' && arrow !== ':=') return undefined;
+      first = f + 2;
+      name = na['name'] as string;
+    } else {
+      if (args.size > positional) return undefined; // positional after named: PostgreSQL says so
+      name = START_PARAMS[positional++] as string;
+    }
+    const p = name as StartParam;
+    if (!(START_PARAMS as readonly string[]).includes(name) || args.has(p) || first > l)
+      return undefined;
+    args.set(p, {
+      start: (tokens[first] as ScanToken).start,
+      end: (tokens[l] as ScanToken).end,
+      ast: na ? na['arg'] : asts[a],
+    });
+  }
+  return { start: loc, end, args };
+}
+
+/** Where ` AS "start"` goes so that the rewritten call keeps naming its column. */
+function aliasPoint(names: number, call: Call, tokens: ScanToken[]): number | undefined {
+  let wraps = 0;
+  for (const t of tokens) {
+    if (t.start < names) continue;
+    if (t.start >= call.start) break;
+    if (t.text === '(') wraps++;
+    else if (t.text === ')') wraps--;
+  }
+  let depth = 0;
+  let last = call.end;
+  for (const t of tokens) {
+    if (t.start < call.end) continue;
+    if (t.text === '(' || t.text === '[') depth++;
+    else if (t.text === ')' || t.text === ']') {
+      if (depth > 0) depth--;
+      else if (wraps > 0) wraps--;
+      else return last;
+    } else if (depth === 0 && (t.text === ',' || t.text === ';')) return last;
+    else if (depth === 0 && CLAUSE.has(t.text.toUpperCase())) return last;
+    last = t.end;
+  }
+  return last;
+}
+
+/** An E'' literal: its meaning depends on no server setting. */
+export function literal(s: string | null): string {
+  if (s === null) return 'NULL';
+  return `E'${s.replace(/\\/g, '\\\\').replace(/'/g, "''")}'`;
+}
+
+class Refusal extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly byte: number,
+    readonly hint?: string,
+  ) {
+    super(message);
+  }
+}
+
+const NEW_SHAPE =
+  "df.start(..., transaction_mode => 'new') runs through dfgate only as a statement of its own: SELECT df.start(<constants or parameters>, ..., transaction_mode => 'new')";
+
+/** The start rule (spec §2.3) and validation (spec §2.5): the root node's text, or a refusal. */
+function compile(text: string, at: number): string {
+  let root: string;
+  let problem: string | undefined;
   try {
-    const ast = parseSync(sql) as unknown as { stmts?: unknown[] };
-    if ((ast.stmts?.length ?? 0) === 1) {
-      const calls: Array<{ [k: string]: unknown }> = [];
-      starts(ast, calls);
-      for (const fc of calls) {
-        const args = (fc['args'] as Array<{ NamedArgExpr?: { name: string; arg: unknown } }>) ?? [];
-        const fut = args.find((a) => !a.NamedArgExpr || a.NamedArgExpr.name === 'fut');
-        try {
-          const v = fut ? evaluate(fut.NamedArgExpr ? fut.NamedArgExpr.arg : fut) : undefined;
-          const s = v ? valueText(v) : null;
-          if (s === null) continue;
-          const problem = validateGraph(asNode(s, true) ?? node('SQL', { query: s }));
-          if (problem) {
-            result = {
-              code: '22023',
-              message: `Invalid durable function: ${problem}`,
-              position: charPosition(sql, fc['location'] as number),
-            };
-            break;
-          }
-        } catch (err) {
-          if (!(err instanceof DslError)) throw err;
-          result = {
-            code: err.sqlstate,
-            message: err.message,
-            position: charPosition(sql, err.position ?? (fc['location'] as number)),
-          };
-          break;
+    root = asNode(text, true) ?? node('SQL', { query: text });
+    problem = validateGraph(root);
+  } catch (err) {
+    if (err instanceof DslError) throw new Refusal(err.sqlstate, err.message, at);
+    throw err;
+  }
+  if (problem) throw new Refusal('22023', `Invalid durable function: ${problem}`, at);
+  return root;
+}
+
+function constant(ast: unknown): string | null | undefined {
+  try {
+    const v = evaluate(ast);
+    return v === undefined ? undefined : valueText(v);
+  } catch (err) {
+    if (err instanceof DslError) {
+      const fc = (ast as Ast)['FuncCall'] as Ast | undefined;
+      throw new Refusal(
+        err.sqlstate,
+        err.message,
+        err.position ?? (fc?.['location'] as number) ?? 0,
+      );
+    }
+    throw err;
+  }
+}
+
+/** The 'new' call of a top-level SELECT df.start(...), or a refusal. */
+function newCall(stmts: Ast[], found: Found, call: Call, single: boolean): NewCall {
+  const at = call.start;
+  const sel = stmts.length === 1 ? (stmts[0]?.['SelectStmt'] as Ast | undefined) : undefined;
+  const targets = (sel?.['targetList'] as Ast[] | undefined) ?? [];
+  const rt = targets[0]?.['ResTarget'] as Ast | undefined;
+  const allowed = new Set(['targetList', 'limitOption', 'op']);
+  if (
+    !single ||
+    !sel ||
+    targets.length !== 1 ||
+    (rt?.['val'] as Ast | undefined)?.['FuncCall'] !== found.fc ||
+    Object.keys(sel).some((k) => !allowed.has(k)) ||
+    sel['op'] !== 'SETOP_NONE'
+  )
+    throw new Refusal('0A000', `${NEW_SHAPE}; here it is part of a larger statement`, at);
+  const args = new Map<StartParam, NewArg>();
+  for (const [name, a] of call.args) {
+    const pr = (a.ast as Ast)['ParamRef'] as Ast | undefined;
+    if (pr) {
+      args.set(name, { param: (pr['number'] as number | undefined) ?? 0 });
+      continue;
+    }
+    const v = constant(a.ast);
+    if (v === undefined)
+      throw new Refusal('0A000', `${NEW_SHAPE}; argument ${name} is neither`, a.start);
+    args.set(name, { value: v });
+  }
+  const fut = args.get('fut');
+  if (fut && 'value' in fut && fut.value !== null) compile(fut.value, at);
+  return { args, column: (rt?.['name'] as string | undefined) ?? 'start' };
+}
+
+interface Replacement {
+  readonly start: number;
+  readonly end: number;
+  readonly text: string;
+}
+
+function charPosition(buf: Buffer, byte: number): number {
+  return [...buf.subarray(0, byte).toString('utf8')].length + 1;
+}
+
+function analyzeUncached(sql: string, extended: boolean): Edge {
+  let ast: { stmts?: Ast[] };
+  try {
+    ast = parseSync(sql) as unknown as { stmts?: Ast[] };
+  } catch {
+    return { kind: 'pass' }; // a syntax error: PostgreSQL reports it itself
+  }
+  const buf = Buffer.from(sql, 'utf8');
+  const raw = ast.stmts ?? [];
+  const stmts = raw.map((s) => (s['stmt'] as Ast | undefined) ?? {});
+  let tokens: ScanToken[] | undefined;
+  const reps: Replacement[] = [];
+  for (let si = 0; si < raw.length; si++) {
+    const stmt = stmts[si] as Ast;
+    if (!runnable(stmt)) continue;
+    const found: Found[] = [];
+    walk(stmt, undefined, false, found);
+    if (found.length === 0) continue;
+    tokens ??= scanSync(sql).tokens;
+    const sStart = (raw[si]?.['stmt_location'] as number | undefined) ?? 0;
+    const sLen = raw[si]?.['stmt_len'] as number | undefined;
+    const sEnd = sLen ? sStart + sLen : buf.length;
+    try {
+      for (const f of found) {
+        const call = callShape(f.fc, tokens);
+        if (
+          !call ||
+          f.fc['agg_order'] ||
+          f.fc['func_variadic'] ||
+          f.fc['over'] ||
+          f.fc['agg_filter']
+        )
+          continue; // PostgreSQL says what is wrong with it
+        const mode = call.args.get('transaction_mode');
+        let newMode = false;
+        if (mode) {
+          const m = constant(mode.ast);
+          if (m === undefined) continue; // evaluated by the database, which refuses 'new'
+          if (m !== null && m.toLowerCase() === 'new') newMode = true;
+          else if (m !== null && m.toLowerCase() !== 'caller') continue; // the database's error
+        }
+        if (newMode) {
+          const nc = newCall([stmt], f, call, raw.length === 1);
+          if (!extended && [...nc.args.values()].some((a) => 'param' in a)) continue;
+          return { kind: 'new', call: nc };
+        }
+        const futArg = call.args.get('fut');
+        if (!futArg) continue;
+        const fut = constant(futArg.ast);
+        if (fut === undefined || fut === null) continue; // left to the in-database df.start
+        const graph = compile(fut, call.start);
+        if (f.inFrom) continue; // validated; the column naming of FROM df.start(...) stays PostgreSQL's
+        const paste = (p: StartParam): string => {
+          const a = call.args.get(p);
+          return a ? buf.toString('utf8', a.start, a.end) : 'NULL';
+        };
+        const opts = (['idempotency_key', 'max_attempts', 'max_backoff', 'on_failure'] as const)
+          .filter((p) => call.args.has(p))
+          .map((p) => `${p} => ${paste(p)}`);
+        const text =
+          `df._start_graph(${literal(graph)}, ${paste('label')}, ${paste('database')}` +
+          (opts.length ? `, df._start_options(${opts.join(', ')}))` : ')');
+        reps.push({ start: call.start, end: call.end, text });
+        if (f.names !== undefined) {
+          const at = aliasPoint(f.names, call, tokens);
+          if (at !== undefined) reps.push({ start: at, end: at, text: ' AS "start"' });
         }
       }
+    } catch (err) {
+      if (!(err instanceof Refusal)) throw err;
+      return {
+        kind: 'error',
+        error: {
+          code: err.code,
+          message: err.message,
+          hint: err.hint,
+          position: charPosition(buf, err.byte),
+        },
+        statement: { start: sStart, end: sEnd },
+        only: raw.length === 1,
+      };
     }
-  } catch {
-    result = null; // a syntax error or anything unexpected: PostgreSQL reports it itself
   }
-  if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value as string);
-  cache.set(sql, result);
-  return result ?? undefined;
+  if (reps.length === 0) return { kind: 'pass' };
+  reps.sort((a, b) => a.start - b.start);
+  const parts: Buffer[] = [];
+  const moved: Array<{ o0: number; o1: number; n0: number; n1: number }> = [];
+  let at = 0;
+  let len = 0;
+  for (const r of reps) {
+    parts.push(buf.subarray(at, r.start));
+    len += r.start - at;
+    const t = Buffer.from(r.text, 'utf8');
+    moved.push({ o0: r.start, o1: r.end, n0: len, n1: len + t.length });
+    parts.push(t);
+    len += t.length;
+    at = r.end;
+  }
+  parts.push(buf.subarray(at));
+  const out = Buffer.concat(parts);
+  return {
+    kind: 'rewrite',
+    text: out.toString('utf8'),
+    position(p: number): number {
+      // character position in the rewritten text → byte → original byte → character
+      const nb = Buffer.byteLength([...out.toString('utf8')].slice(0, p - 1).join(''), 'utf8');
+      let shift = 0;
+      for (const m of moved) {
+        if (nb < m.n0) break;
+        if (nb < m.n1) return charPosition(buf, m.o0);
+        shift = m.o1 - m.n1;
+      }
+      return charPosition(buf, Math.min(buf.length, nb + shift));
+    },
+  };
 }
 
-/** A statement that makes the server raise the same error, so its transaction state matches. */
-export function raiseStatement(e: EdgeError): string {
-  const lit = (s: string): string => `E'${s.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
-  return `DO $dfgate_edge$ BEGIN RAISE EXCEPTION USING ERRCODE = ${lit(e.code)}, MESSAGE = ${lit(e.message)}; END $dfgate_edge$`;
+const cache = new Map<string, Edge>();
+const CACHE_MAX = 1000;
+
+/** What the proxy does with a statement text that mentions df. (cached per text). */
+export function analyze(sql: string, extended = false): Edge {
+  const key = (extended ? 'E' : 'Q') + sql;
+  const hit = cache.get(key);
+  if (hit) return hit;
+  let result: Edge;
+  try {
+    result = analyzeUncached(sql, extended);
+  } catch {
+    result = { kind: 'pass' }; // anything unexpected: PostgreSQL judges the statement itself
+  }
+  if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value as string);
+  cache.set(key, result);
+  return result;
+}
+
+/** The first DSL error in a statement text, if any (for tests and `dfgate check`-like callers). */
+export function edgeCheck(sql: string): EdgeError | undefined {
+  const e = analyze(sql);
+  return e.kind === 'error' ? e.error : undefined;
 }

@@ -14,6 +14,7 @@ import { runCore, type Action, type EventKind, type Stamp, type StoredEvent } fr
 import { buildGraph, type Graph, type NodeRow } from './graph.js';
 import { compactJson } from './encode.js';
 import { loadParser } from './sqlcheck.js';
+import type { StartNewRequest } from '../proxy/session.js';
 import { runSqlStep, StepPool, isRetryable, type StepAuth, type StepIdentity } from './steps.js';
 
 export interface ExecutorOptions {
@@ -127,6 +128,7 @@ export class Executor {
   private readonly graphs = new Map<string, Graph>();
   private readonly log: Logger;
   private readonly finished = new Set<Promise<void>>();
+  private database: string | undefined;
 
   constructor(private readonly opts: ExecutorOptions) {
     this.log = opts.log;
@@ -702,6 +704,45 @@ export class Executor {
         this.slots.give();
         roleSlot?.give();
       }
+    }
+  }
+
+  /**
+   * df.start(..., transaction_mode => 'new') for the proxy: runs df.start as
+   * `login` (the client session's login role) on a step connection of that
+   * role, in a transaction of its own, and wakes the executor once committed.
+   */
+  async startNew(req: StartNewRequest): Promise<string> {
+    this.database ??= (await this.control.query<{ db: string }>('SELECT current_database() AS db'))
+      .rows[0]?.db;
+    if (req.database !== this.database) {
+      throw Object.assign(
+        new Error(
+          `df.start(..., transaction_mode => 'new') through dfgate works in database "${this.database ?? ''}", where its executor runs; this session is connected to "${req.database}"`,
+        ),
+        { code: '0A000' },
+      );
+    }
+    const r = await this.control.query<{ oid: number }>(
+      'SELECT oid::int AS oid FROM pg_roles WHERE rolname = $1',
+      [req.login],
+    );
+    const oid = r.rows[0]?.oid;
+    if (oid === undefined)
+      throw Object.assign(new Error(`role "${req.login}" does not exist`), { code: '42704' });
+    const identity = { roleName: req.login, roleOid: oid };
+    const conn = await this.steps.acquire(identity);
+    try {
+      const names = [...req.args.keys()];
+      const res = await conn.client.query<{ id: string }>(
+        `SELECT df.start(${names.map((n, i) => `${n} => $${i + 1}`).join(', ')}) AS id`,
+        names.map((n) => req.args.get(n) ?? null),
+      );
+      const id = res.rows[0]?.id as string;
+      this.wake();
+      return id;
+    } finally {
+      await this.steps.release(identity, conn);
     }
   }
 

@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { loadParser } from '../dsl/parser.js';
 import { CancelRegistry } from './cancel.js';
 import { SqlState } from './protocol/sqlstate.js';
-import { Session } from './session.js';
+import { Session, type SessionContext } from './session.js';
 import type { UpstreamTarget } from './upstream.js';
 
 export interface ProxyOptions {
@@ -24,8 +24,10 @@ export interface ProxyOptions {
   readonly tlsKey?: string | undefined;
   /** In-process wake of the executor after a client transaction that mentioned df.* ended. */
   readonly onDfCommit?: (() => void) | undefined;
-  /** Validate constant DSL in df.start calls at the edge, with positions (simple query protocol). */
+  /** Validate and compile df.start calls at the edge (DESIGN.md §2 path 2). */
   readonly edgeValidation?: boolean | undefined;
+  /** Runs df.start(..., transaction_mode => 'new') on dfgate's own connection (the embedded executor). */
+  readonly startNew?: SessionContext['startNew'];
 }
 
 export interface ProxyServer {
@@ -62,6 +64,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       cancels,
       onDfCommit: opts.onDfCommit,
       edgeValidation: opts.edgeValidation,
+      startNew: opts.startNew,
       admit: (s) => {
         if (shuttingDown) {
           return {

@@ -10,7 +10,8 @@ import type net from 'node:net';
 import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
-import { edgeCheck, raiseStatement } from '../dsl/edge.js';
+import { randomBytes } from 'node:crypto';
+import { analyze, literal, type EdgeError, type NewCall, type StartParam } from '../dsl/edge.js';
 import { encodeErrorFieldMap } from './protocol/backend.js';
 import type { CancelRegistry } from './cancel.js';
 import {
@@ -29,12 +30,20 @@ import {
   isFrontendType,
   MAX_STARTUP_PACKET,
 } from './protocol/codes.js';
-import { Framer, MessageTooLarge, StartupFramer } from './protocol/frame.js';
+import {
+  Framer,
+  MessageTooLarge,
+  StartupFramer,
+  type Deferred,
+  type Piece,
+} from './protocol/frame.js';
 import {
   decodeAuthMessage,
+  decodeFrontend,
   decodeStartup,
   encodeFrontend,
   type AuthMessage,
+  type FrontendMessage,
 } from './protocol/frontend.js';
 import { ProtocolError } from './protocol/reader.js';
 import { SqlState } from './protocol/sqlstate.js';
@@ -51,12 +60,44 @@ export interface SessionContext {
   admit(session: Session): ErrorFields | undefined;
   /** Called when a transaction that mentioned df.* ends (ReadyForQuery back to idle): wakes the executor in-process. */
   readonly onDfCommit?: (() => void) | undefined;
-  /** Validate constant DSL of df.start calls in simple queries before they reach the database. */
+  /** Validate and compile df.start calls before they reach the database (DESIGN.md §2 path 2). */
   readonly edgeValidation?: boolean | undefined;
+  /**
+   * Runs df.start(..., transaction_mode => 'new') on a connection of dfgate's
+   * own as `login`, committed on its own; resolves to the instance id. Errors
+   * carry PostgreSQL's fields (code, message, hint).
+   */
+  readonly startNew?: ((req: StartNewRequest) => Promise<string>) | undefined;
   closed(session: Session): void;
 }
 
 type Phase = 'startup' | 'connecting' | 'auth' | 'ready' | 'closed';
+
+export interface StartNewRequest {
+  readonly login: string;
+  readonly database: string;
+  /** df.start's arguments by name (transaction_mode left out), as text or NULL. */
+  readonly args: ReadonlyMap<StartParam, string | null>;
+}
+
+/** An error with PostgreSQL's fields, as thrown by startNew. */
+interface PgErrorLike {
+  readonly code?: string;
+  readonly message: string;
+  readonly hint?: string;
+  readonly detail?: string;
+}
+
+/** What to do with a server message while dfgate talks to the server itself. */
+type Private = (type: number, body: Buffer) => 'swallow' | 'pass';
+
+/** A server ErrorResponse dfgate provoked (it names the nonce) and what the client sees instead. */
+interface ErrorSwap {
+  readonly fields: ReadonlyMap<string, string> | null;
+  readonly untilRfq: number;
+}
+
+const TEXT_OID = 25;
 
 const SERVER_INSPECT = new Uint8Array(256);
 for (const t of [
@@ -107,8 +148,33 @@ export class Session {
   private pendingFatal: ErrorFields | undefined;
   /** The current transaction sent a statement that mentions df.* */
   private sawDf = false;
-  /** Position to put into the next ErrorResponse (edge validation). */
-  private fixPosition: number | undefined;
+  /** Client pieces waiting behind a Deferred, in order. */
+  private readonly queue: Piece[] = [];
+  private pumping = false;
+  /** ReadyForQuery messages the client's Query/Sync/FunctionCall messages will get, and those relayed so far. */
+  private rfqExpected = 0;
+  private rfqReceived = 0;
+  private rfqWaiters: Array<{ readonly n: number; readonly resolve: () => void }> = [];
+  /** Set while dfgate talks to the server on the client's connection. */
+  private private: Private | undefined;
+  /** Extended-protocol messages since the last Sync (risky: one that executes or binds), and before the current one. */
+  private batchLen = 0;
+  private batchRisky = false;
+  private prevLen = 0;
+  private prevRisky = false;
+  /** Protocol-level statements that are SELECT df.start(..., transaction_mode => 'new'). */
+  private readonly newStatements = new Map<
+    string,
+    { readonly call: NewCall; readonly paramTypes: readonly number[] }
+  >();
+  /** Errors dfgate provoked, by nonce. */
+  private readonly swaps = new Map<string, ErrorSwap>();
+  /** Server error positions in a rewritten statement → positions in the client's text. */
+  private positionMaps: Array<{
+    readonly after: number;
+    readonly until: number;
+    readonly map: (p: number) => number;
+  }> = [];
 
   constructor(
     private client: net.Socket,
@@ -148,7 +214,7 @@ export class Session {
       if (this.phase === 'startup') this.onStartupData(chunk);
       else if (this.phase === 'connecting') this.pendingClient.push(chunk);
       else if (this.upstream && this.clientFramer && !this.pendingFatal) {
-        this.forward(this.clientFramer.push(chunk), this.upstream, this.client);
+        this.forwardClient(this.clientFramer.push(chunk));
         if (this.clientFramer.failed) this.clientFramingFailed(this.clientFramer.failed);
       }
     } catch (err) {
@@ -343,7 +409,7 @@ export class Session {
     const upstream = this.upstream;
     this.phase = 'auth';
     this.serverFramer = new Framer({
-      inspect: (t) => SERVER_INSPECT[t] === 1,
+      inspect: (t) => SERVER_INSPECT[t] === 1 || this.private !== undefined,
       message: (t, body) => this.onServerMessage(t, body),
     });
     this.clientFramer = new Framer(
@@ -351,24 +417,35 @@ export class Session {
         inspect: (t) =>
           (t === Frontend.Password && this.phase === 'auth') ||
           ((t === Frontend.Query || t === Frontend.Parse) &&
-            (this.ctx.onDfCommit !== undefined || this.ctx.edgeValidation === true)),
+            (this.ctx.onDfCommit !== undefined || this.ctx.edgeValidation === true)) ||
+          ((t === Frontend.Bind || t === Frontend.Close) && this.newStatements.size > 0),
         header: (t) => {
           if (!isFrontendType(t)) {
             throw new ProtocolError(
               `invalid frontend message type ${JSON.stringify(String.fromCharCode(t))} (0x${t.toString(16)})`,
             );
           }
-          if (t === Frontend.Query || t === Frontend.Sync || t === Frontend.FunctionCall)
+          this.prevLen = this.batchLen;
+          this.prevRisky = this.batchRisky;
+          if (t === Frontend.Query || t === Frontend.Sync || t === Frontend.FunctionCall) {
             this.outstanding++;
-          else if (t === Frontend.Terminate) this.clientTerminated = true;
+            this.rfqExpected++;
+            this.batchLen = 0;
+            this.batchRisky = false;
+          } else if (t === Frontend.Terminate) this.clientTerminated = true;
+          else {
+            this.batchLen++;
+            if (t !== Frontend.Parse && t !== Frontend.Describe && t !== Frontend.Close)
+              this.batchRisky = this.batchRisky || t !== Frontend.Flush;
+          }
         },
-        message: (t, body) => this.onClientMessage(t, body),
+        message: (t, body, raw) => this.onClientMessage(t, body, raw),
       },
       this.ctx.maxMessageSize,
     );
     upstream.on('data', (chunk: Buffer) => {
       try {
-        this.forward((this.serverFramer as Framer).push(chunk), this.client, upstream);
+        this.forward((this.serverFramer as Framer).push(chunk) as Buffer[], this.client, upstream);
       } catch (err) {
         this.log.error({ err }, 'cannot frame server traffic');
         this.close('bad server traffic');
@@ -384,6 +461,37 @@ export class Session {
   }
 
   // ---- relaying -------------------------------------------------------
+
+  /** Client → server: straight through, unless something must wait for a Deferred. */
+  private forwardClient(pieces: Piece[]): void {
+    const up = this.upstream as net.Socket;
+    if (this.queue.length === 0 && !pieces.some((p) => typeof p === 'function')) {
+      this.forward(pieces as Buffer[], up, this.client);
+      return;
+    }
+    this.queue.push(...pieces);
+    void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    this.client.pause();
+    try {
+      while (this.queue.length > 0 && this.phase !== 'closed') {
+        const p = this.queue.shift() as Piece;
+        const out = typeof p === 'function' ? await (p as Deferred)() : [p];
+        const up = this.upstream;
+        if (!up || up.destroyed || (this.phase as Phase) === 'closed') break;
+        for (const b of out) up.write(b);
+      }
+    } catch (err) {
+      this.protocolFailure(err);
+    } finally {
+      this.pumping = false;
+      if (this.phase !== 'closed') this.client.resume();
+    }
+  }
 
   private forward(pieces: Buffer[], to: net.Socket, from: net.Socket): void {
     if (pieces.length === 0 || to.destroyed) return;
@@ -403,9 +511,17 @@ export class Session {
   }
 
   private onServerMessage(type: number, body: Buffer): Buffer | null | undefined {
+    if (this.private && this.private(type, body) === 'swallow') {
+      if (type === Backend.ReadyForQuery) this.txStatus = String.fromCharCode(body[0] ?? 0x49);
+      return null;
+    }
     switch (type) {
       case Backend.ReadyForQuery: {
         this.txStatus = String.fromCharCode(body[0] ?? 0x49);
+        if (this.phase !== 'auth') {
+          this.rfqReceived++;
+          this.settleRfq();
+        }
         if (this.sawDf && this.txStatus === 'I') {
           this.sawDf = false;
           this.ctx.onDfCommit?.();
@@ -414,6 +530,8 @@ export class Session {
         if (this.phase === 'auth') {
           this.phase = 'ready';
           this.outstanding = 0;
+          this.rfqExpected = 0;
+          this.rfqReceived = 0;
           this.log.debug('session ready');
         }
         if (this.draining && this.idle) setImmediate(() => this.terminateForShutdown());
@@ -453,14 +571,19 @@ export class Session {
       }
       case Backend.ErrorResponse: {
         const fields = decodeErrorFields(body);
-        if (this.fixPosition !== undefined) {
-          const pos = this.fixPosition;
-          this.fixPosition = undefined;
-          const fixed = new Map(
-            [...fields].filter(([k]) => !['W', 'P', 'p', 'q', 'F', 'L', 'R'].includes(k)),
-          );
-          fixed.set('P', String(pos));
-          return encodeErrorFieldMap(fixed);
+        const nonce = /dfgate_edge_([0-9a-f]{12})/.exec(fields.get('M') ?? '')?.[1];
+        const swap = nonce === undefined ? undefined : this.swaps.get(nonce);
+        if (swap) {
+          this.swaps.delete(nonce as string);
+          return swap.fields ? encodeErrorFieldMap(swap.fields) : null;
+        }
+        const pos = fields.get('P');
+        const pm = this.positionMaps.find(
+          (m) => m.after <= this.rfqReceived && this.rfqReceived < m.until,
+        );
+        if (pos !== undefined && pm) {
+          fields.set('P', String(pm.map(Number(pos))));
+          return encodeErrorFieldMap(fields);
         }
         if (
           fields.get('V') === 'FATAL' ||
@@ -477,24 +600,14 @@ export class Session {
     }
   }
 
-  /** Client messages dfgate looks into: Query and Parse (df.* mentions, edge validation) and the password exchange. */
-  private onClientMessage(type: number, body: Buffer): Buffer | null | undefined {
-    if (type === Frontend.Query || type === Frontend.Parse) {
-      if (!mentionsDf(body)) return undefined;
-      this.sawDf = true;
-      if (
-        type === Frontend.Query &&
-        this.ctx.edgeValidation &&
-        this.serverParams.get('client_encoding') === 'UTF8'
-      ) {
-        const err = edgeCheck(body.toString('utf8', 0, Math.max(0, body.length - 1)));
-        if (err) {
-          // the server raises the same error (so its transaction state matches); its
-          // ErrorResponse then gets the position inside the client's own statement
-          this.fixPosition = err.position;
-          return encodeFrontend({ type: 'Query', sql: raiseStatement(err) });
-        }
-      }
+  /** Client messages dfgate looks into: Query, Parse, Bind and Close (df.* calls) and the password exchange. */
+  private onClientMessage(type: number, body: Buffer, raw: Buffer): Piece | null | undefined {
+    if (type === Frontend.Query || type === Frontend.Parse)
+      return this.onStatement(type, body, raw);
+    if (type === Frontend.Bind) return this.onBind(body, raw);
+    if (type === Frontend.Close) {
+      const m = decodeFrontend(type, body);
+      if (m.type === 'Close' && m.kind === 'S') this.newStatements.delete(m.name);
       return undefined;
     }
     if (type !== Frontend.Password || !this.expectAuth) return undefined;
@@ -517,6 +630,299 @@ export class Session {
       return null;
     }
     return undefined;
+  }
+
+  // ---- df.* at the edge (DESIGN.md §2 path 2) ---------------------------
+
+  private onStatement(type: number, body: Buffer, raw: Buffer): Piece | null | undefined {
+    const isQuery = type === Frontend.Query;
+    if (this.newStatements.size > 0) {
+      if (isQuery) {
+        this.newStatements.delete(''); // a simple query drops the unnamed statement
+        if (/deallocate|discard/i.test(body.toString('latin1'))) this.newStatements.clear();
+      } else {
+        this.newStatements.delete(body.toString('utf8', 0, body.indexOf(0)));
+      }
+    }
+    if (!mentionsDf(body)) return undefined;
+    this.sawDf = true;
+    if (
+      !this.ctx.edgeValidation ||
+      this.serverParams.get('client_encoding') !== 'UTF8' ||
+      this.serverParams.get('standard_conforming_strings') !== 'on'
+    )
+      return undefined;
+    const m = decodeFrontend(type, body);
+    if (m.type !== 'Query' && m.type !== 'Parse') return undefined;
+    const e = analyze(m.sql, !isQuery);
+    switch (e.kind) {
+      case 'pass':
+        return undefined;
+      case 'rewrite': {
+        const after = isQuery ? this.rfqExpected - 1 : this.rfqExpected;
+        this.positionMaps.push({ after, until: after + 1, map: e.position });
+        return encodeFrontend(
+          m.type === 'Query' ? { type: 'Query', sql: e.text } : { ...m, sql: e.text },
+        );
+      }
+      case 'error': {
+        const fields = errorFields(e.error);
+        if (m.type === 'Parse') {
+          // a nonce that is a syntax error: the server fails the Parse, dfgate swaps in its error
+          const nonce = this.provoke(fields);
+          return encodeFrontend({ ...m, sql: `dfgate_edge_${nonce}` });
+        }
+        const nonce = this.provoke(fields);
+        const sql = Buffer.from(m.sql, 'utf8');
+        const stmt = Buffer.from(raiseNonce(nonce), 'utf8');
+        return encodeFrontend({
+          type: 'Query',
+          sql: e.only
+            ? raiseNonce(nonce)
+            : Buffer.concat([
+                sql.subarray(0, e.statement.start),
+                stmt,
+                sql.subarray(e.statement.end),
+              ]).toString('utf8'),
+        });
+      }
+      case 'new':
+        if (m.type === 'Parse') {
+          this.newStatements.set(m.name, { call: e.call, paramTypes: m.paramTypes });
+          return undefined;
+        }
+        return this.newQuery(e.call, raw);
+    }
+  }
+
+  /** Registers an error the server is about to raise under a nonce (null fields: hide it). */
+  private provoke(fields: ReadonlyMap<string, string> | null): string {
+    const nonce = randomBytes(6).toString('hex');
+    this.swaps.set(nonce, { fields, untilRfq: this.rfqExpected + 1 });
+    return nonce;
+  }
+
+  private settleRfq(): void {
+    const n = this.rfqReceived;
+    if (this.rfqWaiters.length) {
+      const ready = this.rfqWaiters.filter((w) => w.n <= n);
+      this.rfqWaiters = this.rfqWaiters.filter((w) => w.n > n);
+      for (const w of ready) w.resolve();
+    }
+    if (this.positionMaps.length) this.positionMaps = this.positionMaps.filter((m) => m.until > n);
+    for (const [k, v] of this.swaps) if (v.untilRfq <= n) this.swaps.delete(k);
+  }
+
+  /** Resolves once `n` ReadyForQuery messages have been relayed (everything before was answered). */
+  private waitRfq(n: number): Promise<void> {
+    if (this.rfqReceived >= n || this.phase === 'closed') return Promise.resolve();
+    return new Promise((resolve) => this.rfqWaiters.push({ n, resolve }));
+  }
+
+  /** Sends messages of dfgate's own on the client's connection; `handler` sees the answers. */
+  private talk<T>(
+    messages: FrontendMessage[],
+    handler: (done: (v: T) => void) => Private,
+  ): Promise<T> {
+    return new Promise<T>((resolve) => {
+      const up = this.upstream;
+      if (!up || up.destroyed || this.phase === 'closed') {
+        resolve(undefined as T);
+        return;
+      }
+      this.private = handler((v) => {
+        this.private = undefined;
+        resolve(v);
+      });
+      up.write(Buffer.concat(messages.map(encodeFrontend)));
+    });
+  }
+
+  /** The session's current_user, asked on its own connection (undefined if that fails, e.g. 25P02). */
+  private whoAmI(): Promise<string | undefined> {
+    const name = '__dfgate_who';
+    return this.talk<string | undefined>(
+      [
+        { type: 'Close', kind: 'S', name },
+        { type: 'Parse', name, sql: 'SELECT current_user::text', paramTypes: [] },
+        {
+          type: 'Bind',
+          portal: name,
+          statement: name,
+          paramFormats: [],
+          params: [],
+          resultFormats: [],
+        },
+        { type: 'Execute', portal: name, maxRows: 0 },
+        { type: 'Close', kind: 'P', name },
+        { type: 'Close', kind: 'S', name },
+        { type: 'Sync' },
+      ],
+      (done) => {
+        let user: string | undefined;
+        let failed = false;
+        return (t, body) => {
+          if (t === Backend.DataRow && body.readInt16BE(0) === 1 && body.readInt32BE(2) >= 0)
+            user = body.toString('utf8', 6, 6 + body.readInt32BE(2));
+          else if (t === Backend.ErrorResponse) failed = true;
+          else if (t === Backend.ReadyForQuery) done(failed ? undefined : user);
+          return 'swallow';
+        };
+      },
+    );
+  }
+
+  /** Ends the client's unfinished batch here (everything in it gets answered); true if it failed. */
+  private endBatch(): Promise<boolean> {
+    return this.talk<boolean>([{ type: 'Sync' }], (done) => {
+      let failed = false;
+      return (t) => {
+        if (t === Backend.ErrorResponse) failed = true;
+        if (t !== Backend.ReadyForQuery) return 'pass';
+        done(failed);
+        return 'swallow';
+      };
+    });
+  }
+
+  /** SELECT df.start(<constants>, transaction_mode => 'new') as a simple Query. */
+  private newQuery(call: NewCall, raw: Buffer): Deferred {
+    const before = this.rfqExpected - 1;
+    const openBatch = this.prevLen > 0;
+    const refuse = (f: ReadonlyMap<string, string>): Buffer[] => [
+      encodeFrontend({ type: 'Query', sql: raiseNonce(this.provoke(f)) }),
+    ];
+    return async () => {
+      await this.waitRfq(before);
+      if (openBatch)
+        return refuse(
+          refusal(
+            '0A000',
+            "df.start(..., transaction_mode => 'new') cannot run inside an unfinished extended-protocol batch: send Sync first",
+          ),
+        );
+      const args = new Map<StartParam, string | null>();
+      for (const [k, a] of call.args)
+        if (k !== 'transaction_mode' && 'value' in a) args.set(k, a.value);
+      const r = await this.runNew(args);
+      if (r.error) return r.error === 'server' ? [raw] : refuse(r.error);
+      return [
+        encodeFrontend({
+          type: 'Query',
+          sql: `SELECT ${literal(r.id)}::text AS ${quoteIdentifier(call.column)}`,
+        }),
+      ];
+    };
+  }
+
+  /** A Bind of a SELECT df.start(..., transaction_mode => 'new') statement. */
+  private onBind(body: Buffer, raw: Buffer): Piece | undefined {
+    const m = decodeFrontend(Frontend.Bind, body);
+    if (m.type !== 'Bind') return undefined;
+    const st = this.newStatements.get(m.statement);
+    if (!st) return undefined;
+    const before = this.rfqExpected;
+    const prefix = { len: this.prevLen, risky: this.prevRisky };
+    const refuse = (f: ReadonlyMap<string, string> | null): Buffer[] => [
+      // a statement name that does not exist: the server fails the Bind, dfgate swaps in its error
+      encodeFrontend({
+        type: 'Bind',
+        portal: m.portal,
+        statement: `dfgate_edge_${this.provoke(f)}`,
+        paramFormats: [],
+        params: [],
+        resultFormats: [],
+      }),
+    ];
+    return async () => {
+      await this.waitRfq(before);
+      if (prefix.risky)
+        return refuse(
+          refusal(
+            '0A000',
+            "df.start(..., transaction_mode => 'new') must be the first statement executed in its batch (after a Sync)",
+          ),
+        );
+      // answers to the batch so far (a Parse, a Describe) reach the client first; if one
+      // failed, the server must skip the rest of the batch as it would have
+      if (prefix.len > 0 && (await this.endBatch())) return refuse(null);
+      let args: Map<StartParam, string | null>;
+      try {
+        args = boundArgs(st.call, m, st.paramTypes);
+      } catch (err) {
+        if (err instanceof BindRefusal) return err.server ? [raw] : refuse(err.fields);
+        throw err;
+      }
+      const r = await this.runNew(args);
+      if (r.error) return r.error === 'server' ? [raw] : refuse(r.error);
+      const helper = '__dfgate_new';
+      await this.talk<void>(
+        [
+          { type: 'Close', kind: 'S', name: helper },
+          {
+            type: 'Parse',
+            name: helper,
+            sql: `SELECT $1::text AS ${quoteIdentifier(st.call.column)}`,
+            paramTypes: [TEXT_OID],
+          },
+          { type: 'Flush' },
+        ],
+        (done) => {
+          let n = 0;
+          return (t) => {
+            if (t === Backend.ErrorResponse) {
+              done();
+              return 'pass';
+            }
+            if (++n === 2) done();
+            return 'swallow';
+          };
+        },
+      );
+      return [
+        encodeFrontend({
+          type: 'Bind',
+          portal: m.portal,
+          statement: helper,
+          paramFormats: [0],
+          params: [Buffer.from(r.id, 'utf8')],
+          resultFormats:
+            m.resultFormats.length > 1 ? [m.resultFormats[0] as number] : m.resultFormats,
+        }),
+      ];
+    };
+  }
+
+  /** Checks the session's role, then starts the instance on dfgate's own connection. */
+  private async runNew(
+    args: Map<StartParam, string | null>,
+  ): Promise<
+    { id: string; error?: undefined } | { error: 'server' | ReadonlyMap<string, string> }
+  > {
+    if (!this.ctx.startNew)
+      return {
+        error: refusal(
+          '0A000',
+          "df.start(..., transaction_mode => 'new') needs dfgate's executor, which this dfgate runs without",
+        ),
+      };
+    const who = await this.whoAmI();
+    if (who === undefined) return { error: 'server' }; // e.g. an aborted transaction: the server says so
+    if (who !== this.user)
+      return {
+        error: refusal(
+          '42501',
+          `df.start(..., transaction_mode => 'new') starts the instance as the session's login role "${this.user}", but this session has switched to role "${who}"`,
+          "RESET ROLE first, or use transaction_mode => 'caller' to start as the current role inside your transaction.",
+        ),
+      };
+    try {
+      const id = await this.ctx.startNew({ login: this.user, database: this.database, args });
+      return { id };
+    } catch (err) {
+      const e = err as PgErrorLike;
+      return { error: refusal(e.code ?? SqlState.InternalError, e.message, e.hint) };
+    }
   }
 
   private onUpstreamClosed(): void {
@@ -586,4 +992,77 @@ export class Session {
     this.log.debug({ reason }, 'session closed');
     this.ctx.closed(this);
   }
+}
+
+function errorFields(e: EdgeError): Map<string, string> {
+  const f = refusal(e.code, e.message, e.hint);
+  f.set('P', String(e.position));
+  return f;
+}
+
+function refusal(code: string, message: string, hint?: string): Map<string, string> {
+  const f = new Map<string, string>([
+    ['S', 'ERROR'],
+    ['V', 'ERROR'],
+    ['C', code],
+    ['M', message],
+  ]);
+  if (hint) f.set('H', hint);
+  return f;
+}
+
+/** A statement that raises the error registered under `nonce`, in statement order. */
+function raiseNonce(nonce: string): string {
+  return `DO $dfgate_edge$BEGIN RAISE EXCEPTION 'dfgate_edge_${nonce}'; END$dfgate_edge$`;
+}
+
+function quoteIdentifier(s: string): string {
+  return `"${s.replace(/"/g, '""')}"`;
+}
+
+class BindRefusal extends Error {
+  constructor(
+    readonly fields: ReadonlyMap<string, string>,
+    /** Leave the Bind to the server, which reports the problem itself. */
+    readonly server = false,
+  ) {
+    super(fields.get('M'));
+  }
+}
+
+const TEXT_LIKE = new Set([0, 25, 1043, 19, 705, 1042]);
+
+/** df.start's arguments of a 'new' call from the constants and the values of a Bind. */
+function boundArgs(
+  call: NewCall,
+  m: Extract<FrontendMessage, { type: 'Bind' }>,
+  paramTypes: readonly number[],
+): Map<StartParam, string | null> {
+  const out = new Map<StartParam, string | null>();
+  for (const [name, a] of call.args) {
+    if (name === 'transaction_mode') continue;
+    if ('value' in a) {
+      out.set(name, a.value);
+      continue;
+    }
+    const i = a.param - 1;
+    if (i < 0 || i >= m.params.length) throw new BindRefusal(new Map(), true);
+    const v = m.params[i] as Buffer | null;
+    const fmt = m.paramFormats.length <= 1 ? (m.paramFormats[0] ?? 0) : (m.paramFormats[i] ?? 0);
+    if (v === null) out.set(name, null);
+    else if (fmt === 0 || TEXT_LIKE.has(paramTypes[i] ?? 0)) {
+      if (fmt !== 0 && name === 'max_attempts' && (v.length === 4 || v.length === 8))
+        out.set(name, v.length === 4 ? String(v.readInt32BE(0)) : v.readBigInt64BE(0).toString());
+      else out.set(name, v.toString('utf8'));
+    } else if (name === 'max_attempts' && (v.length === 4 || v.length === 8))
+      out.set(name, v.length === 4 ? String(v.readInt32BE(0)) : v.readBigInt64BE(0).toString());
+    else
+      throw new BindRefusal(
+        refusal(
+          '0A000',
+          `df.start(..., transaction_mode => 'new') through dfgate takes ${name} in text format; this Bind sends it in binary`,
+        ),
+      );
+  }
+  return out;
 }

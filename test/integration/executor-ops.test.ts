@@ -178,35 +178,3 @@ describe('PostgreSQL restarted mid-run', () => {
     await cluster.stop();
   }, 180_000);
 });
-
-describe('validation at the edge', () => {
-  it('an invalid DSL call is refused with a position inside the client’s statement, and nothing is inserted', async () => {
-    const proxy = await startTestProxy(db.url, { edgeValidation: true });
-    const p = await db.connect(viaPort(role.url, proxy.port));
-    const before = (await c.query(`SELECT count(*)::int AS n FROM df.instances`)).rows[0].n;
-    const sql = `SELECT 'ünïcødé → ok' AS t, df.start('SELECT 1' ~> df.slep(5), 'edge')`;
-    const err = await p.query(sql).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: '42883', message: 'function df.slep() does not exist' });
-    expect(Number((err as { position: string }).position)).toBe(sql.indexOf('df.slep') + 1);
-    expect((await c.query(`SELECT count(*)::int AS n FROM df.instances`)).rows[0].n).toBe(before);
-    // inside a transaction the server's state matches: the transaction is aborted
-    await p.query('BEGIN');
-    await expect(p.query(`SELECT df.start(df.wait_for_schedule('0 0 * *'))`)).rejects.toMatchObject(
-      {
-        code: '22023',
-        message:
-          "Invalid cron expression '0 0 * *': expected 5 fields (minute hour day-of-month month day-of-week), got 4",
-        position: '17',
-      },
-    );
-    await expect(p.query('SELECT 1')).rejects.toMatchObject({ code: '25P02' });
-    await p.query('ROLLBACK');
-    // valid calls pass through untouched and insert the same rows as on a direct connection
-    const id = (await p.query(`SELECT df.start('SELECT 1' ~> 'SELECT 2', 'edge-ok') AS id`)).rows[0]
-      .id;
-    expect(
-      (await c.query(`SELECT count(*)::int AS n FROM df.nodes WHERE instance_id = $1`, [id]))
-        .rows[0].n,
-    ).toBe(3);
-  });
-});

@@ -1,18 +1,12 @@
 /** psql and pgbench (the system PostgreSQL 15 client binaries) through dfgate: output identical to a direct connection. */
 import { spawn } from 'node:child_process';
-import { existsSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { clientBin } from '../harness/bins.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { startTestProxy, viaPort } from '../harness/dfgate.js';
-
-function clientBin(name: string): string {
-  for (const dir of [process.env['DFGATE_TEST_PGBIN'], '/usr/lib/postgresql/15/bin', '/usr/bin']) {
-    if (dir && existsSync(path.join(dir, name))) return path.join(dir, name);
-  }
-  throw new Error(`${name} not found: install postgresql-client (the CI script does)`);
-}
 
 const db = useTestDatabase();
 let role: TestRole;

@@ -172,7 +172,9 @@ describe('df.start', () => {
       a.query(`SELECT df.start('SELECT 1', transaction_mode => 'new')`),
     ).rejects.toMatchObject({
       code: '0A000',
-      message: expect.stringContaining('needs the dfgate proxy'),
+      message: expect.stringContaining(
+        'runs only through the dfgate proxy, as a statement of its own',
+      ),
     });
     await expect(
       a.query(`SELECT df.start('SELECT 1', transaction_mode => 'later')`),

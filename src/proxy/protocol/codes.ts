@@ -25,6 +25,7 @@ export const Frontend = {
 export const Backend = {
   Authentication: 0x52, // 'R'
   BackendKeyData: 0x4b, // 'K'
+  DataRow: 0x44, // 'D'
   ErrorResponse: 0x45, // 'E'
   NegotiateProtocolVersion: 0x76, // 'v'
   NoticeResponse: 0x4e, // 'N'

@@ -24,15 +24,19 @@ export class MessageTooLarge extends ProtocolError {
   }
 }
 
+/** A replacement decided asynchronously: forwarded, in order, once it resolves. */
+export type Deferred = () => Promise<Buffer[]>;
+export type Piece = Buffer | Deferred;
+
 export interface FramerHooks {
   /** Whether a message of this type must be seen whole. Called once per message. */
   inspect(type: number): boolean;
   /**
    * A complete inspected message: `raw` is the framed message, `body` its
    * payload. Return undefined to forward `raw`, a buffer to forward instead,
-   * or null to drop it.
+   * a Deferred to decide later (what follows waits for it), or null to drop it.
    */
-  message(type: number, body: Buffer, raw: Buffer): Buffer | null | undefined;
+  message(type: number, body: Buffer, raw: Buffer): Piece | null | undefined;
   /** Optional check of every header (type byte and length) before it is forwarded. */
   header?(type: number, length: number): void;
 }
@@ -67,7 +71,7 @@ export class Framer {
     this.hooks.header?.(type, len);
   }
 
-  private finishWhole(out: Buffer[]): void {
+  private finishWhole(out: Piece[]): void {
     const raw = this.whole as Buffer;
     this.whole = undefined;
     this.wholeFill = 0;
@@ -82,8 +86,8 @@ export class Framer {
   failed: Error | undefined;
 
   /** Splits a chunk; returns the pieces to forward, in order (see `failed`). */
-  push(chunk: Buffer): Buffer[] {
-    const out: Buffer[] = [];
+  push(chunk: Buffer): Piece[] {
+    const out: Piece[] = [];
     if (this.failed) return out;
     const state = { pos: 0, runStart: 0 };
     try {
@@ -97,7 +101,7 @@ export class Framer {
     return out;
   }
 
-  private scan(chunk: Buffer, out: Buffer[], state: { pos: number; runStart: number }): void {
+  private scan(chunk: Buffer, out: Piece[], state: { pos: number; runStart: number }): void {
     let pos = 0;
     let runStart = 0;
     const n = chunk.length;
