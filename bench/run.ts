@@ -2,15 +2,21 @@
  * `npm run bench`: reproducible benchmarks. Every figure is printed with the
  * baseline measured in the same run and the ratio against it.
  *   - pass-through: pgbench -S direct / through dfgate / through PgBouncer (session mode)
- *   - df.start: the in-database start of a 5-node graph vs a plain INSERT of the same text
+ *   - df.start: direct and through dfgate (compiled at the edge, extended protocol,
+ *     transaction_mode => 'new') vs a plain INSERT of the same text
  *   - executor: SQL steps per second, and df.start → first step latency
- * BENCH_SECONDS (default 15) sets the length of each pgbench run.
+ * BENCH_SECONDS (default 15) sets the length of each pgbench run; BENCH_ONLY
+ * (passthrough, start or executor) runs one part.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
+import pino from 'pino';
 import { migrate } from '../src/db/migrate.js';
+import { Executor } from '../src/executor/executor.js';
+import { startProxy } from '../src/proxy/server.js';
+import { targetFromUrl } from '../src/proxy/upstream.js';
 import { startCluster } from '../src/pg/cluster.js';
 import { executorBench } from './executor.js';
 import { passthrough } from './passthrough.js';
@@ -21,24 +27,89 @@ async function timeIt(n: number, fn: () => Promise<void>): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1e6 / n;
 }
 
-async function startBench(url: string): Promise<string[]> {
-  const u = new pg.Client({ connectionString: url });
-  await u.connect();
+async function startBench(url: string, adminUrl: string): Promise<string[]> {
+  const log = pino({ level: 'silent' });
+  const ex = new Executor({
+    controlUrl: adminUrl,
+    log,
+    stepAuth: 'login',
+    stepSecret: 'bench-step-secret',
+    leaseMs: 30_000,
+    pollMs: 60_000,
+    maxConcurrentSteps: 1,
+    maxConcurrentInstances: 1,
+    maxLoopIterations: 1000,
+  });
+  const proxy = await startProxy({
+    host: '127.0.0.1',
+    port: 0,
+    upstream: targetFromUrl(url),
+    log,
+    maxClientConnections: 10,
+    connectTimeoutMs: 5000,
+    maxMessageSize: 64 * 1024 * 1024,
+    edgeValidation: true,
+    startNew: (req) => ex.startNew(req),
+  });
+  const viaDfgate = new URL(url);
+  viaDfgate.port = String(proxy.port);
+  const d = new pg.Client({ connectionString: url });
+  const g = new pg.Client({ connectionString: viaDfgate.toString() });
+  await d.connect();
+  await g.connect();
   const graph = `'SELECT 1' ~> 'SELECT 2' ~> df.sleep(1) ~> 'SELECT 3'`;
-  await u.query(`SELECT df.start(${graph})`);
+  const graphText = (await d.query(`SELECT ${graph} AS g`)).rows[0].g as string;
+  await d.query(`SELECT df.start(${graph})`);
+  await g.query(`SELECT df.start(${graph})`);
   const n = 1000;
-  const plain = await timeIt(n, async () => {
-    await u.query(`INSERT INTO public.plain VALUES (md5(random()::text), ${graph}, 'x')`);
-  });
-  const start = await timeIt(n, async () => {
-    await u.query(`SELECT df.start(${graph}, 'x')`);
-  });
-  await u.end();
+  let k = 0;
+  const insert = (c: pg.Client) => async () => {
+    await c.query(`INSERT INTO public.plain VALUES (md5(random()::text), ${graph}, 'x')`);
+  };
+  const rows: Array<[string, number]> = [
+    ['INSERT of the graph text into a plain table, direct', await timeIt(n, insert(d))],
+    ['the same INSERT through dfgate', await timeIt(n, insert(g))],
+    [
+      'df.start, direct (evaluated in the database)',
+      await timeIt(n, async () => void (await d.query(`SELECT df.start(${graph}, 'x')`))),
+    ],
+    [
+      'df.start through dfgate, same text (compiled once, cached)',
+      await timeIt(n, async () => void (await g.query(`SELECT df.start(${graph}, 'x')`))),
+    ],
+    [
+      'df.start through dfgate, a new text each time (parsed each time)',
+      await timeIt(n, async () => void (await g.query(`SELECT df.start(${graph}, 'x-${k++}')`))),
+    ],
+    [
+      'df.start($1, $2) through dfgate, extended protocol',
+      await timeIt(
+        n,
+        async () => void (await g.query('SELECT df.start($1, $2)', [graphText, 'x'])),
+      ),
+    ],
+    [
+      "df.start(..., transaction_mode => 'new') through dfgate",
+      await timeIt(
+        n / 4,
+        async () =>
+          void (await g.query(`SELECT df.start(${graph}, 'x', transaction_mode => 'new')`)),
+      ),
+    ],
+  ];
+  await d.end();
+  await g.end();
+  await proxy.shutdown(1000);
+  await ex.stop();
+  const base = rows[0]?.[1] as number;
+  const viaInsert = rows[1]?.[1] as number;
   return [
-    `df.start, ${n} sequential autocommit statements each (synchronous_commit off):`,
-    `  baseline: INSERT of the graph text into a plain table  ${plain.toFixed(3)} ms/statement`,
-    `  df.start of the 5-node graph (in-database)             ${start.toFixed(3)} ms/statement`,
-    `  ratio df.start / INSERT                                ${(start / plain).toFixed(2)}x`,
+    `df.start of a 5-node graph, ${n} sequential autocommit statements each (synchronous_commit off):`,
+    ...rows.map(
+      ([what, ms]) =>
+        `  ${what.padEnd(68)} ${ms.toFixed(3)} ms   (${(ms / base).toFixed(2)}x INSERT direct)`,
+    ),
+    `  time df.start adds through dfgate over the same INSERT through dfgate: ${((rows[3]?.[1] as number) - viaInsert).toFixed(3)} ms (cached text), ${((rows[4]?.[1] as number) - viaInsert).toFixed(3)} ms (new text)`,
   ];
 }
 
@@ -67,30 +138,39 @@ async function main(): Promise<void> {
       `PostgreSQL ${cluster.majorVersion} on 127.0.0.1, ${new Date().toISOString()}`,
       '',
     ];
-    const p = await passthrough(cluster, 'bench', 'bench-pw', seconds);
-    lines.push(
-      `pass-through: pgbench -S -c 8 -j 2, ${seconds} s per run, 2 interleaved runs each (mean tps):`,
-      `  direct to PostgreSQL      ${p.direct.toFixed(0)} tps`,
-      `  through dfgate            ${p.dfgate.toFixed(0)} tps   (${(p.dfgate / p.direct).toFixed(2)}x direct)`,
-      p.pgbouncer === undefined
-        ? '  through PgBouncer         (pgbouncer not installed)'
-        : `  through PgBouncer         ${p.pgbouncer.toFixed(0)} tps   (${(p.pgbouncer / p.direct).toFixed(2)}x direct)\n  dfgate / PgBouncer        ${(p.dfgate / p.pgbouncer).toFixed(2)}x   (target >= 1.10x)`,
-      '',
-    );
+    const only = process.env['BENCH_ONLY'];
+    const p =
+      only && only !== 'passthrough'
+        ? undefined
+        : await passthrough(cluster, 'bench', 'bench-pw', seconds);
+    if (p)
+      lines.push(
+        `pass-through: pgbench -S -c 8 -j 2, ${seconds} s per run, 2 interleaved runs each (mean tps):`,
+        `  direct to PostgreSQL      ${p.direct.toFixed(0)} tps`,
+        `  through dfgate            ${p.dfgate.toFixed(0)} tps   (${(p.dfgate / p.direct).toFixed(2)}x direct)`,
+        p.pgbouncer === undefined
+          ? '  through PgBouncer         (pgbouncer not installed)'
+          : `  through PgBouncer         ${p.pgbouncer.toFixed(0)} tps   (${(p.pgbouncer / p.direct).toFixed(2)}x direct)\n  dfgate / PgBouncer        ${(p.dfgate / p.pgbouncer).toFixed(2)}x   (target >= 1.10x)`,
+        '',
+      );
     const userUrl = cluster.url().replace('postgres:bench-superuser@', 'bench:bench-pw@');
-    lines.push(...(await startBench(userUrl)), '');
-    const ex = await executorBench(
-      cluster.url(),
-      userUrl,
-      Number(process.env['BENCH_INSTANCES'] ?? 1000),
-      10,
-    );
-    lines.push(
-      `executor: ${ex.instances} instances × ${ex.steps} SQL steps, started at once (16 concurrent steps):`,
-      `  throughput                 ${ex.stepsPerSecond.toFixed(0)} steps/s   (target >= 3000)`,
-      `  one 200-step sequence      ${ex.sequentialStepsPerSecond.toFixed(0)} steps/s`,
-      `  df.start commit -> first step commit, idle executor: p50 ${ex.firstStepP50} ms, p99 ${ex.firstStepP99} ms   (target p50 <= 5 ms)`,
-    );
+    if (!only || only === 'start') lines.push(...(await startBench(userUrl, cluster.url())), '');
+    const ex =
+      only && only !== 'executor'
+        ? undefined
+        : await executorBench(
+            cluster.url(),
+            userUrl,
+            Number(process.env['BENCH_INSTANCES'] ?? 1000),
+            10,
+          );
+    if (ex)
+      lines.push(
+        `executor: ${ex.instances} instances × ${ex.steps} SQL steps, started at once (16 concurrent steps):`,
+        `  throughput                 ${ex.stepsPerSecond.toFixed(0)} steps/s   (target >= 3000)`,
+        `  one 200-step sequence      ${ex.sequentialStepsPerSecond.toFixed(0)} steps/s`,
+        `  df.start commit -> first step commit, idle executor: p50 ${ex.firstStepP50} ms, p99 ${ex.firstStepP99} ms   (target p50 <= 5 ms)`,
+      );
     process.stdout.write(lines.join('\n') + '\n');
   } finally {
     await cluster.stop();
