@@ -9,11 +9,13 @@ import { spawn } from 'node:child_process';
 import pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { Executor } from '../../src/executor/executor.js';
+import { encodeFrontend, type FrontendMessage } from '../../src/proxy/protocol/frontend.js';
 import type { ProxyServer } from '../../src/proxy/server.js';
 import { clientBin } from '../harness/bins.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { startTestProxy, viaPort } from '../harness/dfgate.js';
 import { finished, startTestExecutor } from '../harness/executor.js';
+import { errorOf, loggedIn, type Raw } from '../harness/wire.js';
 
 const db = useTestDatabase();
 let role: TestRole;
@@ -356,5 +358,103 @@ describe("transaction_mode => 'new'", () => {
     const id = out.split('\n').find((l) => /^[0-9a-f]{8}$/.test(l)) as string;
     expect(id).toBeDefined();
     expect((await finished(direct, id)).result).toBe('{"rows": [{"seven": 7}], "row_count": 1}');
+  });
+});
+
+describe('statement tracking in the extended protocol (raw messages)', () => {
+  let wire: Raw;
+  const send = (...ms: FrontendMessage[]): void => {
+    wire.sock.write(Buffer.concat(ms.map(encodeFrontend)));
+  };
+  const bind = (statement: string, values: string[]): FrontendMessage => ({
+    type: 'Bind',
+    portal: '',
+    statement,
+    paramFormats: [],
+    params: values.map((v) => Buffer.from(v)),
+    resultFormats: [],
+  });
+  const exec: FrontendMessage[] = [{ type: 'Execute', portal: '', maxRows: 0 }, { type: 'Sync' }];
+  const NEW = `SELECT df.start($1, transaction_mode => 'new') AS id`;
+  const dataOf = (msgs: Array<[string, Buffer]>): string | undefined => {
+    const d = msgs.find(([t]) => t === 'D')?.[1];
+    return d ? d.toString('utf8', 6, 6 + d.readInt32BE(2)) : undefined;
+  };
+
+  beforeAll(async () => {
+    const trust = await db.role('edge_wire');
+    await db.admin.query(`GRANT dfgate_trust_logins TO ${trust.ident}`);
+    wire = await loggedIn(proxy.port, trust.name, db.name);
+  });
+
+  it('a named statement closed and parsed again as something else is not started', async () => {
+    send(
+      { type: 'Parse', name: 's1', sql: NEW, paramTypes: [] },
+      bind('s1', ['SELECT 1']),
+      ...exec,
+    );
+    const first = await wire.until((t) => t === 'Z');
+    expect(first.map(([t]) => t).join('')).toBe('12DCZ');
+    expect(dataOf(first)).toMatch(/^[0-9a-f]{8}$/);
+    const before = await count();
+    send(
+      { type: 'Close', kind: 'S', name: 's1' },
+      { type: 'Parse', name: 's1', sql: 'SELECT $1::text AS v', paramTypes: [] },
+      bind('s1', ['plain']),
+      ...exec,
+    );
+    const second = await wire.until((t) => t === 'Z');
+    expect(second.map(([t]) => t).join('')).toBe('312DCZ');
+    expect(dataOf(second)).toBe('plain');
+    // the unnamed statement: replaced by the next Parse
+    send({ type: 'Parse', name: '', sql: NEW, paramTypes: [] }, { type: 'Sync' });
+    await wire.until((t) => t === 'Z');
+    send(
+      { type: 'Parse', name: '', sql: 'SELECT $1::text AS v', paramTypes: [] },
+      bind('', ['x']),
+      ...exec,
+    );
+    expect(dataOf(await wire.until((t) => t === 'Z'))).toBe('x');
+    expect(await count()).toBe(before);
+  });
+
+  it('a Describe before the Bind is answered first; a failed Parse before it skips the batch as PostgreSQL does', async () => {
+    send(
+      { type: 'Parse', name: 's2', sql: NEW, paramTypes: [] },
+      { type: 'Describe', kind: 'S', name: 's2' },
+      bind('s2', ['SELECT 2']),
+      { type: 'Describe', kind: 'P', name: '' },
+      ...exec,
+    );
+    const got = await wire.until((t) => t === 'Z');
+    expect(got.map(([t]) => t).join('')).toBe('1tT2TDCZ');
+    expect(dataOf(got)).toMatch(/^[0-9a-f]{8}$/);
+    const before = await count();
+    send(
+      { type: 'Parse', name: 'broken', sql: 'SELEC 1', paramTypes: [] },
+      bind('s2', ['SELECT 3']),
+      ...exec,
+    );
+    const failed = await wire.until((t) => t === 'Z');
+    expect(failed.map(([t]) => t).join('')).toBe('EZ');
+    expect(errorOf(failed)?.['C']).toBe('42601');
+    expect(await count()).toBe(before);
+  });
+
+  it('refuses a Bind that follows another execution in the same batch, and the batch is skipped', async () => {
+    const before = await count();
+    send(
+      { type: 'Parse', name: '', sql: 'SELECT 1', paramTypes: [] },
+      bind('', []),
+      { type: 'Execute', portal: '', maxRows: 0 },
+      bind('s2', ['SELECT 4']),
+      ...exec,
+    );
+    const got = await wire.until((t) => t === 'Z');
+    expect(got.map(([t]) => t).join('')).toBe('12DCEZ');
+    expect(errorOf(got)).toMatchObject({ C: '0A000' });
+    expect(await count()).toBe(before);
+    send(bind('s2', ['SELECT 5']), ...exec);
+    expect(dataOf(await wire.until((t) => t === 'Z'))).toMatch(/^[0-9a-f]{8}$/);
   });
 });
