@@ -438,11 +438,16 @@ function analyzeUncached(sql: string, extended: boolean): Edge {
   }
   if (reps.length === 0) return { kind: 'pass' };
   reps.sort((a, b) => a.start - b.start);
+  // a df.start nested in another one's pasted arguments stays as written
+  const kept = reps.filter(
+    (r, i) =>
+      !reps.some((o, j) => j !== i && o.start < r.start && r.start < o.end && r.end <= o.end),
+  );
   const parts: Buffer[] = [];
   const moved: Array<{ o0: number; o1: number; n0: number; n1: number }> = [];
   let at = 0;
   let len = 0;
-  for (const r of reps) {
+  for (const r of kept) {
     parts.push(buf.subarray(at, r.start));
     len += r.start - at;
     const t = Buffer.from(r.text, 'utf8');

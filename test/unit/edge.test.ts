@@ -38,6 +38,9 @@ describe('the rewrite', () => {
     expect(rewritten(`SELECT x FROM (SELECT df.start('SELECT 1')) s`)).toBe(
       `SELECT x FROM (SELECT df._start_graph(${G1}, NULL, NULL) AS "start") s`,
     );
+    expect(rewritten(`SELECT df.start('SELECT 1', label => df.start('SELECT 2'))`)).toBe(
+      `SELECT df._start_graph(${G1}, df.start('SELECT 2'), NULL) AS "start"`,
+    );
     expect(rewritten(`SELECT coalesce(df.start('SELECT 1'), 'x')`)).toBe(
       `SELECT coalesce(df._start_graph(${G1}, NULL, NULL), 'x')`,
     );
