@@ -477,9 +477,17 @@ function analyzeUncached(sql: string, extended: boolean): Edge {
 
 const cache = new Map<string, Edge>();
 const CACHE_MAX = 1000;
+/** Longer texts are not cached (the cache stays under 16 MiB). */
+const CACHE_TEXT_MAX = 16 * 1024;
+/**
+ * Longer texts go to the database unchanged: parsing them would hold up every
+ * other session of this dfgate process for too long.
+ */
+export const ANALYZE_MAX = 1024 * 1024;
 
 /** What the proxy does with a statement text that mentions df. (cached per text). */
 export function analyze(sql: string, extended = false): Edge {
+  if (sql.length > ANALYZE_MAX) return { kind: 'pass' };
   const key = (extended ? 'E' : 'Q') + sql;
   const hit = cache.get(key);
   if (hit) return hit;
@@ -489,8 +497,10 @@ export function analyze(sql: string, extended = false): Edge {
   } catch {
     result = { kind: 'pass' }; // anything unexpected: PostgreSQL judges the statement itself
   }
-  if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value as string);
-  cache.set(key, result);
+  if (sql.length <= CACHE_TEXT_MAX) {
+    if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value as string);
+    cache.set(key, result);
+  }
   return result;
 }
 

@@ -98,6 +98,7 @@ interface ErrorSwap {
 }
 
 const TEXT_OID = 25;
+const ASYNC_MESSAGES = new Set([Backend.NoticeResponse, Backend.ParameterStatus, 0x41 /* A */]);
 
 const SERVER_INSPECT = new Uint8Array(256);
 for (const t of [
@@ -157,6 +158,8 @@ export class Session {
   private rfqWaiters: Array<{ readonly n: number; readonly resolve: () => void }> = [];
   /** Set while dfgate talks to the server on the client's connection. */
   private private: Private | undefined;
+  /** Ends that conversation early (the connection closed). */
+  private abandonPrivate: (() => void) | undefined;
   /** Extended-protocol messages since the last Sync (risky: one that executes or binds), and before the current one. */
   private batchLen = 0;
   private batchRisky = false;
@@ -511,7 +514,11 @@ export class Session {
   }
 
   private onServerMessage(type: number, body: Buffer): Buffer | null | undefined {
-    if (this.private && this.private(type, body) === 'swallow') {
+    if (
+      this.private &&
+      !ASYNC_MESSAGES.has(type) && // notifications, notices, parameter changes: the client's
+      this.private(type, body) === 'swallow'
+    ) {
       if (type === Backend.ReadyForQuery) this.txStatus = String.fromCharCode(body[0] ?? 0x49);
       return null;
     }
@@ -730,10 +737,13 @@ export class Session {
         resolve(undefined as T);
         return;
       }
-      this.private = handler((v) => {
+      const finish = (v: T): void => {
         this.private = undefined;
+        this.abandonPrivate = undefined;
         resolve(v);
-      });
+      };
+      this.private = handler(finish);
+      this.abandonPrivate = () => finish(undefined as T);
       up.write(Buffer.concat(messages.map(encodeFrontend)));
     });
   }
@@ -979,6 +989,9 @@ export class Session {
     if (this.phase === 'closed') return;
     const was = this.phase;
     this.phase = 'closed';
+    // anything waiting on the server gives up (the pump then stops)
+    this.abandonPrivate?.();
+    for (const w of this.rfqWaiters.splice(0)) w.resolve();
     this.unregisterKey?.();
     const up = this.upstream;
     if (up && !up.destroyed) {

@@ -143,3 +143,11 @@ describe('refusals', () => {
       expect(refused(sql).error.code, sql).toBe('0A000');
   });
 });
+
+describe('limits', () => {
+  it('leaves statements over 1 MiB to the database', () => {
+    const big = `SELECT df.start('SELECT 1' ~> df.slep(1)), '${'x'.repeat(1024 * 1024)}'`;
+    expect(analyze(big).kind).toBe('pass');
+    expect(analyze(`SELECT df.start('SELECT 1' ~> df.slep(1)), 'x'`).kind).toBe('error');
+  });
+});
