@@ -44,7 +44,11 @@ export interface NewCall {
 
 export type Edge =
   /** Nothing to change: forward the statement as it is. */
-  | { readonly kind: 'pass' }
+  | {
+      readonly kind: 'pass';
+      /** Bind parameters that are a df.start workflow (checked by the start rule at Bind). */
+      readonly bound?: readonly number[];
+    }
   /** Refuse: statement `statement` (0-based) of the text fails with `error`; the ones before it run. */
   | {
       readonly kind: 'error';
@@ -53,7 +57,12 @@ export type Edge =
       readonly only: boolean;
     }
   /** Forward `text` instead; `position` maps a server error position back into the original. */
-  | { readonly kind: 'rewrite'; readonly text: string; position(p: number): number }
+  | {
+      readonly kind: 'rewrite';
+      readonly text: string;
+      position(p: number): number;
+      readonly bound?: readonly number[];
+    }
   /** A top-level SELECT df.start(..., transaction_mode => 'new'): dfgate runs the start itself. */
   | { readonly kind: 'new'; readonly call: NewCall };
 
@@ -284,7 +293,7 @@ function compile(text: string, at: number): string {
   let problem: string | undefined;
   try {
     root = asNode(text, true) ?? node('SQL', { query: text });
-    problem = validateGraph(root);
+    problem = validateGraph(root, true);
   } catch (err) {
     if (err instanceof DslError) throw new Refusal(err.sqlstate, err.message, at);
     throw err;
@@ -306,6 +315,20 @@ function constant(ast: unknown): string | null | undefined {
         err.position ?? (fc?.['location'] as number) ?? 0,
       );
     }
+    throw err;
+  }
+}
+
+/**
+ * A bound workflow value by the start rule (spec §2.3): graph text or SQL
+ * text, never a DSL expression. Returns the error PostgreSQL would raise.
+ */
+export function checkBound(value: string): { code: string; message: string } | undefined {
+  try {
+    compile(value, 0);
+    return undefined;
+  } catch (err) {
+    if (err instanceof Refusal) return { code: err.code, message: err.message };
     throw err;
   }
 }
@@ -365,6 +388,7 @@ function analyzeUncached(sql: string, extended: boolean): Edge {
   const stmts = raw.map((s) => (s['stmt'] as Ast | undefined) ?? {});
   let tokens: ScanToken[] | undefined;
   const reps: Replacement[] = [];
+  const bound: number[] = [];
   for (let si = 0; si < raw.length; si++) {
     const stmt = stmts[si] as Ast;
     if (!runnable(stmt)) continue;
@@ -401,6 +425,11 @@ function analyzeUncached(sql: string, extended: boolean): Edge {
         }
         const futArg = call.args.get('fut');
         if (!futArg) continue;
+        const pr = (futArg.ast as Ast)['ParamRef'] as Ast | undefined;
+        if (pr) {
+          if (extended && typeof pr['number'] === 'number') bound.push(pr['number']);
+          continue;
+        }
         const fut = constant(futArg.ast);
         if (fut === undefined || fut === null) continue; // left to the in-database df.start
         const graph = compile(fut, call.start);
@@ -436,7 +465,7 @@ function analyzeUncached(sql: string, extended: boolean): Edge {
       };
     }
   }
-  if (reps.length === 0) return { kind: 'pass' };
+  if (reps.length === 0) return bound.length ? { kind: 'pass', bound } : { kind: 'pass' };
   reps.sort((a, b) => a.start - b.start);
   // a df.start nested in another one's pasted arguments stays as written
   const kept = reps.filter(
@@ -460,6 +489,7 @@ function analyzeUncached(sql: string, extended: boolean): Edge {
   const out = Buffer.concat(parts);
   return {
     kind: 'rewrite',
+    bound,
     text: out.toString('utf8'),
     position(p: number): number {
       // character position in the rewritten text → byte → original byte → character

@@ -10,8 +10,13 @@ function typeOf(v: J | undefined): string | undefined {
   return typeof v === 'object' ? 'object' : typeof v;
 }
 
-/** 'Invalid durable function graph: <path>: <message>' for the first problem in pre-order, or undefined. */
-export function validateGraph(graphText: string): string | undefined {
+/**
+ * 'Invalid durable function graph: <path>: <message>' for the first problem in
+ * pre-order, or undefined. With `exactOnly`, a problem whose text would embed
+ * PostgreSQL's own JSON parser message (which JavaScript's cannot match) is
+ * left to the database: undefined.
+ */
+export function validateGraph(graphText: string, exactOnly = false): string | undefined {
   let root: J;
   try {
     root = JSON.parse(graphText) as J;
@@ -86,7 +91,9 @@ export function validateGraph(graphText: string): string | undefined {
       }
       if (hasCond || extras.length > 0) {
         if (parseError !== undefined)
-          return bad(path, `query in ${t} must be valid JSON config: ${parseError}`);
+          return exactOnly
+            ? undefined
+            : bad(path, `query in ${t} must be valid JSON config: ${parseError}`);
         if (typeOf(cfg) !== 'object')
           return bad(path, `query in ${t} must be a JSON config object`);
       }

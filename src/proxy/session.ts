@@ -11,7 +11,14 @@ import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { randomBytes } from 'node:crypto';
-import { analyze, literal, type EdgeError, type NewCall, type StartParam } from '../dsl/edge.js';
+import {
+  analyze,
+  checkBound,
+  literal,
+  type EdgeError,
+  type NewCall,
+  type StartParam,
+} from '../dsl/edge.js';
 import { encodeErrorFieldMap } from './protocol/backend.js';
 import type { CancelRegistry } from './cancel.js';
 import {
@@ -165,10 +172,18 @@ export class Session {
   private batchRisky = false;
   private prevLen = 0;
   private prevRisky = false;
-  /** Protocol-level statements that are SELECT df.start(..., transaction_mode => 'new'). */
-  private readonly newStatements = new Map<
+  /**
+   * Protocol-level statements whose Binds dfgate checks: a SELECT df.start(...,
+   * transaction_mode => 'new') (`call`), or df.start calls whose workflow is a
+   * parameter (`bound`: their numbers).
+   */
+  private readonly statements = new Map<
     string,
-    { readonly call: NewCall; readonly paramTypes: readonly number[] }
+    {
+      readonly call?: NewCall;
+      readonly bound?: readonly number[];
+      readonly paramTypes: readonly number[];
+    }
   >();
   /** Errors dfgate provoked, by nonce. */
   private readonly swaps = new Map<string, ErrorSwap>();
@@ -421,7 +436,7 @@ export class Session {
           (t === Frontend.Password && this.phase === 'auth') ||
           ((t === Frontend.Query || t === Frontend.Parse) &&
             (this.ctx.onDfCommit !== undefined || this.ctx.edgeValidation === true)) ||
-          ((t === Frontend.Bind || t === Frontend.Close) && this.newStatements.size > 0),
+          ((t === Frontend.Bind || t === Frontend.Close) && this.statements.size > 0),
         header: (t) => {
           if (!isFrontendType(t)) {
             throw new ProtocolError(
@@ -614,7 +629,7 @@ export class Session {
     if (type === Frontend.Bind) return this.onBind(body, raw);
     if (type === Frontend.Close) {
       const m = decodeFrontend(type, body);
-      if (m.type === 'Close' && m.kind === 'S') this.newStatements.delete(m.name);
+      if (m.type === 'Close' && m.kind === 'S') this.statements.delete(m.name);
       return undefined;
     }
     if (type !== Frontend.Password || !this.expectAuth) return undefined;
@@ -643,12 +658,12 @@ export class Session {
 
   private onStatement(type: number, body: Buffer, raw: Buffer): Piece | null | undefined {
     const isQuery = type === Frontend.Query;
-    if (this.newStatements.size > 0) {
+    if (this.statements.size > 0) {
       if (isQuery) {
-        this.newStatements.delete(''); // a simple query drops the unnamed statement
-        if (/deallocate|discard/i.test(body.toString('latin1'))) this.newStatements.clear();
+        this.statements.delete(''); // a simple query drops the unnamed statement
+        if (/deallocate|discard/i.test(body.toString('latin1'))) this.statements.clear();
       } else {
-        this.newStatements.delete(body.toString('utf8', 0, body.indexOf(0)));
+        this.statements.delete(body.toString('utf8', 0, body.indexOf(0)));
       }
     }
     if (!mentionsDf(body)) return undefined;
@@ -662,6 +677,8 @@ export class Session {
     const m = decodeFrontend(type, body);
     if (m.type !== 'Query' && m.type !== 'Parse') return undefined;
     const e = analyze(m.sql, !isQuery);
+    if (m.type === 'Parse' && (e.kind === 'pass' || e.kind === 'rewrite') && e.bound?.length)
+      this.statements.set(m.name, { bound: e.bound, paramTypes: m.paramTypes });
     switch (e.kind) {
       case 'pass':
         return undefined;
@@ -695,7 +712,7 @@ export class Session {
       }
       case 'new':
         if (m.type === 'Parse') {
-          this.newStatements.set(m.name, { call: e.call, paramTypes: m.paramTypes });
+          this.statements.set(m.name, { call: e.call, paramTypes: m.paramTypes });
           return undefined;
         }
         return this.newQuery(e.call, raw);
@@ -829,11 +846,9 @@ export class Session {
   private onBind(body: Buffer, raw: Buffer): Piece | undefined {
     const m = decodeFrontend(Frontend.Bind, body);
     if (m.type !== 'Bind') return undefined;
-    const st = this.newStatements.get(m.statement);
+    const st = this.statements.get(m.statement);
     if (!st) return undefined;
-    const before = this.rfqExpected;
-    const prefix = { len: this.prevLen, risky: this.prevRisky };
-    const refuse = (f: ReadonlyMap<string, string> | null): Buffer[] => [
+    const refuseNow = (f: ReadonlyMap<string, string> | null): Buffer =>
       // a statement name that does not exist: the server fails the Bind, dfgate swaps in its error
       encodeFrontend({
         type: 'Bind',
@@ -842,8 +857,20 @@ export class Session {
         paramFormats: [],
         params: [],
         resultFormats: [],
-      }),
-    ];
+      });
+    if (!st.call) {
+      // df.start($n): the bound value is a workflow by the start rule, checked here
+      for (const n of st.bound ?? []) {
+        const v = textParam(m, n - 1, st.paramTypes);
+        const problem = v === undefined ? undefined : checkBound(v);
+        if (problem) return refuseNow(refusal(problem.code, problem.message));
+      }
+      return undefined;
+    }
+    const call = st.call;
+    const before = this.rfqExpected;
+    const prefix = { len: this.prevLen, risky: this.prevRisky };
+    const refuse = (f: ReadonlyMap<string, string> | null): Buffer[] => [refuseNow(f)];
     return async () => {
       await this.waitRfq(before);
       if (prefix.risky)
@@ -858,7 +885,7 @@ export class Session {
       if (prefix.len > 0 && (await this.endBatch())) return refuse(null);
       let args: Map<StartParam, string | null>;
       try {
-        args = boundArgs(st.call, m, st.paramTypes);
+        args = boundArgs(call, m, st.paramTypes);
       } catch (err) {
         if (err instanceof BindRefusal) return err.server ? [raw] : refuse(err.fields);
         throw err;
@@ -872,7 +899,7 @@ export class Session {
           {
             type: 'Parse',
             name: helper,
-            sql: `SELECT $1::text AS ${quoteIdentifier(st.call.column)}`,
+            sql: `SELECT $1::text AS ${quoteIdentifier(call.column)}`,
             paramTypes: [TEXT_OID],
           },
           { type: 'Flush' },
@@ -1044,6 +1071,18 @@ class BindRefusal extends Error {
 }
 
 const TEXT_LIKE = new Set([0, 25, 1043, 19, 705, 1042]);
+
+/** A Bind parameter as text (NULL and binary values of other types: undefined). */
+function textParam(
+  m: Extract<FrontendMessage, { type: 'Bind' }>,
+  i: number,
+  paramTypes: readonly number[],
+): string | undefined {
+  const v = m.params[i];
+  if (!v) return undefined;
+  const fmt = m.paramFormats.length <= 1 ? (m.paramFormats[0] ?? 0) : (m.paramFormats[i] ?? 0);
+  return fmt === 0 || TEXT_LIKE.has(paramTypes[i] ?? 0) ? v.toString('utf8') : undefined;
+}
 
 /** df.start's arguments of a 'new' call from the constants and the values of a Bind. */
 function boundArgs(

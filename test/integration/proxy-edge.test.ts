@@ -72,7 +72,7 @@ async function shape(id: string): Promise<unknown> {
 }
 
 async function count(): Promise<number> {
-  return (await direct.query(`SELECT count(*)::int AS n FROM df.instances`)).rows[0].n;
+  return (await db.admin.query(`SELECT count(*)::int AS n FROM df.instances`)).rows[0].n;
 }
 
 /** The text the server received for the statement that asks (pg_stat_activity of its own backend). */
@@ -246,6 +246,22 @@ describe('the extended protocol', () => {
       code: '22023',
       message: expect.stringMatching(/Unknown node_type 'NOPE'/),
     });
+    // dfgate checks bound values at Bind with the same code and message as the database
+    for (const v of [
+      '{"node_type": "sql", "query": "SELECT 1"}',
+      '{"node_type": "THEN", "left_node": 5}',
+      '{"node_type": "SQL", "query": 1}',
+      '{"node_type": "SQL", "query": "x", "condition_node": {"node_type": "SQL"}}',
+      '{"node_type": "IF", "query": "{\\"condition_node\\": 1}", "condition_node": {"node_type": "SQL", "query": "x"}}',
+      '  {"node_type": "JOIN", "query": "not json", "extra_nodes": [{"node_type": "SQL", "query": "x"}]}',
+    ]) {
+      const want = await direct.query('SELECT df.start($1)', [v]).catch((e: unknown) => e);
+      const got = await p.query('SELECT df.start($1)', [v]).catch((e: unknown) => e);
+      expect(got, v).toMatchObject({
+        code: (want as { code?: string }).code,
+        message: (want as Error).message,
+      });
+    }
     expect(await count()).toBe(before);
     expect((await p.query('SELECT 1 AS one')).rows[0].one).toBe(1);
   });
@@ -439,6 +455,25 @@ describe('statement tracking in the extended protocol (raw messages)', () => {
     expect(failed.map(([t]) => t).join('')).toBe('EZ');
     expect(errorOf(failed)?.['C']).toBe('42601');
     expect(await count()).toBe(before);
+  });
+
+  it('checks a bound workflow at Bind: an invalid one fails the Bind itself, a valid one runs', async () => {
+    const before = await count();
+    send(
+      { type: 'Parse', name: 'chk', sql: 'SELECT df.start($1, $2) AS id', paramTypes: [] },
+      bind('chk', ['{"node_type": "THEN", "left_node": 5}', 'x']),
+      ...exec,
+    );
+    const bad = await wire.until((t) => t === 'Z');
+    expect(bad.map(([t]) => t).join('')).toBe('1EZ');
+    expect(errorOf(bad)).toMatchObject({
+      C: '22023',
+      M: expect.stringMatching(/^Invalid durable function: /),
+    });
+    expect(await count()).toBe(before);
+    send(bind('chk', ['SELECT 1', 'ok']), ...exec);
+    expect(dataOf(await wire.until((t) => t === 'Z'))).toMatch(/^[0-9a-f]{8}$/);
+    expect(await count()).toBe(before + 1);
   });
 
   it('refuses a Bind that follows another execution in the same batch, and the batch is skipped', async () => {
