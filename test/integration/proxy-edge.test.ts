@@ -160,11 +160,18 @@ describe('the rewrite', () => {
     expect(Number((err as { position: string }).position)).toBe(sql.indexOf('no_such_column') + 1);
   });
 
-  it('leaves statements to the database when client_encoding is not UTF8', async () => {
+  it('leaves statements to the database when client_encoding is not UTF8 or standard_conforming_strings is off', async () => {
     const l = await db.connect(viaPort(role.url, proxy.port));
     await l.query(`SET client_encoding = 'LATIN1'`);
     const r = (await l.query(`SELECT df.start('SELECT 1') AS id, ${SEEN}`)).rows[0];
     expect(r.seen).toContain(`df.start('SELECT 1')`);
+    await l.query(`SET client_encoding = 'UTF8'; SET standard_conforming_strings = off`);
+    const q = (await l.query(`SELECT df.start('SELECT ''\\x''') AS id, ${SEEN}`)).rows[0];
+    expect(q.seen).toContain(`df.start('SELECT ''\\x''')`);
+    await l.query(`SET standard_conforming_strings = on`);
+    expect((await l.query(`SELECT df.start('SELECT 1') AS id, ${SEEN}`)).rows[0].seen).toContain(
+      '_start_graph',
+    );
     await l.end();
   });
 });
