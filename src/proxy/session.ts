@@ -163,6 +163,12 @@ export class Session {
   private rfqExpected = 0;
   private rfqReceived = 0;
   private rfqWaiters: Array<{ readonly n: number; readonly resolve: () => void }> = [];
+  /**
+   * A Query or FunctionCall arrived inside an unfinished extended-protocol
+   * batch: whether it gets a ReadyForQuery depends on how that batch ended, so
+   * the count above can no longer be trusted to wait on.
+   */
+  private rfqUnsure = false;
   /** Set while dfgate talks to the server on the client's connection. */
   private private: Private | undefined;
   /** Ends that conversation early (the connection closed). */
@@ -253,7 +259,8 @@ export class Session {
     this.pendingFatal = this.errorFields(err);
     this.client.pause();
     this.clientTerminated = true;
-    this.upstream.write(encodeFrontend({ type: 'Terminate' }));
+    // after whatever still waits in the queue, in order
+    this.forwardClient([encodeFrontend({ type: 'Terminate' })]);
     setTimeout(() => {
       if (this.pendingFatal) this.fatal(this.pendingFatal);
     }, 10_000).unref();
@@ -445,6 +452,9 @@ export class Session {
           }
           this.prevLen = this.batchLen;
           this.prevRisky = this.batchRisky;
+          if (t === Frontend.CopyData || t === Frontend.CopyDone || t === Frontend.CopyFail) return;
+          if ((t === Frontend.Query || t === Frontend.FunctionCall) && this.batchLen > 0)
+            this.rfqUnsure = true; // skipped by the server if the open batch failed
           if (t === Frontend.Query || t === Frontend.Sync || t === Frontend.FunctionCall) {
             this.outstanding++;
             this.rfqExpected++;
@@ -554,6 +564,9 @@ export class Session {
           this.outstanding = 0;
           this.rfqExpected = 0;
           this.rfqReceived = 0;
+          this.batchLen = 0; // the password exchange is not a batch
+          this.batchRisky = false;
+          this.rfqUnsure = false;
           this.log.debug('session ready');
         }
         if (this.draining && this.idle) setImmediate(() => this.terminateForShutdown());
@@ -820,6 +833,7 @@ export class Session {
       encodeFrontend({ type: 'Query', sql: raiseNonce(this.provoke(f)) }),
     ];
     return async () => {
+      if (this.rfqUnsure) return refuse(mixed());
       await this.waitRfq(before);
       if (openBatch)
         return refuse(
@@ -872,6 +886,7 @@ export class Session {
     const prefix = { len: this.prevLen, risky: this.prevRisky };
     const refuse = (f: ReadonlyMap<string, string> | null): Buffer[] => [refuseNow(f)];
     return async () => {
+      if (this.rfqUnsure) return refuse(mixed());
       await this.waitRfq(before);
       if (prefix.risky)
         return refuse(
@@ -1049,6 +1064,14 @@ function refusal(code: string, message: string, hint?: string): Map<string, stri
   ]);
   if (hint) f.set('H', hint);
   return f;
+}
+
+function mixed(): Map<string, string> {
+  return refusal(
+    '0A000',
+    "df.start(..., transaction_mode => 'new') is not available on this connection: it sent a simple query inside an unfinished extended-protocol batch earlier, so dfgate cannot tell which answers are outstanding",
+    'Reconnect, and send Sync before a simple query.',
+  );
 }
 
 /** A statement that raises the error registered under `nonce`, in statement order. */

@@ -6,6 +6,9 @@
  * node-postgres and psql.
  */
 import { spawn } from 'node:child_process';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { from as copyFrom } from 'pg-copy-streams';
 import pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { Executor } from '../../src/executor/executor.js';
@@ -363,6 +366,14 @@ describe("transaction_mode => 'new'", () => {
     expect(await count()).toBe(before);
   });
 
+  it('works after a COPY FROM STDIN on the same connection', async () => {
+    await p.query('CREATE TEMP TABLE copied (v text)');
+    await pipeline(Readable.from(['a\n', 'b\n']), p.query(copyFrom('COPY copied FROM STDIN')));
+    const id = (await p.query(`SELECT df.start('SELECT 3 AS three', transaction_mode => 'new')`))
+      .rows[0].start;
+    expect((await finished(direct, id)).result).toBe('{"rows": [{"three": 3}], "row_count": 1}');
+  });
+
   it('works from psql', async () => {
     const url = viaPort(role.url, proxy.port);
     const out = await new Promise<string>((resolve, reject) => {
@@ -481,6 +492,35 @@ describe('statement tracking in the extended protocol (raw messages)', () => {
     send(bind('chk', ['SELECT 1', 'ok']), ...exec);
     expect(dataOf(await wire.until((t) => t === 'Z'))).toMatch(/^[0-9a-f]{8}$/);
     expect(await count()).toBe(before + 1);
+  });
+
+  it('a connection that sent a simple query inside an unfinished batch gets 0A000 for new mode, not a hang', async () => {
+    const trust = await db.role('edge_mixed');
+    await db.admin.query(`GRANT dfgate_trust_logins TO ${trust.ident}`);
+    const w = await loggedIn(proxy.port, trust.name, db.name);
+    w.sock.write(
+      Buffer.concat(
+        [
+          { type: 'Parse', name: '', sql: 'SELECT 1', paramTypes: [] },
+          { type: 'Query', sql: 'SELECT 2' },
+          { type: 'Sync' },
+        ].map((m) => encodeFrontend(m as FrontendMessage)),
+      ),
+    );
+    await w.until((t) => t === 'Z');
+    await w.until((t) => t === 'Z');
+    w.sock.write(
+      encodeFrontend({
+        type: 'Query',
+        sql: `SELECT df.start('SELECT 1', transaction_mode => 'new')`,
+      }),
+    );
+    const got = await w.until((t) => t === 'Z');
+    expect(errorOf(got)).toMatchObject({
+      C: '0A000',
+      M: expect.stringMatching(/not available on this connection/),
+    });
+    w.sock.destroy();
   });
 
   it('refuses a Bind that follows another execution in the same batch, and the batch is skipped', async () => {

@@ -57,6 +57,13 @@ const SQL = [
   '',
   'SELEC',
   'SELECT 1; SELECT 2',
+  // statements dfgate rewrites, refuses or tracks (the fuzz role has no df usage: the server refuses them too)
+  "SELECT df.start('SELECT 1' ~> 'SELECT 2')",
+  "SELECT df.start('SELECT 1' ~> df.slep(1))",
+  'SELECT df.start($1)',
+  "SELECT df.start($1, transaction_mode => 'new')",
+  "SELECT df.start('SELECT 1', transaction_mode => 'new')",
+  'SELECT 1; SELECT df.start(df.sleep(-1))',
 ];
 
 function validMessage(): FrontendMessage {
