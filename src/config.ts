@@ -98,7 +98,7 @@ export const FLAGS: readonly FlagSpec[] = [
     name: 'admin-listen',
     kind: 'string',
     env: 'DFGATE_ADMIN_LISTEN',
-    help: 'HOST:PORT of the HTTP admin port (default off)',
+    help: 'HOST:PORT of the HTTP admin port: /healthz, /readyz, /metrics (default off)',
     commands: ['serve', 'worker'],
   },
   {

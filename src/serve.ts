@@ -1,6 +1,7 @@
 /** `dfgate` (serve) and `dfgate worker`: migrations, the executor, and the proxy. */
 import pg from 'pg';
 import type { Config } from './config.js';
+import { startAdmin, type AdminServer } from './admin.js';
 import { migrate } from './db/migrate.js';
 import type { Executor } from './executor/executor.js';
 import { startExecutor } from './executor/start.js';
@@ -28,6 +29,7 @@ export async function migrateUpstream(url: string, log: Logger): Promise<void> {
 export interface Running {
   readonly proxy: ProxyServer | undefined;
   readonly executor: Executor | undefined;
+  readonly admin: AdminServer | undefined;
 }
 
 export async function serve(cfg: Config, log: Logger, withProxy = true): Promise<Running> {
@@ -40,7 +42,15 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
           log.child({ component: 'executor' }),
         )
       : undefined;
-  if (!withProxy) return { proxy: undefined, executor };
+  const admin = async (proxy: ProxyServer | undefined): Promise<AdminServer | undefined> =>
+    cfg.adminListen
+      ? startAdmin(
+          cfg.adminListen,
+          { upstream, proxy, executor },
+          log.child({ component: 'admin' }),
+        )
+      : undefined;
+  if (!withProxy) return { proxy: undefined, executor, admin: await admin(undefined) };
   const proxy = await startProxy({
     host: cfg.listen.host,
     port: cfg.listen.port,
@@ -55,7 +65,7 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
     edgeValidation: true,
     startNew: executor ? (req) => executor.startNew(req) : undefined,
   });
-  return { proxy, executor };
+  return { proxy, executor, admin: await admin(proxy) };
 }
 
 /** Runs until SIGTERM/SIGINT, then shuts down gracefully. */
@@ -73,6 +83,7 @@ export async function serveForever(cfg: Config, log: Logger, withProxy = true): 
       void (async () => {
         await running.proxy?.shutdown(cfg.shutdownTimeoutMs);
         await running.executor?.stop();
+        await running.admin?.close();
         resolve(0);
       })();
     };

@@ -14,6 +14,7 @@ import { runCore, type Action, type EventKind, type Stamp, type StoredEvent } fr
 import { buildGraph, type Graph, type NodeRow } from './graph.js';
 import { compactJson } from './encode.js';
 import { loadParser } from './sqlcheck.js';
+import { metrics } from '../metrics.js';
 import type { StartNewRequest } from '../proxy/session.js';
 import { runSqlStep, StepPool, isRetryable, type StepAuth, type StepIdentity } from './steps.js';
 
@@ -385,6 +386,7 @@ export class Executor {
         WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $5 AND status IN ('pending', 'running')`,
       [id, epoch, status, error, this.owner],
     );
+    metrics.instancesFinished.inc({ status });
     this.log.info({ instance: id, status }, 'instance finished');
   }
 
@@ -687,6 +689,7 @@ export class Executor {
           },
           this.opts.stepTimeoutMs ?? 0,
         );
+        metrics.steps.inc({ outcome: out.k === 'retry' ? 'retried' : out.k });
         if (out.k === 'retry') {
           log.warn(
             { node: a.node, err: String((out.err as Error).message) },
@@ -739,11 +742,17 @@ export class Executor {
         names.map((n) => req.args.get(n) ?? null),
       );
       const id = res.rows[0]?.id as string;
+      metrics.newModeStarts.inc();
       this.wake();
       return id;
     } finally {
       await this.steps.release(identity, conn);
     }
+  }
+
+  /** For the admin port: instances driven now, and whether the executor is up (LISTEN connected). */
+  stats(): { readonly activeInstances: number; readonly listening: boolean } {
+    return { activeInstances: this.active.size, listening: !this.stopping && !!this.listener };
   }
 
   async stop(): Promise<void> {

@@ -7,6 +7,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { loadParser } from '../dsl/parser.js';
+import { metrics } from '../metrics.js';
 import { CancelRegistry } from './cancel.js';
 import { SqlState } from './protocol/sqlstate.js';
 import { Session, type SessionContext } from './session.js';
@@ -32,6 +33,8 @@ export interface ProxyOptions {
 
 export interface ProxyServer {
   readonly port: number;
+  /** False once shutdown began. */
+  readonly accepting: boolean;
   readonly sessions: ReadonlySet<Session>;
   /** Stops accepting, lets sessions finish up to timeoutMs, then terminates them (57P01). */
   shutdown(timeoutMs: number): Promise<void>;
@@ -55,6 +58,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
 
   // Half-open: a client may send Terminate and FIN before reading the answers (as with PostgreSQL itself).
   const server = net.createServer({ allowHalfOpen: true }, (sock) => {
+    metrics.clientConnections.inc();
     const session = new Session(sock, {
       log,
       upstream: opts.upstream,
@@ -67,6 +71,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       startNew: opts.startNew,
       admit: (s) => {
         if (shuttingDown) {
+          metrics.clientsRefused.inc({ reason: 'shutting_down' });
           return {
             severity: 'FATAL',
             code: SqlState.CannotConnectNow,
@@ -74,6 +79,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
           };
         }
         if (admitted >= opts.maxClientConnections) {
+          metrics.clientsRefused.inc({ reason: 'too_many_clients' });
           log.warn(
             { max: opts.maxClientConnections },
             'refusing a client: --max-client-connections reached',
@@ -119,6 +125,9 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   return {
     port,
     sessions,
+    get accepting(): boolean {
+      return !shuttingDown;
+    },
     async shutdown(timeoutMs: number): Promise<void> {
       if (shuttingDown) return;
       shuttingDown = true;

@@ -19,6 +19,7 @@ import {
   type NewCall,
   type StartParam,
 } from '../dsl/edge.js';
+import { metrics } from '../metrics.js';
 import { encodeErrorFieldMap } from './protocol/backend.js';
 import type { CancelRegistry } from './cancel.js';
 import {
@@ -696,6 +697,7 @@ export class Session {
       case 'pass':
         return undefined;
       case 'rewrite': {
+        metrics.edgeRewrites.inc();
         const after = isQuery ? this.rfqExpected - 1 : this.rfqExpected;
         this.positionMaps.push({ after, until: after + 1, map: e.position });
         return encodeFrontend(
@@ -734,6 +736,7 @@ export class Session {
 
   /** Registers an error the server is about to raise under a nonce (null fields: hide it). */
   private provoke(fields: ReadonlyMap<string, string> | null): string {
+    if (fields) metrics.edgeRefusals.inc({ code: fields.get('C') ?? '' });
     const nonce = randomBytes(6).toString('hex');
     this.swaps.set(nonce, { fields, untilRfq: this.rfqExpected + 1 });
     return nonce;
