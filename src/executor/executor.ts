@@ -378,13 +378,14 @@ export class Executor {
     epoch: number,
     status: 'completed' | 'failed',
     error: string | null,
+    output: string | null = null,
   ): Promise<void> {
     await this.control.query(
-      `UPDATE df.instances SET status = $3, error = $4, updated_at = now(),
+      `UPDATE df.instances SET status = $3, error = $4, output = $6, updated_at = now(),
               completed_at = CASE WHEN $3 = 'completed' THEN now() END,
               lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, waiting_signals = NULL
         WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $5 AND status IN ('pending', 'running')`,
-      [id, epoch, status, error, this.owner],
+      [id, epoch, status, error, this.owner, output],
     );
     metrics.instancesFinished.inc({ status });
     this.log.info({ instance: id, status }, 'instance finished');
@@ -468,6 +469,7 @@ export class Executor {
           epoch,
           o.k === 'done' ? 'completed' : 'failed',
           o.k === 'failed' ? o.error : null,
+          o.k === 'done' ? o.result : null,
         );
         return;
       }
