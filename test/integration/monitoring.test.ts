@@ -219,3 +219,90 @@ describe('df.instance_nodes', () => {
     expect((await b.query(`SELECT * FROM df.instance_nodes($1)`, [bad])).rowCount).toBe(0);
   });
 });
+
+describe('df.explain', () => {
+  const show = (s: string): string => s.replace(/ /g, '·');
+
+  it('renders a DSL expression as spec §11.6 shows, padded', async () => {
+    const r = (
+      await a.query(
+        `SELECT df.explain($$('SELECT 1' |=> 'a') ~> 'SELECT 2' ~> df.if('SELECT $a > 0', 'SELECT ''yes''', 'SELECT ''no''')$$) AS t`,
+      )
+    ).rows[0].t;
+    expect(show(r)).toBe(
+      [
+        "SQL:·SELECT·1·|=>·'a'·········",
+        '→·SQL:·SELECT·2···············',
+        '→·IF··························',
+        '····?·condition:··············',
+        '······└─SQL:·SELECT·$a·>·0····',
+        '····✓·then:···················',
+        "······└─SQL:·SELECT·'yes'·····",
+        '····✗·else:···················',
+        "······└─SQL:·SELECT·'no'······",
+      ].join('\n'),
+    );
+  });
+
+  it('renders an instance with its derived statuses', async () => {
+    const id = await start(a, `'SELECT ''winner''' | df.sleep(10)`, 'race');
+    await finished(a, id);
+    const r = (await a.query(`SELECT df.explain($1) AS t`, [id.toUpperCase()])).rows[0].t;
+    expect(show(r)).toBe(
+      [
+        `Instance:·${id}·(race)`,
+        'Status:···✓·Completed',
+        `Output:···{"rows":[{"?column?":"winner"}],"row_count":1}`,
+        '',
+        'RACE·✓····························',
+        '····║·branch·1:···················',
+        "······├─SQL:·SELECT·'winner'·✓····",
+        '····║·branch·2:···················',
+        '······└─SLEEP·10s·⊘···············',
+      ].join('\n'),
+    );
+  });
+
+  it('renders every node type, and explains what it cannot', async () => {
+    const r = (
+      await a.query(
+        `SELECT df.explain($$df.loop('SELECT 1', 'SELECT false') ~> @> df.break('a value longer than twenty') ~> df.wait_for_schedule('0 * * * *') ~> df.wait_for_signal('go', 30) ~> df.join3('SELECT 1', 'SELECT 2', 'SELECT 3') ~> df.sleep(0.5)$$) AS t`,
+      )
+    ).rows[0].t as string;
+    const lines = r.split('\n').map((l) => l.trimEnd());
+    expect(lines).toEqual([
+      'LOOP (while)',
+      '    ↻ body:',
+      '      └─SQL: SELECT 1',
+      '    ? while:',
+      '      └─SQL: SELECT false',
+      '→ LOOP (infinite)',
+      '    ↻ body:',
+      "      └─BREAK 'a value longer th...'",
+      "→ WAIT '0 * * * *'",
+      "→ SIGNAL 'go' (30s)",
+      '→ JOIN (3)',
+      '    ║ branch 1:',
+      '      ├─SQL: SELECT 1',
+      '    ║ branch 2:',
+      '      ├─SQL: SELECT 2',
+      '    ║ branch 3:',
+      '      └─SQL: SELECT 3',
+      '→ SLEEP 0.5s',
+    ]);
+    const one = async (input: string): Promise<string> =>
+      (await a.query(`SELECT df.explain($1) AS t`, [input])).rows[0].t;
+    expect(await one('  SELECT 1  ')).toBe('SQL: SELECT 1    ');
+    expect(await one('ffffffff')).toBe("Instance 'ffffffff' not found");
+    expect(await one(`'SELECT 1' ~> df.slep(1)`)).toMatch(
+      /^Failed to evaluate expression: function df.slep/,
+    );
+    expect(await one('{"node_type": "NOPE"}')).toMatch(
+      /^Invalid durable function graph: root: Unknown node_type 'NOPE'/,
+    );
+    expect(await one('hello')).toBe(
+      'Cannot explain input: not a valid Durofut JSON, instance ID, SQL statement, or DSL expression.\nHint: DSL expressions use df.*() functions and operators like ~>, |=>, &, |.',
+    );
+    expect(await one(`'SELECT ' || 'x' || repeat('y', 60)`)).toMatch(/^Failed|^Cannot|^SQL/);
+  });
+});
