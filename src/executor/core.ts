@@ -12,6 +12,7 @@
  * iterations are summarised by `iter` events so replay starts at the latest.
  */
 import type { Graph, GraphNode } from './graph.js';
+import { buildRequest, HttpStepError, type HttpRequest } from './http.js';
 import { tryParseJson, stringify } from './json.js';
 import { substitute, SubstitutionError, type SubstitutionContext } from './substitute.js';
 import { truthyResult } from './truthy.js';
@@ -39,6 +40,12 @@ export interface CoreInput {
 
 export type Action =
   | { readonly a: 'sql'; readonly key: string; readonly node: string; readonly sql: string }
+  | {
+      readonly a: 'http';
+      readonly key: string;
+      readonly node: string;
+      readonly request: HttpRequest;
+    }
   | {
       readonly a: 'timer';
       readonly key: string;
@@ -94,8 +101,6 @@ const keyOf = (s: Scope, n: GraphNode): string => `${stampOf(s)}/${n.id}`;
 
 export const BREAK_OUTSIDE_LOOP =
   'df.break() was called outside of a loop. df.break() may only be used inside df.loop().';
-export const HTTP_UNAVAILABLE =
-  'HTTP steps are not available in this dfgate build yet (issue: HTTP steps); the node was not run';
 
 /** Break values: JSON kept (compacted), other text as a JSON string, no value → null. */
 export function breakValue(query: string | null): string {
@@ -244,8 +249,20 @@ export function runCore(input: CoreInput): CoreResult {
         return { k: 'blocked' };
       }
       case 'HTTP':
-      case 'HTTP_MULTIPART':
-        return { k: 'failed', error: HTTP_UNAVAILABLE, seq: 0 };
+      case 'HTTP_MULTIPART': {
+        const recorded = leafEvent(key);
+        if (recorded) return recorded;
+        let request: HttpRequest;
+        try {
+          request = buildRequest(n.type, n.id, n.query, (t) => substitute(t, ctx(s), 'raw'));
+        } catch (err) {
+          if (err instanceof SubstitutionError || err instanceof HttpStepError)
+            return { k: 'failed', error: err.message, seq: 0 };
+          throw err;
+        }
+        acts.push({ a: 'http', key, node: n.id, request });
+        return { k: 'blocked' };
+      }
       case 'BREAK':
         return { k: 'break', value: breakValue(n.query), seq: 0 };
       case 'THEN': {

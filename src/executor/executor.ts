@@ -15,6 +15,7 @@ import { buildGraph, type Graph, type NodeRow } from './graph.js';
 import { compactJson } from './encode.js';
 import { loadParser } from './sqlcheck.js';
 import { metrics } from '../metrics.js';
+import { HttpStepError, sendHttp } from './http.js';
 import type { StartNewRequest } from '../proxy/session.js';
 import { runSqlStep, StepPool, isRetryable, type StepAuth, type StepIdentity } from './steps.js';
 
@@ -507,6 +508,13 @@ export class Executor {
             }
             break;
           }
+          case 'http': {
+            if (inFlight.has(a.key)) break;
+            const p = this.httpStep(id, epoch, inst, a).finally(() => inFlight.delete(a.key));
+            inFlight.set(a.key, p);
+            progressed = true;
+            break;
+          }
           case 'sql': {
             if (inFlight.has(a.key)) break;
             const st = core.stamps.get(a.node)?.stamp ?? `${id}::1`;
@@ -709,6 +717,68 @@ export class Executor {
         this.slots.give();
         roleSlot?.give();
       }
+    }
+  }
+
+  /**
+   * An HTTP step (spec §6.12): the submitter's privilege and the endpoint
+   * policy are checked at every request; the result or the error is recorded
+   * as the node's event. At least once: a crash before the record sends again.
+   */
+  private async httpStep(
+    id: string,
+    epoch: number,
+    inst: InstanceRow,
+    a: Extract<Action, { a: 'http' }>,
+  ): Promise<void> {
+    const multipart = a.request.kind === 'HTTP_MULTIPART';
+    const fn = multipart
+      ? 'df.http_multipart(text,text,jsonb,jsonb,integer)'
+      : 'df.http(text,text,text,jsonb,integer)';
+    const fail = async (error: string): Promise<void> => {
+      metrics.steps.inc({ outcome: 'failed' });
+      await this.event(id, epoch, a, 'failed', { error }).catch(() => undefined);
+    };
+    const r = (
+      await this.control.query<{
+        ok: boolean;
+        enabled: unknown;
+        private: unknown;
+        hosts: unknown;
+      }>(
+        `SELECT has_function_privilege($1::oid, $2, 'EXECUTE') AS ok,
+                (SELECT value FROM df.config WHERE key = 'http_enabled') AS enabled,
+                (SELECT value FROM df.config WHERE key = 'http_allow_private') AS private,
+                (SELECT value FROM df.config WHERE key = 'http_allow_hosts') AS hosts`,
+        [inst.role_oid, fn],
+      )
+    ).rows[0];
+    if (!r?.ok) {
+      await fail(
+        `Blocked: role '${inst.role_name ?? ''}' does not have EXECUTE privilege on ${multipart ? 'df.http_multipart()' : 'df.http()'}. Grant EXECUTE ON FUNCTION ${fn} TO ${inst.role_name ?? ''} to allow ${multipart ? 'multipart HTTP' : 'HTTP'} requests.`,
+      );
+      return;
+    }
+    const policy = {
+      enabled: r.enabled !== false,
+      allowPrivate: r.private === true,
+      allowHosts: Array.isArray(r.hosts) ? r.hosts.map(String).map((h) => h.toLowerCase()) : [],
+    };
+    if (!(await this.slots.take(this.opts.slotTimeoutMs ?? 30_000))) {
+      await fail(
+        `pg_durable: connection limit reached (max_user_connections=${this.opts.maxConcurrentSteps}). Timed out waiting for an available execution slot.`,
+      );
+      return;
+    }
+    try {
+      const result = await sendHttp(a.request, policy);
+      metrics.steps.inc({ outcome: 'done' });
+      await this.event(id, epoch, a, 'done', { result }).catch(() => undefined);
+    } catch (err) {
+      if (!(err instanceof HttpStepError)) throw err;
+      await fail(err.message);
+    } finally {
+      this.slots.give();
     }
   }
 
