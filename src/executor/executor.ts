@@ -298,27 +298,24 @@ export class Executor {
         InstanceRow & {
           events: Array<{ a: string; k: EventKind; d: Record<string, unknown>; s: number }>;
           nodes: Array<{ id: string; st: string; sd: string | null }> | null;
+          graph: NodeRow[] | null;
         }
       >(
         `SELECT i.id, i.label, i.root_node, i.status, r.rolname AS role_name, i.submitted_by::oid::int AS role_oid, r.rolsuper, i.vars, i.lease_epoch,
                 (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
                    FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > $2) AS events,
                 CASE WHEN $3 THEN (SELECT json_agg(json_build_object('id', n.id, 'st', n.status, 'sd', n.status_details ->> 'execution_id'))
-                                     FROM df.nodes n WHERE n.instance_id = i.id) END AS nodes
+                                     FROM df.nodes n WHERE n.instance_id = i.id) END AS nodes,
+                CASE WHEN $4 THEN (SELECT json_agg(json_build_object('id', n.id, 'node_type', n.node_type, 'query', n.query,
+                                     'result_name', n.result_name, 'left_node', n.left_node, 'right_node', n.right_node))
+                                     FROM df.nodes n WHERE n.instance_id = i.id) END AS graph
            FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by WHERE i.id = $1`,
-        [id, cache.lastSeq, cache.stored === undefined],
+        [id, cache.lastSeq, cache.stored === undefined, !this.graphs.has(id)],
       )
     ).rows[0];
     if (!inst) return undefined;
-    if (!this.graphs.has(id)) {
-      const rows = (
-        await this.control.query<NodeRow>(
-          `SELECT id, node_type, query, result_name, left_node, right_node FROM df.nodes WHERE instance_id = $1`,
-          [id],
-        )
-      ).rows;
-      this.graphs.set(id, buildGraph(inst.root_node, rows));
-    }
+    // the graph comes with the first load (one round trip), and is cached while the lease is held
+    if (!this.graphs.has(id)) this.graphs.set(id, buildGraph(inst.root_node, inst.graph ?? []));
     for (const e of inst.events) {
       let m = cache.events.get(e.a);
       if (!m) cache.events.set(e.a, (m = new Map()));
@@ -519,7 +516,12 @@ export class Executor {
             if (inFlight.has(a.key)) break;
             const st = core.stamps.get(a.node)?.stamp ?? `${id}::1`;
             stored.set(a.node, { status: 'running', stamp: st });
-            const p = this.step(id, epoch, inst, a, st, log).finally(() => inFlight.delete(a.key));
+            // the checkpoint writes the node's final status and stamp: nothing left for writeStamps
+            const recorded = (status: 'completed' | 'failed'): void =>
+              void stored.set(a.node, { status, stamp: st });
+            const p = this.step(id, epoch, inst, a, st, log, recorded).finally(() =>
+              inFlight.delete(a.key),
+            );
             inFlight.set(a.key, p);
             progressed = true;
             break;
@@ -639,6 +641,7 @@ export class Executor {
     a: Extract<Action, { a: 'sql' }>,
     stamp: string,
     log: Logger,
+    recorded?: (status: 'completed' | 'failed') => void,
   ): Promise<void> {
     const identity: StepIdentity = { roleName: inst.role_name as string, roleOid: inst.role_oid };
     let delay = 100;
@@ -692,7 +695,7 @@ export class Executor {
       try {
         const out = await runSqlStep(
           conn,
-          { instance: id, node: a.node, key: a.key, epoch, token, sql: a.sql },
+          { instance: id, node: a.node, key: a.key, epoch, token, sql: a.sql, stamp },
           (p) => {
             pid = p;
             pids?.add(p);
@@ -700,6 +703,8 @@ export class Executor {
           this.opts.stepTimeoutMs ?? 0,
         );
         metrics.steps.inc({ outcome: out.k === 'retry' ? 'retried' : out.k });
+        if (out.k === 'done') recorded?.('completed');
+        else if (out.k === 'failed') recorded?.('failed');
         if (out.k === 'retry') {
           log.warn(
             { node: a.node, err: String((out.err as Error).message) },

@@ -72,6 +72,8 @@ interface StepConn {
   readonly client: pg.Client;
   readonly reset: string;
   broken: boolean;
+  /** The session reset after the previous step: the connection is used only once it succeeded. */
+  ready: Promise<boolean>;
 }
 
 export class StepPool {
@@ -139,7 +141,7 @@ export class StepPool {
       .filter(Boolean)
       .join('; ');
     await client.query(reset);
-    return { client, reset, broken: false };
+    return { client, reset, broken: false, ready: Promise.resolve(true) };
   }
 
   private async provision(id: StepIdentity): Promise<string> {
@@ -163,7 +165,7 @@ export class StepPool {
   async acquire(id: StepIdentity): Promise<StepConn> {
     const list = this.idle.get(id.roleOid);
     for (let c = list?.pop(); c; c = list?.pop()) {
-      if (!c.broken) return c;
+      if (!c.broken && (await c.ready) && !c.broken) return c;
       await c.client.end().catch(() => undefined);
     }
     const conn = await this.open(id);
@@ -172,17 +174,24 @@ export class StepPool {
     return conn;
   }
 
+  /**
+   * Returns a connection to the pool. Its session reset runs in the
+   * background (off the step's critical path); acquire() hands the connection
+   * out again only once the reset succeeded, so no step ever runs on a
+   * session another step left behind.
+   */
   async release(id: StepIdentity, conn: StepConn): Promise<void> {
     if (conn.broken) {
       await conn.client.end().catch(() => undefined);
       return;
     }
-    try {
-      await conn.client.query(`${RESET_SESSION}; ${conn.reset}`);
-    } catch {
-      await conn.client.end().catch(() => undefined);
-      return;
-    }
+    conn.ready = conn.client.query(`${RESET_SESSION}; ${conn.reset}`).then(
+      () => true,
+      () => {
+        conn.broken = true;
+        return false;
+      },
+    );
     const list = this.idle.get(id.roleOid) ?? [];
     if (list.length < 8) {
       list.push(conn);
@@ -204,6 +213,8 @@ export interface StepRequest {
   readonly epoch: number;
   readonly token: string;
   readonly sql: string;
+  /** The node's stamp (spec §5.6), written with its final status by the checkpoint. */
+  readonly stamp: string;
 }
 
 export type StepOutcome =
@@ -212,7 +223,7 @@ export type StepOutcome =
   | { readonly k: 'retry'; readonly err: unknown }
   | { readonly k: 'abandoned'; readonly reason: string };
 
-const COMPLETE = 'SELECT df._complete_step($1, $2, $3, $4, $5, $6, $7::jsonb)';
+const COMPLETE = 'SELECT df._complete_step($1, $2, $3, $4, $5, $6, $7::jsonb, $8)';
 
 /** Runs one SQL step on `conn`. The outcome is committed with the effect, or nothing is. */
 export async function runSqlStep(
@@ -232,6 +243,7 @@ export async function runSqlStep(
       req.token,
       kind,
       JSON.stringify(detail),
+      req.stamp,
     ]);
   };
   const fail = async (error: string): Promise<StepOutcome> => {
@@ -292,7 +304,7 @@ export async function runSqlStep(
     // deferred constraints fire now, as the submitter; then the checkpoint and COMMIT, in one round trip
     const lit = (v: string | number): string =>
       typeof v === 'number' ? String(v) : c.escapeLiteral(v);
-    const complete = `SELECT df._complete_step(${[req.instance, req.node, req.key, req.epoch, req.token, 'done', JSON.stringify({ result })].map(lit).join(', ')}::jsonb)`;
+    const complete = `SELECT df._complete_step(${[req.instance, req.node, req.key, req.epoch, req.token, 'done', JSON.stringify({ result })].map(lit).join(', ')}::jsonb, ${lit(req.stamp)})`;
     try {
       await c.query(`SET CONSTRAINTS ALL IMMEDIATE; ${complete}; COMMIT`);
     } catch (err) {
