@@ -143,7 +143,12 @@ export class Executor {
       this.log.warn({ err: err.message }, 'control connection error'),
     );
     this.steps = new StepPool(
-      { controlUrl: opts.controlUrl, auth: opts.stepAuth, secret: opts.stepSecret },
+      {
+        controlUrl: opts.controlUrl,
+        auth: opts.stepAuth,
+        secret: opts.stepSecret,
+        maxIdle: Math.max(8, opts.maxConcurrentSteps),
+      },
       this.control,
     );
     this.slots = new Semaphore(opts.maxConcurrentSteps);

@@ -46,6 +46,11 @@ export interface StepPoolOptions {
   readonly controlUrl: string;
   readonly auth: StepAuth;
   readonly secret: string;
+  /**
+   * Idle connections kept per role (and twice that in all): as many as steps
+   * may run at once, so a busy role never pays a new login per step.
+   */
+  readonly maxIdle?: number;
 }
 
 /**
@@ -193,7 +198,10 @@ export class StepPool {
       },
     );
     const list = this.idle.get(id.roleOid) ?? [];
-    if (list.length < 8) {
+    const max = this.opts.maxIdle ?? 8;
+    let total = 0;
+    for (const l of this.idle.values()) total += l.length;
+    if (list.length < max && total < 2 * max) {
       list.push(conn);
       this.idle.set(id.roleOid, list);
     } else await conn.client.end().catch(() => undefined);
