@@ -101,6 +101,11 @@ async function startBench(url: string, adminUrl: string): Promise<string[]> {
   await g.end();
   await proxy.shutdown(1000);
   await ex.stop();
+  // the instances started here are not the executor benchmark's work
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  await admin.query('TRUNCATE df.events, df.signals, df.vars, df.nodes, df.instances CASCADE');
+  await admin.end();
   const base = rows[0]?.[1] as number;
   const viaInsert = rows[1]?.[1] as number;
   return [

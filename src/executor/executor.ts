@@ -131,6 +131,8 @@ export class Executor {
   private readonly log: Logger;
   private readonly finished = new Set<Promise<void>>();
   private database: string | undefined;
+  /** start() ran: only then does the executor claim instances. */
+  private started = false;
 
   constructor(private readonly opts: ExecutorOptions) {
     this.log = opts.log;
@@ -162,6 +164,7 @@ export class Executor {
         'the executor URL points at a read-only standby: use the primary (add target_session_attrs=read-write to a multi-host URL)',
       );
     }
+    this.started = true;
     await this.listen();
     this.timer = setInterval(() => this.wake(), this.opts.pollMs);
     this.heartbeat = setInterval(
@@ -198,7 +201,7 @@ export class Executor {
 
   /** Asks the executor to look for work now (from LISTEN, the poll, or the proxy in-process). */
   wake(): void {
-    if (this.stopping) return;
+    if (this.stopping || !this.started) return;
     if (this.pumping) {
       this.pumpAgain = true;
       return;
