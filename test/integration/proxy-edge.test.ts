@@ -494,6 +494,25 @@ describe('statement tracking in the extended protocol (raw messages)', () => {
     expect(await count()).toBe(before + 1);
   });
 
+  it('pipelined simple queries around a new-mode start keep their order and answers', async () => {
+    wire.sock.write(
+      Buffer.concat(
+        [
+          `SELECT pg_sleep(0.2), 'first' AS a`,
+          `SELECT df.start('SELECT 1', 'piped', transaction_mode => 'new')`,
+          `SELECT 'third' AS c`,
+        ].map((sql) => encodeFrontend({ type: 'Query', sql })),
+      ),
+    );
+    const all: Array<[string, Buffer]> = [];
+    for (let i = 0; i < 3; i++) all.push(...(await wire.until((t) => t === 'Z')));
+    expect(all.map(([t]) => t).join('')).toBe('TDCZTDCZTDCZ');
+    const rows = all.filter(([t]) => t === 'D').map(([, b]) => b.toString('utf8', 6));
+    expect(rows[0]).toContain('first');
+    expect(rows[1]).toMatch(/^[0-9a-f]{8}$/);
+    expect(rows[2]).toBe('third');
+  });
+
   it('a connection that sent a simple query inside an unfinished batch gets 0A000 for new mode, not a hang', async () => {
     const trust = await db.role('edge_mixed');
     await db.admin.query(`GRANT dfgate_trust_logins TO ${trust.ident}`);
