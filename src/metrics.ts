@@ -68,6 +68,10 @@ export const metrics = {
     'dfgate_executor_steps_total',
     'SQL step attempts finished by the executor, by outcome (done, failed, retried, abandoned).',
   ),
+  reconciled: new Counter(
+    'dfgate_retention_deleted_instances_total',
+    'Finished instances deleted by retention (df.config retention_days, retention_max_instances).',
+  ),
   instancesFinished: new Counter(
     'dfgate_executor_instances_finished_total',
     'Instances the executor finished, by status.',

@@ -133,6 +133,7 @@ export class Executor {
   private database: string | undefined;
   /** start() ran: only then does the executor claim instances. */
   private started = false;
+  private reconcileTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: ExecutorOptions) {
     this.log = opts.log;
@@ -171,6 +172,7 @@ export class Executor {
       () => void this.renewLeases(),
       Math.max(50, Math.floor(this.opts.leaseMs / 3)),
     );
+    this.scheduleReconcile(1000);
     this.log.info({ owner: this.owner, stepAuth: this.opts.stepAuth }, 'executor started');
     this.wake();
   }
@@ -840,8 +842,42 @@ export class Executor {
     return { activeInstances: this.active.size, listening: !this.stopping && !!this.listener };
   }
 
+  private scheduleReconcile(ms: number): void {
+    if (this.stopping) return;
+    this.reconcileTimer = setTimeout(() => void this.reconcile(), ms);
+    this.reconcileTimer.unref();
+  }
+
+  /**
+   * Retention (spec §12.2, migration 0010): deletes expired finished
+   * instances in batches, then waits reconcile_interval_seconds (re-read each
+   * pass; while 0, the setting is looked at again every minute).
+   */
+  private async reconcile(): Promise<void> {
+    let interval = 3600;
+    try {
+      const r = await this.control.query<{ v: string | null }>(
+        `SELECT value #>> '{}' AS v FROM df.config WHERE key = 'reconcile_interval_seconds'`,
+      );
+      interval = Number(r.rows[0]?.v ?? 3600);
+      if (!Number.isFinite(interval) || interval < 0) interval = 3600;
+      for (let pass = 0; interval > 0 && pass < 1000 && !this.stopping; pass++) {
+        const n = (await this.control.query<{ n: number }>('SELECT df._reconcile(5000) AS n'))
+          .rows[0]?.n;
+        if (!n) break;
+        metrics.reconciled.inc({}, n);
+        this.log.info({ deleted: n }, 'retention: deleted finished instances');
+        if (n < 5000) break;
+      }
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'retention pass failed');
+    }
+    this.scheduleReconcile(interval > 0 ? interval * 1000 : 60_000);
+  }
+
   async stop(): Promise<void> {
     this.stopping = true;
+    if (this.reconcileTimer) clearTimeout(this.reconcileTimer);
     if (this.timer) clearInterval(this.timer);
     if (this.heartbeat) clearInterval(this.heartbeat);
     await Promise.allSettled([...this.finished]);

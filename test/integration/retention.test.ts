@@ -1,0 +1,76 @@
+/** Retention (spec §12.2): expired finished instances are deleted with their rows; unfinished ones never. */
+import type pg from 'pg';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { useTestDatabase, type TestRole } from '../harness/db.js';
+import { finished, startTestExecutor } from '../harness/executor.js';
+
+const db = useTestDatabase();
+let role: TestRole;
+let c: pg.Client;
+
+beforeAll(async () => {
+  role = await db.role('keep');
+  c = await db.connect(role.url);
+});
+
+async function exists(id: string): Promise<boolean> {
+  const r = await db.admin.query(
+    `SELECT (SELECT count(*) FROM df.instances WHERE id = $1)::int AS i, (SELECT count(*) FROM df.nodes WHERE instance_id = $1)::int AS n,
+            (SELECT count(*) FROM df.events WHERE instance_id = $1)::int AS e`,
+    [id],
+  );
+  const row = r.rows[0] as { i: number; n: number; e: number };
+  if (row.i === 0) expect(row.n + row.e).toBe(0); // nothing of it is left behind
+  return row.i === 1;
+}
+
+const age = (id: string, days: number): Promise<unknown> =>
+  db.admin.query(
+    `UPDATE df.instances SET created_at = now() - make_interval(days => $2),
+            completed_at = CASE WHEN completed_at IS NOT NULL THEN now() - make_interval(days => $2) END WHERE id = $1`,
+    [id, days],
+  );
+
+describe('retention', () => {
+  it('deletes finished instances past retention_days or beyond the newest retention_max_instances, never unfinished ones', async () => {
+    const ex = await startTestExecutor(db.url);
+    const old = (await c.query(`SELECT df.start('SELECT 1') AS id`)).rows[0].id;
+    const recent = (await c.query(`SELECT df.start('SELECT 2') AS id`)).rows[0].id;
+    const waiting = (await c.query(`SELECT df.start(df.wait_for_signal('never')) AS id`)).rows[0]
+      .id;
+    await finished(c, old);
+    await finished(c, recent);
+    const cancelled = (await c.query(`SELECT df.start(df.sleep(3600)) AS id`)).rows[0].id;
+    await c.query(`SELECT df.cancel($1)`, [cancelled]);
+    await age(old, 40);
+    await age(waiting, 400);
+    await age(cancelled, 31);
+    expect((await db.admin.query(`SELECT df._reconcile() AS n`)).rows[0].n).toBe(2);
+    expect([await exists(old), await exists(cancelled)]).toEqual([false, false]);
+    expect([await exists(recent), await exists(waiting)]).toEqual([true, true]);
+    // the cap: only the newest N finished instances stay
+    const newer = (await c.query(`SELECT df.start('SELECT 3') AS id`)).rows[0].id;
+    await finished(c, newer);
+    await db.admin.query(`UPDATE df.config SET value = '1' WHERE key = 'retention_max_instances'`);
+    expect((await db.admin.query(`SELECT df._reconcile() AS n`)).rows[0].n).toBe(1);
+    expect([await exists(recent), await exists(newer), await exists(waiting)]).toEqual([
+      false,
+      true,
+      true,
+    ]);
+    // not callable by users
+    await expect(c.query(`SELECT df._reconcile()`)).rejects.toMatchObject({ code: '42501' });
+    // the executor runs it every reconcile_interval_seconds
+    await db.admin.query(`UPDATE df.config SET value = '0' WHERE key = 'retention_days'`);
+    await db.admin.query(
+      `UPDATE df.config SET value = '1' WHERE key = 'reconcile_interval_seconds'`,
+    );
+    await ex.stop();
+    await startTestExecutor(db.url);
+    const deadline = Date.now() + 10_000;
+    while ((await exists(newer)) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 100));
+    expect(await exists(newer)).toBe(false);
+    expect(await exists(waiting)).toBe(true);
+  }, 30_000);
+});
