@@ -28,11 +28,6 @@ export class Counter {
     this.values.set(key, (this.values.get(key) ?? 0) + n);
   }
 
-  /** The current value for one label set (tests). */
-  get(labels: Labels = {}): number {
-    return this.values.get(labelText(labels)) ?? 0;
-  }
-
   render(): string {
     const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`];
     if (this.values.size === 0) lines.push(`${this.name} 0`);

@@ -533,9 +533,3 @@ export function analyze(sql: string, extended = false): Edge {
   }
   return result;
 }
-
-/** The first DSL error in a statement text, if any (for tests and `dfgate check`-like callers). */
-export function edgeCheck(sql: string): EdgeError | undefined {
-  const e = analyze(sql);
-  return e.kind === 'error' ? e.error : undefined;
-}

@@ -233,6 +233,17 @@ export type StepOutcome =
 
 const COMPLETE = 'SELECT df._complete_step($1, $2, $3, $4, $5, $6, $7::jsonb, $8)';
 
+/**
+ * The step's statement and its result in the spec's encoding. The extended
+ * protocol refuses more than one statement, whatever the server's lexer
+ * settings make of the text.
+ */
+async function runStatement(c: pg.Client, sql: string): Promise<string> {
+  const r = await c.query({ text: sql, rowMode: 'array', queryMode: 'extended' } as pg.QueryConfig);
+  const columns: Column[] = r.fields.map((f) => ({ name: f.name, typeOid: f.dataTypeID }));
+  return encodeRows(columns, r.rows as string[][]);
+}
+
 /** Runs one SQL step on `conn`. The outcome is committed with the effect, or nothing is. */
 export async function runSqlStep(
   conn: StepConn,
@@ -267,15 +278,7 @@ export async function runSqlStep(
     if (plan.kind === 'autocommit') {
       // runs outside a transaction block: at least once, recorded right after
       try {
-        const r = await c.query({
-          text: req.sql,
-          rowMode: 'array',
-          queryMode: 'extended',
-        } as pg.QueryConfig);
-        result = encodeRows(
-          r.fields.map((f) => ({ name: f.name, typeOid: f.dataTypeID })),
-          r.rows as string[][],
-        );
+        result = await runStatement(c, req.sql);
       } catch (err) {
         if (isRetryable(err)) throw err;
         if (err instanceof EncodeError) return await fail(err.message);
@@ -294,13 +297,7 @@ export async function runSqlStep(
         : 'BEGIN',
     );
     try {
-      const r = await c.query({
-        text: req.sql,
-        rowMode: 'array',
-        queryMode: 'extended',
-      } as pg.QueryConfig);
-      const columns: Column[] = r.fields.map((f) => ({ name: f.name, typeOid: f.dataTypeID }));
-      result = encodeRows(columns, r.rows as string[][]);
+      result = await runStatement(c, req.sql);
     } catch (err) {
       await c.query('ROLLBACK').catch(() => undefined);
       if (isRetryable(err)) return { k: 'retry', err };

@@ -106,7 +106,11 @@ interface ErrorSwap {
 }
 
 const TEXT_OID = 25;
-const ASYNC_MESSAGES = new Set([Backend.NoticeResponse, Backend.ParameterStatus, 0x41 /* A */]);
+const ASYNC_MESSAGES = new Set<number>([
+  Backend.NoticeResponse,
+  Backend.ParameterStatus,
+  Backend.NotificationResponse,
+]);
 
 const SERVER_INSPECT = new Uint8Array(256);
 for (const t of [
@@ -147,8 +151,6 @@ export class Session {
   private serverFramer: Framer | undefined;
   private expectAuth: AuthMessage['type'] | undefined;
   private unregisterKey: (() => void) | undefined;
-  /** Queries and Syncs sent whose ReadyForQuery has not come back. */
-  private outstanding = 0;
   private sawFatal = false;
   private clientTerminated = false;
   private draining = false;
@@ -218,7 +220,7 @@ export class Session {
     return (
       this.phase === 'ready' &&
       this.txStatus === 'I' &&
-      this.outstanding === 0 &&
+      this.rfqReceived >= this.rfqExpected &&
       (this.clientFramer?.atBoundary ?? true)
     );
   }
@@ -457,7 +459,6 @@ export class Session {
           if ((t === Frontend.Query || t === Frontend.FunctionCall) && this.batchLen > 0)
             this.rfqUnsure = true; // skipped by the server if the open batch failed
           if (t === Frontend.Query || t === Frontend.Sync || t === Frontend.FunctionCall) {
-            this.outstanding++;
             this.rfqExpected++;
             this.batchLen = 0;
             this.batchRisky = false;
@@ -559,10 +560,8 @@ export class Session {
           this.sawDf = false;
           this.ctx.onDfCommit?.();
         }
-        if (this.outstanding > 0) this.outstanding--;
         if (this.phase === 'auth') {
           this.phase = 'ready';
-          this.outstanding = 0;
           this.rfqExpected = 0;
           this.rfqReceived = 0;
           this.batchLen = 0; // the password exchange is not a batch
@@ -750,7 +749,7 @@ export class Session {
       for (const w of ready) w.resolve();
     }
     if (this.positionMaps.length) this.positionMaps = this.positionMaps.filter((m) => m.until > n);
-    for (const [k, v] of this.swaps) if (v.untilRfq <= n) this.swaps.delete(k);
+    if (this.swaps.size) for (const [k, v] of this.swaps) if (v.untilRfq <= n) this.swaps.delete(k);
   }
 
   /** Resolves once `n` ReadyForQuery messages have been relayed (everything before was answered). */
@@ -1106,8 +1105,14 @@ function textParam(
 ): string | undefined {
   const v = m.params[i];
   if (!v) return undefined;
-  const fmt = m.paramFormats.length <= 1 ? (m.paramFormats[0] ?? 0) : (m.paramFormats[i] ?? 0);
-  return fmt === 0 || TEXT_LIKE.has(paramTypes[i] ?? 0) ? v.toString('utf8') : undefined;
+  return paramFormat(m, i) === 0 || TEXT_LIKE.has(paramTypes[i] ?? 0)
+    ? v.toString('utf8')
+    : undefined;
+}
+
+/** The format code of Bind parameter i (0 text, 1 binary), as the protocol assigns them. */
+function paramFormat(m: Extract<FrontendMessage, { type: 'Bind' }>, i: number): number {
+  return m.paramFormats.length <= 1 ? (m.paramFormats[0] ?? 0) : (m.paramFormats[i] ?? 0);
 }
 
 /** df.start's arguments of a 'new' call from the constants and the values of a Bind. */
@@ -1125,22 +1130,25 @@ function boundArgs(
     }
     const i = a.param - 1;
     if (i < 0 || i >= m.params.length) throw new BindRefusal(new Map(), true);
-    const v = m.params[i] as Buffer | null;
-    const fmt = m.paramFormats.length <= 1 ? (m.paramFormats[0] ?? 0) : (m.paramFormats[i] ?? 0);
-    if (v === null) out.set(name, null);
-    else if (fmt === 0 || TEXT_LIKE.has(paramTypes[i] ?? 0)) {
-      if (fmt !== 0 && name === 'max_attempts' && (v.length === 4 || v.length === 8))
-        out.set(name, v.length === 4 ? String(v.readInt32BE(0)) : v.readBigInt64BE(0).toString());
-      else out.set(name, v.toString('utf8'));
-    } else if (name === 'max_attempts' && (v.length === 4 || v.length === 8))
+    const v = m.params[i] ?? null;
+    if (v === null) {
+      out.set(name, null);
+      continue;
+    }
+    // max_attempts may come as a binary integer; everything else is text
+    if (paramFormat(m, i) !== 0 && name === 'max_attempts' && (v.length === 4 || v.length === 8)) {
       out.set(name, v.length === 4 ? String(v.readInt32BE(0)) : v.readBigInt64BE(0).toString());
-    else
+      continue;
+    }
+    const text = textParam(m, i, paramTypes);
+    if (text === undefined)
       throw new BindRefusal(
         refusal(
           '0A000',
           `df.start(..., transaction_mode => 'new') through dfgate takes ${name} in text format; this Bind sends it in binary`,
         ),
       );
+    out.set(name, text);
   }
   return out;
 }

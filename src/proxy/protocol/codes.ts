@@ -29,6 +29,7 @@ export const Backend = {
   ErrorResponse: 0x45, // 'E'
   NegotiateProtocolVersion: 0x76, // 'v'
   NoticeResponse: 0x4e, // 'N'
+  NotificationResponse: 0x41, // 'A'
   ParameterStatus: 0x53, // 'S'
   ReadyForQuery: 0x5a, // 'Z'
 } as const;
