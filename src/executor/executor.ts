@@ -159,8 +159,20 @@ export class Executor {
 
   async start(): Promise<void> {
     await loadParser();
-    const rw = await this.control.query<{ ro: boolean }>('SELECT pg_is_in_recovery() AS ro');
-    if (rw.rows[0]?.ro) {
+    // a connection dropped while starting (a restart, pg_terminate_backend) is retried, not fatal
+    let ro: boolean | undefined;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        ro = (await this.control.query<{ ro: boolean }>('SELECT pg_is_in_recovery() AS ro')).rows[0]
+          ?.ro;
+        break;
+      } catch (err) {
+        if (!isRetryable(err) || attempt >= 30) throw err;
+        this.log.warn({ err: (err as Error).message }, 'executor start: connection lost; retrying');
+        await new Promise((r) => setTimeout(r, Math.min(100 * attempt, 1000)));
+      }
+    }
+    if (ro) {
       throw new Error(
         'the executor URL points at a read-only standby: use the primary (add target_session_attrs=read-write to a multi-host URL)',
       );
