@@ -6,7 +6,7 @@
  *     transaction_mode => 'new') vs a plain INSERT of the same text
  *   - executor: SQL steps per second, and df.start → first step latency
  * BENCH_SECONDS (default 15) sets the length of each pgbench run; BENCH_ONLY
- * (passthrough, start or executor) runs one part.
+ * (passthrough, start, cost or executor) runs one part.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -18,6 +18,7 @@ import { Executor } from '../src/executor/executor.js';
 import { startProxy } from '../src/proxy/server.js';
 import { targetFromUrl } from '../src/proxy/upstream.js';
 import { startCluster } from '../src/pg/cluster.js';
+import { costBench, formatCost } from './cost.js';
 import { executorBench } from './executor.js';
 import { passthrough } from './passthrough.js';
 
@@ -125,7 +126,11 @@ async function main(): Promise<void> {
     baseDir: base,
     password: 'bench-superuser',
     binDir: process.env['DFGATE_TEST_PGBIN'] || undefined,
-    settings: { synchronous_commit: 'off', max_connections: '200' },
+    settings: {
+      synchronous_commit: 'off',
+      max_connections: '200',
+      shared_preload_libraries: 'pg_stat_statements',
+    },
   });
   try {
     const c = new pg.Client({ connectionString: cluster.url() });
@@ -160,6 +165,8 @@ async function main(): Promise<void> {
       );
     const userUrl = cluster.url().replace('postgres:bench-superuser@', 'bench:bench-pw@');
     if (!only || only === 'start') lines.push(...(await startBench(userUrl, cluster.url())), '');
+    if (!only || only === 'cost')
+      lines.push(...formatCost(await costBench(cluster, cluster.url(), userUrl)), '');
     const ex =
       only && only !== 'executor'
         ? undefined

@@ -1,0 +1,309 @@
+/**
+ * What a step and a start cost PostgreSQL (issue 12, "measure first"):
+ * statements (pg_stat_statements calls), round trips (client messages that
+ * wait for an answer: Query and Sync, counted by a relay between dfgate and
+ * the server), write transactions (transaction ids consumed) and the
+ * server's CPU time (utime + stime of every backend of the cluster, from
+ * /proc). Run with `npm run bench` (BENCH_ONLY=cost for this part alone).
+ *
+ * Workloads: W steps = N instances × K chained `UPDATE counters` steps run by
+ * one executor with 10 step slots (the peers' W1 shape); starts = M
+ * `df.start` calls in one statement, direct and through dfgate's edge.
+ */
+import { readdirSync, readFileSync } from 'node:fs';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import pg from 'pg';
+import pino from 'pino';
+import { Executor } from '../src/executor/executor.js';
+import type { RunningCluster } from '../src/pg/cluster.js';
+import { startProxy } from '../src/proxy/server.js';
+import { targetFromUrl } from '../src/proxy/upstream.js';
+
+/** A TCP relay that counts the client's Query ('Q') and Sync ('S') messages: one per round trip. */
+class CountingRelay {
+  roundTrips = 0;
+  private server: Server | undefined;
+  port = 0;
+  constructor(private readonly target: number) {}
+  async start(): Promise<void> {
+    this.server = createServer((client) => this.pipe(client));
+    await new Promise<void>((r) => this.server?.listen(0, '127.0.0.1', r));
+    const a = this.server.address();
+    this.port = typeof a === 'object' && a ? a.port : 0;
+  }
+  private pipe(client: Socket): void {
+    const server = connect(this.target, '127.0.0.1');
+    let buf = Buffer.alloc(0);
+    let startup = true;
+    client.on('data', (d: Buffer) => {
+      server.write(d);
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        if (startup) {
+          if (buf.length < 4) break;
+          const len = buf.readInt32BE(0);
+          if (buf.length < len) break;
+          const code = buf.readInt32BE(4);
+          buf = buf.subarray(len);
+          // SSLRequest / GSSENCRequest are answered with one byte, then a real startup follows
+          if (code !== 80877103 && code !== 80877104) startup = false;
+          continue;
+        }
+        if (buf.length < 5) break;
+        const len = buf.readInt32BE(1);
+        if (buf.length < 1 + len) break;
+        const t = String.fromCharCode(buf[0] as number);
+        if (t === 'Q' || t === 'S') this.roundTrips++;
+        buf = buf.subarray(1 + len);
+      }
+    });
+    server.on('data', (d: Buffer) => client.write(d));
+    const end = (): void => {
+      client.destroy();
+      server.destroy();
+    };
+    client.on('close', end).on('error', end);
+    server.on('close', end).on('error', end);
+  }
+  async stop(): Promise<void> {
+    await new Promise<void>((r) => this.server?.close(() => r()));
+  }
+}
+
+/** CPU seconds (user + system) of every process of the cluster (the postmaster's children and itself). */
+function clusterCpuSeconds(postmasterPid: number): number {
+  const hz = 100; // USER_HZ on Linux
+  let ticks = 0;
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const ppid = Number(rest[1]);
+      if (Number(e) !== postmasterPid && ppid !== postmasterPid) continue;
+      ticks += Number(rest[11]) + Number(rest[12]);
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return ticks / hz;
+}
+
+interface Snapshot {
+  readonly calls: Map<string, number>;
+  /** Execution + planning time per statement text (ms, as pg_stat_statements measures it). */
+  readonly ms: Map<string, number>;
+  readonly xacts: number;
+  readonly cpu: number;
+  readonly roundTrips: number;
+}
+
+export interface CostRow {
+  readonly what: string;
+  readonly per: number;
+  readonly statements: number;
+  readonly roundTrips: number;
+  readonly transactions: number;
+  readonly cpuMs: number;
+  readonly top: Array<[string, number, number]>;
+}
+
+async function snapshot(admin: pg.Client, pid: number, relay: CountingRelay): Promise<Snapshot> {
+  const s = await admin.query<{ q: string; calls: string; ms: string }>(
+    `SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS q, sum(calls)::text AS calls,
+            sum(total_exec_time + total_plan_time)::text AS ms
+       FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      GROUP BY 1`,
+  );
+  // transactions that wrote (took a transaction id): what costs a commit record
+  const x = await admin.query<{ n: string }>(
+    `SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS n`,
+  );
+  return {
+    calls: new Map(s.rows.map((r) => [r.q, Number(r.calls)])),
+    ms: new Map(s.rows.map((r) => [r.q, Number(r.ms)])),
+    xacts: Number(x.rows[0]?.n),
+    cpu: clusterCpuSeconds(pid),
+    roundTrips: relay.roundTrips,
+  };
+}
+
+function diff(
+  what: string,
+  per: number,
+  a: Snapshot,
+  b: Snapshot,
+  ownStatements: number,
+  ownXacts: number,
+): CostRow {
+  const d: Array<[string, number, number]> = [];
+  let total = 0;
+  for (const [q, n] of b.calls) {
+    const k = n - (a.calls.get(q) ?? 0);
+    if (k <= 0) continue;
+    // the measuring queries themselves
+    if (/pg_stat_statements|pg_current_snapshot/.test(q)) continue;
+    d.push([q, k / per, ((b.ms.get(q) ?? 0) - (a.ms.get(q) ?? 0)) / per]);
+    total += k;
+  }
+  d.sort((x, y) => y[2] - x[2]);
+  return {
+    what,
+    per,
+    statements: (total - ownStatements) / per,
+    roundTrips: (b.roundTrips - a.roundTrips) / per,
+    transactions: (b.xacts - a.xacts - ownXacts) / per,
+    cpuMs: ((b.cpu - a.cpu) * 1000) / per,
+    top: d.slice(0, 16),
+  };
+}
+
+function postmasterPid(cluster: RunningCluster): number {
+  return Number(readFileSync(`${cluster.dataDir}/postmaster.pid`, 'utf8').split('\n')[0]);
+}
+
+/**
+ * Needs a cluster started with shared_preload_libraries = pg_stat_statements,
+ * a migrated database at `adminUrl`, and the granted login `userUrl`.
+ */
+export async function costBench(
+  cluster: RunningCluster,
+  adminUrl: string,
+  userUrl: string,
+): Promise<CostRow[]> {
+  const pid = postmasterPid(cluster);
+  const relay = new CountingRelay(cluster.port);
+  await relay.start();
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  await admin.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
+  await admin.query(
+    `CREATE TABLE IF NOT EXISTS public.counters (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+     GRANT SELECT, UPDATE ON public.counters TO bench`,
+  );
+  const relayed = new URL(adminUrl);
+  relayed.port = String(relay.port);
+  const executor = (): Executor =>
+    new Executor({
+      controlUrl: relayed.toString(),
+      log: pino({ level: 'warn' }),
+      stepAuth: 'login',
+      stepSecret: 'bench-secret',
+      leaseMs: 30_000,
+      pollMs: 5000,
+      maxConcurrentSteps: 10,
+      maxConcurrentInstances: 256,
+      maxLoopIterations: 1000,
+    });
+  let ex = executor();
+  const u = new pg.Client({ connectionString: userUrl });
+  await u.connect();
+  const rows: CostRow[] = [];
+  const waitAll = async (): Promise<number> => {
+    for (let polls = 1; ; polls++) {
+      const r = await admin.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM df.instances WHERE status IN ('pending', 'running')`,
+      );
+      if (r.rows[0]?.n === 0) return polls;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  };
+  try {
+    await ex.start();
+    // warm up: step logins provisioned, plans cached
+    await u.query(`SELECT df.start('UPDATE public.counters SET n = n + 1 WHERE id = 0')`);
+    await waitAll();
+    await ex.stop();
+
+    const n = 200;
+    const k = 10;
+    await admin.query(
+      `INSERT INTO public.counters SELECT g, 0 FROM generate_series(0, ${n}) g ON CONFLICT (id) DO UPDATE SET n = 0`,
+    );
+    const chain = (i: string): string =>
+      Array.from(
+        { length: k },
+        () => `('UPDATE public.counters SET n = n + 1 WHERE id = ' || ${i})`,
+      ).join(' ~> ');
+    // started while no executor runs: the window below holds the executor's work only
+    await u.query(
+      `SELECT df.start(${chain('g::text')}, 'wf-' || g) FROM generate_series(1, ${n}) g`,
+    );
+    await admin.query('SELECT pg_stat_statements_reset()');
+    const s0 = await snapshot(admin, pid, relay);
+    ex = executor();
+    await ex.start();
+    const polls = await waitAll();
+    const s1 = await snapshot(admin, pid, relay);
+    rows.push(
+      diff(`per step (${n} instances × ${k} steps, 10 slots, W1 shape)`, n * k, s0, s1, polls, 0),
+    );
+    const check = await admin.query<{ bad: number }>(
+      `SELECT count(*)::int AS bad FROM public.counters WHERE id BETWEEN 1 AND ${n} AND n <> ${k}`,
+    );
+    if (check.rows[0]?.bad !== 0)
+      throw new Error(`cost bench: ${check.rows[0]?.bad} counters not at ${k}`);
+
+    await ex.stop();
+    // starts without an executor running: only the start path is measured
+    const proxy = await startProxy({
+      host: '127.0.0.1',
+      port: 0,
+      upstream: targetFromUrl(userUrl),
+      log: pino({ level: 'silent' }),
+      maxClientConnections: 10,
+      connectTimeoutMs: 5000,
+      maxMessageSize: 64 * 1024 * 1024,
+      edgeValidation: true,
+    });
+    const viaProxy = new URL(userUrl);
+    viaProxy.port = String(proxy.port);
+    const proxyUrl = viaProxy.toString();
+    const m = 1000;
+    const one = `'UPDATE public.counters SET n = n + 1 WHERE id = 1'`;
+    for (const [what, url] of [
+      ['per df.start, direct, 1,000 in one statement', userUrl],
+      ['per df.start through dfgate (edge-compiled), 1,000 in one statement', proxyUrl],
+    ] as Array<[string, string]>) {
+      const c = new pg.Client({ connectionString: url });
+      await c.connect();
+      await c.query(`SELECT df.start(${one} ~> ${one}) FROM generate_series(1, 2)`);
+      const a = await snapshot(admin, pid, relay);
+      await c.query(`SELECT df.start(${one} ~> ${one}) FROM generate_series(1, ${m})`);
+      const b = await snapshot(admin, pid, relay);
+      rows.push(diff(what, m, a, b, 0, 1));
+      await c.end();
+    }
+    const a = await snapshot(admin, pid, relay);
+    await u.query(
+      `INSERT INTO public.plain SELECT md5(g::text), ${one} ~> ${one}, 'x' FROM generate_series(1, ${m}) g`,
+    );
+    const b = await snapshot(admin, pid, relay);
+    rows.push(diff('per row of a plain INSERT of the same graph text (baseline)', m, a, b, 0, 1));
+    await proxy.shutdown(1000);
+    await admin.query('TRUNCATE df.events, df.signals, df.vars, df.nodes, df.instances CASCADE');
+  } finally {
+    await ex.stop().catch(() => undefined);
+    await u.end();
+    await admin.end();
+    await relay.stop();
+  }
+  return rows;
+}
+
+export function formatCost(rows: CostRow[]): string[] {
+  const out = [
+    'cost per unit of work (pg_stat_statements; round trips counted by a relay; write transactions = xids; /proc CPU of the cluster):',
+    `  ${'what'.padEnd(72)} ${'stmts'.padStart(6)} ${'RTs'.padStart(6)} ${'xacts'.padStart(6)} ${'PG CPU ms'.padStart(10)}`,
+  ];
+  for (const r of rows)
+    out.push(
+      `  ${r.what.padEnd(72)} ${r.statements.toFixed(2).padStart(6)} ${r.roundTrips.toFixed(2).padStart(6)} ${r.transactions.toFixed(2).padStart(6)} ${r.cpuMs.toFixed(3).padStart(10)}`,
+    );
+  for (const r of rows) {
+    out.push(`  statements ${r.what} (calls per unit × server time per unit, by time):`);
+    for (const [q, c, ms] of r.top)
+      out.push(`    ${c.toFixed(2).padStart(7)} × ${ms.toFixed(3).padStart(7)} ms  ${q}`);
+  }
+  return out;
+}
