@@ -15,7 +15,7 @@ import { buildGraph, type Graph, type NodeRow } from './graph.js';
 import { compactJson } from './encode.js';
 import { loadParser } from './sqlcheck.js';
 import { metrics } from '../metrics.js';
-import { HttpStepError, sendHttp } from './http.js';
+import { HttpStepError, idempotencyKey, sendHttp } from './http.js';
 import type { StartNewRequest } from '../proxy/session.js';
 import { runSqlStep, StepPool, isRetryable, type StepAuth, type StepIdentity } from './steps.js';
 
@@ -798,7 +798,9 @@ export class Executor {
       return;
     }
     try {
-      const result = await sendHttp(a.request, policy);
+      const result = await sendHttp(a.request, policy, {
+        idempotencyKey: idempotencyKey(inst.id, inst.root_node, a.key),
+      });
       metrics.steps.inc({ outcome: 'done' });
       await this.event(id, epoch, a, 'done', { result }).catch(() => undefined);
     } catch (err) {

@@ -1,16 +1,30 @@
 /**
  * HTTP and HTTP_MULTIPART steps (spec §6.12, §9.6, DESIGN.md §5 Q8): the
  * request built from the node's config after raw-mode substitution, the
- * endpoint policy (df.config http_enabled / http_allow_private /
- * http_allow_hosts), SSRF protection on the address actually connected to,
- * and the response envelope. Redirects are never followed; nothing is
- * retried. An HTTP step is at least once: a crash after the request and
- * before its result is recorded sends it again.
+ * endpoint policy (egress.ts: df.config http_enabled / http_allow_private /
+ * http_allow_hosts, checked on the URL and on the address actually connected
+ * to), the cap on the response body, the Idempotency-Key, and the response
+ * envelope. Redirects are never followed; nothing is retried. An HTTP step is
+ * at least once: a crash after the request and before its result is recorded
+ * sends it again, with the same Idempotency-Key.
  */
-import { randomBytes } from 'node:crypto';
-import dns from 'node:dns';
-import net from 'node:net';
+import { createHash, randomBytes } from 'node:crypto';
 import { Agent, request, type Dispatcher } from 'undici';
+import {
+  checkEndpoint,
+  guardedConnector,
+  HttpStepError,
+  type HttpPolicy,
+  type LookupFunction,
+} from './egress.js';
+
+export {
+  addressBlocked,
+  checkEndpoint,
+  guardedLookup,
+  HttpStepError,
+  type HttpPolicy,
+} from './egress.js';
 
 export interface HttpPart {
   readonly name: string;
@@ -29,171 +43,44 @@ export interface HttpRequest {
   readonly parts?: readonly HttpPart[];
 }
 
-export interface HttpPolicy {
-  readonly enabled: boolean;
-  readonly allowPrivate: boolean;
-  /** Exact host names, or '.suffix' entries; empty: any host. */
-  readonly allowHosts: readonly string[];
-}
+/** Response bodies larger than this fail the step unless the caller passes another cap (4 MiB). */
+export const DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024;
 
-export class HttpStepError extends Error {}
-
-// ---- addresses -----------------------------------------------------------
-
-type Range = readonly [bigint, bigint]; // [first, last] as 128-bit integers (IPv4 mapped into ::ffff:0:0/96)
-
-function v4(a: string): bigint {
-  return a.split('.').reduce((acc, o) => (acc << 8n) | BigInt(Number(o)), 0n) | 0xffff00000000n;
-}
-
-function v6(a: string): bigint {
-  let s = a.toLowerCase();
-  const dotted = /(\d+\.\d+\.\d+\.\d+)$/.exec(s);
-  if (dotted) {
-    const n = v4(dotted[1] as string) & 0xffffffffn;
-    s =
-      s.slice(0, -(dotted[1] as string).length) +
-      `${(n >> 16n).toString(16)}:${(n & 0xffffn).toString(16)}`;
-  }
-  const [head, tail] = s.split('::') as [string, string | undefined];
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
-  return groups.reduce((acc, g) => (acc << 16n) | BigInt(parseInt(g || '0', 16)), 0n);
-}
-
-function cidr(text: string): Range {
-  const [addr, bits] = text.split('/') as [string, string];
-  const isV4 = net.isIPv4(addr);
-  const base = isV4 ? v4(addr) : v6(addr);
-  const len = isV4 ? 96 + Number(bits) : Number(bits);
-  const host = (1n << BigInt(128 - len)) - 1n;
-  return [base & ~host, (base & ~host) | host];
-}
-
-/** Never reachable from an HTTP step: "this network", link-local (cloud metadata), and known metadata addresses. */
-const ALWAYS_BLOCKED = [
-  '0.0.0.0/8',
-  '169.254.0.0/16',
-  '100.100.100.200/32',
-  '::/128',
-  'fe80::/10',
-  'fd00:ec2::254/128',
-].map(cidr);
-/** Loopback and private ranges: reachable only with http_allow_private. */
-const PRIVATE = [
-  '10.0.0.0/8',
-  '100.64.0.0/10',
-  '127.0.0.0/8',
-  '172.16.0.0/12',
-  '192.168.0.0/16',
-  '::1/128',
-  'fc00::/7',
-].map(cidr);
-
-/** Why an address may not be connected to, or undefined when it may. */
-export function addressBlocked(address: string, allowPrivate: boolean): boolean {
-  const fam = net.isIP(address);
-  if (fam === 0) return true;
-  let n = fam === 4 ? v4(address) : v6(address);
-  // IPv4-mapped IPv6 (::ffff:a.b.c.d) is judged as the IPv4 address it carries
-  if (n >> 32n === 0xffffn) n = (n & 0xffffffffn) | 0xffff00000000n;
-  const inside = (r: Range): boolean => n >= r[0] && n <= r[1];
-  if (ALWAYS_BLOCKED.some(inside)) return true;
-  return !allowPrivate && PRIVATE.some(inside);
-}
-
-/** The host of a URL as spec §9.6 extracts it (lower case; IPv6 literals without brackets). */
-export function hostOf(url: string): string | undefined {
-  const i = url.indexOf('://');
-  if (i < 0) return undefined;
-  let rest = url.slice(i + 3);
-  const end = rest.search(/[/?#]/);
-  if (end >= 0) rest = rest.slice(0, end);
-  const at = rest.lastIndexOf('@');
-  if (at >= 0) rest = rest.slice(at + 1);
-  if (rest.startsWith('[')) {
-    const close = rest.indexOf(']');
-    return close > 0 ? rest.slice(1, close).toLowerCase() : undefined;
-  }
-  const colon = rest.lastIndexOf(':');
-  if (colon >= 0) rest = rest.slice(0, colon);
-  return rest ? rest.toLowerCase() : undefined;
-}
-
-const BLOCKED_RANGE = (host: string): string =>
-  `Blocked: the resolved IP address for '${host}' is in a restricted range. df.http() cannot access private or internal network addresses.`;
-
-/** The policy checks that need no network (spec §6.12 steps 3 and 4); throws HttpStepError. */
-export function checkEndpoint(url: string, policy: HttpPolicy): string {
-  if (!policy.enabled)
-    throw new HttpStepError(
-      "Blocked: outbound HTTP requests are disabled. An administrator enables them with: UPDATE df.config SET value = 'true' WHERE key = 'http_enabled'",
-    );
-  const scheme = url.includes('://') ? url.slice(0, url.indexOf('://')).toLowerCase() : url;
-  if (scheme !== 'http' && scheme !== 'https')
-    throw new HttpStepError(
-      `Blocked: unsupported URL scheme '${scheme}'. Only http and https are allowed.`,
-    );
-  const host = hostOf(url);
-  if (!host) throw new HttpStepError('Blocked: unable to extract hostname from URL.');
-  if (
-    policy.allowHosts.length > 0 &&
-    !policy.allowHosts.some((h) => (h.startsWith('.') ? host.endsWith(h) : host === h))
-  )
-    throw new HttpStepError(
-      `Blocked: '${host}' is not in the allowed endpoint list (df.config http_allow_hosts).`,
-    );
-  if (net.isIP(host) && addressBlocked(host, policy.allowPrivate))
-    throw new HttpStepError(BLOCKED_RANGE(host));
-  return host;
-}
-
-// ---- connecting ----------------------------------------------------------
-
-type LookupCallback = (
-  err: NodeJS.ErrnoException | null,
-  address: string | dns.LookupAddress[],
-  family?: number,
-) => void;
-
-/** A dns.lookup that answers only with permitted addresses; net.connect then uses exactly those. */
-export function guardedLookup(
-  allowPrivate: boolean,
-  resolve: typeof dns.lookup = dns.lookup,
-): (host: string, options: dns.LookupOptions, cb: LookupCallback) => void {
-  return (host, options, cb) => {
-    resolve(host, { ...options, all: true }, (err, addresses) => {
-      if (err) {
-        cb(err, []);
-        return;
-      }
-      const list = (addresses as dns.LookupAddress[]).filter(
-        (a) => !addressBlocked(a.address, allowPrivate),
-      );
-      if (list.length === 0) {
-        const e = new Error(BLOCKED_RANGE(host)) as NodeJS.ErrnoException;
-        e.code = 'EDFGATEBLOCKED';
-        cb(e, []);
-        return;
-      }
-      if (options.all) cb(null, list);
-      else cb(null, (list[0] as dns.LookupAddress).address, (list[0] as dns.LookupAddress).family);
-    });
-  };
+export interface SendOptions {
+  /** The cap on the response body in bytes, enforced while it streams in. */
+  readonly maxBodyBytes?: number;
+  /** Sent as the `Idempotency-Key` header unless the step sets that header itself. */
+  readonly idempotencyKey?: string;
+  /** Name resolution for the connection (tests inject one); default: the system resolver. */
+  readonly lookup?: LookupFunction;
 }
 
 const agents = new Map<boolean, Agent>();
-function agentFor(allowPrivate: boolean): Agent {
+function agentFor(allowPrivate: boolean, lookup: LookupFunction | undefined): Agent {
+  // every request goes through guardedConnector; an injected lookup gets an agent of its own
+  if (lookup)
+    return new Agent({ connect: guardedConnector(allowPrivate, lookup), keepAliveTimeout: 1 });
   let a = agents.get(allowPrivate);
   if (!a) {
-    a = new Agent({
-      connect: { lookup: guardedLookup(allowPrivate) as never },
-      keepAliveTimeout: 4000,
-    });
+    a = new Agent({ connect: guardedConnector(allowPrivate), keepAliveTimeout: 4000 });
     agents.set(allowPrivate, a);
   }
   return a;
+}
+
+/**
+ * The `Idempotency-Key` of an HTTP step (DESIGN.md §4): the same for every
+ * send of one activation (a resend after a crash, a retry), different for
+ * another node, loop iteration or instance. `instanceId` and `rootNode` are
+ * both drawn at random by df.start, so together they tell instances apart
+ * across databases and after retention frees an id; `activation` is the
+ * node's activation key (scope, generation, node id).
+ */
+export function idempotencyKey(instanceId: string, rootNode: string, activation: string): string {
+  const h = createHash('sha256')
+    .update(`dfgate-idempotency-v1\0${instanceId}\0${rootNode}\0${activation}`)
+    .digest('hex');
+  return `dfgate-${h.slice(0, 40)}`;
 }
 
 // ---- the response ----------------------------------------------------------
@@ -274,47 +161,85 @@ function multipartBody(parts: readonly HttpPart[]): { body: Buffer; contentType:
 
 export const USER_AGENT = 'dfgate/0.1';
 
+const formatBytes = (n: number): string =>
+  n % (1024 * 1024) === 0
+    ? `${n / (1024 * 1024)} MiB`
+    : n % 1024 === 0
+      ? `${n / 1024} KiB`
+      : `${n} bytes`;
+
 /**
  * Sends the request; returns the envelope (spec §6.12 step 7) or throws an
  * HttpStepError whose message is the node's error.
  */
-export async function sendHttp(req: HttpRequest, policy: HttpPolicy): Promise<string> {
-  const host = checkEndpoint(req.url, policy);
+export async function sendHttp(
+  req: HttpRequest,
+  policy: HttpPolicy,
+  options: SendOptions = {},
+): Promise<string> {
+  const endpoint = checkEndpoint(req.url, policy);
+  const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   const headers: Record<string, string> = {};
   let hasUa = false;
+  let hasKey = false;
   for (const [k, v] of req.headers) {
-    if (req.kind === 'HTTP_MULTIPART' && k.toLowerCase() === 'content-type') continue;
-    if (k.toLowerCase() === 'user-agent') hasUa = true;
+    const lower = k.toLowerCase();
+    if (req.kind === 'HTTP_MULTIPART' && lower === 'content-type') continue;
+    if (lower === 'user-agent') hasUa = true;
+    if (lower === 'idempotency-key') hasKey = true;
     headers[k] = v;
   }
   if (!hasUa) headers['user-agent'] = USER_AGENT;
+  if (!hasKey && options.idempotencyKey !== undefined)
+    headers['idempotency-key'] = options.idempotencyKey;
   let body: string | Buffer | null = req.body;
   if (req.kind === 'HTTP_MULTIPART') {
     const mp = multipartBody(req.parts ?? []);
     body = mp.body;
     headers['content-type'] = mp.contentType;
   }
+  const tooLarge = (): HttpStepError =>
+    new HttpStepError(
+      `HTTP response body of ${req.method} ${req.url} exceeds the limit of ${formatBytes(maxBody)} (${maxBody} bytes); dfgate stopped reading it. Raise the limit with dfgate's --max-result-bytes option.`,
+    );
   const started = Date.now();
   const ms = req.timeoutSeconds * 1000;
+  const dispatcher = agentFor(policy.allowPrivate, options.lookup);
   let res: Dispatcher.ResponseData;
   let bytes: Buffer;
   try {
-    res = await request(req.url, {
+    res = await request(endpoint.href, {
       method: req.method as Dispatcher.HttpMethod,
       headers,
       body: body ?? null,
-      dispatcher: agentFor(policy.allowPrivate),
+      dispatcher,
       signal: AbortSignal.timeout(ms),
       headersTimeout: ms,
       bodyTimeout: ms,
     });
-    bytes = Buffer.from(await res.body.arrayBuffer());
+    // the body is read only up to the cap: past it the request is destroyed (and its connection closed)
+    const declared = Number(res.headers['content-length']);
+    if (Number.isFinite(declared) && declared > maxBody) {
+      res.body.destroy();
+      throw tooLarge();
+    }
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for await (const chunk of res.body as AsyncIterable<Buffer>) {
+      total += chunk.length;
+      if (total > maxBody) {
+        res.body.destroy();
+        throw tooLarge();
+      }
+      chunks.push(chunk);
+    }
+    bytes = Buffer.concat(chunks, total);
   } catch (err) {
+    if (err instanceof HttpStepError) throw err;
     const e = err as NodeJS.ErrnoException & { cause?: NodeJS.ErrnoException };
     const code = e.code ?? e.cause?.code;
     const detail = e.cause?.message ?? e.message;
-    if (code === 'EDFGATEBLOCKED' || /restricted range/.test(detail))
-      throw new HttpStepError(BLOCKED_RANGE(host));
+    if (code === 'EDFGATEBLOCKED') throw new HttpStepError(e.code === code ? e.message : detail);
     if (
       e.name === 'TimeoutError' ||
       e.name === 'AbortError' ||
@@ -330,6 +255,8 @@ export async function sendHttp(req: HttpRequest, policy: HttpPolicy): Promise<st
     )
       throw new HttpStepError(`HTTP connection failed: ${req.url} - ${detail}`);
     throw new HttpStepError(`HTTP request failed: ${req.url} - ${detail}`);
+  } finally {
+    if (options.lookup) void dispatcher.destroy().catch(() => undefined);
   }
   const duration = Date.now() - started;
   const rawType = res.headers['content-type'];

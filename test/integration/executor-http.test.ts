@@ -20,6 +20,11 @@ const seen: Array<{
   body: Buffer;
 }> = [];
 
+let connections = 0;
+let counter = 0;
+/** Responses to /hold requests, answered by the test. */
+const held: http.ServerResponse[] = [];
+
 const server = http.createServer((req, res) => {
   const chunks: Buffer[] = [];
   req.on('data', (d: Buffer) => chunks.push(d));
@@ -59,12 +64,26 @@ const server = http.createServer((req, res) => {
       case '/slow':
         setTimeout(() => res.end('late'), 3000);
         return;
+      case '/count':
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ n: ++counter }));
+        return;
+      case '/hold':
+        held.push(res);
+        return;
+      case '/huge':
+        // 5 MiB, one over the default 4 MiB cap
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        res.end(Buffer.alloc(5 * 1024 * 1024, 7));
+        return;
       default:
         res.writeHead(200);
         res.end();
     }
   });
 });
+
+server.on('connection', () => connections++);
 
 beforeAll(async () => {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
@@ -79,6 +98,12 @@ afterAll(() => {
   server.closeAllConnections();
   server.close();
 });
+
+async function allowPrivate(on: boolean): Promise<void> {
+  await db.admin.query(`UPDATE df.config SET value = $1 WHERE key = 'http_allow_private'`, [
+    JSON.stringify(on),
+  ]);
+}
 
 async function run(expr: string): Promise<{ id: string; status: string; result: string | null }> {
   const id = (await c.query(`SELECT df.start(${expr}) AS id`)).rows[0].id as string;
@@ -215,7 +240,7 @@ describe('the endpoint policy', () => {
     await db.admin.query(`UPDATE df.config SET value = 'false' WHERE key = 'http_allow_private'`);
     const priv = await run(`df.http('${base}/json', 'GET')`);
     expect(await failure(priv.id)).toBe(
-      "Blocked: the resolved IP address for '127.0.0.1' is in a restricted range. df.http() cannot access private or internal network addresses.",
+      "Blocked: the resolved IP address for '127.0.0.1' is in a restricted range. df.http() cannot access private or internal network addresses. (127.0.0.1 is loopback, 127.0.0.0/8; an administrator may open loopback and private ranges with df.config http_allow_private.)",
     );
     await db.admin.query(`UPDATE df.config SET value = 'true' WHERE key = 'http_allow_private'`);
     await db.admin.query(
@@ -229,5 +254,144 @@ describe('the endpoint policy', () => {
     expect(seen.length).toBe(before); // nothing was sent
     const ok = await run(`df.http('${base}/json', 'GET')`);
     expect(ok.status).toBe('completed');
+  });
+});
+
+describe('egress: every spelling of a refused address is refused', () => {
+  const port = (): string => base.slice(base.lastIndexOf(':') + 1);
+
+  it('without http_allow_private, loopback spellings fail the step and reach nothing', async () => {
+    await allowPrivate(false);
+    const spellings = [
+      `http://2130706433:${port()}/json`,
+      `http://0x7f000001:${port()}/json`,
+      `http://0177.0.0.1:${port()}/json`,
+      `http://127.1:${port()}/json`,
+      `http://127.0.0.1.:${port()}/json`,
+      `http://%31%32%37.0.0.1:${port()}/json`,
+      `http://127。0。0。1:${port()}/json`,
+      `http://[::ffff:127.0.0.1]:${port()}/json`,
+      `http://127.0.0.1:${port()}\\@example.invalid/`,
+      `http://0:${port()}/json`,
+    ];
+    const before = { connections, requests: seen.length };
+    for (const url of spellings) {
+      const r = await run(`df.http('${url}', 'GET')`);
+      expect([url, r.status]).toEqual([url, 'failed']);
+      expect([url, await failure(r.id)]).toEqual([
+        url,
+        expect.stringMatching(
+          /^Blocked: the resolved IP address for '(127\.0\.0\.1|::ffff:7f00:1|0\.0\.0\.0)' is in a restricted range\. df\.http\(\) cannot access private or internal network addresses\. \(.*(loopback|this network).*\)$/,
+        ),
+      ]);
+    }
+    // the backslash spelling is also judged by the host it connects to, not by the text after '@'
+    await db.admin.query(
+      `UPDATE df.config SET value = '["example.invalid"]' WHERE key = 'http_allow_hosts'`,
+    );
+    const listed = await run(`df.http('http://127.0.0.1:${port()}\\@example.invalid/', 'GET')`);
+    expect(await failure(listed.id)).toBe(
+      "Blocked: '127.0.0.1' is not in the allowed endpoint list (df.config http_allow_hosts).",
+    );
+    await db.admin.query(`UPDATE df.config SET value = '[]' WHERE key = 'http_allow_hosts'`);
+    expect({ connections, requests: seen.length }).toEqual(before);
+  });
+
+  it('with http_allow_private, loopback works while link-local, metadata and credentials stay refused', async () => {
+    await allowPrivate(true);
+    const ok = await run(`df.http('${base}/json', 'GET')`);
+    expect(ok.status).toBe('completed');
+    const before = { connections, requests: seen.length };
+    for (const url of [
+      'http://169.254.169.254/latest/meta-data/',
+      'http://2852039166/',
+      'http://0xa9fea9fe/',
+      'http://169.254.43518/',
+      'http://[::ffff:169.254.169.254]/',
+      'http://100.100.100.200/',
+      'http://[fd00:ec2::254]/',
+    ]) {
+      const r = await run(`df.http('${url}', 'GET')`);
+      expect([url, await failure(r.id)]).toEqual([
+        url,
+        expect.stringMatching(/restricted range.*refused even with http_allow_private\.\)$/),
+      ]);
+    }
+    for (const url of [
+      `http://user:pw@127.0.0.1:${port()}/json`,
+      `http://u@127.0.0.1:${port()}/`,
+    ]) {
+      const r = await run(`df.http('${url}', 'GET')`);
+      expect(await failure(r.id)).toBe(
+        'Blocked: URLs with credentials (user:password@host) are not permitted. Send credentials in a header, for example Authorization.',
+      );
+    }
+    expect({ connections, requests: seen.length }).toEqual(before);
+  });
+});
+
+describe('response bodies', () => {
+  it('a body over the default cap of 4 MiB fails the step with the cap in the message', async () => {
+    await allowPrivate(true);
+    const r = await run(`df.http('${base}/huge', 'GET')`);
+    expect(r.status).toBe('failed');
+    expect(await failure(r.id)).toBe(
+      `HTTP response body of GET ${base}/huge exceeds the limit of 4 MiB (4194304 bytes); dfgate stopped reading it. Raise the limit with dfgate's --max-result-bytes option.`,
+    );
+  });
+});
+
+describe('Idempotency-Key', () => {
+  const keyOf = (path: string): string[] =>
+    seen.filter((s) => s.url.startsWith(path)).map((s) => String(s.headers['idempotency-key']));
+
+  it('differs per node, loop iteration and instance; an explicit header wins', async () => {
+    await allowPrivate(true);
+    counter = 0;
+    const flow = (tag: string): string =>
+      `df.loop(df.http('${base}/count?${tag}', 'GET') |=> 'r', 'SELECT (($r.body)::jsonb ->> ''n'')::int % 3 <> 0')` +
+      ` ~> df.http('${base}/json?${tag}-a', 'GET')` +
+      ` ~> df.http('${base}/json?${tag}-b', 'GET', NULL, '{"idempotency-KEY": "mine-$r.status"}'::jsonb)`;
+    const one = await run(flow('one'));
+    const two = await run(flow('two'));
+    expect([one.status, two.status]).toEqual(['completed', 'completed']);
+    const loopOne = keyOf('/count?one');
+    const loopTwo = keyOf('/count?two');
+    expect(loopOne).toHaveLength(3);
+    expect(loopTwo).toHaveLength(3);
+    const keys = [...loopOne, ...loopTwo, ...keyOf('/json?one-a'), ...keyOf('/json?two-a')];
+    for (const k of keys) expect(k).toMatch(/^dfgate-[0-9a-f]{40}$/);
+    expect(new Set(keys).size).toBe(8);
+    expect(keyOf('/json?one-b')).toEqual(['mine-200']);
+    expect(keyOf('/json?two-b')).toEqual(['mine-200']);
+  });
+
+  it('is the same when a step is sent again after its executor lost the instance mid-request', async () => {
+    await allowPrivate(true);
+    const id = (await c.query(`SELECT df.start(df.http('${base}/hold', 'GET')) AS id`)).rows[0]
+      .id as string;
+    const waitHeld = async (n: number): Promise<void> => {
+      for (let i = 0; held.length < n; i++) {
+        if (i > 400) throw new Error(`no request ${n} to /hold`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    };
+    await waitHeld(1);
+    // as if the executor froze past its lease: another claim (a new epoch) takes the instance over
+    await db.admin.query(
+      `UPDATE df.instances SET lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1`,
+      [id],
+    );
+    // the first request's answer arrives too late to be recorded; the step is sent again
+    held[0]?.end('first');
+    await waitHeld(2);
+    held[1]?.end('second');
+    const r = await finished(c, id);
+    expect(r.status).toBe('completed');
+    expect(JSON.parse(r.result as string)).toMatchObject({ body: 'second' });
+    const keys = keyOf('/hold');
+    expect(keys).toHaveLength(2);
+    expect(keys[0]).toMatch(/^dfgate-[0-9a-f]{40}$/);
+    expect(keys[1]).toBe(keys[0]);
   });
 });
