@@ -28,6 +28,7 @@ export interface Config {
   readonly tlsKey: string | undefined;
   readonly maxClientConnections: number;
   readonly connectTimeoutMs: number;
+  readonly startupTimeoutMs: number;
   readonly maxMessageSize: number;
   readonly shutdownTimeoutMs: number;
   readonly maxConcurrentSteps: number;
@@ -127,6 +128,13 @@ export const FLAGS: readonly FlagSpec[] = [
     kind: 'string',
     env: 'DFGATE_CONNECT_TIMEOUT',
     help: 'seconds to wait for the upstream server (default 10)',
+    commands: ['serve'],
+  },
+  {
+    name: 'startup-timeout',
+    kind: 'string',
+    env: 'DFGATE_STARTUP_TIMEOUT',
+    help: 'seconds a client gets from connecting until it is logged in (default 60)',
     commands: ['serve'],
   },
   {
@@ -330,6 +338,7 @@ export function parseConfig(
     tlsKey,
     maxClientConnections: num('max-client-connections', 1000, 1, 1_000_000),
     connectTimeoutMs: num('connect-timeout', 10, 0.1, 3600) * 1000,
+    startupTimeoutMs: num('startup-timeout', 60, 0.1, 3600) * 1000,
     maxMessageSize: num('max-message-size', 1024 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     shutdownTimeoutMs: num('shutdown-timeout', 30, 0, 86400) * 1000,
     maxConcurrentSteps: num('max-concurrent-steps', 10, 1, 1000),

@@ -58,6 +58,7 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
     log: log.child({ component: 'proxy' }),
     maxClientConnections: cfg.maxClientConnections,
     connectTimeoutMs: cfg.connectTimeoutMs,
+    startupTimeoutMs: cfg.startupTimeoutMs,
     maxMessageSize: cfg.maxMessageSize,
     tlsCert: cfg.tlsCert,
     tlsKey: cfg.tlsKey,

@@ -1,6 +1,13 @@
 /**
  * The listening side of the proxy, the one place that accepts sockets:
  * connection limits, TLS material, graceful shutdown.
+ *
+ * Every accepted socket counts against --max-client-connections from accept
+ * until it closes, whether or not it ever finishes its startup packet (each
+ * is bounded by --startup-timeout). A socket accepted beyond the limit still
+ * gets its startup packet read, to be answered FATAL 53300 as PostgreSQL does;
+ * at most another --max-client-connections of those wait at once, and any
+ * further socket is closed on accept.
  */
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
@@ -20,6 +27,8 @@ export interface ProxyOptions {
   readonly log: Logger;
   readonly maxClientConnections: number;
   readonly connectTimeoutMs: number;
+  /** From accept until the session is established; default 60 s (PostgreSQL's authentication_timeout). */
+  readonly startupTimeoutMs?: number | undefined;
   readonly maxMessageSize: number;
   readonly tlsCert?: string | undefined;
   readonly tlsKey?: string | undefined;
@@ -53,16 +62,34 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
         })
       : undefined;
   let shuttingDown = false;
-  let admitted = 0;
+  /** Sessions counted against --max-client-connections (from accept), and those accepted beyond it. */
+  const counted = new Set<Session>();
+  const overLimit = new Set<Session>();
   let onAllClosed: (() => void) | undefined;
+  const tooMany = (): void => {
+    metrics.clientsRefused.inc({ reason: 'too_many_clients' });
+    log.warn(
+      { max: opts.maxClientConnections },
+      'refusing a client: --max-client-connections reached',
+    );
+  };
 
   // Half-open: a client may send Terminate and FIN before reading the answers (as with PostgreSQL itself).
   const server = net.createServer({ allowHalfOpen: true }, (sock) => {
     metrics.clientConnections.inc();
+    const fits = counted.size < opts.maxClientConnections;
+    if (!fits && overLimit.size >= opts.maxClientConnections) {
+      // as many refusals already wait for their startup packets: no more sockets
+      tooMany();
+      sock.on('error', () => undefined);
+      sock.destroy();
+      return;
+    }
     const session = new Session(sock, {
       log,
       upstream: opts.upstream,
       connectTimeoutMs: opts.connectTimeoutMs,
+      startupTimeoutMs: opts.startupTimeoutMs ?? 60_000,
       maxMessageSize: opts.maxMessageSize,
       tls: secureContext,
       cancels,
@@ -78,31 +105,27 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
             message: 'the database system is shutting down',
           };
         }
-        if (admitted >= opts.maxClientConnections) {
-          metrics.clientsRefused.inc({ reason: 'too_many_clients' });
-          log.warn(
-            { max: opts.maxClientConnections },
-            'refusing a client: --max-client-connections reached',
-          );
+        if (!counted.has(s)) {
+          tooMany();
           return {
             severity: 'FATAL',
             code: SqlState.TooManyConnections,
             message: 'sorry, too many clients already',
           };
         }
-        admitted++;
-        admittedSessions.add(s);
         return undefined;
       },
       closed: (s) => {
         sessions.delete(s);
-        if (admittedSessions.delete(s)) admitted--;
+        counted.delete(s);
+        overLimit.delete(s);
         if (sessions.size === 0) onAllClosed?.();
       },
     });
+    if (session.phase === 'closed') return; // closed while constructing (a socket already gone)
     sessions.add(session);
+    (fits ? counted : overLimit).add(session);
   });
-  const admittedSessions = new Set<Session>();
   server.on('error', (err) => log.error({ err }, 'listener error'));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

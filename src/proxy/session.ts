@@ -36,7 +36,9 @@ import {
   Backend,
   Frontend,
   isFrontendType,
+  isSmallFrontendType,
   MAX_STARTUP_PACKET,
+  SMALL_MESSAGE_LIMIT,
 } from './protocol/codes.js';
 import {
   Framer,
@@ -50,10 +52,11 @@ import {
   decodeFrontend,
   decodeStartup,
   encodeFrontend,
+  unknownTypeError,
   type AuthMessage,
   type FrontendMessage,
 } from './protocol/frontend.js';
-import { ProtocolError } from './protocol/reader.js';
+import { ProtocolError, SilentClose } from './protocol/reader.js';
 import { SqlState } from './protocol/sqlstate.js';
 import { connectUpstream, type UpstreamTarget } from './upstream.js';
 
@@ -61,6 +64,8 @@ export interface SessionContext {
   readonly log: Logger;
   readonly upstream: UpstreamTarget;
   readonly connectTimeoutMs: number;
+  /** From accept until the session is ready (SSL, startup packet, authentication); then closed silently. */
+  readonly startupTimeoutMs: number;
   readonly maxMessageSize: number;
   readonly tls: tls.SecureContext | undefined;
   readonly cancels: CancelRegistry;
@@ -153,10 +158,16 @@ export class Session {
   private unregisterKey: (() => void) | undefined;
   private sawFatal = false;
   private clientTerminated = false;
+  /** The client half-closed (FIN) or its socket closed: a later upstream close is its doing. */
+  private clientGone = false;
+  private startupTimer: NodeJS.Timeout | undefined;
   private draining = false;
   private readonly pendingClient: Buffer[] = [];
-  /** A client protocol error to report once the upstream has answered what came before it. */
-  private pendingFatal: ErrorFields | undefined;
+  /**
+   * A client protocol error to report once the upstream has answered what came
+   * before it ('silent': close without a word, as PostgreSQL does for bad lengths).
+   */
+  private pendingFatal: ErrorFields | 'silent' | undefined;
   /** The current transaction sent a statement that mentions df.* */
   private sawDf = false;
   /** Client pieces waiting behind a Deferred, in order. */
@@ -213,6 +224,23 @@ export class Session {
     });
     client.setNoDelay(true);
     this.attachClient(client);
+    this.startupTimer = setTimeout(() => this.startupTimedOut(), ctx.startupTimeoutMs);
+    this.startupTimer.unref();
+  }
+
+  /**
+   * --startup-timeout expired before the session was established. Like
+   * PostgreSQL at authentication_timeout, close without sending anything.
+   */
+  private startupTimedOut(): void {
+    if (this.phase === 'ready' || this.phase === 'closed') return;
+    metrics.clientsRefused.inc({ reason: 'startup_timeout' });
+    this.log.info(
+      { phase: this.phase, timeoutMs: this.ctx.startupTimeoutMs },
+      'closing a client that did not finish startup and authentication within --startup-timeout',
+    );
+    this.close('startup timeout');
+    this.client.destroy();
   }
 
   /** Idle: no transaction open and nothing outstanding. */
@@ -228,12 +256,29 @@ export class Session {
   private attachClient(sock: net.Socket): void {
     sock.on('data', (chunk: Buffer) => this.onClientData(chunk));
     sock.on('error', (err) => this.log.debug({ err: err.message }, 'client socket error'));
-    sock.on('close', () => this.close('client closed'));
+    sock.on('close', () => {
+      this.clientGone = true;
+      this.clientLeft();
+      this.close('client closed');
+    });
     // The client finished sending: pass the half-close on and keep relaying answers.
     sock.on('end', () => {
+      this.clientGone = true;
       if (this.upstream && !this.upstream.destroyed && this.phase !== 'closed') this.upstream.end();
       else this.close('client ended');
     });
+  }
+
+  /** The client went away without Terminate: logged as its disconnect (never as an upstream loss). */
+  private clientLeft(): void {
+    if (this.phase !== 'ready' || this.clientTerminated) return;
+    const busy = !this.idle;
+    this.log[busy ? 'info' : 'debug'](
+      { txStatus: this.txStatus, busy },
+      busy
+        ? 'client disconnected without Terminate while a query or transaction was open'
+        : 'client disconnected without Terminate',
+    );
   }
 
   private onClientData(chunk: Buffer): void {
@@ -259,14 +304,28 @@ export class Session {
       this.protocolFailure(err);
       return;
     }
-    this.pendingFatal = this.errorFields(err);
+    this.pendingFatal = err instanceof SilentClose ? 'silent' : this.errorFields(err);
+    if (err instanceof SilentClose) this.logSilent(err);
     this.client.pause();
     this.clientTerminated = true;
     // after whatever still waits in the queue, in order
     this.forwardClient([encodeFrontend({ type: 'Terminate' })]);
-    setTimeout(() => {
-      if (this.pendingFatal) this.fatal(this.pendingFatal);
-    }, 10_000).unref();
+    setTimeout(() => this.endPending(), 10_000).unref();
+  }
+
+  /** Sends the pending FATAL (or nothing, if silent) and closes. */
+  private endPending(): void {
+    const p = this.pendingFatal;
+    if (p === undefined) return;
+    if (p === 'silent') this.close('malformed client message');
+    else this.fatal(p);
+  }
+
+  private logSilent(err: SilentClose): void {
+    this.log.info(
+      { error: err.message, field: err.field },
+      'closing client connection without a message (malformed framing, as PostgreSQL does)',
+    );
   }
 
   private errorFields(err: unknown): ErrorFields {
@@ -278,7 +337,7 @@ export class Session {
       };
     }
     if (err instanceof ProtocolError)
-      return { severity: 'FATAL', code: SqlState.ProtocolViolation, message: err.message };
+      return { severity: 'FATAL', code: err.code, message: err.message };
     this.log.error({ err }, 'internal error in session');
     return {
       severity: 'FATAL',
@@ -288,6 +347,11 @@ export class Session {
   }
 
   private protocolFailure(err: unknown): void {
+    if (err instanceof SilentClose) {
+      this.logSilent(err);
+      this.close('malformed client message');
+      return;
+    }
     this.fatal(this.errorFields(err));
   }
 
@@ -309,8 +373,21 @@ export class Session {
     switch (packet.type) {
       case 'SSLRequest':
       case 'GSSENCRequest': {
-        if (got.rest.length > 0)
-          throw new ProtocolError(`received unencrypted data after ${packet.type}`);
+        if (got.rest.length > 0) {
+          // PostgreSQL answers the request, then refuses the bytes that came with it
+          if (!(packet.type === 'SSLRequest' && this.ctx.tls)) this.client.write('N');
+          this.fatal({
+            severity: 'FATAL',
+            code: SqlState.ProtocolViolation,
+            message:
+              packet.type === 'SSLRequest'
+                ? 'received unencrypted data after SSL request'
+                : 'received unencrypted data after GSSAPI encryption request',
+            detail:
+              'This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.',
+          });
+          return;
+        }
         if (packet.type === 'SSLRequest' && this.ctx.tls) {
           this.client.write('S');
           this.upgradeClient([]);
@@ -447,12 +524,12 @@ export class Session {
           ((t === Frontend.Query || t === Frontend.Parse) &&
             (this.ctx.onDfCommit !== undefined || this.ctx.edgeValidation === true)) ||
           ((t === Frontend.Bind || t === Frontend.Close) && this.statements.size > 0),
-        header: (t) => {
-          if (!isFrontendType(t)) {
-            throw new ProtocolError(
-              `invalid frontend message type ${JSON.stringify(String.fromCharCode(t))} (0x${t.toString(16)})`,
-            );
-          }
+        header: (t, len) => {
+          if (!isFrontendType(t)) throw unknownTypeError(t);
+          if (len > SMALL_MESSAGE_LIMIT && isSmallFrontendType(t))
+            throw new SilentClose('invalid message length', {
+              field: `length ${len} for type ${JSON.stringify(String.fromCharCode(t))}`,
+            });
           this.prevLen = this.batchLen;
           this.prevRisky = this.batchRisky;
           if (t === Frontend.CopyData || t === Frontend.CopyDone || t === Frontend.CopyFail) return;
@@ -469,7 +546,7 @@ export class Session {
               this.batchRisky = this.batchRisky || t !== Frontend.Flush;
           }
         },
-        message: (t, body, raw) => this.onClientMessage(t, body, raw),
+        message: (t, body, raw) => this.inspectClient(t, body, raw),
       },
       this.ctx.maxMessageSize,
     );
@@ -491,6 +568,25 @@ export class Session {
   }
 
   // ---- relaying -------------------------------------------------------
+
+  /**
+   * A client message dfgate looks into. One it cannot decode (a Bind that
+   * declares more parameters than it sends, a string without its NUL, ...)
+   * goes to the server unchanged: the server answers it exactly as PostgreSQL
+   * does (an ErrorResponse, then it skips to Sync), and the connection stays.
+   */
+  private inspectClient(type: number, body: Buffer, raw: Buffer): Piece | null | undefined {
+    try {
+      return this.onClientMessage(type, body, raw);
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      this.log.debug(
+        { type: String.fromCharCode(type), error: err.message, field: err.field },
+        'malformed client message passed to the server, which reports it',
+      );
+      return undefined;
+    }
+  }
 
   /** Client → server: straight through, unless something must wait for a Deferred. */
   private forwardClient(pieces: Piece[]): void {
@@ -562,6 +658,7 @@ export class Session {
         }
         if (this.phase === 'auth') {
           this.phase = 'ready';
+          clearTimeout(this.startupTimer);
           this.rfqExpected = 0;
           this.rfqReceived = 0;
           this.batchLen = 0; // the password exchange is not a batch
@@ -983,7 +1080,13 @@ export class Session {
     if (this.phase === 'closed') return;
     if (this.pendingFatal) {
       if (this.sawFatal) this.close('upstream closed after its own FATAL');
-      else this.fatal(this.pendingFatal);
+      else this.endPending();
+      return;
+    }
+    if (this.clientGone && !this.clientTerminated) {
+      // the client half-closed without Terminate; the server ended the session because of it
+      this.clientLeft();
+      this.close('client disconnected');
       return;
     }
     if (
@@ -1009,7 +1112,7 @@ export class Session {
   /** Sends an error to the client (at a message boundary) and closes the session. */
   fatal(e: ErrorFields): void {
     if (this.phase === 'closed') return;
-    this.log.info({ code: e.code, msg: e.message }, 'closing client connection with an error');
+    this.log.info({ code: e.code, error: e.message }, 'closing client connection with an error');
     if (!this.client.destroyed && (this.serverFramer?.atBoundary ?? true))
       this.client.write(encodeError(e));
     this.close(e.message);
@@ -1033,6 +1136,7 @@ export class Session {
     if (this.phase === 'closed') return;
     const was = this.phase;
     this.phase = 'closed';
+    clearTimeout(this.startupTimer);
     // anything waiting on the server gives up (the pump then stops)
     this.abandonPrivate?.();
     for (const w of this.rfqWaiters.splice(0)) w.resolve();

@@ -73,3 +73,78 @@ export async function loggedIn(
   await r.until((t) => t === 'Z');
   return r;
 }
+
+/**
+ * Logs in with `startup` (a trust login), sends `payload` in the given pieces
+ * (each its own write, a few ms apart), then Terminate and a half-close, and
+ * returns every byte the server sent after the login's ReadyForQuery, once
+ * the connection closes.
+ */
+export function exchange(
+  port: number,
+  startup: Buffer,
+  pieces: readonly Buffer[],
+): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host: '127.0.0.1', port });
+    sock.setNoDelay(true);
+    let buf = Buffer.alloc(0);
+    let after: Buffer[] | undefined;
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error('connection hung'));
+    }, 20_000);
+    sock.on('error', () => undefined);
+    sock.on('data', (d: Buffer) => {
+      if (after) {
+        after.push(d);
+        return;
+      }
+      buf = Buffer.concat([buf, d]);
+      let pos = 0;
+      while (pos + 5 <= buf.length && pos + 1 + buf.readInt32BE(pos + 1) <= buf.length) {
+        const t = buf[pos];
+        pos += 1 + buf.readInt32BE(pos + 1);
+        if (t === 0x5a) {
+          after = [buf.subarray(pos)];
+          void (async () => {
+            for (const p of pieces) {
+              if (sock.destroyed) return;
+              sock.write(p);
+              await new Promise((r) => setTimeout(r, 3));
+            }
+            if (!sock.destroyed) sock.end(Buffer.from([0x58, 0, 0, 0, 4]));
+          })();
+          return;
+        }
+      }
+    });
+    sock.once('connect', () => sock.write(startup));
+    sock.on('close', () => {
+      clearTimeout(timer);
+      resolve(Buffer.concat(after ?? []));
+    });
+  });
+}
+
+/**
+ * The messages in `bytes`, one per line: the type, then an ErrorResponse's or
+ * NoticeResponse's fields other than F, L and R (source file, line, routine,
+ * which only a server sends), other bodies in hex.
+ */
+export function render(bytes: Buffer): string {
+  const out: string[] = [];
+  let pos = 0;
+  while (pos + 5 <= bytes.length) {
+    const t = String.fromCharCode(bytes[pos] as number);
+    const len = bytes.readInt32BE(pos + 1);
+    const body = bytes.subarray(pos + 5, pos + 1 + len);
+    if (t === 'E' || t === 'N') {
+      const f = [...decodeErrorFields(body)].filter(([k]) => !'FLR'.includes(k));
+      out.push(`${t} ${f.map(([k, v]) => `${k}=${v}`).join(' | ')}`);
+    } else out.push(`${t} ${body.toString('hex')}`);
+    pos += 1 + len;
+  }
+  if (pos !== bytes.length) out.push(`<${bytes.length - pos} trailing bytes>`);
+  return out.join('\n');
+}

@@ -1,8 +1,11 @@
 /** Authentication relay, limits, malformed input, upstream loss, client loss and graceful shutdown. */
 import net from 'node:net';
+import { Writable } from 'node:stream';
 import pg from 'pg';
+import pino from 'pino';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { encodeFrontend, encodeStartup } from '../../src/proxy/protocol/frontend.js';
+import { parseStrict } from '../harness/json.js';
 import { errorOf, loggedIn, raw } from '../harness/wire.js';
 import { useTestDatabase, withUser, type TestRole } from '../harness/db.js';
 import { spawnDfgate, startTestProxy, viaPort } from '../harness/dfgate.js';
@@ -140,7 +143,6 @@ describe('malformed input', () => {
       '54000',
     ],
     ['an unknown message type', () => Buffer.from([0x7a, 0, 0, 0, 4]), '08P01'],
-    ['a length below 4', () => Buffer.from([0x51, 0, 0, 0, 2]), '08P01'],
   ])('%s gets FATAL and a closed connection, after login', async (_n, bytes, code) => {
     const r = await loggedIn(port, trust.name, db.name);
     r.sock.write(bytes());
@@ -149,14 +151,54 @@ describe('malformed input', () => {
     await r.closed;
   });
 
-  it('a bad startup packet gets FATAL 08P01', async () => {
-    const r = await raw(port);
-    r.sock.write(Buffer.from([0, 0, 0, 3, 0, 0, 0, 0]));
-    expect(errorOf(await r.until((t) => t === 'E'))).toMatchObject({
-      C: '08P01',
-      M: 'invalid length of startup packet: 3',
-    });
+  it('a length below 4 closes the connection without a message, as PostgreSQL does', async () => {
+    const r = await loggedIn(port, trust.name, db.name);
+    r.sock.write(Buffer.from([0x51, 0, 0, 0, 2]));
+    expect(await r.until(() => false)).toEqual([]);
     await r.closed;
+  });
+
+  it('a bad startup packet length closes the connection without a message, as PostgreSQL does', async () => {
+    for (const bytes of [
+      [0, 0, 0, 3, 0, 0, 0, 0],
+      [0, 0, 0x7f, 0, 0, 3, 0, 0],
+    ]) {
+      const r = await raw(port);
+      r.sock.write(Buffer.from(bytes));
+      expect(await r.until(() => false)).toEqual([]);
+      await r.closed;
+    }
+  });
+
+  it("a bad startup packet layout or protocol version gets PostgreSQL's FATAL", async () => {
+    const packet = (version: number, text: string): Buffer => {
+      const b = Buffer.alloc(8 + text.length);
+      b.writeInt32BE(b.length, 0);
+      b.writeInt32BE(version, 4);
+      b.write(text, 8, 'latin1');
+      return b;
+    };
+    for (const [bytes, code, message] of [
+      [
+        packet(196608, `user\0${trust.name}\0`),
+        '08P01',
+        'invalid startup packet layout: expected terminator as last byte',
+      ],
+      [
+        packet(9 << 16, `user\0${trust.name}\0\0`),
+        '0A000',
+        'unsupported frontend protocol 9.0: server supports 3.0 to 3.0',
+      ],
+    ] as const) {
+      const r = await raw(port);
+      r.sock.write(bytes);
+      expect(errorOf(await r.until((t) => t === 'E'))).toMatchObject({
+        V: 'FATAL',
+        C: code,
+        M: message,
+      });
+      await r.closed;
+    }
   });
 });
 
@@ -175,6 +217,51 @@ describe('limits and upstream trouble', () => {
     expect((await c.query('SELECT 1 AS x')).rows[0].x).toBe(1);
     await b.end();
     await c.end();
+  });
+
+  it('half-open connections count against --max-client-connections and are closed after --startup-timeout', async () => {
+    const limit = 20;
+    const p = (
+      await startTestProxy(db.url, { maxClientConnections: limit, startupTimeoutMs: 1000 })
+    ).port;
+    // a startup packet announcing 40 bytes, of which 6 arrive
+    const halfOpen = await Promise.all(Array.from({ length: limit }, () => raw(p)));
+    for (const r of halfOpen) r.sock.write(Buffer.from([0, 0, 0, 40, 0, 3]));
+    await new Promise((r) => setTimeout(r, 100));
+    const t0 = Date.now();
+    await expect(db.connect(viaPort(scram.url, p))).rejects.toMatchObject({
+      code: '53300',
+      message: 'sorry, too many clients already',
+    });
+    // closed without a word, as PostgreSQL does at authentication_timeout
+    for (const r of halfOpen) expect(await r.until(() => false)).toEqual([]);
+    const waited = Date.now() - t0;
+    expect(waited).toBeGreaterThan(700);
+    expect(waited).toBeLessThan(5000);
+    const c = await db.connect(viaPort(scram.url, p));
+    expect((await c.query('SELECT 1 AS x')).rows[0].x).toBe(1);
+    await c.end();
+  });
+
+  it('--startup-timeout also covers the relayed authentication exchange', async () => {
+    const p = (await startTestProxy(db.url, { startupTimeoutMs: 1000 })).port;
+    const r = await raw(p);
+    r.sock.write(
+      encodeStartup({
+        type: 'StartupMessage',
+        version: 196608,
+        params: [
+          ['user', scram.name],
+          ['database', db.name],
+        ],
+      }),
+    );
+    const t0 = Date.now();
+    // the server asks for SCRAM; the client never answers
+    const msgs = await r.until(() => false);
+    expect(msgs.map(([t]) => t)).toEqual(['R']);
+    expect(Date.now() - t0).toBeGreaterThan(700);
+    expect(Date.now() - t0).toBeLessThan(5000);
   });
 
   it('an unreachable or silent upstream gives the client an ErrorResponse, not a closed socket', async () => {
@@ -251,6 +338,31 @@ describe('limits and upstream trouble', () => {
     relay.close();
   });
 
+  it('a client that goes away mid-result is logged as a client disconnect, not as upstream loss', async () => {
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        lines.push(...chunk.toString().split('\n').filter(Boolean));
+        cb();
+      },
+    });
+    const p = (await startTestProxy(db.url, { log: pino({ level: 'debug' }, sink) })).port;
+    for (const how of ['half-close', 'destroy'] as const) {
+      const r = await loggedIn(p, trust.name, db.name);
+      r.sock.write(encodeFrontend({ type: 'Query', sql: 'SELECT generate_series(1, 300000)' }));
+      await r.until((t) => t === 'D');
+      if (how === 'destroy') r.sock.destroy();
+      else r.sock.end(); // no Terminate; keeps reading
+      const rest = await r.until(() => false);
+      expect(rest.filter(([t]) => t === 'E')).toEqual([]);
+      await r.closed;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    const msgs = lines.map((l) => (JSON.parse(l) as { msg: string }).msg);
+    expect(msgs.filter((m) => /^client disconnected/.test(m))).toHaveLength(2);
+    expect(msgs).not.toContain('upstream connection lost');
+  });
+
   it('a client that disconnects leaves no backend behind', async () => {
     const appName = `dfgate-leak-${Date.now()}`;
     for (let i = 0; i < 5; i++) {
@@ -323,5 +435,58 @@ describe('graceful shutdown (SIGTERM to the dfgate process)', () => {
     expect(Date.now() - t0).toBeLessThan(5000);
     await new Promise((r) => setTimeout(r, 100));
     expect(errs.map((e) => e.code)).toContain('57P01');
+  });
+});
+
+describe('log lines', () => {
+  it('every line dfgate writes is strict JSON, without repeated keys', async () => {
+    const d = await spawnDfgate(
+      [
+        '--upstream',
+        `${db.url}?sslmode=disable`,
+        '--no-migrate',
+        '--no-executor',
+        '--startup-timeout',
+        '1',
+        '--max-client-connections',
+        '3',
+      ],
+      { DFGATE_LOG_LEVEL: 'trace' },
+    );
+    const ok = await db.connect(viaPort(scram.url, d.port));
+    await ok.query('SELECT 1');
+    await expect(
+      db.connect(withUser(viaPort(db.url, d.port), scram.name, 'wrong')),
+    ).rejects.toMatchObject({ code: '28P01' });
+    for (const bytes of [Buffer.from([0x7a, 0, 0, 0, 4]), Buffer.from([0x51, 0, 0, 0, 2])]) {
+      const r = await loggedIn(d.port, trust.name, db.name);
+      r.sock.write(bytes);
+      await r.closed;
+    }
+    const mid = await loggedIn(d.port, trust.name, db.name);
+    mid.sock.write(encodeFrontend({ type: 'Query', sql: 'SELECT generate_series(1, 100000)' }));
+    await mid.until((t) => t === 'D');
+    mid.sock.destroy();
+    const half = await Promise.all([raw(d.port), raw(d.port)]);
+    for (const r of half) r.sock.write(Buffer.from([0, 0, 0, 40]));
+    await expect(db.connect(viaPort(scram.url, d.port))).rejects.toMatchObject({ code: '53300' });
+    for (const r of half) await r.closed;
+    await ok.end();
+    expect(await d.stop('SIGTERM')).toBe(0);
+    const lines = d
+      .output()
+      .split('\n')
+      .filter((l) => l.trim());
+    expect(lines.length).toBeGreaterThan(10);
+    for (const l of lines) expect(() => parseStrict(l), l).not.toThrow();
+    const text = lines.join('\n');
+    for (const m of [
+      'closing client connection with an error',
+      'closing client connection without a message',
+      'client disconnected without Terminate',
+      'refusing a client: --max-client-connections reached',
+      'within --startup-timeout',
+    ])
+      expect(text).toContain(m);
   });
 });

@@ -20,7 +20,7 @@ import {
   type FrontendMessage,
   type StartupPacket,
 } from '../../src/proxy/protocol/frontend.js';
-import { ProtocolError } from '../../src/proxy/protocol/reader.js';
+import { ProtocolError, SilentClose } from '../../src/proxy/protocol/reader.js';
 
 const MESSAGES: FrontendMessage[] = [
   { type: 'Query', sql: `SELECT df.start('SELECT ''ünïcødé'' 🚀') -- tail` },
@@ -31,7 +31,7 @@ const MESSAGES: FrontendMessage[] = [
     type: 'Bind',
     portal: 'p',
     statement: 'stmt_1',
-    paramFormats: [0, 1],
+    paramFormats: [0, 1, 0, 1],
     params: [Buffer.from('42'), null, Buffer.alloc(0), Buffer.from([0, 1, 2, 255])],
     resultFormats: [1],
   },
@@ -160,17 +160,46 @@ describe('frontend codec', () => {
     }
   });
 
-  it('rejects unknown types, bad kinds, negative counts and lengths', () => {
+  it("rejects unknown types, bad kinds, short counts and bad lengths in PostgreSQL's words", () => {
     expect(() => decodeFrontend(0x7a, Buffer.alloc(0))).toThrow(
-      /invalid frontend message type "z"/,
+      /^invalid frontend message type 122$/,
     );
     expect(() => decodeFrontend(Frontend.Describe, Buffer.from('X\0'))).toThrow(
-      /invalid target type/,
+      /^invalid DESCRIBE message subtype 88$/,
     );
+    expect(() => decodeFrontend(Frontend.Close, Buffer.from('X\0'))).toThrow(
+      /^invalid CLOSE message subtype 88$/,
+    );
+    expect(() => decodeFrontend(Frontend.Describe, Buffer.alloc(0))).toThrow(
+      /^no data left in message$/,
+    );
+    expect(() => decodeFrontend(Frontend.Query, Buffer.from('SELECT 1'))).toThrow(
+      /^invalid string in message$/,
+    );
+    expect(() => decodeFrontend(Frontend.Query, Buffer.from('SELECT 1\0x'))).toThrow(
+      /^invalid message format$/,
+    );
+    // counts are unsigned as in PostgreSQL: 0xffff declares 65535 parameters, which are missing
     const neg = Buffer.alloc(4);
     neg.writeInt16BE(-1, 2);
     expect(() => decodeFrontend(Frontend.Bind, Buffer.concat([Buffer.from('\0\0'), neg]))).toThrow(
-      /negative/,
+      /^insufficient data left in message$/,
+    );
+    // a Bind that declares two parameters and sends one
+    const short = Buffer.from('\0\0\0\0\0\x02\0\0\0\x01x', 'latin1');
+    expect(() => decodeFrontend(Frontend.Bind, short)).toThrow(
+      /^insufficient data left in message$/,
+    );
+    const formats = encodeFrontend({
+      type: 'Bind',
+      portal: '',
+      statement: '',
+      paramFormats: [0, 0],
+      params: [Buffer.from('x')],
+      resultFormats: [],
+    });
+    expect(() => decodeFrontend(Frontend.Bind, formats.subarray(5))).toThrow(
+      /^bind message has 2 parameter formats but 1 parameters$/,
     );
     const badLen = encodeFrontend({
       type: 'Bind',
@@ -182,13 +211,30 @@ describe('frontend codec', () => {
     });
     badLen.writeInt32BE(-5, 5 + 2 + 2 + 2);
     expect(() => decodeFrontend(Frontend.Bind, badLen.subarray(5))).toThrow(
-      /invalid parameter length/,
+      /^insufficient data left in message$/,
     );
     expect(() => decodeStartup(Buffer.from([0, 2, 0, 0]))).toThrow(
-      /unsupported frontend protocol 2\.0/,
+      /^unsupported frontend protocol 2\.0: server supports 3\.0 to 3\.0$/,
     );
-    expect(() => decodeStartup(Buffer.from([0, 3, 0, 0, 0x75, 0x73, 0x65, 0x72]))).toThrow(
-      /unterminated/,
+    try {
+      decodeStartup(Buffer.from([0, 9, 0, 0]));
+    } catch (e) {
+      expect((e as ProtocolError).code).toBe('0A000');
+    }
+    const layout = /^invalid startup packet layout: expected terminator as last byte$/;
+    for (const tail of ['user', 'user\0', 'user\0x', 'user\0x\0', 'user\0x\0\0\0', '\0\0']) {
+      expect(() =>
+        decodeStartup(Buffer.concat([Buffer.from([0, 3, 0, 0]), Buffer.from(tail)])),
+      ).toThrow(layout);
+    }
+    expect(decodeStartup(Buffer.from([0, 3, 0, 0, 0]))).toEqual({
+      type: 'StartupMessage',
+      version: 196608,
+      params: [],
+    });
+    // PostgreSQL closes without answering a malformed CancelRequest
+    expect(() => decodeStartup(Buffer.from([4, 0xd2, 0x16, 0x2e, 0, 0, 0, 1]))).toThrow(
+      SilentClose,
     );
   });
 });
@@ -265,10 +311,23 @@ describe('framer', () => {
     expect(g.failed?.message).toMatch(/over the 1024-byte limit/);
   });
 
-  it('refuses lengths below 4', () => {
+  it('refuses lengths below 4 (closed without a message, as PostgreSQL does)', () => {
     const f = new Framer({ inspect: () => false, message: () => undefined });
     expect(f.push(Buffer.from([Frontend.Sync, 0, 0, 0, 3]))).toEqual([]);
-    expect(f.failed?.message).toMatch(/invalid message length 3/);
+    expect(f.failed).toBeInstanceOf(SilentClose);
+    expect(f.failed?.message).toBe('invalid message length');
+  });
+
+  it('checks the header hook (the type) before the length, like PostgreSQL', () => {
+    const f = new Framer({
+      inspect: () => false,
+      message: () => undefined,
+      header: (t) => {
+        if (t === 0x7a) throw new ProtocolError('invalid frontend message type 122');
+      },
+    });
+    f.push(Buffer.from([0x7a, 0, 0, 0, 1]));
+    expect(f.failed?.message).toBe('invalid frontend message type 122');
   });
 
   it('the startup framer reassembles packets at every split and bounds their length', () => {
@@ -289,11 +348,11 @@ describe('framer', () => {
     }
     const big = Buffer.alloc(8);
     big.writeInt32BE(10_001, 0);
-    expect(() => new StartupFramer(10_000).push(big)).toThrow(
-      /invalid length of startup packet: 10001/,
-    );
+    expect(() => new StartupFramer(10_000).push(big)).toThrow(SilentClose);
     const tiny = Buffer.from([0, 0, 0, 4]);
-    expect(() => new StartupFramer(10_000).push(tiny)).toThrow(/invalid length/);
+    expect(() => new StartupFramer(10_000).push(tiny)).toThrow(
+      /^invalid length of startup packet$/,
+    );
   });
 });
 

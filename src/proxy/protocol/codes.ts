@@ -71,3 +71,23 @@ export function isFrontendType(b: number): boolean {
 
 /** The largest startup packet PostgreSQL accepts (MAX_STARTUP_PACKET_LENGTH). */
 export const MAX_STARTUP_PACKET = 10_000;
+
+/**
+ * PostgreSQL (14 and later) caps these messages at 10,000 bytes, length word
+ * included (PQ_SMALL_MESSAGE_LIMIT), and closes the connection on a longer one.
+ */
+export const SMALL_MESSAGE_LIMIT = 10_000;
+const SMALL_TYPES = new Set<number>([
+  Frontend.Close,
+  Frontend.Describe,
+  Frontend.Execute,
+  Frontend.Flush,
+  Frontend.Sync,
+  Frontend.Terminate,
+  Frontend.CopyDone,
+  Frontend.CopyFail,
+]);
+
+export function isSmallFrontendType(b: number): boolean {
+  return SMALL_TYPES.has(b);
+}

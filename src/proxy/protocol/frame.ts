@@ -10,7 +10,7 @@
  * caller may replace or drop it. The length is checked against the maximum
  * message size on the header, before anything is buffered.
  */
-import { ProtocolError } from './reader.js';
+import { ProtocolError, SilentClose } from './reader.js';
 
 export class MessageTooLarge extends ProtocolError {
   constructor(
@@ -20,6 +20,7 @@ export class MessageTooLarge extends ProtocolError {
   ) {
     super(
       `message of type ${JSON.stringify(String.fromCharCode(type))} is ${size} bytes, over the ${max}-byte limit`,
+      { code: '54000' },
     );
   }
 }
@@ -37,7 +38,11 @@ export interface FramerHooks {
    * a Deferred to decide later (what follows waits for it), or null to drop it.
    */
   message(type: number, body: Buffer, raw: Buffer): Piece | null | undefined;
-  /** Optional check of every header (type byte and length) before it is forwarded. */
+  /**
+   * Optional check of every header (type byte and length) before it is
+   * forwarded; called before the length checks, so that an unknown type is
+   * reported as such whatever its length (PostgreSQL reads the type first).
+   */
   header?(type: number, length: number): void;
 }
 
@@ -62,13 +67,14 @@ export class Framer {
   }
 
   private check(type: number, len: number): void {
+    this.hooks.header?.(type, len);
+    // PostgreSQL's pq_getmessage logs this (COMMERROR) and closes without answering
     if (len < 4)
-      throw new ProtocolError(
-        `invalid message length ${len} for type ${JSON.stringify(String.fromCharCode(type))}`,
-      );
+      throw new SilentClose('invalid message length', {
+        field: `length ${len} for type ${JSON.stringify(String.fromCharCode(type))}`,
+      });
     if (len - 4 > this.maxMessageSize)
       throw new MessageTooLarge(type, len - 4, this.maxMessageSize);
-    this.hooks.header?.(type, len);
   }
 
   private finishWhole(out: Piece[]): void {
@@ -201,8 +207,9 @@ export class StartupFramer {
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
     if (this.buf.length < 4) return undefined;
     const len = this.buf.readInt32BE(0);
+    // PostgreSQL logs this (COMMERROR) and closes without answering
     if (len < 8 || len > this.max)
-      throw new ProtocolError(`invalid length of startup packet: ${len}`);
+      throw new SilentClose('invalid length of startup packet', { field: `length ${len}` });
     if (this.buf.length < len) return undefined;
     const body = this.buf.subarray(4, len);
     const rest = this.buf.subarray(len);

@@ -5,7 +5,7 @@
  * Decoders take one complete message body and never see a socket.
  */
 import { Frontend, ProtocolVersion, StartupCode } from './codes.js';
-import { ProtocolError, Reader, Writer } from './reader.js';
+import { ProtocolError, Reader, SilentClose, Writer } from './reader.js';
 
 export type StartupPacket =
   | {
@@ -65,7 +65,12 @@ export function assertNever(x: never): never {
   throw new Error(`unexpected value ${JSON.stringify(x)}`);
 }
 
-/** Decodes an untyped startup-phase packet body (after the length word). */
+const BAD_LAYOUT = 'invalid startup packet layout: expected terminator as last byte';
+
+/**
+ * Decodes an untyped startup-phase packet body (after the length word).
+ * Errors carry PostgreSQL's wording and SQLSTATE (ProcessStartupPacket).
+ */
 export function decodeStartup(body: Buffer): StartupPacket {
   const r = new Reader(body);
   const code = r.int32('protocol version');
@@ -79,49 +84,72 @@ export function decodeStartup(body: Buffer): StartupPacket {
     case StartupCode.CancelRequest: {
       const pid = r.int32('process id');
       const key = Buffer.from(r.rest());
+      // PostgreSQL ignores a malformed CancelRequest and closes without answering
       if (key.length < 4 || key.length > 256)
-        throw new ProtocolError(`CancelRequest: invalid key length ${key.length}`);
+        throw new SilentClose(`CancelRequest: invalid key length ${key.length}`);
       return { type: 'CancelRequest', pid, key };
     }
     default: {
-      if (code >>> 16 !== 3)
-        throw new ProtocolError(`unsupported frontend protocol ${code >>> 16}.${code & 0xffff}`);
+      const major = code >>> 16;
+      if (major !== 3)
+        throw new ProtocolError(
+          `unsupported frontend protocol ${major}.${code & 0xffff}: server supports 3.0 to 3.0`,
+          { code: '0A000' },
+        );
+      // name/value pairs, then a single NUL that must be the packet's last byte
       const params: Array<readonly [string, string]> = [];
+      let pos = 4;
       for (;;) {
-        const name = r.cstring('parameter name');
-        if (name === '') break;
-        params.push([name, r.cstring(`value of ${name}`)]);
+        if (pos >= body.length) throw new ProtocolError(BAD_LAYOUT);
+        if (body[pos] === 0) break;
+        const nameEnd = body.indexOf(0, pos);
+        const valueEnd = nameEnd < 0 ? -1 : body.indexOf(0, nameEnd + 1);
+        if (valueEnd < 0) throw new ProtocolError(BAD_LAYOUT);
+        params.push([
+          body.toString('utf8', pos, nameEnd),
+          body.toString('utf8', nameEnd + 1, valueEnd),
+        ]);
+        pos = valueEnd + 1;
       }
-      r.end('StartupMessage');
+      if (pos !== body.length - 1) throw new ProtocolError(BAD_LAYOUT);
       return { type: 'StartupMessage', version: code, params };
     }
   }
 }
 
+// Counts are unsigned 16-bit, as PostgreSQL reads them: 0xffff is 65535, not -1.
+
 function formats(r: Reader, what: string): number[] {
-  const n = r.int16(`${what} count`);
-  if (n < 0) throw new ProtocolError(`negative ${what} count`);
+  const n = r.uint16(`${what} count`);
   const out: number[] = [];
   for (let i = 0; i < n; i++) out.push(r.int16(what));
   return out;
 }
 
 function values(r: Reader, what: string): Array<Buffer | null> {
-  const n = r.int16(`${what} count`);
-  if (n < 0) throw new ProtocolError(`negative ${what} count`);
+  const n = r.uint16(`${what} count`);
   const out: Array<Buffer | null> = [];
   for (let i = 0; i < n; i++) {
     const len = r.int32(`${what} length`);
-    if (len < -1) throw new ProtocolError(`invalid ${what} length ${len}`);
+    // -1 is NULL; any other negative length reads as "insufficient data" in PostgreSQL
+    if (len < -1)
+      throw new ProtocolError('insufficient data left in message', {
+        field: `${what} length ${len}`,
+      });
     out.push(len === -1 ? null : r.bytes(len, what));
   }
   return out;
 }
 
-function kind(b: number, what: string): 'S' | 'P' {
+function kind(b: number, what: 'DESCRIBE' | 'CLOSE'): 'S' | 'P' {
   if (b === 0x53) return 'S';
   if (b === 0x50) return 'P';
-  throw new ProtocolError(`${what}: invalid target type ${JSON.stringify(String.fromCharCode(b))}`);
+  throw new ProtocolError(`invalid ${what} message subtype ${b}`);
+}
+
+/** PostgreSQL's FATAL for a type byte it does not know (it then closes the connection). */
+export function unknownTypeError(type: number): ProtocolError {
+  return new ProtocolError(`invalid frontend message type ${type}`);
 }
 
 /** Decodes a typed message body. Throws ProtocolError on malformed input. */
@@ -135,8 +163,7 @@ export function decodeFrontend(type: number, body: Buffer): FrontendMessage {
     case Frontend.Parse: {
       const name = r.cstring('statement name');
       const sql = r.cstring('query');
-      const n = r.int16('parameter type count');
-      if (n < 0) throw new ProtocolError('negative parameter type count');
+      const n = r.uint16('parameter type count');
       const paramTypes: number[] = [];
       for (let i = 0; i < n; i++) paramTypes.push(r.int32('parameter type') >>> 0);
       m = { type: 'Parse', name, sql, paramTypes };
@@ -147,6 +174,10 @@ export function decodeFrontend(type: number, body: Buffer): FrontendMessage {
       const statement = r.cstring('statement name');
       const paramFormats = formats(r, 'parameter format');
       const params = values(r, 'parameter');
+      if (paramFormats.length > 1 && paramFormats.length !== params.length)
+        throw new ProtocolError(
+          `bind message has ${paramFormats.length} parameter formats but ${params.length} parameters`,
+        );
       const resultFormats = formats(r, 'result format');
       m = { type: 'Bind', portal, statement, paramFormats, params, resultFormats };
       break;
@@ -154,7 +185,7 @@ export function decodeFrontend(type: number, body: Buffer): FrontendMessage {
     case Frontend.Describe:
       m = {
         type: 'Describe',
-        kind: kind(r.byte('Describe kind'), 'Describe'),
+        kind: kind(r.byte('Describe kind'), 'DESCRIBE'),
         name: r.cstring('name'),
       };
       break;
@@ -162,7 +193,7 @@ export function decodeFrontend(type: number, body: Buffer): FrontendMessage {
       m = { type: 'Execute', portal: r.cstring('portal name'), maxRows: r.int32('row limit') };
       break;
     case Frontend.Close:
-      m = { type: 'Close', kind: kind(r.byte('Close kind'), 'Close'), name: r.cstring('name') };
+      m = { type: 'Close', kind: kind(r.byte('Close kind'), 'CLOSE'), name: r.cstring('name') };
       break;
     case Frontend.Sync:
       m = { type: 'Sync' };
@@ -193,9 +224,7 @@ export function decodeFrontend(type: number, body: Buffer): FrontendMessage {
       m = { type: 'AuthData', data: r.rest() };
       break;
     default:
-      throw new ProtocolError(
-        `invalid frontend message type ${JSON.stringify(String.fromCharCode(type))} (0x${type.toString(16)})`,
-      );
+      throw unknownTypeError(type);
   }
   r.end(m.type);
   return m;
@@ -249,7 +278,7 @@ export function encodeStartup(p: StartupPacket): Buffer {
 }
 
 function writeValues(w: Writer, vals: ReadonlyArray<Buffer | null>): void {
-  w.int16(vals.length);
+  w.uint16(vals.length);
   for (const v of vals) {
     if (v === null) w.int32(-1);
     else w.int32(v.length).bytes(v);
@@ -262,14 +291,14 @@ export function encodeFrontend(m: FrontendMessage): Buffer {
     case 'Query':
       return w.cstring(m.sql).finish(Frontend.Query);
     case 'Parse':
-      w.cstring(m.name).cstring(m.sql).int16(m.paramTypes.length);
+      w.cstring(m.name).cstring(m.sql).uint16(m.paramTypes.length);
       for (const t of m.paramTypes) w.int32(t | 0);
       return w.finish(Frontend.Parse);
     case 'Bind':
-      w.cstring(m.portal).cstring(m.statement).int16(m.paramFormats.length);
+      w.cstring(m.portal).cstring(m.statement).uint16(m.paramFormats.length);
       for (const f of m.paramFormats) w.int16(f);
       writeValues(w, m.params);
-      w.int16(m.resultFormats.length);
+      w.uint16(m.resultFormats.length);
       for (const f of m.resultFormats) w.int16(f);
       return w.finish(Frontend.Bind);
     case 'Describe':
@@ -291,7 +320,7 @@ export function encodeFrontend(m: FrontendMessage): Buffer {
     case 'CopyFail':
       return w.cstring(m.message).finish(Frontend.CopyFail);
     case 'FunctionCall':
-      w.int32(m.oid | 0).int16(m.argFormats.length);
+      w.int32(m.oid | 0).uint16(m.argFormats.length);
       for (const f of m.argFormats) w.int16(f);
       writeValues(w, m.args);
       return w.int16(m.resultFormat).finish(Frontend.FunctionCall);

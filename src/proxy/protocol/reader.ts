@@ -1,7 +1,28 @@
 /** A bounds-checked reader over one message body (never reads past its end). */
 
+/**
+ * A malformed message. `code` is the SQLSTATE PostgreSQL reports for it
+ * (08P01 protocol_violation unless stated otherwise).
+ */
 export class ProtocolError extends Error {
-  override readonly name = 'ProtocolError';
+  override readonly name: string = 'ProtocolError';
+  readonly code: string;
+  /** Which part of the message was malformed (for dfgate's log; PostgreSQL's text does not say). */
+  readonly field: string | undefined;
+  constructor(message: string, opts: { readonly code?: string; readonly field?: string } = {}) {
+    super(message);
+    this.code = opts.code ?? '08P01';
+    this.field = opts.field;
+  }
+}
+
+/**
+ * A framing error PostgreSQL reports only in its own log (COMMERROR) before
+ * closing the connection without a word to the client: a bad message or
+ * startup-packet length, a malformed CancelRequest. dfgate does the same.
+ */
+export class SilentClose extends ProtocolError {
+  override readonly name = 'SilentClose';
 }
 
 export class Reader {
@@ -13,9 +34,13 @@ export class Reader {
   }
 
   private need(n: number, what: string): void {
+    // PostgreSQL's pq_getmsg* wording (src/backend/libpq/pqformat.c)
     if (n < 0 || this.pos + n > this.buf.length) {
       throw new ProtocolError(
-        `truncated message: ${what} needs ${n} bytes, ${this.remaining} left`,
+        this.remaining === 0 && n === 1
+          ? 'no data left in message'
+          : 'insufficient data left in message',
+        { field: what },
       );
     }
   }
@@ -23,6 +48,14 @@ export class Reader {
   byte(what = 'byte'): number {
     this.need(1, what);
     return this.buf[this.pos++] as number;
+  }
+
+  /** An unsigned 16-bit count, as PostgreSQL reads counts (pq_getmsgint(msg, 2)). */
+  uint16(what = 'uint16'): number {
+    this.need(2, what);
+    const v = this.buf.readUInt16BE(this.pos);
+    this.pos += 2;
+    return v;
   }
 
   int16(what = 'int16'): number {
@@ -42,7 +75,7 @@ export class Reader {
   /** A NUL-terminated string (UTF-8). */
   cstring(what = 'string'): string {
     const end = this.buf.indexOf(0, this.pos);
-    if (end < 0) throw new ProtocolError(`unterminated ${what}`);
+    if (end < 0) throw new ProtocolError('invalid string in message', { field: what });
     const s = this.buf.toString('utf8', this.pos, end);
     this.pos = end + 1;
     return s;
@@ -63,7 +96,9 @@ export class Reader {
 
   end(what: string): void {
     if (this.remaining !== 0)
-      throw new ProtocolError(`${what}: ${this.remaining} unexpected trailing bytes`);
+      throw new ProtocolError('invalid message format', {
+        field: `${what}: ${this.remaining} unexpected trailing bytes`,
+      });
   }
 }
 
@@ -78,6 +113,11 @@ export class Writer {
   int16(v: number): this {
     const b = Buffer.allocUnsafe(2);
     b.writeInt16BE(v);
+    return this.push(b);
+  }
+  uint16(v: number): this {
+    const b = Buffer.allocUnsafe(2);
+    b.writeUInt16BE(v);
     return this.push(b);
   }
   int32(v: number): this {
