@@ -11,7 +11,7 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { analyze, cachedEdge, rememberEdge, toEdge, withinLimits, type Edge } from './edge.js';
+import { analyze, ANALYZE_MAX, cachedEdge, rememberEdge, toEdge, type Edge } from './edge.js';
 import type { EdgeAnswer, EdgeJob } from './edge-worker.js';
 
 /** A compile job running longer than this is abandoned: the statement goes to the database unchanged. */
@@ -166,7 +166,8 @@ function thePool(): Pool | undefined {
  * answer needs no compiling (over the limits, or cached), else from the pool.
  */
 export function analyzeSoon(sql: string, extended: boolean): Edge | Promise<Edge> {
-  if (!withinLimits(sql)) return PASS;
+  // only O(1) checks here: the scan of withinLimits runs in the worker too
+  if (sql.length > ANALYZE_MAX) return PASS;
   const hit = cachedEdge(sql, extended);
   if (hit) return hit;
   const p = thePool();

@@ -662,7 +662,7 @@ function cacheKey(sql: string, extended: boolean): string {
 
 /** A cached Edge of this statement, if any. */
 export function cachedEdge(sql: string, extended: boolean): Edge | undefined {
-  return cache.get(cacheKey(sql, extended));
+  return sql.length > CACHE_TEXT_MAX ? undefined : cache.get(cacheKey(sql, extended));
 }
 
 export function rememberEdge(sql: string, extended: boolean, e: Edge): void {
