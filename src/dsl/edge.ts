@@ -580,13 +580,36 @@ export function toEdge(sql: string, a: Analysis): Edge {
  * df.start does the same work and raises the same errors.
  */
 /** Longer statement texts (UTF-16 code units) are left to the database. */
-export const ANALYZE_MAX = 256 * 1024;
+export const ANALYZE_MAX = 16 * 1024;
 /** Deeper nesting of parentheses and brackets (outside literals and comments) is left to the database. */
-export const DEPTH_MAX = 64;
-/** More parentheses, brackets and DSL operators (outside literals and comments) are left to the database. */
-export const NODES_MAX = 1024;
+export const DEPTH_MAX = 16;
+/**
+ * More parentheses, brackets, commas and operator characters (outside
+ * literals and comments) are left to the database: they bound the size of
+ * the parse tree, the number of calls and arguments, and the length of
+ * operator chains (which nest like parentheses).
+ */
+export const NODES_MAX = 64;
 
-const DSL_OPERATOR_CHARS = new Set(['~', '|', '&', '?', '!', '@']);
+const NODE_CHARS = new Set([
+  ',',
+  '+',
+  '-',
+  '*',
+  '/',
+  '<',
+  '>',
+  '=',
+  '~',
+  '!',
+  '@',
+  '#',
+  '%',
+  '^',
+  '&',
+  '|',
+  '?',
+]);
 
 /**
  * Is a statement within the edge's limits? One pass over the text that skips
@@ -644,7 +667,7 @@ export function withinLimits(sql: string): boolean {
       const end = sql.indexOf(tag[0], i + tag[0].length);
       i = end < 0 ? n : end + tag[0].length;
     } else {
-      if (DSL_OPERATOR_CHARS.has(c) && ++nodes > NODES_MAX) return false;
+      if (NODE_CHARS.has(c) && ++nodes > NODES_MAX) return false;
       i++;
     }
   }
