@@ -66,6 +66,27 @@ export type Edge =
   /** A top-level SELECT df.start(..., transaction_mode => 'new'): dfgate runs the start itself. */
   | { readonly kind: 'new'; readonly call: NewCall };
 
+/**
+ * An Edge as plain data (what the compile worker sends back): a rewrite
+ * carries the moved spans instead of its position function.
+ */
+export type Analysis =
+  | Exclude<Edge, { kind: 'rewrite' }>
+  | {
+      readonly kind: 'rewrite';
+      readonly text: string;
+      readonly moved: readonly Move[];
+      readonly bound?: readonly number[];
+    };
+
+/** A replaced span: bytes [o0, o1) of the original became bytes [n0, n1) of the rewrite. */
+export interface Move {
+  readonly o0: number;
+  readonly o1: number;
+  readonly n0: number;
+  readonly n1: number;
+}
+
 type Ast = { [k: string]: unknown };
 
 interface Found {
@@ -302,19 +323,38 @@ function compile(text: string, at: number): string {
   return root;
 }
 
+/**
+ * The constant value of an argument, or undefined when the database must
+ * evaluate it: not a constant, or a DSL error (the in-database functions
+ * raise it with PostgreSQL's own fields: argument types, hint, context).
+ */
 function constant(ast: unknown): string | null | undefined {
+  const v = constantOrFails(ast);
+  return v === FAILS ? undefined : v;
+}
+
+/** Marks an argument whose evaluation raises a DSL error. */
+const FAILS = Symbol('fails');
+
+function constantOrFails(ast: unknown): string | null | undefined | typeof FAILS {
   try {
     const v = evaluate(ast);
     return v === undefined ? undefined : valueText(v);
   } catch (err) {
-    if (err instanceof DslError) {
-      const fc = (ast as Ast)['FuncCall'] as Ast | undefined;
-      throw new Refusal(
-        err.sqlstate,
-        err.message,
-        err.position ?? (fc?.['location'] as number) ?? 0,
-      );
-    }
+    if (err instanceof DslError) return FAILS;
+    throw err;
+  }
+}
+
+/** A 'new' call whose arguments the database must judge: it raises the error first. */
+class LeaveToDatabase extends Error {}
+
+/** The start rule's graph of a constant workflow, or undefined when it fails (the database says why). */
+function compileOrLeave(text: string): string | undefined {
+  try {
+    return compile(text, 0);
+  } catch (err) {
+    if (err instanceof Refusal) return undefined;
     throw err;
   }
 }
@@ -356,13 +396,12 @@ function newCall(stmts: Ast[], found: Found, call: Call, single: boolean): NewCa
       args.set(name, { param: (pr['number'] as number | undefined) ?? 0 });
       continue;
     }
-    const v = constant(a.ast);
+    const v = constantOrFails(a.ast);
+    if (v === FAILS) throw new LeaveToDatabase();
     if (v === undefined)
       throw new Refusal('0A000', `${NEW_SHAPE}; argument ${name} is neither`, a.start);
     args.set(name, { value: v });
   }
-  const fut = args.get('fut');
-  if (fut && 'value' in fut && fut.value !== null) compile(fut.value, at);
   return { args, column: (rt?.['name'] as string | undefined) ?? 'start' };
 }
 
@@ -376,7 +415,17 @@ function charPosition(buf: Buffer, byte: number): number {
   return [...buf.subarray(0, byte).toString('utf8')].length + 1;
 }
 
-function analyzeUncached(sql: string, extended: boolean): Edge {
+/** What to do with a statement, as plain data (the part that runs in the compile worker). */
+export function analyzeText(sql: string, extended: boolean): Analysis {
+  if (!withinLimits(sql)) return { kind: 'pass' };
+  try {
+    return analyzeUncached(sql, extended);
+  } catch {
+    return { kind: 'pass' }; // anything unexpected: PostgreSQL judges the statement itself
+  }
+}
+
+function analyzeUncached(sql: string, extended: boolean): Analysis {
   let ast: { stmts?: Ast[] };
   try {
     ast = parseSync(sql) as unknown as { stmts?: Ast[] };
@@ -420,6 +469,15 @@ function analyzeUncached(sql: string, extended: boolean): Edge {
         }
         if (newMode) {
           const nc = newCall([stmt], f, call, raw.length === 1);
+          const fut = nc.args.get('fut');
+          // an invalid workflow: the database raises its error before df.start runs
+          if (
+            fut &&
+            'value' in fut &&
+            fut.value !== null &&
+            compileOrLeave(fut.value) === undefined
+          )
+            return { kind: 'pass' };
           if (!extended && [...nc.args.values()].some((a) => 'param' in a)) continue;
           return { kind: 'new', call: nc };
         }
@@ -432,8 +490,8 @@ function analyzeUncached(sql: string, extended: boolean): Edge {
         }
         const fut = constant(futArg.ast);
         if (fut === undefined || fut === null) continue; // left to the in-database df.start
-        const graph = compile(fut, call.start);
-        if (f.inFrom) continue; // validated; the column naming of FROM df.start(...) stays PostgreSQL's
+        const graph = compileOrLeave(fut);
+        if (graph === undefined || f.inFrom) continue; // validated; the column naming of FROM df.start(...) stays PostgreSQL's
         const paste = (p: StartParam): string => {
           const a = call.args.get(p);
           return a ? buf.toString('utf8', a.start, a.end) : 'NULL';
@@ -451,6 +509,7 @@ function analyzeUncached(sql: string, extended: boolean): Edge {
         }
       }
     } catch (err) {
+      if (err instanceof LeaveToDatabase) return { kind: 'pass' };
       if (!(err instanceof Refusal)) throw err;
       return {
         kind: 'error',
@@ -473,7 +532,7 @@ function analyzeUncached(sql: string, extended: boolean): Edge {
       !reps.some((o, j) => j !== i && o.start < r.start && r.start < o.end && r.end <= o.end),
   );
   const parts: Buffer[] = [];
-  const moved: Array<{ o0: number; o1: number; n0: number; n1: number }> = [];
+  const moved: Move[] = [];
   let at = 0;
   let len = 0;
   for (const r of kept) {
@@ -486,14 +545,22 @@ function analyzeUncached(sql: string, extended: boolean): Edge {
     at = r.end;
   }
   parts.push(buf.subarray(at));
-  const out = Buffer.concat(parts);
+  return { kind: 'rewrite', bound, text: Buffer.concat(parts).toString('utf8'), moved };
+}
+
+/** The Edge of an analysis of `sql` (a rewrite gets its position map). */
+export function toEdge(sql: string, a: Analysis): Edge {
+  if (a.kind !== 'rewrite') return a;
+  const { text, moved } = a;
+  let buf: Buffer | undefined;
   return {
     kind: 'rewrite',
-    bound,
-    text: out.toString('utf8'),
+    text,
+    ...(a.bound ? { bound: a.bound } : {}),
     position(p: number): number {
       // character position in the rewritten text → byte → original byte → character
-      const nb = Buffer.byteLength([...out.toString('utf8')].slice(0, p - 1).join(''), 'utf8');
+      buf ??= Buffer.from(sql, 'utf8');
+      const nb = Buffer.byteLength([...text].slice(0, p - 1).join(''), 'utf8');
       let shift = 0;
       for (const m of moved) {
         if (nb < m.n0) break;
@@ -505,31 +572,137 @@ function analyzeUncached(sql: string, extended: boolean): Edge {
   };
 }
 
+/*
+ * Limits on what the edge compiles, checked by one linear scan before
+ * anything else (libpg-query, the tree walk and the DSL evaluation all grow
+ * with nesting and call count; a few of them more than linearly). A statement
+ * over any limit goes to the database unchanged, where the in-database
+ * df.start does the same work and raises the same errors.
+ */
+/** Longer statement texts (UTF-16 code units) are left to the database. */
+export const ANALYZE_MAX = 16 * 1024;
+/** Deeper nesting of parentheses and brackets (outside literals and comments) is left to the database. */
+export const DEPTH_MAX = 16;
+/**
+ * More parentheses, brackets, commas and operator characters (outside
+ * literals and comments) are left to the database: they bound the size of
+ * the parse tree, the number of calls and arguments, and the length of
+ * operator chains (which nest like parentheses).
+ */
+export const NODES_MAX = 64;
+
+const NODE_CHARS = new Set([
+  ',',
+  '+',
+  '-',
+  '*',
+  '/',
+  '<',
+  '>',
+  '=',
+  '~',
+  '!',
+  '@',
+  '#',
+  '%',
+  '^',
+  '&',
+  '|',
+  '?',
+]);
+
+/**
+ * Is a statement within the edge's limits? One pass over the text that skips
+ * string literals ('…', E'…', $tag$…$tag$), quoted identifiers and comments.
+ */
+export function withinLimits(sql: string): boolean {
+  const n = sql.length;
+  if (n > ANALYZE_MAX) return false;
+  let depth = 0;
+  let nodes = 0;
+  let i = 0;
+  while (i < n) {
+    const c = sql[i] as string;
+    if (c === '(' || c === '[') {
+      if (++depth > DEPTH_MAX || ++nodes > NODES_MAX) return false;
+      i++;
+    } else if (c === ')' || c === ']') {
+      if (depth > 0) depth--;
+      i++;
+    } else if (c === "'") {
+      const prev = i > 0 ? sql[i - 1] : '';
+      const escapes = (prev === 'E' || prev === 'e') && !/[A-Za-z0-9_$]/.test(sql[i - 2] ?? '');
+      i++;
+      while (i < n) {
+        const d = sql[i];
+        if (escapes && d === '\\') i += 2;
+        else if (d === "'") {
+          if (sql[i + 1] === "'") i += 2;
+          else break;
+        } else i++;
+      }
+      i++;
+    } else if (c === '"') {
+      const end = sql.indexOf('"', i + 1);
+      i = end < 0 ? n : end + 1;
+    } else if (c === '-' && sql[i + 1] === '-') {
+      const end = sql.indexOf('\n', i);
+      i = end < 0 ? n : end + 1;
+    } else if (c === '/' && sql[i + 1] === '*') {
+      let nest = 1;
+      i += 2;
+      while (i < n && nest > 0) {
+        if (sql[i] === '/' && sql[i + 1] === '*') (nest++, (i += 2));
+        else if (sql[i] === '*' && sql[i + 1] === '/') (nest--, (i += 2));
+        else i++;
+      }
+    } else if (c === '$' && !/[A-Za-z0-9_]/.test(sql[i - 1] ?? '')) {
+      const tag = /^\$([A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/.exec(
+        sql.slice(i, i + 64),
+      );
+      if (!tag) {
+        i++;
+        continue;
+      }
+      const end = sql.indexOf(tag[0], i + tag[0].length);
+      i = end < 0 ? n : end + tag[0].length;
+    } else {
+      if (NODE_CHARS.has(c) && ++nodes > NODES_MAX) return false;
+      i++;
+    }
+  }
+  return true;
+}
+
 const cache = new Map<string, Edge>();
 const CACHE_MAX = 1000;
 /** Longer texts are not cached (the cache stays under 16 MiB). */
 const CACHE_TEXT_MAX = 16 * 1024;
-/**
- * Longer texts go to the database unchanged: parsing them would hold up every
- * other session of this dfgate process for too long.
- */
-export const ANALYZE_MAX = 1024 * 1024;
 
-/** What the proxy does with a statement text that mentions df. (cached per text). */
+function cacheKey(sql: string, extended: boolean): string {
+  return (extended ? 'E' : 'Q') + sql;
+}
+
+/** A cached Edge of this statement, if any. */
+export function cachedEdge(sql: string, extended: boolean): Edge | undefined {
+  return sql.length > CACHE_TEXT_MAX ? undefined : cache.get(cacheKey(sql, extended));
+}
+
+export function rememberEdge(sql: string, extended: boolean, e: Edge): void {
+  if (sql.length > CACHE_TEXT_MAX) return;
+  if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value as string);
+  cache.set(cacheKey(sql, extended), e);
+}
+
+/**
+ * What the proxy does with a statement text that mentions df. (cached per
+ * text), computed on the calling thread. The proxy runs analyzeText in its
+ * compile worker instead (src/dsl/edge-pool.ts).
+ */
 export function analyze(sql: string, extended = false): Edge {
-  if (sql.length > ANALYZE_MAX) return { kind: 'pass' };
-  const key = (extended ? 'E' : 'Q') + sql;
-  const hit = cache.get(key);
+  const hit = cachedEdge(sql, extended);
   if (hit) return hit;
-  let result: Edge;
-  try {
-    result = analyzeUncached(sql, extended);
-  } catch {
-    result = { kind: 'pass' }; // anything unexpected: PostgreSQL judges the statement itself
-  }
-  if (sql.length <= CACHE_TEXT_MAX) {
-    if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value as string);
-    cache.set(key, result);
-  }
+  const result = toEdge(sql, analyzeText(sql, extended));
+  rememberEdge(sql, extended, result);
   return result;
 }

@@ -31,10 +31,18 @@ function asText(v: Value): string | null {
   }
 }
 
-function asNumber(v: Value, what: string): string | null {
+/**
+ * A number argument as text. Only the plain forms whose meaning here is
+ * certainly PostgreSQL's are taken (digits with an optional fraction for
+ * numeric, digits for integer); anything else, including exponents and a
+ * fraction for an integer parameter, is a DslError, so the call is left to
+ * the database, which converts it or raises its own error.
+ */
+function asNumber(v: Value, what: 'numeric' | 'integer'): string | null {
   if (v.t === 'null') return null;
   const s = asText(v) as string;
-  if (!/^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/.test(s))
+  const plain = what === 'integer' ? /^\s*[+-]?\d+\s*$/ : /^\s*[+-]?(\d+\.?\d*|\.\d+)\s*$/;
+  if (!plain.test(s) || (what === 'integer' && Math.abs(Number(s)) > 2147483647))
     throw new DslError(`invalid input syntax for type ${what}: "${s}"`, '22P02');
   return s.trim();
 }
@@ -382,7 +390,11 @@ export function evaluate(e: unknown): Value | undefined {
     if (c['sval']) return text(((c['sval'] as Ast)['sval'] as string | undefined) ?? '');
     if (c['ival'])
       return { t: 'num', v: String(((c['ival'] as Ast)['ival'] as number | undefined) ?? 0) };
-    if (c['fval']) return { t: 'num', v: String((c['fval'] as Ast)['fval']) };
+    if (c['fval']) {
+      const f = String((c['fval'] as Ast)['fval']);
+      // 1e2 is the numeric 100 in PostgreSQL; only plain decimals are taken as written
+      return /^[+-]?(\d+\.?\d*|\.\d+)$/.test(f) ? { t: 'num', v: f } : undefined;
+    }
     if (c['boolval']) return { t: 'bool', v: Boolean((c['boolval'] as Ast)['boolval']) };
     return undefined;
   }
@@ -390,12 +402,15 @@ export function evaluate(e: unknown): Value | undefined {
     const tc = n['TypeCast'] as Ast;
     const v = evaluate(tc['arg']);
     if (!v) return undefined;
-    const type = names((tc['typeName'] as Ast)['names']).pop();
+    const tn = tc['typeName'] as Ast;
+    // a type modifier (varchar(3), numeric(4,1)) or an array type changes the value: the database applies it
+    if (tn['typmods'] !== undefined || tn['arrayBounds'] !== undefined) return undefined;
+    const type = names(tn['names']).pop();
     if (v.t === 'null') return NULL;
     if (type === 'jsonb' || type === 'json') return { t: 'json', v: asText(v) as string };
     if (type === 'text' || type === 'varchar') return text(asText(v) as string);
-    if (type === 'numeric' || type === 'int4' || type === 'int8' || type === 'float8')
-      return { t: 'num', v: asNumber(v, type) as string };
+    if (type === 'numeric' || type === 'int4' || type === 'int8')
+      return { t: 'num', v: asNumber(v, type === 'numeric' ? 'numeric' : 'integer') as string };
     return undefined;
   }
   if (n['FuncCall']) {

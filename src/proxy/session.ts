@@ -11,14 +11,17 @@ import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { randomBytes } from 'node:crypto';
+import { isUtf8 } from 'node:buffer';
 import {
-  analyze,
+  ANALYZE_MAX,
   checkBound,
   literal,
+  type Edge,
   type EdgeError,
   type NewCall,
   type StartParam,
 } from '../dsl/edge.js';
+import { analyzeSoon } from '../dsl/edge-pool.js';
 import { metrics } from '../metrics.js';
 import { encodeErrorFieldMap } from './protocol/backend.js';
 import type { CancelRegistry } from './cancel.js';
@@ -197,14 +200,7 @@ export class Session {
    * transaction_mode => 'new') (`call`), or df.start calls whose workflow is a
    * parameter (`bound`: their numbers).
    */
-  private readonly statements = new Map<
-    string,
-    {
-      readonly call?: NewCall;
-      readonly bound?: readonly number[];
-      readonly paramTypes: readonly number[];
-    }
-  >();
+  private readonly statements = new Map<string, StatementCheck | PendingCheck>();
   /** Errors dfgate provoked, by nonce. */
   private readonly swaps = new Map<string, ErrorSwap>();
   /** Server error positions in a rewritten statement → positions in the client's text. */
@@ -784,17 +780,66 @@ export class Session {
       this.serverParams.get('standard_conforming_strings') !== 'on'
     )
       return undefined;
+    // Invalid UTF-8 goes to the server unchanged, which refuses it (22021) exactly as
+    // on a direct connection; decoding it here would turn it into U+FFFD.
+    const text = statementBytes(type, body);
+    if (!text || text.length > ANALYZE_MAX * 4 || !isUtf8(text)) return undefined;
     const m = decodeFrontend(type, body);
     if (m.type !== 'Query' && m.type !== 'Parse') return undefined;
-    const e = analyze(m.sql, !isQuery);
-    if (m.type === 'Parse' && (e.kind === 'pass' || e.kind === 'rewrite') && e.bound?.length)
-      this.statements.set(m.name, { bound: e.bound, paramTypes: m.paramTypes });
+    // what the outcome depends on, as of this message (later messages move the counters)
+    const at: EdgeMoment = {
+      rfqExpected: this.rfqExpected,
+      prevLen: this.prevLen,
+      prevRisky: this.prevRisky,
+    };
+    const e = analyzeSoon(m.sql, !isQuery);
+    if (!(e instanceof Promise)) return this.applyEdge(m, e, raw, at);
+    // Compiled in a worker: this message and everything after it wait in order
+    // (the pump pauses the client); a Bind of this statement waits for the check.
+    let pending: PendingCheck | undefined;
+    if (m.type === 'Parse') {
+      const name = m.name;
+      const p: PendingCheck = {
+        pending: e.then((done) => {
+          const st = statementCheck(done, m.paramTypes);
+          if (this.statements.get(name) === p) {
+            if (st) this.statements.set(name, st);
+            else this.statements.delete(name);
+          }
+          return st;
+        }),
+      };
+      pending = p;
+      this.statements.set(name, p);
+    }
+    return async () => {
+      const done = await e;
+      await pending?.pending;
+      const piece = this.applyEdge(m, done, raw, at, true);
+      if (piece === undefined) return [raw];
+      if (piece === null) return [];
+      return typeof piece === 'function' ? piece() : [piece];
+    };
+  }
+
+  /** The message to forward for a statement, given the edge's answer. */
+  private applyEdge(
+    m: Extract<FrontendMessage, { type: 'Query' | 'Parse' }>,
+    e: Edge,
+    raw: Buffer,
+    at: EdgeMoment,
+    registered = false,
+  ): Piece | null | undefined {
+    if (m.type === 'Parse' && !registered) {
+      const st = statementCheck(e, m.paramTypes);
+      if (st) this.statements.set(m.name, st);
+    }
     switch (e.kind) {
       case 'pass':
         return undefined;
       case 'rewrite': {
         metrics.edgeRewrites.inc();
-        const after = isQuery ? this.rfqExpected - 1 : this.rfqExpected;
+        const after = m.type === 'Query' ? at.rfqExpected - 1 : at.rfqExpected;
         this.positionMaps.push({ after, until: after + 1, map: e.position });
         return encodeFrontend(
           m.type === 'Query' ? { type: 'Query', sql: e.text } : { ...m, sql: e.text },
@@ -802,12 +847,11 @@ export class Session {
       }
       case 'error': {
         const fields = errorFields(e.error);
+        const nonce = this.provoke(fields, at.rfqExpected);
         if (m.type === 'Parse') {
           // a nonce that is a syntax error: the server fails the Parse, dfgate swaps in its error
-          const nonce = this.provoke(fields);
           return encodeFrontend({ ...m, sql: `dfgate_edge_${nonce}` });
         }
-        const nonce = this.provoke(fields);
         const sql = Buffer.from(m.sql, 'utf8');
         const stmt = Buffer.from(raiseNonce(nonce), 'utf8');
         return encodeFrontend({
@@ -822,19 +866,19 @@ export class Session {
         });
       }
       case 'new':
-        if (m.type === 'Parse') {
-          this.statements.set(m.name, { call: e.call, paramTypes: m.paramTypes });
-          return undefined;
-        }
-        return this.newQuery(e.call, raw);
+        if (m.type === 'Parse') return undefined;
+        return this.newQuery(e.call, raw, at);
     }
   }
 
   /** Registers an error the server is about to raise under a nonce (null fields: hide it). */
-  private provoke(fields: ReadonlyMap<string, string> | null): string {
+  private provoke(
+    fields: ReadonlyMap<string, string> | null,
+    rfqExpected = this.rfqExpected,
+  ): string {
     if (fields) metrics.edgeRefusals.inc({ code: fields.get('C') ?? '' });
     const nonce = randomBytes(6).toString('hex');
-    this.swaps.set(nonce, { fields, untilRfq: this.rfqExpected + 1 });
+    this.swaps.set(nonce, { fields, untilRfq: rfqExpected + 1 });
     return nonce;
   }
 
@@ -925,11 +969,11 @@ export class Session {
   }
 
   /** SELECT df.start(<constants>, transaction_mode => 'new') as a simple Query. */
-  private newQuery(call: NewCall, raw: Buffer): Deferred {
-    const before = this.rfqExpected - 1;
-    const openBatch = this.prevLen > 0;
+  private newQuery(call: NewCall, raw: Buffer, at: EdgeMoment): Deferred {
+    const before = at.rfqExpected - 1;
+    const openBatch = at.prevLen > 0;
     const refuse = (f: ReadonlyMap<string, string>): Buffer[] => [
-      encodeFrontend({ type: 'Query', sql: raiseNonce(this.provoke(f)) }),
+      encodeFrontend({ type: 'Query', sql: raiseNonce(this.provoke(f, at.rfqExpected)) }),
     ];
     return async () => {
       if (this.rfqUnsure) return refuse(mixed());
@@ -959,14 +1003,37 @@ export class Session {
   private onBind(body: Buffer, raw: Buffer): Piece | undefined {
     const m = decodeFrontend(Frontend.Bind, body);
     if (m.type !== 'Bind') return undefined;
-    const st = this.statements.get(m.statement);
-    if (!st) return undefined;
+    const found = this.statements.get(m.statement);
+    if (!found) return undefined;
+    const at: EdgeMoment = {
+      rfqExpected: this.rfqExpected,
+      prevLen: this.prevLen,
+      prevRisky: this.prevRisky,
+    };
+    if ('pending' in found) {
+      // its Parse is still being compiled: decide once it is (the pump keeps the order)
+      return async () => {
+        const st = await found.pending;
+        const piece = st ? this.bindPiece(st, m, raw, at) : undefined;
+        if (piece === undefined) return [raw];
+        return typeof piece === 'function' ? piece() : [piece];
+      };
+    }
+    return this.bindPiece(found, m, raw, at);
+  }
+
+  private bindPiece(
+    st: StatementCheck,
+    m: Extract<FrontendMessage, { type: 'Bind' }>,
+    raw: Buffer,
+    at: EdgeMoment,
+  ): Piece | undefined {
     const refuseNow = (f: ReadonlyMap<string, string> | null): Buffer =>
       // a statement name that does not exist: the server fails the Bind, dfgate swaps in its error
       encodeFrontend({
         type: 'Bind',
         portal: m.portal,
-        statement: `dfgate_edge_${this.provoke(f)}`,
+        statement: `dfgate_edge_${this.provoke(f, at.rfqExpected)}`,
         paramFormats: [],
         params: [],
         resultFormats: [],
@@ -975,14 +1042,15 @@ export class Session {
       // df.start($n): the bound value is a workflow by the start rule, checked here
       for (const n of st.bound ?? []) {
         const v = textParam(m, n - 1, st.paramTypes);
-        const problem = v === undefined ? undefined : checkBound(v);
+        // very long values are checked by the in-database df.start, not on the event loop
+        const problem = v === undefined || v.length > ANALYZE_MAX ? undefined : checkBound(v);
         if (problem) return refuseNow(refusal(problem.code, problem.message));
       }
       return undefined;
     }
     const call = st.call;
-    const before = this.rfqExpected;
-    const prefix = { len: this.prevLen, risky: this.prevRisky };
+    const before = at.rfqExpected;
+    const prefix = { len: at.prevLen, risky: at.prevRisky };
     const refuse = (f: ReadonlyMap<string, string> | null): Buffer[] => [refuseNow(f)];
     return async () => {
       if (this.rfqUnsure) return refuse(mixed());
@@ -1155,6 +1223,44 @@ export class Session {
   }
 }
 
+/** A protocol-level statement whose Binds dfgate checks (see Session.statements). */
+interface StatementCheck {
+  readonly call?: NewCall;
+  readonly bound?: readonly number[];
+  readonly paramTypes: readonly number[];
+}
+
+/** A Parse still being compiled: what its Binds must check once it is. */
+interface PendingCheck {
+  readonly pending: Promise<StatementCheck | undefined>;
+}
+
+/** The session's counters as of a client message, for deciding about it later. */
+interface EdgeMoment {
+  readonly rfqExpected: number;
+  readonly prevLen: number;
+  readonly prevRisky: boolean;
+}
+
+function statementCheck(e: Edge, paramTypes: readonly number[]): StatementCheck | undefined {
+  if (e.kind === 'new') return { call: e.call, paramTypes };
+  if ((e.kind === 'pass' || e.kind === 'rewrite') && e.bound?.length)
+    return { bound: e.bound, paramTypes };
+  return undefined;
+}
+
+/** The statement text's bytes of a Query or Parse body (undefined if malformed). */
+function statementBytes(type: number, body: Buffer): Buffer | undefined {
+  let start = 0;
+  if (type === Frontend.Parse) {
+    const nameEnd = body.indexOf(0);
+    if (nameEnd < 0) return undefined;
+    start = nameEnd + 1;
+  }
+  const end = body.indexOf(0, start);
+  return end < 0 ? undefined : body.subarray(start, end);
+}
+
 function errorFields(e: EdgeError): Map<string, string> {
   const f = refusal(e.code, e.message, e.hint);
   f.set('P', String(e.position));
@@ -1208,7 +1314,7 @@ function textParam(
   paramTypes: readonly number[],
 ): string | undefined {
   const v = m.params[i];
-  if (!v) return undefined;
+  if (!v || !isUtf8(v)) return undefined; // invalid UTF-8: the server refuses it (22021)
   return paramFormat(m, i) === 0 || TEXT_LIKE.has(paramTypes[i] ?? 0)
     ? v.toString('utf8')
     : undefined;
@@ -1244,6 +1350,7 @@ function boundArgs(
       out.set(name, v.length === 4 ? String(v.readInt32BE(0)) : v.readBigInt64BE(0).toString());
       continue;
     }
+    if (!isUtf8(v)) throw new BindRefusal(new Map(), true); // the server's 22021
     const text = textParam(m, i, paramTypes);
     if (text === undefined)
       throw new BindRefusal(

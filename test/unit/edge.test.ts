@@ -1,7 +1,15 @@
 /** src/dsl/edge.ts: what the proxy forwards for a statement that calls df.start, byte for byte. */
 import { loadModule } from 'libpg-query';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { analyze, literal, type Edge } from '../../src/dsl/edge.js';
+import {
+  analyze,
+  ANALYZE_MAX,
+  DEPTH_MAX,
+  literal,
+  NODES_MAX,
+  withinLimits,
+  type Edge,
+} from '../../src/dsl/edge.js';
 
 beforeAll(async () => {
   await loadModule();
@@ -106,20 +114,32 @@ describe('the rewrite', () => {
 });
 
 describe('refusals', () => {
-  it('point at the offending call, in characters', () => {
-    const sql = `SELECT 'ü', df.start('SELECT 1' ~> df.slep(5))`;
-    const e = refused(sql);
-    expect(e.error).toMatchObject({ code: '42883', position: sql.indexOf('df.slep') + 1 });
-    expect(e.only).toBe(true);
+  it('leave DSL errors to the database, which raises them with its own fields', () => {
+    for (const sql of [
+      `SELECT 'ü', df.start('SELECT 1' ~> df.slep(5))`, // PostgreSQL names the argument types
+      `SELECT 1; SELECT df.start(df.sleep(-1))`,
+      `SELECT df.start(df.sleep('abc'))`,
+      `SELECT df.start(df.wait_for_signal('s', 1.5))`, // no df.wait_for_signal(unknown, numeric)
+      `SELECT df.start('{"node_type": "NOPE"}')`,
+      `SELECT df.start(df.sleep(-1), transaction_mode => 'new')`,
+    ])
+      expect(analyze(sql).kind, sql).toBe('pass');
+    // other calls of the statement are still compiled; the failing one stays as written
+    expect(rewritten(`SELECT df.start('SELECT 1'), df.start(df.slep(1))`)).toBe(
+      `SELECT df._start_graph(${G1}, NULL, NULL) AS "start", df.start(df.slep(1))`,
+    );
   });
 
-  it('name the statement of a multi-statement text that fails', () => {
-    const sql = `SELECT 1; SELECT df.start(df.sleep(-1))`;
-    const e = refused(sql);
-    expect(e.only).toBe(false);
-    expect(Buffer.from(sql).subarray(e.statement.start, e.statement.end).toString()).toBe(
-      `SELECT df.start(df.sleep(-1))`,
-    );
+  it('leave casts with a type modifier and numbers in exponent form to the database', () => {
+    for (const sql of [
+      `SELECT df.start('SELECT 1'::varchar(3))`,
+      `SELECT df.start(df.sleep(1.55::numeric(3,1)))`,
+      `SELECT df.start(df.sleep(1e2))`,
+      `SELECT df.start(df.sleep('1'::float8))`,
+      `SELECT df.start(df.sleep('1.5'::int4))`,
+    ])
+      expect(analyze(sql).kind, sql).toBe('pass');
+    expect(rewritten(`SELECT df.start('SELECT 1'::varchar)`)).toContain('_start_graph');
   });
 
   it("accept transaction_mode => 'new' only as a statement of its own", () => {
@@ -145,9 +165,36 @@ describe('refusals', () => {
 });
 
 describe('limits', () => {
-  it('leaves statements over 1 MiB to the database', () => {
-    const big = `SELECT df.start('SELECT 1' ~> df.slep(1)), '${'x'.repeat(1024 * 1024)}'`;
+  const ok = `SELECT df.start('SELECT 1' ~> 'SELECT 2')`;
+
+  it('compiles a statement within the limits', () => {
+    expect(withinLimits(ok)).toBe(true);
+    expect(analyze(ok).kind).toBe('rewrite');
+  });
+
+  it(`leaves statements over ${ANALYZE_MAX} characters to the database`, () => {
+    const big = `${ok}, '${'x'.repeat(ANALYZE_MAX)}'`;
+    expect(withinLimits(big)).toBe(false);
     expect(analyze(big).kind).toBe('pass');
-    expect(analyze(`SELECT df.start('SELECT 1' ~> df.slep(1)), 'x'`).kind).toBe('error');
+  });
+
+  it(`leaves nesting deeper than ${DEPTH_MAX} to the database, counting only outside literals and comments`, () => {
+    const nest = (n: number): string =>
+      `SELECT df.start(${'df.seq('.repeat(n)}'SELECT 1'${", 'SELECT 2')".repeat(n)})`;
+    expect(analyze(nest(DEPTH_MAX - 2)).kind).toBe('rewrite');
+    expect(withinLimits(nest(DEPTH_MAX))).toBe(false);
+    expect(analyze(nest(1000)).kind).toBe('pass');
+    const quoted = `SELECT df.start('SELECT ${'('.repeat(500)}1') /* ((((( */ -- ((((\n, $q$(((($q$, "((("`;
+    expect(withinLimits(quoted)).toBe(true);
+    expect(withinLimits(`SELECT df.start(E'\\' ${'('.repeat(100)}')`)).toBe(true);
+  });
+
+  it(`leaves more than ${NODES_MAX} calls and operators to the database`, () => {
+    const chain = (n: number): string =>
+      `SELECT df.start(${Array.from({ length: n }, (_, i) => `'SELECT ${i}'`).join(' ~> ')})`;
+    expect(analyze(chain(20)).kind).toBe('rewrite');
+    expect(analyze(chain(NODES_MAX * 2)).kind).toBe('pass');
+    const calls = Array.from({ length: NODES_MAX + 1 }, () => `df.start('SELECT 1')`).join(', ');
+    expect(analyze(`SELECT ${calls}`).kind).toBe('pass');
   });
 });

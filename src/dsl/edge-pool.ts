@@ -1,0 +1,175 @@
+/**
+ * Compiling df.start statements off the proxy's event loop: a small pool of
+ * worker threads (edge-worker.ts) runs libpg-query and the DSL evaluation, so
+ * a costly statement of one session never stalls the others. Statements
+ * over the edge's limits, cached ones and statements that cannot be sent to a
+ * worker are answered at once. A job that runs past its budget ends its
+ * worker (a new one starts) and the statement is left to the database, where
+ * the in-database df.start does the same work.
+ */
+import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { analyze, ANALYZE_MAX, cachedEdge, rememberEdge, toEdge, type Edge } from './edge.js';
+import type { EdgeAnswer, EdgeJob } from './edge-worker.js';
+
+/** A compile job running longer than this is abandoned: the statement goes to the database unchanged. */
+export const COMPILE_BUDGET_MS = 2000;
+
+const PASS: Edge = { kind: 'pass' };
+
+interface Job extends EdgeJob {
+  readonly resolve: (e: Edge) => void;
+}
+
+/**
+ * The compiled worker script. From dist/ it sits next to this module; when
+ * the sources run directly (vitest), the build in dist/ is used.
+ */
+function workerUrl(): URL | undefined {
+  for (const rel of ['./edge-worker.js', '../../dist/src/dsl/edge-worker.js']) {
+    const u = new URL(rel, import.meta.url);
+    if (existsSync(fileURLToPath(u))) return u;
+  }
+  return undefined;
+}
+
+class Slot {
+  private worker: Worker | undefined;
+  private current: { job: Job; timer: NodeJS.Timeout } | undefined;
+  private ready = false;
+
+  constructor(
+    private readonly url: URL,
+    private readonly next: () => Job | undefined,
+    private readonly failed: () => void,
+  ) {}
+
+  get busy(): boolean {
+    return this.current !== undefined;
+  }
+
+  private spawn(): Worker {
+    const w = new Worker(this.url);
+    w.unref();
+    this.ready = false;
+    w.on('message', (m: EdgeAnswer | 'ready') => {
+      if (m === 'ready') {
+        this.ready = true;
+        this.pull();
+        return;
+      }
+      const cur = this.current;
+      if (!cur || cur.job.id !== m.id) return;
+      clearTimeout(cur.timer);
+      this.current = undefined;
+      const e = toEdge(cur.job.sql, m.analysis);
+      rememberEdge(cur.job.sql, cur.job.extended, e);
+      cur.job.resolve(e);
+      this.pull();
+    });
+    w.on('error', () => this.lost());
+    w.on('exit', () => {
+      if (this.worker === w) this.lost();
+    });
+    this.worker = w;
+    return w;
+  }
+
+  /** The worker died or was ended: its job goes to the database, a new worker takes the rest. */
+  private lost(): void {
+    const cur = this.current;
+    this.current = undefined;
+    this.worker = undefined;
+    this.ready = false;
+    if (cur) {
+      clearTimeout(cur.timer);
+      cur.job.resolve(PASS);
+    }
+    this.failed();
+  }
+
+  /** Takes the next queued job if idle. */
+  pull(): void {
+    if (this.current) return;
+    const w = this.worker ?? this.spawn();
+    if (!this.ready) return;
+    const job = this.next();
+    if (!job) return;
+    const timer = setTimeout(() => {
+      const cur = this.current;
+      this.current = undefined;
+      this.worker = undefined;
+      void w.terminate();
+      if (cur) cur.job.resolve(PASS);
+      this.pull();
+    }, COMPILE_BUDGET_MS);
+    timer.unref();
+    this.current = { job, timer };
+    w.postMessage({ id: job.id, sql: job.sql, extended: job.extended } satisfies EdgeJob);
+  }
+}
+
+class Pool {
+  private readonly queue: Job[] = [];
+  private readonly slots: Slot[] = [];
+  private nextId = 1;
+  /** Consecutive worker deaths; past a few the pool stops trying and compiles inline. */
+  private deaths = 0;
+
+  constructor(url: URL, size: number) {
+    for (let i = 0; i < size; i++)
+      this.slots.push(
+        new Slot(
+          url,
+          () => this.queue.shift(),
+          () => {
+            if (++this.deaths > 5) this.broken = true;
+            this.kick();
+          },
+        ),
+      );
+  }
+
+  broken = false;
+
+  run(sql: string, extended: boolean): Promise<Edge> {
+    return new Promise((resolve) => {
+      this.queue.push({ id: this.nextId++, sql, extended, resolve });
+      this.kick();
+    });
+  }
+
+  private kick(): void {
+    for (const s of this.slots) if (!s.busy) s.pull();
+  }
+}
+
+let pool: Pool | undefined;
+let noPool = false;
+
+function thePool(): Pool | undefined {
+  if (pool || noPool) return pool && !pool.broken ? pool : undefined;
+  const url = workerUrl();
+  if (!url) {
+    noPool = true;
+    return undefined;
+  }
+  // one core stays with the event loop; the workers share the rest, up to 2
+  pool = new Pool(url, Math.max(1, Math.min(2, availableParallelism() - 1)));
+  return pool;
+}
+
+/**
+ * What the proxy does with a statement that mentions df.: at once when the
+ * answer needs no compiling (over the limits, or cached), else from the pool.
+ */
+export function analyzeSoon(sql: string, extended: boolean): Edge | Promise<Edge> {
+  // only O(1) checks here: the scan of withinLimits runs in the worker too
+  if (sql.length > ANALYZE_MAX) return PASS;
+  const hit = cachedEdge(sql, extended);
+  if (hit) return hit;
+  const p = thePool();
+  return p ? p.run(sql, extended) : analyze(sql, extended);
+}
