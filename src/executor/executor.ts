@@ -233,7 +233,8 @@ export class Executor {
         await this.control.query<{ id: string; lease_epoch: string; role_oid: number }>(
           // Every ready instance gets a level: the instances its role holds here plus its turn
           // within the role. Claiming the lowest levels first fills roles up evenly (a role
-          // alone takes everything); the last $6 of capacity go only to a role holding none.
+          // alone takes all but the reserve); the last $6 of capacity go only to a role that
+          // holds none here, one instance each.
           `WITH ready AS (
              SELECT i.id, i.submitted_by::oid::int AS role, i.created_at,
                     row_number() OVER (PARTITION BY i.submitted_by ORDER BY i.created_at, i.id) AS turn
