@@ -37,6 +37,8 @@ export interface Config {
   readonly stepAuth: 'login' | 'set-role';
   readonly slotTimeoutMs: number;
   readonly maxStepsPerRole: number;
+  /** Step slots (and instance leases) kept for roles with none (docs/executor.md, "Fairness"). */
+  readonly slotReserve: number;
   readonly stepTimeoutMs: number;
   /** DFGATE_STEP_SECRET: step login passwords derive from it (never printed). */
   readonly stepSecret: string | undefined;
@@ -183,14 +185,21 @@ export const FLAGS: readonly FlagSpec[] = [
     name: 'step-slot-timeout',
     kind: 'string',
     env: 'DFGATE_STEP_SLOT_TIMEOUT',
-    help: 'seconds a step waits for a free slot before failing (default 30)',
+    help: 'seconds before a step waiting for a slot may fail: only when more roles want slots than there are (default 30)',
     commands: ['serve', 'worker'],
   },
   {
     name: 'max-steps-per-role',
     kind: 'string',
     env: 'DFGATE_MAX_STEPS_PER_ROLE',
-    help: 'SQL steps of one role at once (default 0: no cap)',
+    help: 'steps of one role at once, on top of the fair share (default 0: no cap)',
+    commands: ['serve', 'worker'],
+  },
+  {
+    name: 'step-slot-reserve',
+    kind: 'string',
+    env: 'DFGATE_STEP_SLOT_RESERVE',
+    help: 'step slots kept for roles with no step running, so they start at once (default 1)',
     commands: ['serve', 'worker'],
   },
   {
@@ -347,6 +356,7 @@ export function parseConfig(
     stepAuth,
     slotTimeoutMs: num('step-slot-timeout', 30, 0.1, 3600) * 1000,
     maxStepsPerRole: num('max-steps-per-role', 0, 0, 1000),
+    slotReserve: num('step-slot-reserve', 1, 0, 1000),
     stepTimeoutMs: num('step-timeout', 0, 0, 86400) * 1000,
     stepSecret: env['DFGATE_STEP_SECRET'] || undefined,
   });

@@ -18,6 +18,7 @@ import { metrics } from '../metrics.js';
 import { HttpStepError, idempotencyKey, sendHttp } from './http.js';
 import type { StartNewRequest } from '../proxy/session.js';
 import { runSqlStep, StepPool, isRetryable, type StepAuth, type StepIdentity } from './steps.js';
+import { FairSlots } from './slots.js';
 
 export interface ExecutorOptions {
   /** The executor's control login (member of df_executor). */
@@ -30,10 +31,19 @@ export interface ExecutorOptions {
   readonly pollMs: number;
   readonly maxConcurrentSteps: number;
   readonly maxConcurrentInstances: number;
-  /** How long a step waits for a free slot before it fails (spec §12: execution_acquire_timeout). */
+  /**
+   * How long a step waits for a free slot before it may fail (spec §12:
+   * execution_acquire_timeout); it fails only when its role got no slot because
+   * more roles want slots than there are (src/executor/slots.ts).
+   */
   readonly slotTimeoutMs?: number;
-  /** At most this many steps of one role at once (0: no cap). */
+  /** At most this many steps of one role at once (0: no cap besides the fair share). */
   readonly maxStepsPerRole?: number;
+  /**
+   * Step slots, and instance leases, kept for roles that have none here, so a
+   * newly active role starts at once while another fills the executor (default 1).
+   */
+  readonly slotReserve?: number;
   /** statement_timeout for every step (0: none, as in pg_durable). */
   readonly stepTimeoutMs?: number;
   readonly maxLoopIterations: number;
@@ -84,44 +94,16 @@ function nextCron(expr: string, after: Date): Date {
   return next;
 }
 
-class Semaphore {
-  private waiters: Array<() => void> = [];
-  constructor(private free: number) {}
-  /** Resolves true once a slot is held, false if none came free within timeoutMs. */
-  async take(timeoutMs = Number.POSITIVE_INFINITY): Promise<boolean> {
-    if (this.free > 0) {
-      this.free--;
-      return true;
-    }
-    return await new Promise<boolean>((resolve) => {
-      const waiter = (): void => {
-        clearTimeout(timer);
-        resolve(true);
-      };
-      const timer = Number.isFinite(timeoutMs)
-        ? setTimeout(() => {
-            this.waiters = this.waiters.filter((w) => w !== waiter);
-            resolve(false);
-          }, timeoutMs)
-        : undefined;
-      this.waiters.push(waiter);
-    });
-  }
-  give(): void {
-    const w = this.waiters.shift();
-    if (w) w();
-    else this.free++;
-  }
-}
-
 export class Executor {
   readonly owner = `${process.pid}-${randomBytes(4).toString('hex')}`;
   private readonly control: pg.Pool;
   private readonly steps: StepPool;
-  private readonly slots: Semaphore;
-  private readonly roleSlots = new Map<number, Semaphore>();
+  private readonly slots: FairSlots;
   private listener: pg.Client | undefined;
-  private readonly active = new Map<string, { epoch: number; stepPids: Set<number> }>();
+  private readonly active = new Map<
+    string,
+    { epoch: number; stepPids: Set<number>; role: number }
+  >();
   private stopping = false;
   private pumping = false;
   private pumpAgain = false;
@@ -154,7 +136,12 @@ export class Executor {
       },
       this.control,
     );
-    this.slots = new Semaphore(opts.maxConcurrentSteps);
+    this.slots = new FairSlots({
+      slots: opts.maxConcurrentSteps,
+      reserve: opts.slotReserve ?? 1,
+      perRoleCap: opts.maxStepsPerRole ?? 0,
+      timeoutMs: opts.slotTimeoutMs ?? 30_000,
+    });
   }
 
   async start(): Promise<void> {
@@ -233,12 +220,24 @@ export class Executor {
   private async pump(): Promise<void> {
     const capacity = this.opts.maxConcurrentInstances - this.active.size;
     if (capacity <= 0) return;
-    let claimed: Array<{ id: string; lease_epoch: string }>;
+    // instances leased here per role: the claim's fair share and reserve (docs/executor.md, "Fairness")
+    const held = new Map<number, number>();
+    for (const a of this.active.values()) held.set(a.role, (held.get(a.role) ?? 0) + 1);
+    const reserve = Math.max(
+      0,
+      Math.min(this.opts.slotReserve ?? 1, this.opts.maxConcurrentInstances - 1),
+    );
+    let claimed: Array<{ id: string; lease_epoch: string; role_oid: number }>;
     try {
       claimed = (
-        await this.control.query<{ id: string; lease_epoch: string }>(
+        await this.control.query<{ id: string; lease_epoch: string; role_oid: number }>(
+          // Every ready instance gets a level: the instances its role holds here plus its turn
+          // within the role. Claiming the lowest levels first fills roles up evenly (a role
+          // alone takes all but the reserve); the last $6 of capacity go only to a role that
+          // holds none here, one instance each.
           `WITH ready AS (
-             SELECT i.id, row_number() OVER (PARTITION BY i.submitted_by ORDER BY i.created_at, i.id) AS turn, i.created_at
+             SELECT i.id, i.submitted_by::oid::int AS role, i.created_at,
+                    row_number() OVER (PARTITION BY i.submitted_by ORDER BY i.created_at, i.id) AS turn
                FROM df.instances i
               WHERE i.runnable AND i.status IN ('pending', 'running')
                 AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())
@@ -247,11 +246,19 @@ export class Executor {
                                    AND s.signal_name = ANY (i.waiting_signals)))
                 AND (i.waiting_signals IS NULL OR i.wake_at IS NOT NULL OR cardinality(i.waiting_signals) = 0
                      OR EXISTS (SELECT 1 FROM df.signals s WHERE s.instance_id = i.id AND s.consumed_at IS NULL
-                                   AND s.signal_name = ANY (i.waiting_signals)))
-              ORDER BY turn, created_at
-              LIMIT $2),
+                                   AND s.signal_name = ANY (i.waiting_signals)))),
+           ranked AS (
+             SELECT r.id, r.turn, coalesce(h.n, 0) AS held,
+                    row_number() OVER (ORDER BY coalesce(h.n, 0) + r.turn, r.created_at, r.id) AS pos
+               FROM ready r LEFT JOIN unnest($4::int[], $5::int[]) AS h(role, n) ON h.role = r.role
+              WHERE r.turn <= $2),
+           picked AS (
+             (SELECT id FROM ranked WHERE pos <= $2 - $6)
+             UNION ALL
+             (SELECT id FROM ranked WHERE pos > $2 - $6 AND held = 0 AND turn = 1
+               ORDER BY pos LIMIT least($6, $2))),
            locked AS (
-             SELECT i.id FROM df.instances i JOIN ready r USING (id)
+             SELECT i.id FROM df.instances i JOIN picked p USING (id)
               WHERE i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp()
               FOR UPDATE OF i SKIP LOCKED)
            UPDATE df.instances i
@@ -261,8 +268,8 @@ export class Executor {
                   updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END,
                   wake_at = NULL, waiting_signals = NULL
              FROM locked WHERE i.id = locked.id
-           RETURNING i.id, i.lease_epoch`,
-          [this.owner, capacity, this.opts.leaseMs],
+           RETURNING i.id, i.lease_epoch, i.submitted_by::oid::int AS role_oid`,
+          [this.owner, capacity, this.opts.leaseMs, [...held.keys()], [...held.values()], reserve],
         )
       ).rows;
     } catch (err) {
@@ -271,7 +278,7 @@ export class Executor {
     }
     for (const c of claimed) {
       const epoch = Number(c.lease_epoch);
-      this.active.set(c.id, { epoch, stepPids: new Set() });
+      this.active.set(c.id, { epoch, stepPids: new Set(), role: c.role_oid });
       const p = this.drive(c.id, epoch)
         .catch((err: unknown) => this.log.error({ instance: c.id, err }, 'instance driver failed'))
         .finally(() => {
@@ -681,26 +688,19 @@ export class Executor {
       );
       if (marked.rowCount === 0) return; // lease lost, cancelled, or already recorded
       const slotTimeout = this.opts.slotTimeoutMs ?? 30_000;
-      if (!(await this.slots.take(slotTimeout))) {
+      const slot = await this.slots.take(identity.roleOid, slotTimeout);
+      if (slot === 'closed') return; // stopping: the node is run again by whoever holds the lease next
+      if (slot === 'timeout') {
         await this.event(id, epoch, a, 'failed', {
           error: `pg_durable: connection limit reached (max_user_connections=${this.opts.maxConcurrentSteps}). Timed out after ${Math.round(slotTimeout / 1000)}s waiting for an available execution slot.`,
         }).catch(() => undefined);
         return;
       }
-      let roleSlot: Semaphore | undefined;
-      if ((this.opts.maxStepsPerRole ?? 0) > 0) {
-        roleSlot =
-          this.roleSlots.get(identity.roleOid) ??
-          new Semaphore(this.opts.maxStepsPerRole as number);
-        this.roleSlots.set(identity.roleOid, roleSlot);
-        await roleSlot.take();
-      }
       let conn;
       try {
         conn = await this.steps.acquire(identity);
       } catch (err) {
-        this.slots.give();
-        roleSlot?.give();
+        this.slots.give(identity.roleOid);
         const msg = (err as Error).message;
         if (isRetryable(err) && attempt < 50) {
           await new Promise((r) => setTimeout(r, delay));
@@ -741,8 +741,7 @@ export class Executor {
       } finally {
         pids?.delete(pid);
         await this.steps.release(identity, conn);
-        this.slots.give();
-        roleSlot?.give();
+        this.slots.give(identity.roleOid);
       }
     }
   }
@@ -791,7 +790,9 @@ export class Executor {
       allowPrivate: r.private === true,
       allowHosts: Array.isArray(r.hosts) ? r.hosts.map(String).map((h) => h.toLowerCase()) : [],
     };
-    if (!(await this.slots.take(this.opts.slotTimeoutMs ?? 30_000))) {
+    const slot = await this.slots.take(inst.role_oid);
+    if (slot === 'closed') return;
+    if (slot === 'timeout') {
       await fail(
         `pg_durable: connection limit reached (max_user_connections=${this.opts.maxConcurrentSteps}). Timed out waiting for an available execution slot.`,
       );
@@ -807,7 +808,7 @@ export class Executor {
       if (!(err instanceof HttpStepError)) throw err;
       await fail(err.message);
     } finally {
-      this.slots.give();
+      this.slots.give(inst.role_oid);
     }
   }
 
@@ -894,6 +895,7 @@ export class Executor {
     if (this.reconcileTimer) clearTimeout(this.reconcileTimer);
     if (this.timer) clearInterval(this.timer);
     if (this.heartbeat) clearInterval(this.heartbeat);
+    this.slots.close(); // steps waiting for a slot stop waiting; the next lease holder runs them
     await Promise.allSettled([...this.finished]);
     // hand our leases back so another executor can continue at once
     await this.control

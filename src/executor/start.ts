@@ -1,7 +1,7 @@
 /** Starting the executor from the resolved configuration. */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { Executor } from './executor.js';
+import { Executor, type ExecutorOptions } from './executor.js';
 
 export interface ExecutorConfig {
   readonly executorUrl: string;
@@ -12,7 +12,34 @@ export interface ExecutorConfig {
   readonly stepSecret: string | undefined;
   readonly slotTimeoutMs?: number;
   readonly maxStepsPerRole?: number;
+  readonly slotReserve?: number;
   readonly stepTimeoutMs?: number;
+}
+
+/** The executor's limits from the configuration (defaults as in src/config.ts). */
+export function executorLimits(
+  cfg: Pick<
+    ExecutorConfig,
+    'maxConcurrentSteps' | 'slotTimeoutMs' | 'maxStepsPerRole' | 'slotReserve' | 'stepTimeoutMs'
+  >,
+): Pick<
+  ExecutorOptions,
+  | 'maxConcurrentSteps'
+  | 'maxConcurrentInstances'
+  | 'slotTimeoutMs'
+  | 'maxStepsPerRole'
+  | 'slotReserve'
+  | 'stepTimeoutMs'
+> {
+  return {
+    maxConcurrentSteps: cfg.maxConcurrentSteps,
+    // leased instances mostly wait (for a slot, or their next step's turn): several per slot
+    maxConcurrentInstances: Math.max(cfg.maxConcurrentSteps * 4, 16),
+    slotTimeoutMs: cfg.slotTimeoutMs ?? 30_000,
+    maxStepsPerRole: cfg.maxStepsPerRole ?? 0,
+    slotReserve: cfg.slotReserve ?? 1,
+    stepTimeoutMs: cfg.stepTimeoutMs ?? 0,
+  };
 }
 
 export async function startExecutor(cfg: ExecutorConfig, log: Logger): Promise<Executor> {
@@ -30,12 +57,8 @@ export async function startExecutor(cfg: ExecutorConfig, log: Logger): Promise<E
     stepSecret: secret ?? '',
     leaseMs: cfg.leaseMs,
     pollMs: cfg.pollMs,
-    maxConcurrentSteps: cfg.maxConcurrentSteps,
-    maxConcurrentInstances: Math.max(cfg.maxConcurrentSteps * 4, 16),
+    ...executorLimits(cfg),
     maxLoopIterations: 100_000,
-    slotTimeoutMs: cfg.slotTimeoutMs ?? 30_000,
-    maxStepsPerRole: cfg.maxStepsPerRole ?? 0,
-    stepTimeoutMs: cfg.stepTimeoutMs ?? 0,
   });
   await ex.start();
   return ex;
