@@ -78,7 +78,7 @@ export function GraphView({ nodes, root, selected, onSelect, label }: Props): pr
               data-status={b.status}
               {...(interactive
                 ? {
-                    tabIndex: 0,
+                    tabindex: 0,
                     role: 'button',
                     'aria-pressed': selected === b.node.id,
                     onClick: () => onSelect(b.node),
@@ -90,15 +90,19 @@ export function GraphView({ nodes, root, selected, onSelect, label }: Props): pr
                     },
                   }
                 : {})}
-              aria-label={`${b.title}${b.detail ? ': ' + b.detail : ''} — ${statusText}`}
             >
               {shape(b)}
-              <text x={b.x} y={b.detail ? b.y - 7 : b.y + 4} class="title" text-anchor="middle">
+              <text x={b.x} y={b.y - b.height / 2 + 15} class="title" text-anchor="middle">
                 {b.title}
               </text>
               {b.detail ? (
-                <text x={b.x} y={b.y + 12} class="detail" text-anchor="middle">
+                <text x={b.x} y={b.y + 4} class="detail" text-anchor="middle">
                   {b.detail}
+                </text>
+              ) : null}
+              {interactive ? (
+                <text x={b.x} y={b.y + b.height / 2 - 7} class="status" text-anchor="middle">
+                  {statusText}
                 </text>
               ) : null}
             </g>

@@ -148,7 +148,7 @@ export function draw(nodes: readonly NodeView[], root: string): Drawing {
     detail: string,
   ): string => {
     const width = Math.max(96, Math.ceil(Math.max(title.length, detail.length) * CHAR_W) + 28);
-    const height = detail ? 52 : 34;
+    const height = detail ? 62 : 44;
     boxes.set(id, {
       id,
       node,
