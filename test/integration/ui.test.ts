@@ -3,6 +3,7 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { finished, startTestExecutor } from '../harness/executor.js';
+import { parseConfig } from '../../src/config.js';
 import { startUi, type UiServer } from '../../src/ui/server.js';
 
 const db = useTestDatabase();
@@ -76,6 +77,24 @@ async function api(
   }
   return { status: r.status, body: parsed, headers: r.headers };
 }
+
+describe('configuration', () => {
+  it('--ui-listen / DFGATE_UI_LISTEN turn the console on; it is off by default', () => {
+    const up = ['--upstream', 'postgres://u@127.0.0.1/db'];
+    expect(parseConfig(up, {}).uiListen).toBeUndefined();
+    expect(parseConfig([...up, '--ui-listen', '127.0.0.1:6433'], {}).uiListen).toEqual({
+      host: '127.0.0.1',
+      port: 6433,
+    });
+    expect(parseConfig(up, { DFGATE_UI_LISTEN: ':7000' }).uiListen).toEqual({
+      host: '127.0.0.1',
+      port: 7000,
+    });
+    expect(() => parseConfig([...up, '--ui-listen', 'nope'], {})).toThrow(
+      /--ui-listen must be HOST:PORT/,
+    );
+  });
+});
 
 describe('login and sessions', () => {
   it('a wrong password gets a clear error and no session; repeated failures are rate-limited', async () => {
