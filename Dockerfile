@@ -5,6 +5,7 @@ FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json tsconfig.json ./
 COPY src ./src
+COPY web ./web
 COPY bench ./bench
 COPY migrations ./migrations
 RUN npm ci --no-audit --no-fund && npm prune --omit=dev

@@ -20,6 +20,8 @@ export interface Config {
   readonly executorUrl: string | undefined;
   readonly listen: HostPort;
   readonly adminListen: HostPort | undefined;
+  /** --ui-listen: the web console (docs/ui.md), off by default. */
+  readonly uiListen: HostPort | undefined;
   readonly executor: boolean;
   readonly migrate: boolean;
   readonly logLevel: LogLevel;
@@ -102,6 +104,13 @@ export const FLAGS: readonly FlagSpec[] = [
     kind: 'string',
     env: 'DFGATE_ADMIN_LISTEN',
     help: 'HOST:PORT of the HTTP admin port: /healthz, /readyz, /metrics (default off)',
+    commands: ['serve', 'worker'],
+  },
+  {
+    name: 'ui-listen',
+    kind: 'string',
+    env: 'DFGATE_UI_LISTEN',
+    help: 'HOST:PORT of the web console (default off; see docs/ui.md)',
     commands: ['serve', 'worker'],
   },
   {
@@ -313,6 +322,7 @@ export function parseConfig(
     throw new ConfigError('dfgate check needs at least one FILE.sql');
   }
   const admin = str('admin-listen');
+  const ui = str('ui-listen');
   const num = (n: string, dflt: number, min: number, max: number): number => {
     const v = str(n);
     if (v === undefined) return dflt;
@@ -339,6 +349,7 @@ export function parseConfig(
     listen: Object.freeze(parseHostPort(str('listen') ?? '127.0.0.1:6432', '--listen')),
     adminListen:
       admin === undefined ? undefined : Object.freeze(parseHostPort(admin, '--admin-listen')),
+    uiListen: ui === undefined ? undefined : Object.freeze(parseHostPort(ui, '--ui-listen')),
     executor: values.get('no-executor') !== true,
     migrate: values.get('no-migrate') !== true,
     logLevel: level as LogLevel,

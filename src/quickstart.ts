@@ -14,6 +14,7 @@ import { startCluster, type RunningCluster } from './pg/cluster.js';
 import { startExecutor } from './executor/start.js';
 import { startProxy } from './proxy/server.js';
 import { targetFromUrl } from './proxy/upstream.js';
+import { startUi } from './ui/server.js';
 import { maskSecrets, parsePostgresUrl } from './url.js';
 
 interface State {
@@ -157,6 +158,14 @@ async function main(): Promise<void> {
     edgeValidation: true,
     startNew: (req) => executor.startNew(req),
   });
+  const uiPort = Number(process.env['DFGATE_QUICKSTART_UI_PORT'] ?? 6433);
+  const ui = await startUi({
+    listen: { host: '127.0.0.1', port: uiPort },
+    upstream: adminUrl,
+    log: log.child({ component: 'ui' }),
+    executor,
+  });
+  const demo = new URL(demoUrl);
   const viaDfgate = new URL(demoUrl);
   viaDfgate.host = `127.0.0.1:${proxy.port}`;
   process.stdout.write(
@@ -165,6 +174,7 @@ async function main(): Promise<void> {
       'dfgate is ready.',
       `  URL:     ${viaDfgate.toString()}`,
       `  connect: psql '${viaDfgate.toString()}'`,
+      `  console: ${ui.url}  (log in as ${decodeURIComponent(demo.username)} / ${decodeURIComponent(demo.password)})`,
       `  try:     SELECT df.start('SELECT 1' ~> 'SELECT 2', 'hello');`,
       `  then:    SELECT df.status('<id>'), df.result('<id>');`,
       '  Ctrl-C stops dfgate and PostgreSQL.',
@@ -173,6 +183,7 @@ async function main(): Promise<void> {
   );
   const stop = async (): Promise<void> => {
     log.info('stopping');
+    await ui.close();
     await proxy.shutdown(5000);
     await executor.stop();
     await cluster?.stop();

@@ -8,6 +8,7 @@ import { startExecutor } from './executor/start.js';
 import type { Logger } from './log.js';
 import { startProxy, type ProxyServer } from './proxy/server.js';
 import { targetFromUrl } from './proxy/upstream.js';
+import { startUi, type UiServer } from './ui/server.js';
 import { maskSecrets } from './url.js';
 
 export async function migrateUpstream(url: string, log: Logger): Promise<void> {
@@ -30,6 +31,7 @@ export interface Running {
   readonly proxy: ProxyServer | undefined;
   readonly executor: Executor | undefined;
   readonly admin: AdminServer | undefined;
+  readonly ui?: UiServer | undefined;
 }
 
 export async function serve(cfg: Config, log: Logger, withProxy = true): Promise<Running> {
@@ -50,7 +52,19 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
           log.child({ component: 'admin' }),
         )
       : undefined;
-  if (!withProxy) return { proxy: undefined, executor, admin: await admin(undefined) };
+  const ui = async (): Promise<UiServer | undefined> =>
+    cfg.uiListen
+      ? startUi({
+          listen: cfg.uiListen,
+          upstream,
+          log: log.child({ component: 'ui' }),
+          tlsCert: cfg.tlsCert,
+          tlsKey: cfg.tlsKey,
+          executor,
+        })
+      : undefined;
+  if (!withProxy)
+    return { proxy: undefined, executor, admin: await admin(undefined), ui: await ui() };
   const proxy = await startProxy({
     host: cfg.listen.host,
     port: cfg.listen.port,
@@ -66,7 +80,7 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
     edgeValidation: true,
     startNew: executor ? (req) => executor.startNew(req) : undefined,
   });
-  return { proxy, executor, admin: await admin(proxy) };
+  return { proxy, executor, admin: await admin(proxy), ui: await ui() };
 }
 
 /** Runs until SIGTERM/SIGINT, then shuts down gracefully. */
@@ -82,6 +96,7 @@ export async function serveForever(cfg: Config, log: Logger, withProxy = true): 
     const stop = (signal: string): void => {
       log.info({ signal }, 'shutting down');
       void (async () => {
+        await running.ui?.close();
         await running.proxy?.shutdown(cfg.shutdownTimeoutMs);
         await running.executor?.stop();
         await running.admin?.close();

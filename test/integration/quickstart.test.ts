@@ -18,7 +18,12 @@ async function quickstart(
 ): Promise<{ url: string; out: () => string; stop: () => Promise<number | null> }> {
   const child = spawn(process.execPath, [path.resolve('dist/src/quickstart.js')], {
     cwd,
-    env: { ...process.env, DFGATE_QUICKSTART_PORT: '0', DFGATE_QUICKSTART_PG_PORT: String(pgPort) },
+    env: {
+      ...process.env,
+      DFGATE_QUICKSTART_PORT: '0',
+      DFGATE_QUICKSTART_UI_PORT: '0',
+      DFGATE_QUICKSTART_PG_PORT: String(pgPort),
+    },
   });
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));

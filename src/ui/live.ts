@@ -1,0 +1,144 @@
+/**
+ * Live updates for the console: ONE LISTEN connection per dfgate process on
+ * the channel dfgate_ui (filled by the triggers of the ui_notify migration),
+ * fanned out to the browsers' server-sent-event streams. A notification names
+ * the owning role and the changed instance ids; a stream only receives the
+ * changes of its session's role (all of them for roles that see every row),
+ * coalesced to at most one event per `flushMs`. Browsers then re-read, as
+ * their own role, whatever they show.
+ */
+import type { ServerResponse } from 'node:http';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import type { Session } from './sessions.js';
+
+export const UI_CHANNEL = 'dfgate_ui';
+
+interface Stream {
+  readonly session: Session;
+  readonly res: ServerResponse;
+  /** Changed ids waiting to be sent; null: "everything of the role". */
+  pending: Set<string> | null | undefined;
+  timer: NodeJS.Timeout | undefined;
+}
+
+export class LiveHub {
+  private readonly streams = new Set<Stream>();
+  private listener: pg.Client | undefined;
+  private stopped = false;
+  private readonly heartbeat: NodeJS.Timeout;
+  /** Notifications received since start (for the Overview page and tests). */
+  received = 0;
+
+  constructor(
+    private readonly url: string,
+    private readonly log: Logger,
+    private readonly flushMs = 200,
+  ) {
+    this.heartbeat = setInterval(() => {
+      for (const s of this.streams) s.res.write(': keep-alive\n\n');
+    }, 15_000);
+    this.heartbeat.unref();
+  }
+
+  get listening(): boolean {
+    return this.listener !== undefined;
+  }
+
+  get streamCount(): number {
+    return this.streams.size;
+  }
+
+  async start(): Promise<void> {
+    if (this.stopped) return;
+    const c = new pg.Client({ connectionString: this.url, application_name: 'dfgate:ui-listen' });
+    c.on('error', () => undefined);
+    c.on('end', () => {
+      if (this.listener === c) this.listener = undefined;
+      if (this.stopped) return;
+      this.log.warn('console LISTEN connection lost; reconnecting');
+      // browsers may have missed changes meanwhile: tell every stream to refresh
+      for (const s of this.streams) this.queue(s, null);
+      setTimeout(() => void this.start().catch(() => undefined), 1000).unref();
+    });
+    c.on('notification', (n) => {
+      if (n.channel === UI_CHANNEL) this.dispatch(n.payload ?? '');
+    });
+    try {
+      await c.connect();
+      await c.query(`LISTEN ${UI_CHANNEL}`);
+      this.listener = c;
+    } catch (err) {
+      await c.end().catch(() => undefined);
+      if (this.stopped) return;
+      this.log.warn({ err: (err as Error).message }, 'console cannot LISTEN; retrying');
+      setTimeout(() => void this.start().catch(() => undefined), 2000).unref();
+    }
+  }
+
+  private dispatch(payload: string): void {
+    this.received++;
+    let msg: { r?: unknown; i?: unknown };
+    try {
+      msg = JSON.parse(payload) as { r?: unknown; i?: unknown };
+    } catch {
+      return;
+    }
+    if (typeof msg.r !== 'string') return;
+    const ids = Array.isArray(msg.i)
+      ? msg.i.filter((x): x is string => typeof x === 'string' && /^[0-9a-f]{8}$/.test(x))
+      : null;
+    for (const s of this.streams) {
+      if (s.session.role !== msg.r && !s.session.seesAll) continue;
+      this.queue(s, ids);
+    }
+  }
+
+  private queue(s: Stream, ids: readonly string[] | null): void {
+    if (ids === null || s.pending === null) s.pending = null;
+    else {
+      s.pending ??= new Set();
+      for (const id of ids) s.pending.add(id);
+    }
+    s.timer ??= setTimeout(() => this.flush(s), this.flushMs);
+  }
+
+  private flush(s: Stream): void {
+    s.timer = undefined;
+    const ids = s.pending === null ? null : [...(s.pending ?? [])];
+    s.pending = undefined;
+    s.res.write(`event: change\ndata: ${JSON.stringify({ ids })}\n\n`);
+  }
+
+  /** Serves one event stream until the browser goes away or the session ends. */
+  subscribe(session: Session, res: ServerResponse): void {
+    res.writeHead(200, {
+      'Content-Type': 'text/event-stream; charset=utf-8',
+      'Cache-Control': 'no-store',
+      Connection: 'keep-alive',
+      'X-Accel-Buffering': 'no',
+    });
+    res.write('retry: 2000\n\n');
+    const s: Stream = { session, res, pending: undefined, timer: undefined };
+    this.streams.add(s);
+    res.on('close', () => {
+      if (s.timer) clearTimeout(s.timer);
+      this.streams.delete(s);
+    });
+  }
+
+  /** Ends the streams of a session (logout, idle timeout). */
+  endSession(session: Session): void {
+    for (const s of this.streams) if (s.session === session) s.res.end();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.heartbeat);
+    for (const s of this.streams) s.res.end();
+    this.streams.clear();
+    const c = this.listener;
+    this.listener = undefined;
+    await c?.end().catch(() => undefined);
+  }
+}
