@@ -140,6 +140,11 @@ const EMBEDDING: ReadonlyArray<{ range: Range; embedded: (n: bigint) => bigint[]
     range: range('2001::/32', 'Teredo'),
     embedded: (n) => [(n >> 64n) & 0xffffffffn, ~n & 0xffffffffn],
   },
+  // local-use NAT64 (RFC 8215) with a /96 prefix: the IPv4 address in the low 32 bits
+  {
+    range: range('64:ff9b:1::/48', 'local-use NAT64'),
+    embedded: (n) => [n & 0xffffffffn],
+  },
 ];
 
 const v4Text = (n: bigint): string =>
@@ -173,8 +178,10 @@ export function refusal(address: string, allowPrivate: boolean): Refusal | undef
   const always = V6_ALWAYS.find(inside);
   if (always) return { always: true, reason: `${always.what}, ${always.cidr}` };
   const priv = V6_PRIVATE.find(inside);
-  if (priv)
-    return allowPrivate ? undefined : { always: false, reason: `${priv.what}, ${priv.cidr}` };
+  if (priv && !allowPrivate) return { always: false, reason: `${priv.what}, ${priv.cidr}` };
+  // an opened private range stays open, except that a local-use NAT64 address is
+  // still judged by the IPv4 address it translates to (169.254.169.254 stays refused)
+  if (priv && priv.cidr !== '64:ff9b:1::/48') return undefined;
   for (const e of EMBEDDING) {
     if (!inside(e.range)) continue;
     for (const v4 of e.embedded(n)) {
@@ -240,6 +247,36 @@ export function normaliseAllowEntry(entry: string): string | undefined {
   return host ? (suffix ? `.${host}` : host) : undefined;
 }
 
+/** Whether a normalised host matches http_allow_hosts (an empty list allows any host). */
+function hostAllowed(host: string, policy: HttpPolicy): boolean {
+  if (policy.allowHosts.length === 0) return true;
+  const entries = policy.allowHosts
+    .map(normaliseAllowEntry)
+    .filter((e): e is string => e !== undefined);
+  return entries.some((h) => (h.startsWith('.') ? host.endsWith(h) : host === h));
+}
+
+/**
+ * A `Host` header set by the step. The connection goes to the URL's host, but
+ * the server (a shared ingress, a CDN) may route by this header; with a
+ * non-empty http_allow_hosts the name it gives must be listed too, so that a
+ * listed host cannot front for one that is not.
+ */
+export function checkHostHeader(value: string, policy: HttpPolicy): void {
+  if (policy.allowHosts.length === 0) return;
+  let host: string | undefined;
+  try {
+    const v = value.trim();
+    host = undot(unbracket(new URL(`http://${net.isIPv6(v) ? `[${v}]` : v}/`).hostname));
+  } catch {
+    host = undefined;
+  }
+  if (!host || !hostAllowed(host, policy))
+    throw new HttpStepError(
+      `Blocked: the Host header '${value}' names a host that is not in the allowed endpoint list (df.config http_allow_hosts).`,
+    );
+}
+
 function schemeOf(url: string): string {
   const m = /^\s*([A-Za-z][A-Za-z0-9+.-]*):/.exec(url);
   return m ? (m[1] as string).toLowerCase() : url;
@@ -277,15 +314,10 @@ export function checkEndpoint(url: string, policy: HttpPolicy): Endpoint {
     );
   const host = undot(unbracket(u.hostname));
   if (!host) throw new HttpStepError('Blocked: unable to extract hostname from URL.');
-  if (policy.allowHosts.length > 0) {
-    const entries = policy.allowHosts
-      .map(normaliseAllowEntry)
-      .filter((e): e is string => e !== undefined);
-    if (!entries.some((h) => (h.startsWith('.') ? host.endsWith(h) : host === h)))
-      throw new HttpStepError(
-        `Blocked: '${host}' is not in the allowed endpoint list (df.config http_allow_hosts).`,
-      );
-  }
+  if (!hostAllowed(host, policy))
+    throw new HttpStepError(
+      `Blocked: '${host}' is not in the allowed endpoint list (df.config http_allow_hosts).`,
+    );
   if (net.isIP(host)) {
     const why = refusal(host, policy.allowPrivate);
     if (why) throw new HttpStepError(blockedMessage(host, host, why));

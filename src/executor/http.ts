@@ -12,6 +12,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Agent, request, type Dispatcher } from 'undici';
 import {
   checkEndpoint,
+  checkHostHeader,
   guardedConnector,
   HttpStepError,
   type HttpPolicy,
@@ -187,6 +188,7 @@ export async function sendHttp(
     if (req.kind === 'HTTP_MULTIPART' && lower === 'content-type') continue;
     if (lower === 'user-agent') hasUa = true;
     if (lower === 'idempotency-key') hasKey = true;
+    if (lower === 'host') checkHostHeader(v, policy);
     headers[k] = v;
   }
   if (!hasUa) headers['user-agent'] = USER_AGENT;

@@ -40,6 +40,8 @@ import {
   Frontend,
   isFrontendType,
   isSmallFrontendType,
+  MAX_AUTH_MESSAGE,
+  MAX_HELD_BEFORE_LOGIN,
   MAX_STARTUP_PACKET,
   SMALL_MESSAGE_LIMIT,
 } from './protocol/codes.js';
@@ -164,6 +166,13 @@ export class Session {
   /** The client half-closed (FIN) or its socket closed: a later upstream close is its doing. */
   private clientGone = false;
   private startupTimer: NodeJS.Timeout | undefined;
+  /** The client sent an SSLRequest / a GSSENCRequest (each is answered once). */
+  private sslDone = false;
+  private gssDone = false;
+  /** The client message whose header was just read is longer than any authentication message. */
+  private authTooLong = false;
+  /** Reading from the client is paused until login completes (MAX_HELD_BEFORE_LOGIN). */
+  private heldUntilLogin = false;
   private draining = false;
   private readonly pendingClient: Buffer[] = [];
   /**
@@ -284,6 +293,11 @@ export class Session {
       else if (this.upstream && this.clientFramer && !this.pendingFatal) {
         this.forwardClient(this.clientFramer.push(chunk));
         if (this.clientFramer.failed) this.clientFramingFailed(this.clientFramer.failed);
+        else if (this.phase === 'auth' && this.clientFramer.held > MAX_HELD_BEFORE_LOGIN) {
+          // a large message sent before login waits for it (resumed on the first ReadyForQuery)
+          this.heldUntilLogin = true;
+          this.client.pause();
+        }
       }
     } catch (err) {
       this.protocolFailure(err);
@@ -358,6 +372,8 @@ export class Session {
     if (
       framer.buffered === 0 &&
       chunk[0] === TLS_HANDSHAKE &&
+      !this.sslDone &&
+      !this.gssDone &&
       !(this.client instanceof tls.TLSSocket)
     ) {
       this.directTls(chunk);
@@ -369,6 +385,17 @@ export class Session {
     switch (packet.type) {
       case 'SSLRequest':
       case 'GSSENCRequest': {
+        // Each is answered once, and neither after TLS was accepted (PostgreSQL's
+        // ProcessStartupPacket); a repeat reads as an unknown protocol version. This
+        // also keeps a client from nesting TLS sessions inside each other.
+        const ssl = packet.type === 'SSLRequest';
+        if (ssl ? this.sslDone : this.gssDone)
+          throw new ProtocolError(
+            `unsupported frontend protocol 1234.${ssl ? 5679 : 5680}: server supports 3.0 to 3.0`,
+            { code: '0A000' },
+          );
+        if (ssl) this.sslDone = true;
+        else this.gssDone = true;
         if (got.rest.length > 0) {
           // PostgreSQL answers the request, then refuses the bytes that came with it
           if (!(packet.type === 'SSLRequest' && this.ctx.tls)) this.client.write('N');
@@ -385,6 +412,7 @@ export class Session {
           return;
         }
         if (packet.type === 'SSLRequest' && this.ctx.tls) {
+          this.gssDone = true;
           this.client.write('S');
           this.upgradeClient([]);
         } else {
@@ -516,12 +544,15 @@ export class Session {
     this.clientFramer = new Framer(
       {
         inspect: (t) =>
-          (t === Frontend.Password && this.phase === 'auth') ||
+          (t === Frontend.Password && this.phase === 'auth' && !this.authTooLong) ||
           ((t === Frontend.Query || t === Frontend.Parse) &&
             (this.ctx.onDfCommit !== undefined || this.ctx.edgeValidation === true)) ||
           ((t === Frontend.Bind || t === Frontend.Close) && this.statements.size > 0),
         header: (t, len) => {
           if (!isFrontendType(t)) throw unknownTypeError(t);
+          // PostgreSQL refuses a longer authentication message on its header (silently or
+          // with 28P01, by method): it goes through unassembled so that the server does
+          this.authTooLong = len > MAX_AUTH_MESSAGE;
           if (len > SMALL_MESSAGE_LIMIT && isSmallFrontendType(t))
             throw new SilentClose('invalid message length', {
               field: `length ${len} for type ${JSON.stringify(String.fromCharCode(t))}`,
@@ -661,6 +692,10 @@ export class Session {
           this.batchRisky = false;
           this.rfqUnsure = false;
           this.log.debug('session ready');
+          if (this.heldUntilLogin) {
+            this.heldUntilLogin = false;
+            this.client.resume();
+          }
         }
         if (this.draining && this.idle) setImmediate(() => this.terminateForShutdown());
         return undefined;
@@ -1149,6 +1184,12 @@ export class Session {
     if (this.pendingFatal) {
       if (this.sawFatal) this.close('upstream closed after its own FATAL');
       else this.endPending();
+      return;
+    }
+    if (this.phase === 'auth' && !(this.clientFramer?.atBoundary ?? true)) {
+      // the server refused the client's message on its header (one longer than
+      // PostgreSQL reads during authentication) and closed, as it does directly
+      this.close('upstream closed during a client message in authentication');
       return;
     }
     if (this.clientGone && !this.clientTerminated) {

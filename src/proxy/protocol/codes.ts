@@ -88,6 +88,21 @@ const SMALL_TYPES = new Set<number>([
   Frontend.CopyFail,
 ]);
 
+/**
+ * The longest password, SASL or GSSAPI message PostgreSQL reads during
+ * authentication, length word included (PG_MAX_AUTH_TOKEN_LENGTH); it closes
+ * the connection without answering a longer one.
+ */
+export const MAX_AUTH_MESSAGE = 65_535;
+
+/**
+ * How many bytes of one inspected client message dfgate holds before the
+ * session is established. Past it, reading from the client pauses until the
+ * server's first ReadyForQuery: a client that has not logged in cannot make
+ * dfgate buffer a message of up to --max-message-size.
+ */
+export const MAX_HELD_BEFORE_LOGIN = 256 * 1024;
+
 export function isSmallFrontendType(b: number): boolean {
   return SMALL_TYPES.has(b);
 }

@@ -46,6 +46,9 @@ export interface FramerHooks {
   header?(type: number, length: number): void;
 }
 
+/** The first allocation for an inspected message; more as its bytes arrive. */
+const INITIAL_WHOLE = 64 * 1024;
+
 export class Framer {
   private readonly head = Buffer.alloc(5);
   private headFill = 0;
@@ -75,6 +78,43 @@ export class Framer {
       });
     if (len - 4 > this.maxMessageSize)
       throw new MessageTooLarge(type, len - 4, this.maxMessageSize);
+  }
+
+  /**
+   * Starts assembling an inspected message of `size` bytes (type byte
+   * included). The buffer grows with the bytes that arrive instead of being
+   * allocated from the declared length: a header alone (up to
+   * --max-message-size, 1 GiB by default) costs no memory.
+   */
+  private startWhole(type: number, size: number): void {
+    this.whole = Buffer.allocUnsafe(Math.min(size, INITIAL_WHOLE));
+    this.wholeType = type;
+    this.wholeFill = 0;
+    this.remaining = size;
+  }
+
+  /** Appends to the message being assembled, growing its buffer (doubling, at most to the declared size). */
+  private appendWhole(src: Buffer, start: number, end: number): void {
+    const n = end - start;
+    let buf = this.whole as Buffer;
+    if (this.wholeFill + n > buf.length) {
+      const want = Math.min(
+        Math.max(buf.length * 2, this.wholeFill + n),
+        this.wholeFill + this.remaining,
+      );
+      const grown = Buffer.allocUnsafe(want);
+      buf.copy(grown, 0, 0, this.wholeFill);
+      buf = grown;
+      this.whole = grown;
+    }
+    src.copy(buf, this.wholeFill, start, end);
+    this.wholeFill += n;
+    this.remaining -= n;
+  }
+
+  /** Bytes of a partly received inspected message held in memory. */
+  get held(): number {
+    return this.whole === undefined ? 0 : this.wholeFill;
   }
 
   private finishWhole(out: Piece[]): void {
@@ -120,10 +160,8 @@ export class Framer {
       if (this.remaining > 0) {
         const take = Math.min(this.remaining, n - pos);
         if (this.whole) {
-          chunk.copy(this.whole, this.wholeFill, pos, pos + take);
-          this.wholeFill += take;
+          this.appendWhole(chunk, pos, pos + take);
           pos += take;
-          this.remaining -= take;
           runStart = pos;
           if (this.remaining === 0) this.finishWhole(out);
         } else {
@@ -153,11 +191,8 @@ export class Framer {
           pos += len + 1;
         } else {
           if (pos > runStart) out.push(chunk.subarray(runStart, pos));
-          this.whole = Buffer.allocUnsafe(len + 1);
-          this.wholeType = type;
-          chunk.copy(this.whole, 0, pos, n);
-          this.wholeFill = n - pos;
-          this.remaining = len + 1 - this.wholeFill;
+          this.startWhole(type, len + 1);
+          this.appendWhole(chunk, pos, n);
           pos = n;
           runStart = n;
         }
@@ -178,11 +213,8 @@ export class Framer {
       const len = this.head.readInt32BE(1);
       this.check(type, len);
       if (this.hooks.inspect(type)) {
-        this.whole = Buffer.allocUnsafe(len + 1);
-        this.wholeType = type;
-        this.head.copy(this.whole, 0, 0, 5);
-        this.wholeFill = 5;
-        this.remaining = len - 4;
+        this.startWhole(type, len + 1);
+        this.appendWhole(this.head, 0, 5);
         if (this.remaining === 0) this.finishWhole(out);
       } else {
         out.push(Buffer.from(this.head));
