@@ -52,7 +52,6 @@ class Slot {
 
   private spawn(): Worker {
     const w = new Worker(this.url);
-    w.unref();
     this.ready = false;
     w.on('message', (m: EdgeAnswer | 'ready') => {
       if (m === 'ready') {
@@ -73,6 +72,8 @@ class Slot {
     w.on('exit', () => {
       if (this.worker === w) this.lost();
     });
+    // after the listeners: attaching a 'message' listener refs the worker's port again
+    w.unref();
     this.worker = w;
     return w;
   }
