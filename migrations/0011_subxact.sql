@@ -1,5 +1,6 @@
 -- dfgate migration 0011: df.start inside subtransactions (savepoints,
--- PL/pgSQL exception blocks, triggers fired inside either).
+-- PL/pgSQL exception blocks, triggers fired inside either); df.explain of a
+-- failed instance shows its error (at the end of this file).
 --
 -- df._activate accepts only rows inserted by the current transaction. It
 -- widened the row's 32-bit xmin to a full xid by borrowing the epoch of
@@ -154,4 +155,81 @@ BEGIN
                            WHERE owner = v_inst.submitted_by AND value IS NOT NULL), '{}')
    WHERE id = p_instance_id;
   PERFORM pg_notify('dfgate_wake', 'start:' || p_instance_id);
+END $$;
+
+------------------------------------------------------------------------------
+-- df.explain of a failed instance says why (dfgate addition to spec §11.6):
+-- an 'Error:' header line with the instance's error (cut to 200 bytes) after
+-- 'Status:'; the ✗ markers in the tree say where. Otherwise as in 0008.
+------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION df.explain(input text) RETURNS text
+  LANGUAGE plpgsql VOLATILE STRICT SECURITY INVOKER
+  AS $$
+DECLARE
+  v_in text := btrim(input, E' \t\n\r');
+  v_inst record;
+  v_status jsonb;
+  v_root jsonb;
+  v_graph jsonb;
+  v_value text;
+  v_err text;
+  v_state text;
+  v_shown text;
+  v_icon text;
+  v_out text;
+BEGIN
+  IF v_in ~ '^[0-9a-fA-F]{8}$' THEN
+    SELECT i.id, i.label, i.status, i.root_node, i.error INTO v_inst FROM df.instances i WHERE i.id = pg_catalog.lower(v_in);
+    IF NOT FOUND THEN
+      RETURN format('Instance ''%s'' not found', v_in);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM df.nodes n WHERE n.instance_id = v_inst.id) THEN
+      RETURN format('No nodes found for instance ''%s''', v_in);
+    END IF;
+    SELECT jsonb_object_agg(d.node_id, d.inferred_status) INTO v_status FROM df._derived_status(v_inst.id) d;
+    v_root := df._explain_nest(v_inst.id, v_inst.root_node, v_status);
+    v_shown := CASE v_inst.status WHEN 'running' THEN 'Running' WHEN 'completed' THEN 'Completed'
+                                  WHEN 'failed' THEN 'Failed' WHEN 'cancelled' THEN 'Cancelled' ELSE v_inst.status END;
+    v_icon := CASE v_inst.status WHEN 'completed' THEN '✓' WHEN 'failed' THEN '✗' WHEN 'cancelled' THEN '✗'
+                                 WHEN 'running' THEN '⏳' ELSE '○' END;
+    v_out := df._output(v_inst.id);
+    RETURN 'Instance: ' || v_inst.id || CASE WHEN v_inst.label IS NOT NULL THEN format(' (%s)', v_inst.label) ELSE '' END || E'\n'
+        || 'Status:   ' || v_icon || ' ' || v_shown || E'\n'
+        || CASE WHEN v_out IS NOT NULL THEN 'Output:   ' || df._explain_cut(v_out, 60, 57) || E'\n' ELSE '' END
+        || CASE WHEN v_inst.status = 'failed' AND v_inst.error IS NOT NULL
+                THEN 'Error:    ' || df._explain_cut(v_inst.error, 200, 197) || E'\n' ELSE '' END
+        || E'\n' || df._explain_tree(v_root);
+  END IF;
+  -- a graph value
+  v_graph := df._try_jsonb(v_in);
+  IF jsonb_typeof(v_graph) = 'object' AND v_graph ? 'node_type' THEN
+    v_err := df._validate(v_graph);
+    RETURN COALESCE(v_err, df._explain_tree(v_graph));
+  END IF;
+  -- a DSL expression, evaluated as the caller
+  IF v_in ~ '(~>|\|=>|\?>|!>|@>|df\.)' THEN
+    BEGIN
+      EXECUTE 'SELECT (' || v_in || E'\n)::text' INTO v_value;
+    EXCEPTION WHEN OTHERS THEN
+      GET STACKED DIAGNOSTICS v_state = MESSAGE_TEXT;
+      RETURN 'Failed to evaluate expression: ' || v_state;
+    END;
+    IF v_value IS NULL THEN
+      RETURN 'Expression returned NULL';
+    END IF;
+    BEGIN
+      v_graph := df._start_node(v_value)::jsonb;
+    EXCEPTION WHEN OTHERS THEN
+      GET STACKED DIAGNOSTICS v_state = MESSAGE_TEXT;
+      RETURN 'Failed to parse Durofut JSON: ' || v_state;
+    END;
+    v_err := df._validate(v_graph);
+    RETURN COALESCE(v_err, df._explain_tree(v_graph));
+  END IF;
+  IF v_in ~* '^(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE|ALTER|DROP|CALL|DO|TRUNCATE|GRANT|REVOKE|EXPLAIN) '
+     OR v_in ~* '^(SELECT|INSERT|UPDATE|DELETE|WITH)\n' THEN
+    RETURN df._explain_tree(jsonb_build_object('node_type', 'SQL', 'query', v_in));
+  END IF;
+  RETURN E'Cannot explain input: not a valid Durofut JSON, instance ID, SQL statement, or DSL expression.\nHint: DSL expressions use df.*() functions and operators like ~>, |=>, &, |.';
 END $$;
