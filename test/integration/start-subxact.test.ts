@@ -91,16 +91,13 @@ for (const via of ['direct', 'dfgate'] as const) {
 
       const l2 = label('do');
       const notices: string[] = [];
-      const onNotice = (n: { message?: string }): void => {
-        notices.push(n.message ?? '');
-      };
-      c.on('notice', onNotice);
+      c.on('notice', (n) => notices.push(n.message ?? ''));
       try {
         await c.query(
           `DO $$ BEGIN BEGIN PERFORM df.start('SELECT 2', '${l2}'); EXCEPTION WHEN others THEN RAISE NOTICE '%', SQLERRM; END; END $$`,
         );
       } finally {
-        c.off('notice', onNotice);
+        c.removeAllListeners('notice');
       }
       expect(notices).toEqual([]);
       expect((await instances(l2)).map((i) => [i.status, i.result])).toEqual([['completed', 2]]);
