@@ -79,7 +79,13 @@ export interface Stamp {
 export type Outcome =
   | { readonly k: 'done'; readonly result: string; readonly seq: number }
   | { readonly k: 'failed'; readonly error: string; readonly seq: number }
-  | { readonly k: 'break'; readonly value: string; readonly seq: number }
+  | {
+      readonly k: 'break';
+      readonly value: string;
+      readonly seq: number;
+      /** The nodes the break has passed through so far, the BREAK node first. */
+      readonly via: readonly string[];
+    }
   | { readonly k: 'blocked' };
 
 export interface CoreResult {
@@ -135,7 +141,7 @@ export function runCore(input: CoreInput): CoreResult {
         break;
       case 'break':
         stamps.set(n.id, { status: 'completed', result: o.value, stamp: st });
-        break;
+        return { ...o, via: [...o.via, n.id] };
       case 'failed':
         stamps.set(n.id, { status: 'failed', result: o.error, stamp: st });
         break;
@@ -264,12 +270,13 @@ export function runCore(input: CoreInput): CoreResult {
         return { k: 'blocked' };
       }
       case 'BREAK':
-        return { k: 'break', value: breakValue(n.query), seq: 0 };
+        return { k: 'break', value: breakValue(n.query), seq: 0, via: [] };
       case 'THEN': {
         const a = evaluate(n.left, s, acts);
         if (a.k !== 'done') return a;
         const b = evaluate(n.right, s, acts);
-        return b.k === 'done' ? { ...b, seq: Math.max(a.seq, b.seq) } : b;
+        // a break or failure on the right ends no earlier than the left did (RACE compares seq)
+        return b.k === 'blocked' ? b : { ...b, seq: Math.max(a.seq, b.seq) };
       }
       case 'IF': {
         let truth: boolean;
@@ -470,6 +477,14 @@ export function runCore(input: CoreInput): CoreResult {
 
   const acts: Action[] = [];
   let outcome = evaluate(graph.root, { name: input.instanceId, gen: 1, results: new Map() }, acts);
-  if (outcome.k === 'break') outcome = { k: 'failed', error: BREAK_OUTSIDE_LOOP, seq: outcome.seq };
+  if (outcome.k === 'break') {
+    // No loop caught it (spec §6.8, §6.13): the BREAK node carries the error and
+    // every node it passed through on the way to the root fails with it.
+    for (const id of outcome.via) {
+      const st = stamps.get(id);
+      if (st) stamps.set(id, { status: 'failed', result: BREAK_OUTSIDE_LOOP, stamp: st.stamp });
+    }
+    outcome = { k: 'failed', error: BREAK_OUTSIDE_LOOP, seq: outcome.seq };
+  }
   return { outcome, actions: acts, stamps, obsolete };
 }

@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { loadMigrations } from '../../src/db/migrate.js';
 import { useTestDatabase, quoteIdent, withDatabase } from '../harness/db.js';
 
 const db = useTestDatabase();
@@ -54,9 +55,9 @@ describe('dfgate CLI', () => {
     expect(second.code).toBe(0);
     expect(second.out).toContain('schema up to date');
     const c = await db.connect(url);
-    expect(
-      (await c.query(`SELECT count(*)::int AS n FROM df.schema_migrations`)).rows[0].n,
-    ).toBeGreaterThanOrEqual(4);
+    expect((await c.query(`SELECT count(*)::int AS n FROM df.schema_migrations`)).rows[0].n).toBe(
+      loadMigrations().length,
+    );
     await c.end();
     await db.admin.query(`DROP DATABASE ${quoteIdent(name)} WITH (FORCE)`);
   });

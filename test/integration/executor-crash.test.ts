@@ -8,6 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import type pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../../src/pg/cluster.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 
 const db = useTestDatabase();
@@ -24,7 +25,7 @@ const rnd = (): number => {
 
 const children = new Set<ChildProcess>();
 
-function worker(name: string): ChildProcess {
+function worker(name: string, extra: string[] = []): ChildProcess {
   const p = spawn(
     process.execPath,
     [
@@ -39,6 +40,7 @@ function worker(name: string): ChildProcess {
       '0.2',
       '--log-level',
       'warn',
+      ...extra,
     ],
     {
       env: { ...process.env, DFGATE_STEP_SECRET: 'crash-test-secret' },
@@ -58,11 +60,12 @@ function worker(name: string): ChildProcess {
   return p;
 }
 
-async function startN(instances: number, steps: number): Promise<string[]> {
+async function startN(instances: number, steps: number, stepSeconds = 0.03): Promise<string[]> {
   // each step takes a little while, so that kills land in the middle of steps
   const seq = Array.from(
     { length: steps },
-    (_, k) => `INSERT INTO effects SELECT '{sys_instance_id}', ${k + 1} FROM pg_sleep(0.03)`,
+    (_, k) =>
+      `INSERT INTO effects SELECT '{sys_instance_id}', ${k + 1} FROM pg_sleep(${stepSeconds})`,
   );
   const graph = seq.map((s) => `'${s.replace(/'/g, "''")}'`).join(' ~> ');
   const ids: string[] = [];
@@ -87,6 +90,14 @@ async function waitAll(ids: string[], timeoutMs: number): Promise<void> {
       throw new Error(`not all instances completed (seed ${seed}): ${JSON.stringify(st.rows)}`);
     }
     await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function until(cond: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
   }
 }
 
@@ -151,20 +162,56 @@ describe('exactly once under crashes', () => {
     );
   }, 240_000);
 
-  it('two workers split the work; one frozen past its lease commits nothing the other re-ran', async () => {
-    const ids = await startN(20, 10);
-    const a = worker('a');
-    const b = worker('b');
-    await new Promise((r) => setTimeout(r, 600));
+  it('a worker frozen mid-step past its lease is taken over; its late checkpoint is refused; no effect runs twice', async () => {
+    const ids = await startN(20, 10, 0.3);
+    const adminPort = await freePort();
+    const a = worker('a', ['--admin-listen', `127.0.0.1:${adminPort}`]);
+    // freeze a while one of its steps is running: that step can only commit after SIGCONT
+    await until(
+      async () =>
+        (
+          await db.admin.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity
+              WHERE datname = $1 AND application_name = 'dfgate:step' AND state = 'active'
+                AND query LIKE 'INSERT INTO effects%'`,
+            [db.name],
+          )
+        ).rows[0].n > 0,
+      30_000,
+    );
     a.kill('SIGSTOP');
-    await new Promise((r) => setTimeout(r, 2500)); // past the 1 s lease: b takes over a's instances
+    const held = (
+      await c.query<{ id: string; lease_owner: string; lease_epoch: string }>(
+        `SELECT id, lease_owner, lease_epoch FROM df.instances
+          WHERE id = ANY ($1) AND lease_owner IS NOT NULL AND status IN ('pending', 'running')`,
+        [ids],
+      )
+    ).rows;
+    expect(held.length).toBeGreaterThan(0);
+    const aOwner = held[0]?.lease_owner;
+    expect(new Set(held.map((h) => h.lease_owner))).toEqual(new Set([aOwner]));
+    const b = worker('b');
+    // b takes over every instance a held once a's 1 s leases expire, while a stays frozen
+    const heldIds = held.map((h) => h.id);
+    const before = new Map(held.map((h) => [h.id, BigInt(h.lease_epoch)]));
+    let now: Array<{ id: string; lease_owner: string | null; lease_epoch: string }> = [];
+    await until(async () => {
+      now = (
+        await c.query(`SELECT id, lease_owner, lease_epoch FROM df.instances WHERE id = ANY ($1)`, [
+          heldIds,
+        ])
+      ).rows;
+      return now.every(
+        (r) => BigInt(r.lease_epoch) > (before.get(r.id) as bigint) && r.lease_owner !== aOwner,
+      );
+    }, 30_000);
+    expect(now.filter((r) => r.lease_owner === aOwner)).toEqual([]);
     a.kill('SIGCONT');
     await waitAll(ids, 120_000);
-    const owners = await c.query(
-      `SELECT count(DISTINCT lease_epoch)::int AS epochs FROM df.instances WHERE id = ANY ($1)`,
-      [ids],
-    );
-    expect(owners.rows[0].epochs).toBeGreaterThanOrEqual(1);
+    // a's step finished after the takeover: its checkpoint (epoch check in df._complete_step) was refused
+    const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+    const abandoned = /^dfgate_executor_steps_total\{outcome="abandoned"\} (\d+)$/m.exec(metrics);
+    expect(Number(abandoned?.[1] ?? 0), metrics).toBeGreaterThan(0);
     a.kill('SIGTERM');
     b.kill('SIGTERM');
     await assertExactlyOnce(ids, 10);

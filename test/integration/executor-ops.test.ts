@@ -103,7 +103,8 @@ describe('the proxy wakes the executor in-process', () => {
     expect(wakes).toBe(0);
     await p.query('COMMIT');
     expect(wakes).toBe(1);
-    await p.query({ text: `SELECT "df".status($1)`, values: ['00000000'] }).catch(() => undefined);
+    const st = await p.query({ text: `SELECT "df".status($1) AS s`, values: ['00000000'] });
+    expect(st.rows).toEqual([{ s: null }]);
     expect(wakes).toBe(2);
   });
 });

@@ -406,7 +406,7 @@ describe("transaction_mode => 'new'", () => {
       );
     });
     const id = out.split('\n').find((l) => /^[0-9a-f]{8}$/.test(l)) as string;
-    expect(id).toBeDefined();
+    expect(id).toMatch(/^[0-9a-f]{8}$/);
     expect((await finished(direct, id)).result).toBe('{"rows": [{"seven": 7}], "row_count": 1}');
   });
 });

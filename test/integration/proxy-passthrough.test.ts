@@ -129,7 +129,7 @@ describe('pass-through with node-postgres', () => {
   it('notices and parameter changes reach the client', async () => {
     const c = await client();
     const notices: string[] = [];
-    c.on('notice', (n) => notices.push(n.message));
+    c.on('notice', (n) => notices.push(n.message ?? ''));
     await c.query(`DO $$ BEGIN RAISE NOTICE 'from the server'; END $$`);
     expect(notices).toEqual(['from the server']);
     await c.query(`SET application_name = 'via-dfgate'`);

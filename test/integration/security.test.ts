@@ -87,11 +87,11 @@ describe('row-level security', () => {
       a.query(`UPDATE df.instances SET status = 'completed' WHERE id = $1`, [id]),
     ).rejects.toThrow("instance status can only be changed to 'cancelled'");
     await a.query(`UPDATE df.instances SET status = 'cancelled' WHERE id = $1`, [id]);
-    await expect(
-      a.query(`UPDATE df.instances SET status = 'cancelled', updated_at = now() WHERE id = $1`, [
-        id,
-      ]),
-    ).resolves.toBeTruthy();
+    const again = await a.query(
+      `UPDATE df.instances SET status = 'cancelled', updated_at = now() WHERE id = $1`,
+      [id],
+    );
+    expect(again.rowCount).toBe(1);
     await expect(
       a.query(`UPDATE df.instances SET status = 'pending' WHERE id = $1`, [id]),
     ).rejects.toThrow('is already cancelled');
@@ -256,6 +256,7 @@ describe('variables', () => {
 
   it('the mutating helpers are refused inside a workflow; getvar and df.start are not', async () => {
     const c = await db.connect(alice.url);
+    await c.query(`SELECT df.setvar('a', 'readable')`);
     await c.query(`SET df.in_workflow = 'true'`);
     await expect(c.query(`SELECT df.setvar('a', 'b')`)).rejects.toThrow(
       'df.setvar() cannot be called inside a workflow - set variables before starting the workflow',
@@ -272,8 +273,11 @@ describe('variables', () => {
     await expect(c.query(`SELECT df.start('SELECT 1', transaction_mode => 'new')`)).rejects.toThrow(
       "df.start() with transaction_mode => 'new' cannot be called inside a workflow",
     );
-    await expect(c.query(`SELECT df.getvar('a')`)).resolves.toBeTruthy();
-    await expect(c.query(`SELECT df.start('SELECT 1')`)).resolves.toBeTruthy();
+    expect((await c.query(`SELECT df.getvar('a') AS v`)).rows).toEqual([{ v: 'readable' }]);
+    const started = await c.query<{ id: string }>(`SELECT df.start('SELECT 1') AS id`);
+    expect(started.rows[0]?.id).toMatch(/^[0-9a-f]{8}$/);
+    await c.query(`RESET df.in_workflow`);
+    await c.query(`SELECT df.clearvars()`);
   });
 });
 

@@ -279,7 +279,8 @@ describe('df.start', () => {
       for (let i = 0; i < n; i++) e = `df.seq(${e}, 'SELECT ${i + 1}')`;
       return e;
     };
-    await expect(a.query(`SELECT df.start(${nested(256)})`)).resolves.toBeTruthy();
+    const deep = await a.query<{ id: string }>(`SELECT df.start(${nested(256)}) AS id`);
+    expect(deep.rows[0]?.id).toMatch(/^[0-9a-f]{8}$/);
     await expect(a.query(`SELECT df.start(${nested(257)})`)).rejects.toThrow(
       'Graph exceeds maximum nesting depth of 256. Simplify the workflow or break it into multiple instances.',
     );

@@ -1,6 +1,7 @@
 /** The deterministic core without a database: events in, outcome and actions out. */
 import { describe, expect, it } from 'vitest';
 import {
+  BREAK_OUTSIDE_LOOP,
   runCore,
   type CoreInput,
   type EventKind,
@@ -162,6 +163,99 @@ describe('deterministic core', () => {
     ).toMatchObject({
       k: 'failed',
       error: expect.stringContaining('df.break() was called outside of a loop'),
+    });
+  });
+
+  it('a break outside every loop fails the BREAK node and each node it passed through (spec §6.8, §6.13)', () => {
+    // 'SELECT 1' ~> df.if('SELECT true', df.break('nowhere'), 'SELECT 2')
+    const g = [
+      node('b0000001', 'THEN', 'b0000002', 'b0000003'),
+      sql('b0000002', 'SELECT 1'),
+      node('b0000003', 'IF', 'b0000004', 'b0000005', '{"condition_node":"b0000006"}'),
+      node('b0000004', 'BREAK', null, null, '{"break_value":"nowhere"}'),
+      sql('b0000005', 'SELECT 2'),
+      sql('b0000006', 'SELECT true'),
+    ];
+    const r = core(g, [
+      ['i0000001::1/b0000002', 'done', { result: res(1) }, 1],
+      ['i0000001::1/b0000006', 'done', { result: '{"rows":[{"bool":true}],"row_count":1}' }, 2],
+    ]);
+    expect(r.outcome).toEqual({ k: 'failed', error: BREAK_OUTSIDE_LOOP, seq: 2 });
+    expect(r.actions).toEqual([]);
+    const failed = { status: 'failed', result: BREAK_OUTSIDE_LOOP, stamp: 'i0000001::1' };
+    expect(Object.fromEntries(r.stamps)).toEqual({
+      b0000001: failed,
+      b0000002: { status: 'completed', result: res(1), stamp: 'i0000001::1' },
+      b0000003: failed,
+      b0000004: failed,
+      b0000006: {
+        status: 'completed',
+        result: '{"rows":[{"bool":true}],"row_count":1}',
+        stamp: 'i0000001::1',
+      },
+    });
+  });
+
+  it('a break in a JOIN branch outside every loop fails that branch and the JOIN, not its siblings', () => {
+    const g = [
+      node('c0000001', 'JOIN', 'c0000002', 'c0000003'),
+      sql('c0000002', 'SELECT 1'),
+      node('c0000003', 'THEN', 'c0000004', 'c0000005'),
+      sql('c0000004', 'SELECT 2'),
+      node('c0000005', 'BREAK', null, null, null),
+    ];
+    const r = core(g, [
+      ['i0000001::1::c0000002::1/c0000002', 'done', { result: res(1) }, 1],
+      ['i0000001::1::c0000003::1/c0000004', 'done', { result: res(2) }, 2],
+    ]);
+    expect(r.outcome).toMatchObject({ k: 'failed', error: BREAK_OUTSIDE_LOOP });
+    const statuses = Object.fromEntries([...r.stamps].map(([id, st]) => [id, st.status]));
+    expect(statuses).toEqual({
+      c0000001: 'failed',
+      c0000002: 'completed',
+      c0000003: 'failed',
+      c0000004: 'completed',
+      c0000005: 'failed',
+    });
+    expect(r.stamps.get('c0000005')).toEqual({
+      status: 'failed',
+      result: BREAK_OUTSIDE_LOOP,
+      stamp: 'i0000001::1::c0000003::1',
+    });
+  });
+
+  it('a break after a step reaches a RACE no earlier than that step finished', () => {
+    const g = [
+      node('e0000001', 'RACE', 'e0000002', 'e0000005'),
+      node('e0000002', 'THEN', 'e0000003', 'e0000004'),
+      sql('e0000003', 'SELECT 1'),
+      node('e0000004', 'BREAK', null, null, null),
+      sql('e0000005', 'SELECT 2'),
+    ];
+    const r = core(g, [
+      ['i0000001::1::e0000002::1/e0000003', 'done', { result: res(1) }, 3],
+      ['i0000001::1::e0000005::1/e0000005', 'done', { result: res(2) }, 2],
+    ]);
+    expect(r.outcome).toEqual({ k: 'done', result: res(2), seq: 2 });
+  });
+
+  it('a break a loop catches leaves the nodes it passed through completed with its value', () => {
+    const g = [
+      node('d0000001', 'LOOP', 'd0000002', null),
+      node('d0000002', 'THEN', 'd0000003', 'd0000004'),
+      sql('d0000003', 'SELECT 1'),
+      node('d0000004', 'BREAK', null, null, '{"break_value":"out"}'),
+    ];
+    const r = core(g, [['i0000001::1/d0000003', 'done', { result: res(1) }, 1]]);
+    expect(r.outcome).toEqual({ k: 'done', result: '"out"', seq: 1 });
+    const statuses = Object.fromEntries(
+      [...r.stamps].map(([id, st]) => [id, [st.status, st.result]]),
+    );
+    expect(statuses).toEqual({
+      d0000001: ['completed', '"out"'],
+      d0000002: ['completed', '"out"'],
+      d0000003: ['completed', res(1)],
+      d0000004: ['completed', '"out"'],
     });
   });
 });
