@@ -61,8 +61,10 @@ type Outcome = { graph: unknown } | { error: Record<string, unknown> };
 
 async function outcome(c: pg.Client, sql: string, extended: boolean): Promise<Outcome> {
   try {
-    const r = await c.query(extended ? { text: sql, queryMode: 'extended' } : sql);
-    return { graph: await graphOf(r.rows[0].id as string) };
+    const r = await c.query<{ id: string }>(
+      extended ? ({ text: sql, queryMode: 'extended' } as pg.QueryConfig) : sql,
+    );
+    return { graph: await graphOf(r.rows[0]?.id as string) };
   } catch (e) {
     const x = e as Record<string, unknown>;
     return {

@@ -150,7 +150,9 @@ describe('connecting', () => {
       cb(new Error('must not connect'), null);
     });
     const err = await new Promise<Error | null>((r) =>
-      literal({ hostname: '[::ffff:7f00:1]', protocol: 'http:', port: '80' }, (e) => r(e)),
+      literal({ hostname: '[::ffff:7f00:1]', protocol: 'http:', port: '80' }, (...a: unknown[]) =>
+        r(a[0] as Error | null),
+      ),
     );
     expect(err?.message).toMatch(/for '::ffff:7f00:1' is in a restricted range/);
     expect(opened).toBe(0);

@@ -156,7 +156,8 @@ describe('URL spellings', () => {
     expect(TABLE.length).toBeGreaterThanOrEqual(60);
   });
 
-  it.each(TABLE)('%s: %s without http_allow_private, %s with it', (url, shut, opened, host) => {
+  it.each(TABLE)('%s: %s without http_allow_private, %s with it', (url0, shut, opened, host) => {
+    const url = url0 as string;
     const a = outcome(url, closed);
     const b = outcome(url, open);
     expect(a.outcome).toBe(shut);

@@ -19,7 +19,9 @@ function track(s: FairSlots, role: number, timeoutMs?: number): { result: TakeRe
   return t;
 }
 
-const flush = (): Promise<void> => vi.advanceTimersByTimeAsync(0);
+const flush = async (): Promise<void> => {
+  await vi.advanceTimersByTimeAsync(0);
+};
 
 beforeEach(() => {
   vi.useFakeTimers();
