@@ -245,8 +245,12 @@ COMMENT ON FUNCTION df._activate(text, jsonb) IS
 
 -- Both forms of df._complete_step: the attempt token first. Without it every
 -- instance id, existing or not, another role's or not, gives the same error,
--- and nothing is locked. The SQLSTATEs and messages the executor recognises
--- are unchanged (executors of earlier versions may still call either form).
+-- and nothing is locked. The eight-argument form, which this version's
+-- executor calls, raises dfgate's own SQLSTATEs (class DF, unused by
+-- PostgreSQL; docs/sqlstates.md): DF001 the lease was taken over, DF002 the
+-- attempt is not the current one, DF003 the instance finished, was cancelled
+-- or is gone. The seven-argument form keeps the codes executors of earlier
+-- versions recognise (40001, 57014, P0002, with their messages).
 CREATE OR REPLACE FUNCTION df._complete_step(p_instance text, p_node text, p_activation text, p_epoch bigint,
                                              p_token text, p_kind text, p_detail jsonb) RETURNS bigint
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog
@@ -296,19 +300,19 @@ DECLARE
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM df.nodes WHERE instance_id = p_instance AND id = p_node
                   AND activation = p_activation AND attempt_token = v_hash) THEN
-    RAISE EXCEPTION 'dfgate: stale attempt for node % of instance %', p_node, p_instance USING ERRCODE = '40001';
+    RAISE EXCEPTION 'dfgate: stale attempt for node % of instance %', p_node, p_instance USING ERRCODE = 'DF002';
   END IF;
   SELECT status, lease_epoch, submitted_by, event_seq INTO v_inst
     FROM df.instances WHERE id = p_instance FOR UPDATE;
   IF NOT FOUND THEN
-    RAISE EXCEPTION 'dfgate: instance % not found', p_instance USING ERRCODE = 'P0002';
+    RAISE EXCEPTION 'dfgate: instance % not found', p_instance USING ERRCODE = 'DF003';
   END IF;
   IF v_inst.lease_epoch <> p_epoch THEN
     RAISE EXCEPTION 'dfgate: lease of instance % was taken over (epoch % is not %)', p_instance, p_epoch, v_inst.lease_epoch
-      USING ERRCODE = '40001';
+      USING ERRCODE = 'DF001';
   END IF;
   IF v_inst.status NOT IN ('pending', 'running') THEN
-    RAISE EXCEPTION 'dfgate: instance % is %', p_instance, v_inst.status USING ERRCODE = '57014';
+    RAISE EXCEPTION 'dfgate: instance % is %', p_instance, v_inst.status USING ERRCODE = 'DF003';
   END IF;
   UPDATE df.nodes
      SET attempt_token = NULL,
@@ -321,7 +325,7 @@ BEGIN
    WHERE instance_id = p_instance AND id = p_node AND activation = p_activation
      AND attempt_token = v_hash;
   IF NOT FOUND THEN
-    RAISE EXCEPTION 'dfgate: stale attempt for node % of instance %', p_node, p_instance USING ERRCODE = '40001';
+    RAISE EXCEPTION 'dfgate: stale attempt for node % of instance %', p_node, p_instance USING ERRCODE = 'DF002';
   END IF;
   v_seq := v_inst.event_seq + 1;
   INSERT INTO df.events (instance_id, submitted_by, node_id, kind, detail, seq, activation)
