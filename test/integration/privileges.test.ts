@@ -147,9 +147,10 @@ describe('function privileges', () => {
     expect((await a.query(`SELECT df.version() AS v`)).rows[0].v).toMatch(
       /^0\.2\.6 \(dfgate schema \d+\)$/,
     );
-    await expect(a.query(`SELECT * FROM df.schema_migrations`)).rejects.toMatchObject({
-      code: '42501',
-    });
+    for (const table of ['df.schema_migrations', 'df.config'])
+      await expect(a.query(`SELECT * FROM ${table}`), table).rejects.toMatchObject({
+        code: '42501',
+      });
   });
 });
 
