@@ -11,8 +11,13 @@ export async function rolesSql(url: string, secret: string): Promise<string> {
   const c = new pg.Client({ connectionString: url, application_name: 'dfgate roles' });
   await c.connect();
   try {
+    // df.role_grants reads the catalog (explicit USAGE grants on schema df).
+    // A step login that is a member of a superuser can become superuser, so
+    // superusers are left out unless superuser instances are enabled.
     const r = await c.query<{ role_name: string; oid: number }>(
-      `SELECT g.role_name, r.oid::int AS oid FROM df.role_grants g JOIN pg_roles r ON r.rolname = g.role_name ORDER BY 1`,
+      `SELECT g.role_name, r.oid::int AS oid FROM df.role_grants g JOIN pg_roles r ON r.rolname = g.role_name
+        WHERE NOT r.rolsuper OR COALESCE((SELECT value::text::boolean FROM df.config WHERE key = 'enable_superuser_instances'), false)
+        ORDER BY 1`,
     );
     const out = [
       '-- dfgate step logins: one per role granted with df.grant_usage, a member of that role only.',

@@ -234,6 +234,13 @@ export type StepOutcome =
 const COMPLETE = 'SELECT df._complete_step($1, $2, $3, $4, $5, $6, $7::jsonb, $8)';
 
 /**
+ * df._complete_step's refusals (docs/sqlstates.md): DF001 lease taken over,
+ * DF002 not the current attempt, DF003 instance finished, cancelled or gone.
+ * The step's transaction is rolled back; the step is not run again.
+ */
+const CHECKPOINT_REFUSED = new Set(['DF001', 'DF002', 'DF003']);
+
+/**
  * The step's statement and its result in the spec's encoding. The extended
  * protocol refuses more than one statement, whatever the server's lexer
  * settings make of the text.
@@ -323,6 +330,9 @@ export async function runSqlStep(
   } catch (err) {
     await c.query('ROLLBACK').catch(() => undefined);
     const code = (err as { code?: string }).code;
+    if (code !== undefined && CHECKPOINT_REFUSED.has(code))
+      return { k: 'abandoned', reason: (err as Error).message };
+    // the same refusals from a df schema older than the DF codes
     if (code === '57014' && /instance .* is /.test((err as Error).message))
       return { k: 'abandoned', reason: (err as Error).message };
     if (code === '40001' && /lease|stale attempt/.test((err as Error).message))

@@ -32,6 +32,51 @@ const age = (id: string, days: number): Promise<unknown> =>
   );
 
 describe('retention', () => {
+  // first: the test below leaves an executor running with retention_days 0
+  it('retention_max_instances applies per submitting role: one role’s volume never deletes another’s history', async () => {
+    const heavy = await db.connect((await db.role('heavy')).url);
+    const light = await db.connect((await db.role('light')).url);
+    await db.admin.query(`UPDATE df.config SET value = '20' WHERE key = 'retention_max_instances'`);
+    const start = async (cl: pg.Client, n: number): Promise<string[]> =>
+      (
+        await cl.query<{ id: string }>(
+          `SELECT df.start('SELECT 1') AS id FROM generate_series(1, $1)`,
+          [n],
+        )
+      ).rows.map((r) => r.id);
+    const few = await start(light, 3);
+    const many = await start(heavy, 25);
+    try {
+      // all finished; light's are older than every one of heavy's, heavy's i-th is i minutes old
+      await db.admin.query(
+        `UPDATE df.instances SET status = 'completed', completed_at = now() - interval '1 day' WHERE id = ANY ($1)`,
+        [few],
+      );
+      await db.admin.query(
+        `UPDATE df.instances i SET status = 'completed', completed_at = now() - make_interval(mins => u.n::int)
+         FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n) WHERE i.id = u.id`,
+        [many],
+      );
+      expect((await db.admin.query(`SELECT df._reconcile() AS n`)).rows[0].n).toBe(5);
+      const left = async (ids: string[]): Promise<string[]> =>
+        (
+          await db.admin.query<{ id: string }>(
+            `SELECT id FROM df.instances WHERE id = ANY ($1) ORDER BY completed_at DESC`,
+            [ids],
+          )
+        ).rows.map((r) => r.id);
+      expect(await left(few)).toHaveLength(3);
+      expect(await left(many)).toEqual(many.slice(0, 20));
+      // a second pass deletes nothing more
+      expect((await db.admin.query(`SELECT df._reconcile() AS n`)).rows[0].n).toBe(0);
+    } finally {
+      await db.admin.query(
+        `UPDATE df.config SET value = '10000' WHERE key = 'retention_max_instances'`,
+      );
+      await db.admin.query(`DELETE FROM df.instances WHERE id = ANY ($1)`, [[...few, ...many]]);
+    }
+  });
+
   it('deletes finished instances past retention_days or beyond the newest retention_max_instances, never unfinished ones', async () => {
     const ex = await startTestExecutor(db.url);
     const old = (await c.query(`SELECT df.start('SELECT 1') AS id`)).rows[0].id;

@@ -118,10 +118,11 @@ describe('row-level security', () => {
         `INSERT INTO df.instances (id, root_node, runnable) VALUES ('00000003', '00000004', true)`,
       ),
     ).rejects.toMatchObject({ code: '42501' });
-    // a later transaction cannot activate it either
-    await expect(a.query(`SELECT df._activate('00000001')`)).rejects.toThrow(
-      'was not inserted by this transaction',
-    );
+    // a later transaction cannot activate it either (the answer for any row it did not insert)
+    await expect(a.query(`SELECT df._activate('00000001')`)).rejects.toMatchObject({
+      code: 'P0002',
+      message: 'Instance not found or access denied: 00000001',
+    });
     expect(
       (await a.query(`SELECT runnable FROM df.instances WHERE id = '00000001'`)).rows[0].runnable,
     ).toBe(false);
