@@ -400,3 +400,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION df._reconcile(integer) IS
   'internal: deletes terminal instances past retention_days or beyond the newest retention_max_instances of their submitting role (spec §12.2)';
+
+-- Helpers of df._activate_rows (which runs as the owner) added by 0012: not for callers.
+REVOKE EXECUTE ON FUNCTION df._xid_after(xid, xid8) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION df._inserted_here(xid) FROM PUBLIC;
