@@ -269,8 +269,10 @@ export class Session {
     // The client finished sending: pass the half-close on and keep relaying answers.
     sock.on('end', () => {
       this.clientGone = true;
-      if (this.upstream && !this.upstream.destroyed && this.phase !== 'closed') this.upstream.end();
-      else this.close('client ended');
+      if (this.upstream && !this.upstream.destroyed && this.phase !== 'closed') {
+        // messages still queued behind a deferred one (a df.start compiling) go first
+        if (!this.pumping && this.queue.length === 0) this.upstream.end();
+      } else this.close('client ended');
     });
   }
 
@@ -310,7 +312,8 @@ export class Session {
    * message and finishes its replies), then send the FATAL and close.
    */
   private clientFramingFailed(err: Error): void {
-    if (this.phase !== 'ready' || !this.upstream) {
+    // also while authenticating: the server answers what came before (PostgreSQL reads in order)
+    if (!this.upstream || this.phase === 'closed') {
       this.protocolFailure(err);
       return;
     }
@@ -643,6 +646,9 @@ export class Session {
     } finally {
       this.pumping = false;
       if (this.phase !== 'closed') this.client.resume();
+      // the client half-closed while messages waited here: pass the half-close on now
+      if (this.clientGone && this.queue.length === 0 && this.upstream && !this.upstream.destroyed)
+        this.upstream.end();
     }
   }
 
