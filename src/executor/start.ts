@@ -1,6 +1,7 @@
 /** Starting the executor from the resolved configuration. */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
+import { DEFAULT_MAX_RESULT_BYTES } from './bounded.js';
 import { Executor } from './executor.js';
 
 export interface ExecutorConfig {
@@ -13,6 +14,7 @@ export interface ExecutorConfig {
   readonly slotTimeoutMs?: number;
   readonly maxStepsPerRole?: number;
   readonly stepTimeoutMs?: number;
+  readonly maxResultBytes?: number;
 }
 
 export async function startExecutor(cfg: ExecutorConfig, log: Logger): Promise<Executor> {
@@ -36,6 +38,7 @@ export async function startExecutor(cfg: ExecutorConfig, log: Logger): Promise<E
     slotTimeoutMs: cfg.slotTimeoutMs ?? 30_000,
     maxStepsPerRole: cfg.maxStepsPerRole ?? 0,
     stepTimeoutMs: cfg.stepTimeoutMs ?? 0,
+    maxResultBytes: cfg.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES,
   });
   await ex.start();
   return ex;
