@@ -22,10 +22,34 @@ let sampler: NodeJS.Timeout | undefined;
 
 /** kB of a /proc/<pid>/status field. */
 function procKb(pid: number, field: 'VmHWM' | 'VmRSS'): number {
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(
-    readFileSync(`/proc/${pid}/status`, 'utf8'),
-  );
+  let status: string;
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return 0; // the process is gone
+  }
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status);
   return m ? Number(m[1]) : 0;
+}
+
+/** `p`, or a failure as soon as the dfgate process exits. */
+async function whileAlive<T>(p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const died = new Promise<never>((_, reject) => {
+    timer = setInterval(() => {
+      if (d.proc.exitCode !== null || d.proc.signalCode !== null)
+        reject(
+          new Error(
+            `dfgate exited (${d.proc.exitCode ?? d.proc.signalCode}):\n${d.output().slice(-3000)}`,
+          ),
+        );
+    }, 50);
+  });
+  try {
+    return await Promise.race([p, died]);
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 beforeAll(async () => {
@@ -74,12 +98,12 @@ describe('the result cap (--max-result-bytes)', () => {
     const s = await db.connect(viaPort(other.url, d.port));
     for (let i = 0; i < 20; i++) expect((await s.query('SELECT 1 AS x')).rows).toEqual([{ x: 1 }]);
 
-    expect(await finished(o, small, 60_000)).toEqual({
+    expect(await whileAlive(finished(o, small, 60_000))).toEqual({
       status: 'completed',
       result: '{"rows": [{"two": 2}], "row_count": 1}',
     });
-    expect((await finished(c, huge, 120_000)).status).toBe('failed');
-    expect((await finished(c, many, 120_000)).status).toBe('failed');
+    expect((await whileAlive(finished(c, huge, 120_000))).status).toBe('failed');
+    expect((await whileAlive(finished(c, many, 120_000))).status).toBe('failed');
     for (const id of [huge, many]) {
       const n = await nodeOf(id);
       expect(n.status).toBe('failed');
