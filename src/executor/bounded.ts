@@ -32,7 +32,8 @@ export class ResultTooLargeError extends Error {
  * cut: per message, and for all its DataRows together. The wire form of a
  * row is at most about 2.4 times its JSON (7 bytes of row and 4 of field
  * framing against `{}`, `,` and a quoted key), so a result under the cap never
- * trips this; the encoded size is checked exactly as rows arrive.
+ * trips this (unless columns share a name: only the first of them is kept);
+ * the encoded size is checked exactly as rows arrive.
  */
 export function wireLimit(cap: number): number {
   return 3 * cap + 64 * 1024;

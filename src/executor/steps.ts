@@ -291,7 +291,7 @@ export async function runSqlStep(
       try {
         result = await readBounded(c, req.sql, maxResultBytes);
       } catch (err) {
-        if (isRetryable(err) && !(err instanceof ResultTooLargeError)) throw err;
+        if (isRetryable(err)) throw err;
         return await failed(err);
       }
       await c.query('BEGIN');
