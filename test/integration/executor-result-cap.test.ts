@@ -91,6 +91,9 @@ describe('the result cap (--max-result-bytes)', () => {
     const many = (
       await c.query(`SELECT df.start('SELECT g FROM generate_series(1, 10000000) g') AS id`)
     ).rows[0].id as string;
+    // an error whose text alone (50 MB) is past what one step may receive
+    const loud = (await c.query(`SELECT df.start('SELECT repeat(''x'', 50*1024*1024)::int') AS id`))
+      .rows[0].id as string;
     // meanwhile another role's workflow and another session's queries go through the same process
     const o = await db.connect(viaPort(other.url, d.port));
     const small = (await o.query(`SELECT df.start('SELECT 1 AS one' ~> 'SELECT 2 AS two') AS id`))
@@ -112,6 +115,10 @@ describe('the result cap (--max-result-bytes)', () => {
       expect(n.attempts).toBe(1);
     }
     expect((await nodeOf(many)).result).toMatch(/result exceeds the limit/);
+    expect((await whileAlive(finished(c, loud, 120_000))).status).toBe('failed');
+    expect((await nodeOf(loud)).result).toMatch(
+      /^SQL execution failed: the server sent a message for the step \(a row, an error or a notice\) larger than/,
+    );
 
     expect(d.proc.exitCode).toBeNull();
     expect((await s.query('SELECT 1 AS x')).rows).toEqual([{ x: 1 }]);
