@@ -42,6 +42,8 @@ export interface Config {
   /** Step slots (and instance leases) kept for roles with none (docs/executor.md, "Fairness"). */
   readonly slotReserve: number;
   readonly stepTimeoutMs: number;
+  /** Bytes a SQL step's result (its JSON text) may take; over it the step fails. */
+  readonly maxResultBytes: number;
   /** DFGATE_STEP_SECRET: step login passwords derive from it (never printed). */
   readonly stepSecret: string | undefined;
 }
@@ -219,6 +221,13 @@ export const FLAGS: readonly FlagSpec[] = [
     commands: ['serve', 'worker'],
   },
   {
+    name: 'max-result-bytes',
+    kind: 'string',
+    env: 'DFGATE_MAX_RESULT_BYTES',
+    help: "bytes a SQL step's result may take; over it the step fails (default 4194304)",
+    commands: ['serve', 'worker'],
+  },
+  {
     name: 'log-level',
     kind: 'string',
     env: 'DFGATE_LOG_LEVEL',
@@ -369,6 +378,7 @@ export function parseConfig(
     maxStepsPerRole: num('max-steps-per-role', 0, 0, 1000),
     slotReserve: num('step-slot-reserve', 1, 0, 1000),
     stepTimeoutMs: num('step-timeout', 0, 0, 86400) * 1000,
+    maxResultBytes: Math.floor(num('max-result-bytes', 4 * 1024 * 1024, 1024, 256 * 1024 * 1024)),
     stepSecret: env['DFGATE_STEP_SECRET'] || undefined,
   });
 }

@@ -182,26 +182,52 @@ export function compactJson(text: string): string {
   return out;
 }
 
+/**
+ * Encodes rows one at a time (the step reader streams them and counts the
+ * bytes as it goes). Of columns sharing a name only the first is kept, as in
+ * a JSON object built column by column.
+ */
+export class RowEncoder {
+  private readonly keep: ReadonlyArray<{ readonly i: number; readonly key: string }>;
+
+  constructor(private readonly columns: readonly Column[]) {
+    const seen = new Set<string>();
+    const keep: Array<{ i: number; key: string }> = [];
+    columns.forEach((c, i) => {
+      if (!seen.has(c.name)) {
+        seen.add(c.name);
+        keep.push({ i, key: `${JSON.stringify(c.name)}:` });
+      }
+    });
+    this.keep = keep;
+  }
+
+  /** The JSON object text of one row. */
+  row(values: ReadonlyArray<string | null>): string {
+    let out = '{';
+    for (let k = 0; k < this.keep.length; k++) {
+      const { i, key } = this.keep[k] as { i: number; key: string };
+      const c = this.columns[i] as Column;
+      const v = values[i];
+      out +=
+        (k > 0 ? ',' : '') +
+        key +
+        (v === null || v === undefined ? 'null' : encodeValue(c.typeOid, v, c.name));
+    }
+    return out + '}';
+  }
+}
+
+/** The result text around the rows: `{"rows":[` … `],"row_count":n}`. */
+export const RESULT_HEAD = '{"rows":[';
+export function resultTail(rowCount: number): string {
+  return `],"row_count":${rowCount}}`;
+}
+
 export function encodeRows(
   columns: readonly Column[],
   rows: ReadonlyArray<ReadonlyArray<string | null>>,
 ): string {
-  const seen = new Set<string>();
-  const keep: number[] = [];
-  columns.forEach((c, i) => {
-    if (!seen.has(c.name)) {
-      seen.add(c.name);
-      keep.push(i);
-    }
-  });
-  const parts = rows.map((row) => {
-    const fields = keep.map((i) => {
-      const c = columns[i] as Column;
-      const v = row[i];
-      const json = v === null || v === undefined ? 'null' : encodeValue(c.typeOid, v, c.name);
-      return `${JSON.stringify(c.name)}:${json}`;
-    });
-    return `{${fields.join(',')}}`;
-  });
-  return `{"rows":[${parts.join(',')}],"row_count":${rows.length}}`;
+  const enc = new RowEncoder(columns);
+  return RESULT_HEAD + rows.map((r) => enc.row(r)).join(',') + resultTail(rows.length);
 }

@@ -46,6 +46,8 @@ export interface ExecutorOptions {
   readonly slotReserve?: number;
   /** statement_timeout for every step (0: none, as in pg_durable). */
   readonly stepTimeoutMs?: number;
+  /** A SQL step's result may take at most this many bytes (its JSON text); over it the step fails. */
+  readonly maxResultBytes?: number;
   readonly maxLoopIterations: number;
 }
 
@@ -723,10 +725,15 @@ export class Executor {
             pids?.add(p);
           },
           this.opts.stepTimeoutMs ?? 0,
+          this.opts.maxResultBytes,
         );
-        metrics.steps.inc({ outcome: out.k === 'retry' ? 'retried' : out.k });
+        metrics.steps.inc({
+          outcome: out.k === 'retry' ? 'retried' : out.k === 'unrecorded' ? 'failed' : out.k,
+        });
         if (out.k === 'done') recorded?.('completed');
         else if (out.k === 'failed') recorded?.('failed');
+        else if (out.k === 'unrecorded')
+          await this.recordStepFailure(id, epoch, a, out.error, pid, log);
         if (out.k === 'retry') {
           log.warn(
             { node: a.node, err: String((out.err as Error).message) },
@@ -743,6 +750,46 @@ export class Executor {
         await this.steps.release(identity, conn);
         this.slots.give(identity.roleOid);
       }
+    }
+  }
+
+  /**
+   * A SQL step failure its step connection could not checkpoint (the result
+   * passed --max-result-bytes and the connection was cut, or the checkpoint
+   * itself raised): its backend is cancelled if still running, and the
+   * failure is recorded through the control connection, lease-checked by
+   * df._record_event and only if the activation has no outcome yet. The node
+   * and the instance then fail as for any step error (spec §6.13).
+   */
+  private async recordStepFailure(
+    id: string,
+    epoch: number,
+    a: Extract<Action, { a: 'sql' }>,
+    error: string,
+    pid: number,
+    log: Logger,
+  ): Promise<void> {
+    log.warn(
+      { node: a.node, err: error },
+      'step failed; recording it through the control connection',
+    );
+    if (pid > 0)
+      await this.control
+        .query(
+          `SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND application_name = 'dfgate:step'`,
+          [pid],
+        )
+        .catch(() => undefined);
+    try {
+      await this.control.query(
+        `SELECT df._record_event($1, $2, $3, $4, 'failed', $5::jsonb)
+          WHERE NOT EXISTS (SELECT 1 FROM df.events e WHERE e.instance_id = $1 AND e.activation = $4
+                               AND e.kind IN ('done', 'failed'))`,
+        [id, epoch, a.node, a.key, JSON.stringify({ error })],
+      );
+    } catch (err) {
+      // the lease was lost (its new holder runs the step), or the database is unreachable (the step runs again)
+      log.warn({ node: a.node, err: (err as Error).message }, 'could not record the step failure');
     }
   }
 
@@ -801,9 +848,19 @@ export class Executor {
     try {
       const result = await sendHttp(a.request, policy, {
         idempotencyKey: idempotencyKey(inst.id, inst.root_node, a.key),
+        ...(this.opts.maxResultBytes !== undefined
+          ? { maxBodyBytes: this.opts.maxResultBytes }
+          : {}),
       });
       metrics.steps.inc({ outcome: 'done' });
-      await this.event(id, epoch, a, 'done', { result }).catch(() => undefined);
+      await this.event(id, epoch, a, 'done', { result }).catch(async (err: unknown) => {
+        // a lost connection or lease: the next holder sends it again (at least once);
+        // an outcome that cannot be stored fails the step once instead of re-sending forever
+        if (isRetryable(err) || /^dfgate: |lease/.test(String((err as Error).message))) return;
+        await fail(
+          `HTTP request failed: the response could not be recorded: ${(err as Error).message}`,
+        );
+      });
     } catch (err) {
       if (!(err instanceof HttpStepError)) throw err;
       await fail(err.message);

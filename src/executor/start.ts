@@ -1,6 +1,7 @@
 /** Starting the executor from the resolved configuration. */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
+import { DEFAULT_MAX_RESULT_BYTES } from './bounded.js';
 import { Executor, type ExecutorOptions } from './executor.js';
 
 export interface ExecutorConfig {
@@ -14,6 +15,7 @@ export interface ExecutorConfig {
   readonly maxStepsPerRole?: number;
   readonly slotReserve?: number;
   readonly stepTimeoutMs?: number;
+  readonly maxResultBytes?: number;
 }
 
 /** The executor's limits from the configuration (defaults as in src/config.ts). */
@@ -59,6 +61,7 @@ export async function startExecutor(cfg: ExecutorConfig, log: Logger): Promise<E
     pollMs: cfg.pollMs,
     ...executorLimits(cfg),
     maxLoopIterations: 100_000,
+    maxResultBytes: cfg.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES,
   });
   await ex.start();
   return ex;

@@ -6,7 +6,8 @@
  * settings again), so nothing a step leaves behind reaches the next one.
  */
 import pg from 'pg';
-import { encodeRows, EncodeError, type Column } from './encode.js';
+import { readBounded, ResultTooLargeError, DEFAULT_MAX_RESULT_BYTES } from './bounded.js';
+import { EncodeError } from './encode.js';
 import { ensureStepLogin, quoteIdent, stepLoginName, stepPassword } from './identity.js';
 import { planStep } from './sqlcheck.js';
 
@@ -229,7 +230,15 @@ export type StepOutcome =
   | { readonly k: 'done' }
   | { readonly k: 'failed'; readonly error: string }
   | { readonly k: 'retry'; readonly err: unknown }
-  | { readonly k: 'abandoned'; readonly reason: string };
+  | { readonly k: 'abandoned'; readonly reason: string }
+  /**
+   * The step failed, but not on a connection that could checkpoint it: its
+   * result passed the cap (the connection was destroyed, nothing of the step
+   * committed), or the checkpoint itself raised an error that running the
+   * step again would only repeat. The caller records the failure, once and
+   * lease-checked, through the control connection.
+   */
+  | { readonly k: 'unrecorded'; readonly error: string };
 
 const COMPLETE = 'SELECT df._complete_step($1, $2, $3, $4, $5, $6, $7::jsonb, $8)';
 
@@ -240,23 +249,13 @@ const COMPLETE = 'SELECT df._complete_step($1, $2, $3, $4, $5, $6, $7::jsonb, $8
  */
 const CHECKPOINT_REFUSED = new Set(['DF001', 'DF002', 'DF003']);
 
-/**
- * The step's statement and its result in the spec's encoding. The extended
- * protocol refuses more than one statement, whatever the server's lexer
- * settings make of the text.
- */
-async function runStatement(c: pg.Client, sql: string): Promise<string> {
-  const r = await c.query({ text: sql, rowMode: 'array', queryMode: 'extended' } as pg.QueryConfig);
-  const columns: Column[] = r.fields.map((f) => ({ name: f.name, typeOid: f.dataTypeID }));
-  return encodeRows(columns, r.rows as string[][]);
-}
-
 /** Runs one SQL step on `conn`. The outcome is committed with the effect, or nothing is. */
 export async function runSqlStep(
   conn: StepConn,
   req: StepRequest,
   onPid?: (pid: number) => void,
   stepTimeoutMs = 0,
+  maxResultBytes = DEFAULT_MAX_RESULT_BYTES,
 ): Promise<StepOutcome> {
   const c = conn.client;
   const plan = planStep(req.sql);
@@ -278,6 +277,18 @@ export async function runSqlStep(
     await c.query('COMMIT');
     return { k: 'failed', error };
   };
+  /** The statement failed: a step error, or (retryable) run it again, or (over the cap) record it elsewhere. */
+  const failed = async (err: unknown): Promise<StepOutcome> => {
+    if (err instanceof ResultTooLargeError) {
+      conn.broken = true;
+      return { k: 'unrecorded', error: err.message };
+    }
+    if (isRetryable(err)) return { k: 'retry', err };
+    if (err instanceof EncodeError) return await fail(err.message);
+    return await fail(
+      `SQL execution failed: error returned from database: ${(err as Error).message}`,
+    );
+  };
   try {
     onPid?.((c as unknown as { processID: number }).processID);
     if (plan.kind === 'refuse') return await fail(`SQL execution failed: ${plan.error}`);
@@ -285,13 +296,10 @@ export async function runSqlStep(
     if (plan.kind === 'autocommit') {
       // runs outside a transaction block: at least once, recorded right after
       try {
-        result = await runStatement(c, req.sql);
+        result = await readBounded(c, req.sql, maxResultBytes);
       } catch (err) {
         if (isRetryable(err)) throw err;
-        if (err instanceof EncodeError) return await fail(err.message);
-        return await fail(
-          `SQL execution failed: error returned from database: ${(err as Error).message}`,
-        );
+        return await failed(err);
       }
       await c.query('BEGIN');
       await record('done', { result });
@@ -304,14 +312,11 @@ export async function runSqlStep(
         : 'BEGIN',
     );
     try {
-      result = await runStatement(c, req.sql);
+      result = await readBounded(c, req.sql, maxResultBytes);
     } catch (err) {
-      await c.query('ROLLBACK').catch(() => undefined);
-      if (isRetryable(err)) return { k: 'retry', err };
-      if (err instanceof EncodeError) return await fail(err.message);
-      return await fail(
-        `SQL execution failed: error returned from database: ${(err as Error).message}`,
-      );
+      // over the cap the connection is gone, and its transaction with it
+      if (!(err instanceof ResultTooLargeError)) await c.query('ROLLBACK').catch(() => undefined);
+      return await failed(err);
     }
     // deferred constraints fire now, as the submitter; then the checkpoint and COMMIT, in one round trip
     const lit = (v: string | number): string =>
@@ -329,16 +334,21 @@ export async function runSqlStep(
     return { k: 'done' };
   } catch (err) {
     await c.query('ROLLBACK').catch(() => undefined);
+    const msg = String((err as Error).message);
     const code = (err as { code?: string }).code;
-    if (code !== undefined && CHECKPOINT_REFUSED.has(code))
-      return { k: 'abandoned', reason: (err as Error).message };
+    if (code !== undefined && CHECKPOINT_REFUSED.has(code)) return { k: 'abandoned', reason: msg };
     // the same refusals from a df schema older than the DF codes
-    if (code === '57014' && /instance .* is /.test((err as Error).message))
-      return { k: 'abandoned', reason: (err as Error).message };
-    if (code === '40001' && /lease|stale attempt/.test((err as Error).message))
-      return { k: 'abandoned', reason: (err as Error).message };
-    // anything else (a lost connection, an unexpected failure): drop the connection, run again
+    if (code === '57014' && /instance .* is /.test(msg)) return { k: 'abandoned', reason: msg };
+    if (code === '40001' && /lease|stale attempt/.test(msg)) return { k: 'abandoned', reason: msg };
+    // drop the connection either way: its state after the error is unknown
     conn.broken = true;
-    return { k: 'retry', err };
+    // a lost connection, a shutdown, a serialization failure: run again
+    if (isRetryable(err) || /^dfgate: /.test(msg)) return { k: 'retry', err };
+    // the outcome itself cannot be recorded (54000 string too long, 22P02, a JS RangeError…):
+    // running the step again would only fail the same way, forever
+    return {
+      k: 'unrecorded',
+      error: `SQL execution failed: the step's outcome could not be recorded: ${msg}`,
+    };
   }
 }

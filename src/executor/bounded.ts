@@ -1,0 +1,137 @@
+/**
+ * Reading a step's result under a byte cap (--max-result-bytes). Rows are
+ * encoded one at a time as they arrive and never collected by node-postgres;
+ * the encoded size is counted as it grows. node-postgres buffers each whole
+ * protocol message before handing it on, so one huge value (a 300 MB DataRow,
+ * or an error or notice of that size) is stopped earlier, at its message
+ * header on the socket: the connection is destroyed at once, the backend's
+ * next write fails and its transaction rolls back.
+ */
+import type { Socket } from 'node:net';
+import pg from 'pg';
+import { RESULT_HEAD, resultTail, RowEncoder, type Column } from './encode.js';
+
+/** 4 MiB, the default of --max-result-bytes. */
+export const DEFAULT_MAX_RESULT_BYTES = 4 * 1024 * 1024;
+
+/** The step's result (or one message the server sent for it) passed the cap; its connection is gone. */
+export class ResultTooLargeError extends Error {
+  override readonly name = 'ResultTooLargeError';
+  readonly code = '54000';
+  constructor(cap: number, what: 'result' | 'message') {
+    super(
+      what === 'result'
+        ? `SQL execution failed: the step's result exceeds the limit of ${cap} bytes; return fewer or smaller rows, or raise the limit with dfgate --max-result-bytes (DFGATE_MAX_RESULT_BYTES)`
+        : `SQL execution failed: the server sent a message for the step (a row, an error or a notice) larger than the result limit allows (${cap} bytes); raise the limit with dfgate --max-result-bytes (DFGATE_MAX_RESULT_BYTES)`,
+    );
+  }
+}
+
+/**
+ * Bytes of protocol messages one step may receive before its connection is
+ * cut: per message, and for all its DataRows together. The wire form of a
+ * row is at most about 2.4 times its JSON (7 bytes of row and 4 of field
+ * framing against `{}`, `,` and a quoted key), so a result under the cap never
+ * trips this (unless columns share a name: only the first of them is kept);
+ * the encoded size is checked exactly as rows arrive.
+ */
+export function wireLimit(cap: number): number {
+  return 3 * cap + 64 * 1024;
+}
+
+/** Scans the server-to-client byte stream for message headers (type byte, int32 length). */
+class WireGuard {
+  private skip = 0;
+  private readonly header = Buffer.alloc(5);
+  private have = 0;
+  private rowBytes = 0;
+  tripped: 'result' | 'message' | undefined;
+
+  constructor(
+    private readonly limit: number,
+    private readonly onTrip: () => void,
+  ) {}
+
+  readonly scan = (chunk: Buffer): void => {
+    let i = 0;
+    while (i < chunk.length && this.tripped === undefined) {
+      if (this.skip > 0) {
+        const n = Math.min(this.skip, chunk.length - i);
+        this.skip -= n;
+        i += n;
+        continue;
+      }
+      while (this.have < 5 && i < chunk.length) this.header[this.have++] = chunk[i++] as number;
+      if (this.have < 5) return;
+      this.have = 0;
+      const len = this.header.readInt32BE(1);
+      this.skip = len - 4;
+      if (this.header[0] === 0x44 /* DataRow */) this.rowBytes += len + 1;
+      if (len > this.limit) this.trip(this.header[0] === 0x44 ? 'result' : 'message');
+      else if (this.rowBytes > this.limit) this.trip('result');
+    }
+  };
+
+  trip(what: 'result' | 'message'): void {
+    if (this.tripped !== undefined) return;
+    this.tripped = what;
+    this.onTrip();
+  }
+}
+
+/**
+ * Runs one statement (extended protocol, no parameters, text results) on `c`
+ * and returns its result text {"rows":[…],"row_count":n} of at most `cap`
+ * bytes (UTF-8). Over the cap it destroys the connection (never to be used
+ * again) and throws ResultTooLargeError; the statement's own errors and
+ * EncodeError are thrown as they are.
+ */
+export async function readBounded(c: pg.Client, sql: string, cap: number): Promise<string> {
+  const sock = (c as unknown as { connection: { stream: Socket } }).connection.stream;
+  const guard = new WireGuard(wireLimit(cap), () => sock.destroy());
+  // ahead of node-postgres' own parser, so a huge message is seen at its header
+  sock.prependListener('data', guard.scan);
+  const frame = RESULT_HEAD.length + resultTail(0).length;
+  let enc: RowEncoder | undefined;
+  const parts: string[] = [];
+  let bytes = 0;
+  let encodeErr: unknown;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const q = new pg.Query({
+        text: sql,
+        rowMode: 'array',
+        queryMode: 'extended',
+      } as pg.QueryConfig);
+      // a 'row' listener and no callback: node-postgres keeps no rows of its own
+      q.on('row', (row: Array<string | null>, res?: { fields: pg.FieldDef[] }) => {
+        if (guard.tripped !== undefined || encodeErr !== undefined) return;
+        try {
+          enc ??= new RowEncoder(columnsOf(res?.fields ?? []));
+          const s = enc.row(row);
+          bytes += Buffer.byteLength(s, 'utf8') + (parts.length > 0 ? 1 : 0);
+          const n = parts.length + 1;
+          if (bytes + frame + String(n).length - 1 > cap) guard.trip('result');
+          else parts.push(s);
+        } catch (err) {
+          encodeErr = err;
+        }
+      });
+      q.on('end', () => resolve());
+      q.on('error', reject);
+      c.query(q);
+    });
+  } catch (err) {
+    if (guard.tripped !== undefined) throw new ResultTooLargeError(cap, guard.tripped);
+    throw err;
+  } finally {
+    sock.off('data', guard.scan);
+  }
+  if (guard.tripped !== undefined) throw new ResultTooLargeError(cap, guard.tripped);
+  if (encodeErr !== undefined) throw encodeErr;
+  return RESULT_HEAD + parts.join(',') + resultTail(parts.length);
+}
+
+function columnsOf(fields: readonly pg.FieldDef[]): Column[] {
+  return fields.map((f) => ({ name: f.name, typeOid: f.dataTypeID }));
+}
