@@ -17,9 +17,10 @@ beforeAll(async () => {
 async function run(
   expr: string,
   label = 'test',
+  timeoutMs = 20_000,
 ): Promise<{ id: string; status: string; result: string | null }> {
   const id = (await a.query(`SELECT df.start(${expr}, $1) AS id`, [label])).rows[0].id as string;
-  return { id, ...(await finished(a, id)) };
+  return { id, ...(await finished(a, id, timeoutMs)) };
 }
 
 /** The instance's nodes in pre-order (node, left, right, condition, extras), as df.start inserted them. */
@@ -232,6 +233,9 @@ describe('storage stays bounded', () => {
     const rows = async (n: number): Promise<{ events: number; nodes: number }> => {
       const r = await run(
         `@> ('INSERT INTO its VALUES (''${n}'')' ~> df.if('SELECT count(*) >= ${n} FROM its WHERE k = ''${n}''', df.break('done'), 'SELECT 1'))`,
+        'test',
+        // 900 steps one after another: generous on a loaded machine (a bound, not a speed target)
+        100_000,
       );
       expect(r).toMatchObject({ status: 'completed', result: '"done"' });
       const e = await db.admin.query(
