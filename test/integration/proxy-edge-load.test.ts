@@ -55,6 +55,8 @@ const WORST = [
   (i) => 'SELECT df.start(' + q('SELECT ' + i + ", '" + 'x'.repeat(1024 * 1024) + "'") + ') WHERE false',
   // a 15 KiB workflow text (within the limits: compiled in the worker, ~10 ms)
   (i) => 'SELECT df.start(' + q('SELECT ' + i + ", '" + 'x'.repeat(15 * 1024) + "'") + ') WHERE false',
+  // 15 levels of nesting around a 14 KiB text (within the limits: compiled in the worker, ~10 ms)
+  (i) => 'SELECT df.start(' + 'df.seq('.repeat(15) + q('SELECT ' + i + ' ' + 'y'.repeat(14000)) + ", 'SELECT 2')".repeat(15) + ') WHERE false',
   // a 12 KiB bound workflow graph (checked by the start rule at Bind)
   (i) => ({ text: 'SELECT df.start($1) WHERE false', values: [JSON.stringify({ node_type: 'SEQ', children: Array.from({ length: 300 }, (_, k) => ({ node_type: 'SQL', query: 'SELECT ' + (i + k) })) })] }),
   // a 200 KiB workflow text (over the size limit: left to the database)
@@ -83,17 +85,34 @@ await Promise.all(clients.map(async (c, a) => {
 console.log('done ' + done);
 `;
 
-/** SELECT 1 latencies (ms) of `c` for `ms` milliseconds. */
+/** How often the victim sends SELECT 1. */
+const PERIOD_MS = 5;
+
+/**
+ * SELECT 1 latencies (ms) of `c` over `ms` milliseconds, one sent every
+ * PERIOD_MS (or as soon as the previous one is answered). A query that took
+ * D also stands for the ones that would have been sent during it, recorded
+ * as D - PERIOD_MS, D - 2 PERIOD_MS, ... (as HdrHistogram corrects for
+ * coordinated omission): a stall counts for its length, not once.
+ */
 async function samples(c: pg.Client, ms: number): Promise<number[]> {
   const out: number[] = [];
   const until = performance.now() + ms;
   while (performance.now() < until) {
-    const t = process.hrtime.bigint();
+    const t = performance.now();
     await c.query('SELECT 1');
-    out.push(Number(process.hrtime.bigint() - t) / 1e6);
+    const d = performance.now() - t;
+    for (let late = d; late >= 0; late -= PERIOD_MS) {
+      out.push(late);
+      if (late < PERIOD_MS) break;
+    }
+    const rest = t + PERIOD_MS - performance.now();
+    if (rest > 0) await sleep(rest);
   }
   return out;
 }
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 const pct = (s: number[], q: number): number => {
   const v = [...s].sort((a, b) => a - b);
@@ -148,8 +167,6 @@ async function attackers(
   };
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
 describe('edge compilation under attack', () => {
   it("four attackers looping the worst df.start statements through dfgate leave another session's SELECT 1 p99 within 5 ms of the same attack sent straight to PostgreSQL", async () => {
     admin = await adminPort(dfgate);
@@ -165,13 +182,13 @@ describe('edge compilation under attack', () => {
     const direct: number[] = [];
     // dfgate's event-loop delay samples per route: at most 5 ms, over 5 ms, the largest bucket bound exceeded
     const loop = [0, 1].map(() => ({ fast: 0, slow: 0, maxAbove: '0' }));
-    // A B B A A B B A: each route runs as often first as second
-    for (const route of [0, 1, 1, 0, 0, 1, 1, 0]) {
+    // A B B A, four times: each route runs as often first as second, in short rounds
+    for (const route of [0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0]) {
       const on = route === 0 ? through : beside;
       on.proc.kill('SIGCONT');
-      await sleep(500); // every attacker has a statement in flight
+      await sleep(400); // every attacker has a statement in flight
       const before = await loopHistogram();
-      const got = await samples(v, 2500);
+      const got = await samples(v, 2000);
       const after = await loopHistogram();
       const d = (le: string): number => (after.get(le) ?? 0) - (before.get(le) ?? 0);
       const l = loop[route] as (typeof loop)[number];
@@ -181,30 +198,33 @@ describe('edge compilation under attack', () => {
         if (le !== '+Inf' && d('+Inf') > d(le) && Number(le) > Number(l.maxAbove)) l.maxAbove = le;
       (route === 0 ? viaDfgate : direct).push(...got);
       on.proc.kill('SIGSTOP');
-      await sleep(1500); // its statements in flight are answered
+      await sleep(1000); // its statements in flight are answered
     }
     const statements = { through: await through.done(), beside: await beside.done() };
     await v.end();
-    if (process.env['EDGE_PROF']) await dfgate.stop();
 
     const loopReport = (l: (typeof loop)[number]): object => ({
       samples: l.fast + l.slow,
       over5ms: l.slow,
       maxAbove: `${Number(l.maxAbove) * 1000} ms`,
     });
+    const [a, b] = loop as [(typeof loop)[number], (typeof loop)[number]];
     const report = {
       viaDfgate: { p50: pct(viaDfgate, 0.5), p99: pct(viaDfgate, 0.99) },
       direct: { p50: pct(direct, 0.5), p99: pct(direct, 0.99) },
-      loopDelay: { viaDfgate: loopReport(loop[0]!), direct: loopReport(loop[1]!) },
+      loopDelay: { viaDfgate: loopReport(a), direct: loopReport(b) },
       attackerStatements: statements,
     };
     console.log(JSON.stringify(report));
-    const a = loop[0]!;
     expect(statements.through).toBeGreaterThan(6);
     expect(statements.beside).toBeGreaterThan(6);
     expect(a.fast + a.slow).toBeGreaterThan(200);
-    // dfgate's event loop, while relaying the attack, is late by over 5 ms in at most 1% of its ticks
-    expect(a.slow / (a.fast + a.slow), JSON.stringify(report)).toBeLessThanOrEqual(0.01);
+    // dfgate's event loop, while relaying the attack, is late by over 5 ms in at most 1% of
+    // the time more than while the attack goes beside it (the machine's own scheduling
+    // delays fall on both; on an otherwise idle machine that is at most 1% of the time)
+    expect(a.slow / (a.fast + a.slow), JSON.stringify(report)).toBeLessThanOrEqual(
+      b.slow / (b.fast + b.slow) + 0.01,
+    );
     expect(report.viaDfgate.p99, JSON.stringify(report)).toBeLessThanOrEqual(report.direct.p99 + 5);
   }, 180_000);
 });
