@@ -9,7 +9,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import type { HostPort } from './config.js';
 import type { Executor } from './executor/executor.js';
-import { renderMetrics, type Gauge } from './metrics.js';
+import { loopDelay, renderMetrics, type Gauge } from './metrics.js';
 import type { ProxyServer } from './proxy/server.js';
 
 export interface AdminSources {
@@ -115,7 +115,11 @@ export async function startAdmin(
       return;
     }
     if (path === '/metrics') {
-      send(200, 'text/plain; version=0.0.4; charset=utf-8', renderMetrics(gauges(src)));
+      send(
+        200,
+        'text/plain; version=0.0.4; charset=utf-8',
+        renderMetrics(gauges(src)) + loopDelay.render(),
+      );
       return;
     }
     void readiness(src).then(
@@ -133,11 +137,13 @@ export async function startAdmin(
   });
   const addr = server.address();
   const port = typeof addr === 'object' && addr !== null ? addr.port : at.port;
+  loopDelay.start();
   log.info({ listen: `${at.host}:${port}` }, 'admin port listening (/healthz, /readyz, /metrics)');
   return {
     port,
     close: () =>
       new Promise<void>((resolve) => {
+        loopDelay.stop();
         server.close(() => resolve());
         server.closeAllConnections();
       }),

@@ -11,7 +11,16 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { analyze, ANALYZE_MAX, cachedEdge, rememberEdge, toEdge, type Edge } from './edge.js';
+import {
+  analyze,
+  ANALYZE_MAX,
+  cachedEdge,
+  checkBound,
+  rememberEdge,
+  toEdge,
+  type BoundProblem,
+  type Edge,
+} from './edge.js';
 import type { EdgeAnswer, EdgeJob } from './edge-worker.js';
 
 /** A compile job running longer than this is abandoned: the statement goes to the database unchanged. */
@@ -19,8 +28,12 @@ export const COMPILE_BUDGET_MS = 2000;
 
 const PASS: Edge = { kind: 'pass' };
 
-interface Job extends EdgeJob {
-  readonly resolve: (e: Edge) => void;
+/** A queued job: what the worker is sent, what to do with its answer, and the answer when it is abandoned. */
+interface Job {
+  readonly id: number;
+  readonly send: EdgeJob;
+  answered(m: EdgeAnswer): void;
+  abandoned(): void;
 }
 
 /**
@@ -63,9 +76,7 @@ class Slot {
       if (!cur || cur.job.id !== m.id) return;
       clearTimeout(cur.timer);
       this.current = undefined;
-      const e = toEdge(cur.job.sql, m.analysis);
-      rememberEdge(cur.job.sql, cur.job.extended, e);
-      cur.job.resolve(e);
+      cur.job.answered(m);
       this.pull();
     });
     w.on('error', () => this.lost());
@@ -86,7 +97,7 @@ class Slot {
     this.ready = false;
     if (cur) {
       clearTimeout(cur.timer);
-      cur.job.resolve(PASS);
+      cur.job.abandoned();
     }
     this.failed();
   }
@@ -103,12 +114,12 @@ class Slot {
       this.current = undefined;
       this.worker = undefined;
       void w.terminate();
-      if (cur) cur.job.resolve(PASS);
+      if (cur) cur.job.abandoned();
       this.pull();
     }, COMPILE_BUDGET_MS);
     timer.unref();
     this.current = { job, timer };
-    w.postMessage({ id: job.id, sql: job.sql, extended: job.extended } satisfies EdgeJob);
+    w.postMessage(job.send);
   }
 }
 
@@ -137,7 +148,31 @@ class Pool {
 
   run(sql: string, extended: boolean): Promise<Edge> {
     return new Promise((resolve) => {
-      this.queue.push({ id: this.nextId++, sql, extended, resolve });
+      const id = this.nextId++;
+      this.queue.push({
+        id,
+        send: { id, sql, extended },
+        answered: (m) => {
+          if (!('analysis' in m)) return resolve(PASS);
+          const e = toEdge(sql, m.analysis);
+          rememberEdge(sql, extended, e);
+          resolve(e);
+        },
+        abandoned: () => resolve(PASS),
+      });
+      this.kick();
+    });
+  }
+
+  check(bound: readonly string[]): Promise<BoundProblem | undefined> {
+    return new Promise((resolve) => {
+      const id = this.nextId++;
+      this.queue.push({
+        id,
+        send: { id, bound },
+        answered: (m) => resolve('problem' in m ? (m.problem ?? undefined) : undefined),
+        abandoned: () => resolve(undefined), // the in-database df.start checks it
+      });
       this.kick();
     });
   }
@@ -173,4 +208,27 @@ export function analyzeSoon(sql: string, extended: boolean): Edge | Promise<Edge
   if (hit) return hit;
   const p = thePool();
   return p ? p.run(sql, extended) : analyze(sql, extended);
+}
+
+/** Bound values up to this many characters in all are checked on the calling thread (well under 0.1 ms). */
+const BOUND_INLINE_MAX = 512;
+
+/**
+ * The start rule's verdict on the workflow values bound to df.start($n) (the
+ * first refused one), at once for short values, else from the pool. Values
+ * that are not text (undefined) or longer than ANALYZE_MAX are left to the
+ * in-database df.start.
+ */
+export function checkBoundSoon(
+  values: ReadonlyArray<string | undefined>,
+): BoundProblem | undefined | Promise<BoundProblem | undefined> {
+  const todo = values.filter((v): v is string => v !== undefined && v.length <= ANALYZE_MAX);
+  if (todo.length === 0) return undefined;
+  const p = todo.reduce((n, v) => n + v.length, 0) > BOUND_INLINE_MAX ? thePool() : undefined;
+  if (p) return p.check(todo);
+  for (const v of todo) {
+    const problem = checkBound(v);
+    if (problem) return problem;
+  }
+  return undefined;
 }

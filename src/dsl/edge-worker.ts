@@ -3,26 +3,57 @@
  * PostgreSQL's parser and answers { id, sql, extended } with the statement's
  * Analysis, so that parsing and compiling never run on the proxy's event loop.
  */
+import { readlinkSync } from 'node:fs';
+import { getPriority, setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
-import { analyzeText, type Analysis } from './edge.js';
+import { analyzeText, checkBound, type Analysis, type BoundProblem } from './edge.js';
 import { loadParser } from './parser.js';
 
-export interface EdgeJob {
-  readonly id: number;
-  readonly sql: string;
-  readonly extended: boolean;
+/** A statement to analyze, or (`bound`) workflow values bound to df.start($n) to check by the start rule. */
+export type EdgeJob =
+  | { readonly id: number; readonly sql: string; readonly extended: boolean }
+  | { readonly id: number; readonly bound: readonly string[] };
+
+export type EdgeAnswer =
+  | { readonly id: number; readonly analysis: Analysis }
+  | { readonly id: number; readonly problem: BoundProblem | null };
+
+/** The worker thread's nice value: below the event loop's, which relays every session's traffic. */
+export const WORKER_NICE = 10;
+
+/**
+ * Lowers this thread's scheduling priority (Linux: a thread id is a valid
+ * setpriority target, and /proc/thread-self names it). On a machine whose
+ * cores are busy, compiling then yields to the proxy's event loop and to the
+ * database; a compile that runs past its budget is left to the database.
+ * Elsewhere, or when not permitted, the thread keeps the process's priority.
+ */
+function lowerPriority(): void {
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    if (Number.isInteger(tid) && tid > 0) setPriority(tid, Math.max(WORKER_NICE, getPriority(tid)));
+  } catch {
+    // not Linux, or not permitted: nothing to do
+  }
 }
 
-export interface EdgeAnswer {
-  readonly id: number;
-  readonly analysis: Analysis;
+function firstProblem(values: readonly string[]): BoundProblem | undefined {
+  for (const v of values) {
+    const p = checkBound(v);
+    if (p) return p;
+  }
+  return undefined;
 }
 
 const port = parentPort;
 if (port) {
+  lowerPriority();
   await loadParser();
   port.on('message', (job: EdgeJob) => {
-    const answer: EdgeAnswer = { id: job.id, analysis: analyzeText(job.sql, job.extended) };
+    const answer: EdgeAnswer =
+      'bound' in job
+        ? { id: job.id, problem: firstProblem(job.bound) ?? null }
+        : { id: job.id, analysis: analyzeText(job.sql, job.extended) };
     port.postMessage(answer);
   });
   port.postMessage('ready');

@@ -359,11 +359,17 @@ function compileOrLeave(text: string): string | undefined {
   }
 }
 
+/** Why a bound workflow value is refused: PostgreSQL's SQLSTATE and message. */
+export interface BoundProblem {
+  readonly code: string;
+  readonly message: string;
+}
+
 /**
  * A bound workflow value by the start rule (spec §2.3): graph text or SQL
  * text, never a DSL expression. Returns the error PostgreSQL would raise.
  */
-export function checkBound(value: string): { code: string; message: string } | undefined {
+export function checkBound(value: string): BoundProblem | undefined {
   try {
     compile(value, 0);
     return undefined;
@@ -581,6 +587,18 @@ export function toEdge(sql: string, a: Analysis): Edge {
  */
 /** Longer statement texts (UTF-16 code units) are left to the database. */
 export const ANALYZE_MAX = 16 * 1024;
+/** UTF-8 bytes of the longest statement text the proxy hands to the edge (4 per code unit, generously). */
+export const ANALYZE_BYTES_MAX = ANALYZE_MAX * 4;
+/**
+ * Is a Query or Parse message body of this length (bytes) one the edge never
+ * compiles? Then the proxy streams it through unassembled. A Parse body also
+ * holds the statement name (allowed up to 64 KiB here; PostgreSQL truncates
+ * names to 63 bytes) and up to 65,535 parameter type OIDs.
+ */
+export function edgeSkips(parse: boolean, bodyLength: number): boolean {
+  const max = ANALYZE_BYTES_MAX + 1 + (parse ? 64 * 1024 + 1 + 2 + 4 * 65535 : 0);
+  return bodyLength > max;
+}
 /** Deeper nesting of parentheses and brackets (outside literals and comments) is left to the database. */
 export const DEPTH_MAX = 16;
 /**

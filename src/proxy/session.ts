@@ -13,15 +13,16 @@ import type { Logger } from 'pino';
 import { randomBytes } from 'node:crypto';
 import { isUtf8 } from 'node:buffer';
 import {
-  ANALYZE_MAX,
-  checkBound,
+  ANALYZE_BYTES_MAX,
+  edgeSkips,
   literal,
+  type BoundProblem,
   type Edge,
   type EdgeError,
   type NewCall,
   type StartParam,
 } from '../dsl/edge.js';
-import { analyzeSoon } from '../dsl/edge-pool.js';
+import { analyzeSoon, checkBoundSoon } from '../dsl/edge-pool.js';
 import { metrics } from '../metrics.js';
 import { encodeErrorFieldMap } from './protocol/backend.js';
 import type { CancelRegistry } from './cancel.js';
@@ -546,10 +547,11 @@ export class Session {
     });
     this.clientFramer = new Framer(
       {
-        inspect: (t) =>
+        inspect: (t, len) =>
           (t === Frontend.Password && this.phase === 'auth' && !this.authTooLong) ||
           ((t === Frontend.Query || t === Frontend.Parse) &&
-            (this.ctx.onDfCommit !== undefined || this.ctx.edgeValidation === true)) ||
+            (this.ctx.onDfCommit !== undefined || this.ctx.edgeValidation === true) &&
+            this.inspectStatement(t, len)) ||
           ((t === Frontend.Bind || t === Frontend.Close) && this.statements.size > 0),
         header: (t, len) => {
           if (!isFrontendType(t)) throw unknownTypeError(t);
@@ -803,6 +805,21 @@ export class Session {
 
   // ---- df.* at the edge (DESIGN.md §2 path 2) ---------------------------
 
+  /**
+   * Whether a Query or Parse is assembled for onStatement. One too long for
+   * the edge to compile streams through like any other message (assembling,
+   * scanning and writing it in one piece would hold the event loop for
+   * milliseconds), counted as mentioning df.; with named prepared statements
+   * to track (a Parse's name, a DEALLOCATE) it is assembled anyway.
+   */
+  private inspectStatement(type: number, len: number): boolean {
+    if (!edgeSkips(type === Frontend.Parse, len - 4)) return true;
+    if (type === Frontend.Query) this.statements.delete(''); // as onStatement would
+    if (this.statements.size > 0) return true;
+    this.sawDf = true;
+    return false;
+  }
+
   private onStatement(type: number, body: Buffer, raw: Buffer): Piece | null | undefined {
     const isQuery = type === Frontend.Query;
     if (this.statements.size > 0) {
@@ -824,7 +841,7 @@ export class Session {
     // Invalid UTF-8 goes to the server unchanged, which refuses it (22021) exactly as
     // on a direct connection; decoding it here would turn it into U+FFFD.
     const text = statementBytes(type, body);
-    if (!text || text.length > ANALYZE_MAX * 4 || !isUtf8(text)) return undefined;
+    if (!text || text.length > ANALYZE_BYTES_MAX || !isUtf8(text)) return undefined;
     const m = decodeFrontend(type, body);
     if (m.type !== 'Query' && m.type !== 'Parse') return undefined;
     // what the outcome depends on, as of this message (later messages move the counters)
@@ -1080,14 +1097,14 @@ export class Session {
         resultFormats: [],
       });
     if (!st.call) {
-      // df.start($n): the bound value is a workflow by the start rule, checked here
-      for (const n of st.bound ?? []) {
-        const v = textParam(m, n - 1, st.paramTypes);
-        // very long values are checked by the in-database df.start, not on the event loop
-        const problem = v === undefined || v.length > ANALYZE_MAX ? undefined : checkBound(v);
-        if (problem) return refuseNow(refusal(problem.code, problem.message));
-      }
-      return undefined;
+      // df.start($n): the bound value is a workflow by the start rule, checked by the
+      // compile worker unless short (very long ones by the in-database df.start)
+      const values = (st.bound ?? []).map((n) => textParam(m, n - 1, st.paramTypes));
+      const verdict = checkBoundSoon(values);
+      const piece = (p: BoundProblem | undefined): Buffer | undefined =>
+        p && refuseNow(refusal(p.code, p.message));
+      if (!(verdict instanceof Promise)) return piece(verdict);
+      return async () => [piece(await verdict) ?? raw];
     }
     const call = st.call;
     const before = at.rfqExpected;

@@ -30,8 +30,8 @@ export type Deferred = () => Promise<Buffer[]>;
 export type Piece = Buffer | Deferred;
 
 export interface FramerHooks {
-  /** Whether a message of this type must be seen whole. Called once per message. */
-  inspect(type: number): boolean;
+  /** Whether a message of this type and length (as in its header) must be seen whole. Called once per message. */
+  inspect(type: number, length: number): boolean;
   /**
    * A complete inspected message: `raw` is the framed message, `body` its
    * payload. Return undefined to forward `raw`, a buffer to forward instead,
@@ -174,7 +174,7 @@ export class Framer {
         const type = chunk[pos] as number;
         const len = chunk.readInt32BE(pos + 1);
         this.check(type, len);
-        if (!this.hooks.inspect(type)) {
+        if (!this.hooks.inspect(type, len)) {
           pos += 5;
           this.remaining = len - 4;
           continue;
@@ -212,7 +212,7 @@ export class Framer {
       const type = this.head[0] as number;
       const len = this.head.readInt32BE(1);
       this.check(type, len);
-      if (this.hooks.inspect(type)) {
+      if (this.hooks.inspect(type, len)) {
         this.startWhole(type, len + 1);
         this.appendWhole(this.head, 0, 5);
         if (this.remaining === 0) this.finishWhole(out);
