@@ -22,8 +22,8 @@ import { FairSlots } from './slots.js';
 import { sqlStep } from './sql-step.js';
 import { loadParser } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
-import { StepPool, isRetryable, type StepAuth } from './steps.js';
-import { ControlStore, type InstanceRow } from './store.js';
+import { StepPool, isRetryable, type RecordedEvent, type StepAuth } from './steps.js';
+import { ControlStore, type InstanceRow, type StampRows } from './store.js';
 
 export interface ExecutorOptions {
   /** The executor's control login (member of df_executor). */
@@ -63,6 +63,18 @@ interface DriveCache {
   readonly events: Map<string, Map<EventKind, StoredEvent>>;
   lastSeq: number;
   stored: Map<string, { status: string; stamp: string | null }> | undefined;
+  /** The instance as last loaded. */
+  inst: InstanceRow | undefined;
+  /** A step's checkpoint committed and its event was put into `events` (not re-read from the database). */
+  fresh: boolean;
+  /**
+   * Something was written since the last load that `events` does not hold
+   * (an executor-side event, an HTTP outcome, a step that ended without a
+   * cached event): the next tick loads.
+   */
+  dirty: boolean;
+  /** Node stamps being written (not awaited before dispatching steps; awaited before finishing or parking). */
+  stamps: Promise<void> | undefined;
 }
 
 function nextCron(expr: string, after: Date): Date {
@@ -82,6 +94,8 @@ export class Executor {
     { epoch: number; stepPids: Set<number>; role: number }
   >();
   private stopping = false;
+  /** Ends every pending nap() (on stop). */
+  private readonly naps = new Set<() => void>();
   private pumping = false;
   private pumpAgain = false;
   private timer: NodeJS.Timeout | undefined;
@@ -180,7 +194,7 @@ export class Executor {
     c.on('end', () => {
       if (this.stopping) return;
       this.log.warn('LISTEN connection lost; reconnecting');
-      setTimeout(() => void this.listen().catch(() => undefined), 500);
+      setTimeout(() => void this.listen().catch(() => undefined), 500).unref();
     });
     try {
       await c.connect();
@@ -189,7 +203,7 @@ export class Executor {
       this.wake();
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'cannot LISTEN; retrying');
-      setTimeout(() => void this.listen().catch(() => undefined), 1000);
+      setTimeout(() => void this.listen().catch(() => undefined), 1000).unref();
     }
   }
 
@@ -297,12 +311,37 @@ export class Executor {
     await this.store.recordEvent(id, epoch, a, kind, detail);
   }
 
-  private async writeStamps(
+  /**
+   * Writes the changed stamps in the background, after any earlier write
+   * (so they land in order); flushStamps awaits them and throws their error.
+   */
+  private queueStamps(
     id: string,
+    cache: DriveCache,
+    stamps: ReadonlyMap<string, Stamp>,
+    skip: ReadonlySet<string>,
+  ): void {
+    const prev = cache.stamps ?? Promise.resolve();
+    const stored = cache.stored as Map<string, { status: string; stamp: string | null }>;
+    const write = this.stampRows(stamps, stored, skip);
+    if (!write) return;
+    const p = prev.then(() => this.store.writeStamps(id, write));
+    p.catch(() => undefined); // handled: the error is thrown by flushStamps
+    cache.stamps = p;
+  }
+
+  private async flushStamps(cache: DriveCache): Promise<void> {
+    const p = cache.stamps;
+    cache.stamps = undefined;
+    if (p) await p;
+  }
+
+  /** The stamps that differ from what the database holds (and marks them held). */
+  private stampRows(
     stamps: ReadonlyMap<string, Stamp>,
     stored: Map<string, { status: string; stamp: string | null }>,
     skip: ReadonlySet<string>,
-  ): Promise<void> {
+  ): StampRows | undefined {
     const ids: string[] = [];
     const statuses: string[] = [];
     const results: Array<string | null> = [];
@@ -320,8 +359,8 @@ export class Executor {
       st.push(s.stamp);
       stored.set(node, { status: s.status, stamp: s.stamp });
     }
-    if (ids.length === 0) return;
-    await this.store.writeStamps(id, { ids, statuses, results, stamps: st });
+    if (ids.length === 0) return undefined;
+    return { ids, statuses, results, stamps: st };
   }
 
   private async finish(
@@ -349,19 +388,45 @@ export class Executor {
   private async drive(id: string, epoch: number): Promise<void> {
     const log = this.log.child({ instance: id });
     const inFlight = new Map<string, Promise<void>>();
-    const cache: DriveCache = { events: new Map(), lastSeq: 0, stored: undefined };
+    const cache: DriveCache = {
+      events: new Map(),
+      lastSeq: 0,
+      stored: undefined,
+      inst: undefined,
+      fresh: false,
+      dirty: false,
+      stamps: undefined,
+    };
     for (;;) {
-      if (this.stopping) return;
-      const inst = await this.load(id, cache);
-      if (!inst) return;
+      if (this.stopping) {
+        // steps already running finish (or are cancelled by stop() after its timeout)
+        await Promise.allSettled(inFlight.values());
+        await this.flushStamps(cache).catch(() => undefined);
+        return;
+      }
+      // after a checkpoint whose event is cached, nothing needs re-reading: dispatch at once
+      // (the lease and the instance's status are checked again by the next attempt mark)
+      let inst = cache.fresh && !cache.dirty ? cache.inst : undefined;
+      cache.fresh = false;
+      if (!inst) {
+        cache.dirty = false;
+        inst = await this.load(id, cache);
+        cache.inst = inst;
+      }
+      if (!inst) {
+        await this.flushStamps(cache).catch(() => undefined);
+        return;
+      }
       const events = cache.events;
       const stored = cache.stored as Map<string, { status: string; stamp: string | null }>;
       if (Number(inst.lease_epoch) !== epoch || !['pending', 'running'].includes(inst.status)) {
         if (inst.status === 'cancelled') await this.cancelSteps(id);
         await Promise.allSettled(inFlight.values());
+        await this.flushStamps(cache).catch(() => undefined);
         return;
       }
       if (inst.role_name === null) {
+        await this.flushStamps(cache);
         await this.finish(
           id,
           epoch,
@@ -373,6 +438,7 @@ export class Executor {
       if (inst.rolsuper) {
         const allowed = await this.store.superuserInstancesAllowed();
         if (!allowed) {
+          await this.flushStamps(cache);
           await this.finish(
             id,
             epoch,
@@ -397,10 +463,11 @@ export class Executor {
       const starting = new Set(
         core.actions.filter((a) => a.a === 'sql' && !inFlight.has(a.key)).map((a) => a.node),
       );
-      await this.writeStamps(id, core.stamps, stored, starting);
+      this.queueStamps(id, cache, core.stamps, starting);
       const o = core.outcome;
       if (o.k === 'done' || o.k === 'failed') {
         await Promise.allSettled(inFlight.values());
+        await this.flushStamps(cache);
         await this.finish(
           id,
           epoch,
@@ -417,15 +484,18 @@ export class Executor {
       for (const a of core.actions) {
         switch (a.a) {
           case 'iter': {
+            cache.dirty = true;
             await this.event(id, epoch, a, 'iter', a.detail);
             progressed = true;
             break;
           }
           case 'timer': {
             if (!a.armed) {
+              cache.dirty = true;
               await this.event(id, epoch, a, 'armed', { at: a.at.toISOString() });
               progressed = true;
             } else if (a.at.getTime() <= now.getTime()) {
+              cache.dirty = true;
               await this.event(id, epoch, a, 'done', { result: a.result });
               progressed = true;
             } else if (!wakeAt || a.at < wakeAt) wakeAt = a.at;
@@ -433,6 +503,7 @@ export class Executor {
           }
           case 'signal': {
             if (!a.armed) {
+              cache.dirty = true;
               await this.event(id, epoch, a, 'armed', {
                 at: a.timeoutAt ? a.timeoutAt.toISOString() : null,
               });
@@ -446,7 +517,10 @@ export class Executor {
           }
           case 'http': {
             if (inFlight.has(a.key)) break;
-            const p = httpStep(this.ctx, id, epoch, inst, a).finally(() => inFlight.delete(a.key));
+            const p = httpStep(this.ctx, id, epoch, inst, a).finally(() => {
+              inFlight.delete(a.key);
+              cache.dirty = true;
+            });
             inFlight.set(a.key, p);
             progressed = true;
             break;
@@ -456,11 +530,26 @@ export class Executor {
             const st = core.stamps.get(a.node)?.stamp ?? `${id}::1`;
             stored.set(a.node, { status: 'running', stamp: st });
             // the checkpoint writes the node's final status and stamp: nothing left for writeStamps
-            const recorded = (status: 'completed' | 'failed'): void =>
-              void stored.set(a.node, { status, stamp: st });
-            const p = sqlStep(this.ctx, id, epoch, inst, a, st, log, recorded).finally(() =>
-              inFlight.delete(a.key),
-            );
+            let cached = false;
+            const recorded = (
+              status: 'completed' | 'failed',
+              event: RecordedEvent | undefined,
+            ): void => {
+              stored.set(a.node, { status, stamp: st });
+              if (!event) return;
+              // the committed event, as the next load would read it (lastSeq stays: a load still
+              // reads every event after it, including any written elsewhere meanwhile)
+              const kind: EventKind = status === 'completed' ? 'done' : 'failed';
+              let m = events.get(a.key);
+              if (!m) events.set(a.key, (m = new Map()));
+              m.set(kind, { seq: event.seq, kind, detail: event.detail });
+              cached = true;
+              cache.fresh = true;
+            };
+            const p = sqlStep(this.ctx, id, epoch, inst, a, st, log, recorded).finally(() => {
+              inFlight.delete(a.key);
+              if (!cached) cache.dirty = true;
+            });
             inFlight.set(a.key, p);
             progressed = true;
             break;
@@ -468,6 +557,7 @@ export class Executor {
         }
       }
       if (signalWaits.size > 0) {
+        cache.dirty = true;
         const delivered = await deliverSignals(this.store, id, epoch, signalWaits, now);
         if (delivered) progressed = true;
         else {
@@ -481,34 +571,27 @@ export class Executor {
       if (core.obsolete.length > 0) {
         for (const key of [...events.keys()])
           if (core.obsolete.some((p) => key.startsWith(p))) events.delete(key);
+        cache.dirty = true;
         await this.store.deleteEvents(id, core.obsolete);
       }
       if (inFlight.size > 0) {
         // wait for a step (or a short while, to notice timers and signals)
-        await Promise.race([
-          ...inFlight.values(),
-          new Promise((r) =>
-            setTimeout(
-              r,
-              Math.max(
-                20,
-                Math.min(
-                  this.opts.pollMs,
-                  wakeAt ? wakeAt.getTime() - Date.now() : this.opts.pollMs,
-                ),
-              ),
-            ),
+        const nap = this.nap(
+          Math.max(
+            20,
+            Math.min(this.opts.pollMs, wakeAt ? wakeAt.getTime() - Date.now() : this.opts.pollMs),
           ),
-        ]);
+        );
+        await Promise.race([...inFlight.values(), nap.done]);
+        nap.cancel(); // a pending timer would keep the process alive after a shutdown
         continue;
       }
       if (progressed) continue;
       if (wakeAt && wakeAt.getTime() - Date.now() < Math.min(this.opts.pollMs, 1000)) {
-        await new Promise((r) =>
-          setTimeout(r, Math.max(1, (wakeAt as Date).getTime() - Date.now())),
-        );
+        await this.nap(Math.max(1, wakeAt.getTime() - Date.now())).done;
         continue;
       }
+      await this.flushStamps(cache);
       await this.park(id, epoch, wakeAt, waiting);
       // a signal that committed while parking would find the instance leased: look once more
       if (await this.store.hasUnconsumedSignal(id, waiting)) this.wake();
@@ -530,13 +613,57 @@ export class Executor {
     return { activeInstances: this.active.size, listening: !this.stopping && !!this.listener };
   }
 
-  async stop(): Promise<void> {
+  /**
+   * A wait of `ms` that ends early when the executor stops; cancel() clears
+   * its timer (nothing is left to keep the event loop alive).
+   */
+  private nap(ms: number): { done: Promise<void>; cancel: () => void } {
+    let timer: NodeJS.Timeout | undefined;
+    let end: () => void = () => undefined;
+    const done = new Promise<void>((resolve) => {
+      end = () => {
+        if (timer) clearTimeout(timer);
+        this.naps.delete(end);
+        resolve();
+      };
+      timer = setTimeout(end, ms);
+      this.naps.add(end);
+    });
+    return { done, cancel: end };
+  }
+
+  /**
+   * Stops claiming, lets the steps in flight finish for at most `timeoutMs`
+   * (--shutdown-timeout), then cancels the ones still running (their
+   * transactions roll back; whoever holds the lease next runs them again),
+   * hands the leases back and closes every connection. Nothing it leaves
+   * behind keeps the process alive.
+   */
+  async stop(timeoutMs = 30_000): Promise<void> {
     this.stopping = true;
     this.retention.stop();
     if (this.timer) clearInterval(this.timer);
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.slots.close(); // steps waiting for a slot stop waiting; the next lease holder runs them
-    await Promise.allSettled([...this.finished]);
+    for (const end of [...this.naps]) end(); // drivers waiting for a timer look at `stopping` now
+    const drained = Promise.allSettled([...this.finished]);
+    let timer: NodeJS.Timeout | undefined;
+    const late = await Promise.race([
+      drained.then(() => false),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs))),
+    ]);
+    if (timer) clearTimeout(timer);
+    if (late) {
+      this.log.warn(
+        { instances: this.active.size },
+        'shutdown timeout: cancelling the steps still running',
+      );
+      await Promise.allSettled([...this.active.keys()].map((id) => this.cancelSteps(id)));
+      // cancelled statements end at once; a backend that does not answer is not waited for long
+      let t: NodeJS.Timeout | undefined;
+      await Promise.race([drained, new Promise((r) => (t = setTimeout(r, 5000)))]);
+      if (t) clearTimeout(t);
+    }
     // hand our leases back so another executor can continue at once
     await this.store.releaseLeases().catch(() => undefined);
     await this.listener?.end().catch(() => undefined);

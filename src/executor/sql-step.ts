@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import { metrics } from '../metrics.js';
 import type { Action } from './core.js';
 import type { RunnerContext } from './context.js';
-import { runSqlStep, isRetryable, type StepIdentity } from './steps.js';
+import { runSqlStep, isRetryable, type RecordedEvent, type StepIdentity } from './steps.js';
 import type { InstanceRow } from './store.js';
 
 export function tokenHash(token: string): string {
@@ -26,7 +26,7 @@ export async function sqlStep(
   a: Extract<Action, { a: 'sql' }>,
   stamp: string,
   log: Logger,
-  recorded?: (status: 'completed' | 'failed') => void,
+  recorded?: (status: 'completed' | 'failed', event: RecordedEvent | undefined) => void,
 ): Promise<void> {
   const identity: StepIdentity = { roleName: inst.role_name as string, roleOid: inst.role_oid };
   let delay = 100;
@@ -79,8 +79,8 @@ export async function sqlStep(
       metrics.steps.inc({
         outcome: out.k === 'retry' ? 'retried' : out.k === 'unrecorded' ? 'failed' : out.k,
       });
-      if (out.k === 'done') recorded?.('completed');
-      else if (out.k === 'failed') recorded?.('failed');
+      if (out.k === 'done') recorded?.('completed', out.event);
+      else if (out.k === 'failed') recorded?.('failed', out.event);
       else if (out.k === 'unrecorded')
         await recordStepFailure(ctx, id, epoch, a, out.error, pid, log);
       if (out.k === 'retry') {
