@@ -12,7 +12,7 @@ import { metrics } from '../metrics.js';
 import type { Action } from './core.js';
 import type { RunnerContext } from './context.js';
 import { runSqlStep, isRetryable, type RecordedEvent, type StepIdentity } from './steps.js';
-import type { InstanceRow } from './store.js';
+import type { InstanceRow, StampRows } from './store.js';
 
 export function tokenHash(token: string): string {
   return createHash('sha256').update(token, 'utf8').digest('hex');
@@ -27,17 +27,60 @@ export async function sqlStep(
   stamp: string,
   log: Logger,
   recorded?: (status: 'completed' | 'failed', event: RecordedEvent | undefined) => void,
+  stamps?: StampCarrier,
 ): Promise<void> {
+  try {
+    await runAttempts(ctx, id, epoch, inst, a, stamp, log, recorded, stamps);
+  } finally {
+    stamps?.settle();
+  }
+}
+
+/**
+ * Node stamps of the tick that dispatched the step, written by its attempt
+ * marks (store.markAttempt), after the writes queued before them (`after`);
+ * `settle` is called once the first mark has settled, so later stamp writes
+ * queue behind it.
+ */
+export interface StampCarrier {
+  readonly rows: StampRows;
+  readonly after: Promise<void> | undefined;
+  settle(): void;
+}
+
+async function runAttempts(
+  ctx: RunnerContext,
+  id: string,
+  epoch: number,
+  inst: InstanceRow,
+  a: Extract<Action, { a: 'sql' }>,
+  stamp: string,
+  log: Logger,
+  recorded:
+    ((status: 'completed' | 'failed', event: RecordedEvent | undefined) => void) | undefined,
+  stamps: StampCarrier | undefined,
+): Promise<void> {
+  if (stamps?.after) await stamps.after.catch(() => undefined);
   const identity: StepIdentity = { roleName: inst.role_name as string, roleOid: inst.role_oid };
   let delay = 100;
   for (let attempt = 1; ; attempt++) {
     if (ctx.stopping()) return;
     const token = randomBytes(24).toString('base64url');
-    if (!(await ctx.store.markAttempt(id, epoch, a, tokenHash(token), stamp))) return; // lease lost, cancelled, or already recorded
+    // The attempt mark travels on the control connection while the slot, the connection and the
+    // statement are taken care of; runSqlStep awaits it before anything commits. False: lease
+    // lost, cancelled, or already recorded (the statement, if it ran, is rolled back).
+    const marked = ctx.store.markAttempt(id, epoch, a, tokenHash(token), stamp, stamps?.rows);
+    if (attempt === 1) void marked.then(stamps?.settle, stamps?.settle);
+    const markedOk = (): Promise<boolean> => marked.catch(() => false);
+    marked.catch(() => undefined); // every path awaits it; this keeps an early return from leaving it unhandled
     const slotTimeout = ctx.slotTimeoutMs;
     const slot = await ctx.slots.take(identity.roleOid, slotTimeout);
-    if (slot === 'closed') return; // stopping: the node is run again by whoever holds the lease next
+    if (slot === 'closed') {
+      await markedOk();
+      return; // stopping: the node is run again by whoever holds the lease next
+    }
     if (slot === 'timeout') {
+      if (!(await markedOk())) return;
       await ctx.store
         .recordEvent(id, epoch, a, 'failed', {
           error: `pg_durable: connection limit reached (max_user_connections=${ctx.maxConcurrentSteps}). Timed out after ${Math.round(slotTimeout / 1000)}s waiting for an available execution slot.`,
@@ -51,6 +94,7 @@ export async function sqlStep(
     } catch (err) {
       ctx.slots.give(identity.roleOid);
       const msg = (err as Error).message;
+      if (!(await markedOk())) return;
       if (isRetryable(err) && attempt < 50) {
         await new Promise((r) => setTimeout(r, delay));
         delay = Math.min(delay * 2, 5000);
@@ -68,7 +112,7 @@ export async function sqlStep(
     try {
       const out = await runSqlStep(
         conn,
-        { instance: id, node: a.node, key: a.key, epoch, token, sql: a.sql, stamp },
+        { instance: id, node: a.node, key: a.key, epoch, token, sql: a.sql, stamp, marked },
         (p) => {
           pid = p;
           pids?.add(p);
@@ -81,7 +125,7 @@ export async function sqlStep(
       });
       if (out.k === 'done') recorded?.('completed', out.event);
       else if (out.k === 'failed') recorded?.('failed', out.event);
-      else if (out.k === 'unrecorded')
+      else if (out.k === 'unrecorded' && (await markedOk()))
         await recordStepFailure(ctx, id, epoch, a, out.error, pid, log);
       if (out.k === 'retry') {
         log.warn(

@@ -232,6 +232,13 @@ export interface StepRequest {
   readonly sql: string;
   /** The node's stamp (spec §5.6), written with its final status by the checkpoint. */
   readonly stamp: string;
+  /**
+   * The attempt mark, sent on the control connection while the statement
+   * runs: awaited before anything of the step is recorded or committed (and
+   * before a statement that runs outside a transaction). False: the
+   * transaction is rolled back and the step abandoned.
+   */
+  readonly marked?: Promise<boolean>;
 }
 
 /** The event a checkpoint committed: its seq and detail, as df.events holds them. */
@@ -289,7 +296,14 @@ export async function runSqlStep(
     ]);
     return eventOf(r.rows[0]?.seq, detail);
   };
+  /** The attempt mark committed (or there is none to wait for). */
+  const markedOk = async (): Promise<boolean> => (req.marked ? await req.marked : true);
+  const NOT_MARKED: StepOutcome = {
+    k: 'abandoned',
+    reason: 'the attempt was not marked (lease lost, cancelled, or already recorded)',
+  };
   const fail = async (error: string): Promise<StepOutcome> => {
+    if (!(await markedOk())) return NOT_MARKED;
     await c.query('BEGIN');
     const event = await record('failed', { error });
     await c.query('COMMIT');
@@ -312,7 +326,8 @@ export async function runSqlStep(
     if (plan.kind === 'refuse') return await fail(`SQL execution failed: ${plan.error}`);
     let result: string;
     if (plan.kind === 'autocommit') {
-      // runs outside a transaction block: at least once, recorded right after
+      // runs outside a transaction block: at least once, recorded right after; never speculatively
+      if (!(await markedOk())) return NOT_MARKED;
       try {
         result = await readBounded(c, req.sql, maxResultBytes);
       } catch (err) {
@@ -335,6 +350,11 @@ export async function runSqlStep(
       // over the cap the connection is gone, and its transaction with it
       if (!(err instanceof ResultTooLargeError)) await c.query('ROLLBACK').catch(() => undefined);
       return await failed(err);
+    }
+    // the statement ran while the attempt mark was on its way: without the mark nothing commits
+    if (!(await markedOk())) {
+      await c.query('ROLLBACK');
+      return NOT_MARKED;
     }
     // deferred constraints fire now, as the submitter; then the checkpoint and COMMIT, in one round trip
     const lit = (v: string | number): string =>
