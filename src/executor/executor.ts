@@ -19,7 +19,7 @@ import { httpStep } from './http-step.js';
 import { Retention } from './retention.js';
 import { deliverSignals } from './signals.js';
 import { FairSlots } from './slots.js';
-import { sqlStep, type StampCarrier } from './sql-step.js';
+import { sqlStep } from './sql-step.js';
 import { loadParser } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
 import { StepPool, isRetryable, type RecordedEvent, type StepAuth } from './steps.js';
@@ -315,8 +315,16 @@ export class Executor {
    * Writes the changed stamps in the background, after any earlier write
    * (so they land in order); flushStamps awaits them and throws their error.
    */
-  private queueStamps(id: string, cache: DriveCache, write: StampRows): void {
+  private queueStamps(
+    id: string,
+    cache: DriveCache,
+    stamps: ReadonlyMap<string, Stamp>,
+    skip: ReadonlySet<string>,
+  ): void {
     const prev = cache.stamps ?? Promise.resolve();
+    const stored = cache.stored as Map<string, { status: string; stamp: string | null }>;
+    const write = this.stampRows(stamps, stored, skip);
+    if (!write) return;
     const p = prev.then(() => this.store.writeStamps(id, write));
     p.catch(() => undefined); // handled: the error is thrown by flushStamps
     cache.stamps = p;
@@ -455,25 +463,9 @@ export class Executor {
       const starting = new Set(
         core.actions.filter((a) => a.a === 'sql' && !inFlight.has(a.key)).map((a) => a.node),
       );
-      const stampWrite = this.stampRows(core.stamps, stored, starting);
-      // with a step to start, the stamps ride on its attempt mark (one statement, lease-checked)
-      let carrier: StampCarrier | undefined;
-      if (stampWrite && starting.size > 0) {
-        let settle: () => void = () => undefined;
-        const written = new Promise<void>((r) => (settle = r));
-        carrier = { rows: stampWrite, after: cache.stamps, settle };
-        cache.stamps = written;
-      } else if (stampWrite) this.queueStamps(id, cache, stampWrite);
-      /** Stamps meant for a step's mark when no step took them: written on their own. */
-      const unclaimed = (): void => {
-        if (!carrier) return;
-        carrier.settle();
-        this.queueStamps(id, cache, carrier.rows);
-        carrier = undefined;
-      };
+      this.queueStamps(id, cache, core.stamps, starting);
       const o = core.outcome;
       if (o.k === 'done' || o.k === 'failed') {
-        unclaimed();
         await Promise.allSettled(inFlight.values());
         await this.flushStamps(cache);
         await this.finish(
@@ -554,20 +546,16 @@ export class Executor {
               cached = true;
               cache.fresh = true;
             };
-            const p = sqlStep(this.ctx, id, epoch, inst, a, st, log, recorded, carrier).finally(
-              () => {
-                inFlight.delete(a.key);
-                if (!cached) cache.dirty = true;
-              },
-            );
-            carrier = undefined; // the first step started in this tick carries them
+            const p = sqlStep(this.ctx, id, epoch, inst, a, st, log, recorded).finally(() => {
+              inFlight.delete(a.key);
+              if (!cached) cache.dirty = true;
+            });
             inFlight.set(a.key, p);
             progressed = true;
             break;
           }
         }
       }
-      unclaimed();
       if (signalWaits.size > 0) {
         cache.dirty = true;
         const delivered = await deliverSignals(this.store, id, epoch, signalWaits, now);

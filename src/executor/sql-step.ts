@@ -12,7 +12,7 @@ import { metrics } from '../metrics.js';
 import type { Action } from './core.js';
 import type { RunnerContext } from './context.js';
 import { runSqlStep, isRetryable, type RecordedEvent, type StepIdentity } from './steps.js';
-import type { InstanceRow, StampRows } from './store.js';
+import type { InstanceRow } from './store.js';
 
 export function tokenHash(token: string): string {
   return createHash('sha256').update(token, 'utf8').digest('hex');
@@ -27,40 +27,7 @@ export async function sqlStep(
   stamp: string,
   log: Logger,
   recorded?: (status: 'completed' | 'failed', event: RecordedEvent | undefined) => void,
-  stamps?: StampCarrier,
 ): Promise<void> {
-  try {
-    await runAttempts(ctx, id, epoch, inst, a, stamp, log, recorded, stamps);
-  } finally {
-    stamps?.settle();
-  }
-}
-
-/**
- * Node stamps of the tick that dispatched the step, written by its attempt
- * marks (store.markAttempt), after the writes queued before them (`after`);
- * `settle` is called once the first mark has settled, so later stamp writes
- * queue behind it.
- */
-export interface StampCarrier {
-  readonly rows: StampRows;
-  readonly after: Promise<void> | undefined;
-  settle(): void;
-}
-
-async function runAttempts(
-  ctx: RunnerContext,
-  id: string,
-  epoch: number,
-  inst: InstanceRow,
-  a: Extract<Action, { a: 'sql' }>,
-  stamp: string,
-  log: Logger,
-  recorded:
-    ((status: 'completed' | 'failed', event: RecordedEvent | undefined) => void) | undefined,
-  stamps: StampCarrier | undefined,
-): Promise<void> {
-  if (stamps?.after) await stamps.after.catch(() => undefined);
   const identity: StepIdentity = { roleName: inst.role_name as string, roleOid: inst.role_oid };
   let delay = 100;
   for (let attempt = 1; ; attempt++) {
@@ -69,8 +36,7 @@ async function runAttempts(
     // The attempt mark travels on the control connection while the slot, the connection and the
     // statement are taken care of; runSqlStep awaits it before anything commits. False: lease
     // lost, cancelled, or already recorded (the statement, if it ran, is rolled back).
-    const marked = ctx.store.markAttempt(id, epoch, a, tokenHash(token), stamp, stamps?.rows);
-    if (attempt === 1) void marked.then(stamps?.settle, stamps?.settle);
+    const marked = ctx.store.markAttempt(id, epoch, a, tokenHash(token), stamp);
     const markedOk = (): Promise<boolean> => marked.catch(() => false);
     marked.catch(() => undefined); // every path awaits it; this keeps an early return from leaving it unhandled
     const slotTimeout = ctx.slotTimeoutMs;

@@ -274,9 +274,7 @@ export class ControlStore {
    * Marks a SQL node's attempt before its step runs: the activation, the
    * attempt token's hash, attempts + 1 and the running stamp; only while this
    * executor holds the lease and the activation has no outcome. False: lease
-   * lost, cancelled, or already recorded. `stamps` (other nodes whose status
-   * changed in the same tick) are written by the same statement while the
-   * lease is held.
+   * lost, cancelled, or already recorded.
    */
   async markAttempt(
     id: string,
@@ -284,41 +282,7 @@ export class ControlStore {
     a: ActivationRef,
     tokenHash: string,
     stamp: string,
-    stamps?: StampRows,
   ): Promise<boolean> {
-    if (stamps) {
-      // the stamps of other nodes in the same statement (and transaction), only under the lease
-      const marked = await this.pool.query(
-        `WITH held AS (SELECT 1 FROM df.instances i WHERE i.id = $1 AND i.lease_epoch = $5 AND i.lease_owner = $6),
-              stamped AS (
-                UPDATE df.nodes n SET status = u.status, result = CASE WHEN u.result IS NULL THEN NULL
-                                           ELSE u.result::jsonb END,
-                       status_details = jsonb_build_object('execution_id', u.stamp), updated_at = now()
-                  FROM unnest($8::text[], $9::text[], $10::text[], $11::text[]) AS u(id, status, result, stamp)
-                 WHERE n.instance_id = $1 AND n.id = u.id AND n.id <> $2 AND EXISTS (SELECT 1 FROM held)
-                RETURNING 1)
-         UPDATE df.nodes n SET activation = $3, attempt_token = $4, attempts = attempts + 1,
-                status = 'running', result = NULL, status_details = jsonb_build_object('execution_id', $7::text), updated_at = now()
-          WHERE n.instance_id = $1 AND n.id = $2
-            AND EXISTS (SELECT 1 FROM df.instances i WHERE i.id = $1 AND i.lease_epoch = $5 AND i.lease_owner = $6
-                          AND i.status IN ('pending', 'running'))
-            AND NOT EXISTS (SELECT 1 FROM df.events e WHERE e.instance_id = $1 AND e.activation = $3 AND e.kind IN ('done', 'failed'))`,
-        [
-          id,
-          a.node,
-          a.key,
-          tokenHash,
-          epoch,
-          this.owner,
-          stamp,
-          stamps.ids,
-          stamps.statuses,
-          stamps.results,
-          stamps.stamps,
-        ],
-      );
-      return (marked.rowCount ?? 0) > 0;
-    }
     const marked = await this.pool.query(
       `UPDATE df.nodes n SET activation = $3, attempt_token = $4, attempts = attempts + 1,
               status = 'running', result = NULL, status_details = jsonb_build_object('execution_id', $7::text), updated_at = now()
