@@ -98,7 +98,7 @@ export async function serveForever(cfg: Config, log: Logger, withProxy = true): 
       void (async () => {
         await running.ui?.close();
         await running.proxy?.shutdown(cfg.shutdownTimeoutMs);
-        await running.executor?.stop();
+        await running.executor?.stop(cfg.shutdownTimeoutMs);
         await running.admin?.close();
         resolve(0);
       })();

@@ -79,18 +79,48 @@ class WireGuard {
   }
 }
 
+/** Parse, Bind and Execute of one parameterless statement (unnamed statement and portal), without a Sync. */
+function extendedMessages(sql: string): Buffer {
+  const text = Buffer.from(sql + '\0', 'utf8');
+  const parse = Buffer.alloc(1 + 4 + 1 + text.length + 2);
+  parse.write('P', 0);
+  parse.writeInt32BE(parse.length - 1, 1);
+  parse[5] = 0; // unnamed statement
+  text.copy(parse, 6);
+  parse.writeInt16BE(0, 6 + text.length); // no parameter types
+  // portal "", statement "", 0 parameter formats, 0 parameters, 0 result formats
+  const bind = Buffer.from([0x42, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0]);
+  // portal "", no row limit
+  const execute = Buffer.from([0x45, 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+  return Buffer.concat([parse, bind, execute]);
+}
+
 /**
  * Runs one statement (extended protocol, no parameters, text results) on `c`
  * and returns its result text {"rows":[…],"row_count":n} of at most `cap`
  * bytes (UTF-8). Over the cap it destroys the connection (never to be used
  * again) and throws ResultTooLargeError; the statement's own errors and
  * EncodeError are thrown as they are.
+ *
+ * `before` (e.g. BEGIN) are sent in the same message ahead of the statement,
+ * each as its own Parse/Bind/Execute, so they cost no round trip of their
+ * own; the server answers them with ParseComplete, BindComplete and
+ * CommandComplete, which node-postgres files as earlier results of the same
+ * query (no rows). If one of them fails, the server skips the rest up to the
+ * Sync and the error is thrown as the statement's would be.
  */
-export async function readBounded(c: pg.Client, sql: string, cap: number): Promise<string> {
+export async function readBounded(
+  c: pg.Client,
+  sql: string,
+  cap: number,
+  before: readonly string[] = [],
+): Promise<string> {
   const sock = (c as unknown as { connection: { stream: Socket } }).connection.stream;
   const guard = new WireGuard(wireLimit(cap), () => sock.destroy());
   // ahead of node-postgres' own parser, so a huge message is seen at its header
   sock.prependListener('data', guard.scan);
+  // written before node-postgres writes the statement's own messages (the client is idle here)
+  if (before.length > 0) sock.write(Buffer.concat(before.map(extendedMessages)));
   const frame = RESULT_HEAD.length + resultTail(0).length;
   let enc: RowEncoder | undefined;
   const parts: string[] = [];

@@ -12,7 +12,7 @@
  * iterations are summarised by `iter` events so replay starts at the latest.
  */
 import type { Graph, GraphNode } from './graph.js';
-import { buildRequest, HttpStepError, type HttpRequest } from './http.js';
+import { buildRequest, HttpStepError, type HttpRequest } from './http-request.js';
 import { tryParseJson, stringify } from './json.js';
 import { substitute, SubstitutionError, type SubstitutionContext } from './substitute.js';
 import { truthyResult } from './truthy.js';

@@ -15,6 +15,7 @@
 import dns from 'node:dns';
 import net from 'node:net';
 import { buildConnector } from 'undici';
+import { HttpStepError } from './http-request.js';
 
 export interface HttpPolicy {
   readonly enabled: boolean;
@@ -23,7 +24,7 @@ export interface HttpPolicy {
   readonly allowHosts: readonly string[];
 }
 
-export class HttpStepError extends Error {}
+export { HttpStepError };
 
 // ---- address ranges ----------------------------------------------------------
 

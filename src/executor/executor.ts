@@ -6,19 +6,24 @@
  * instance. Any number of executors may run against one database; they
  * coordinate only through row locks, leases and epochs.
  */
-import { randomBytes, createHash } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { Cron } from 'croner';
 import pg from 'pg';
 import type { Logger } from 'pino';
-import { runCore, type Action, type EventKind, type Stamp, type StoredEvent } from './core.js';
-import { buildGraph, type Graph, type NodeRow } from './graph.js';
-import { compactJson } from './encode.js';
-import { loadParser } from './sqlcheck.js';
+import type { StartNewRequest } from '../contract/start-new.js';
 import { metrics } from '../metrics.js';
-import { HttpStepError, idempotencyKey, sendHttp } from './http.js';
-import type { StartNewRequest } from '../proxy/session.js';
-import { runSqlStep, StepPool, isRetryable, type StepAuth, type StepIdentity } from './steps.js';
+import type { RunnerContext } from './context.js';
+import { runCore, type Action, type EventKind, type Stamp, type StoredEvent } from './core.js';
+import { buildGraph, type Graph } from './graph.js';
+import { httpStep } from './http-step.js';
+import { Retention } from './retention.js';
+import { deliverSignals } from './signals.js';
 import { FairSlots } from './slots.js';
+import { sqlStep } from './sql-step.js';
+import { loadParser } from './sqlcheck.js';
+import { StartNew } from './start-new.js';
+import { StepPool, isRetryable, type RecordedEvent, type StepAuth } from './steps.js';
+import { ControlStore, type InstanceRow, type StampRows } from './store.js';
 
 export interface ExecutorOptions {
   /** The executor's control login (member of df_executor). */
@@ -51,18 +56,6 @@ export interface ExecutorOptions {
   readonly maxLoopIterations: number;
 }
 
-interface InstanceRow {
-  readonly id: string;
-  readonly label: string | null;
-  readonly root_node: string;
-  readonly status: string;
-  readonly role_name: string | null;
-  readonly role_oid: number;
-  readonly rolsuper: boolean | null;
-  readonly vars: Record<string, string>;
-  readonly lease_epoch: string;
-}
-
 const WAKE_CHANNEL = 'dfgate_wake';
 
 /** What a driver keeps between ticks while it holds an instance's lease (nobody else writes these meanwhile). */
@@ -70,24 +63,18 @@ interface DriveCache {
   readonly events: Map<string, Map<EventKind, StoredEvent>>;
   lastSeq: number;
   stored: Map<string, { status: string; stamp: string | null }> | undefined;
-}
-
-const RECORD_EVENT = 'SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)';
-
-/** Records an executor-side event (lease-checked by df._record_event) on a pool or a client in a transaction. */
-async function recordEvent(
-  db: pg.Pool | pg.ClientBase,
-  id: string,
-  epoch: number,
-  a: { readonly key: string; readonly node: string },
-  kind: EventKind,
-  detail: Record<string, unknown>,
-): Promise<void> {
-  await db.query(RECORD_EVENT, [id, epoch, a.node, a.key, kind, JSON.stringify(detail)]);
-}
-
-function tokenHash(token: string): string {
-  return createHash('sha256').update(token, 'utf8').digest('hex');
+  /** The instance as last loaded. */
+  inst: InstanceRow | undefined;
+  /** A step's checkpoint committed and its event was put into `events` (not re-read from the database). */
+  fresh: boolean;
+  /**
+   * Something was written since the last load that `events` does not hold
+   * (an executor-side event, an HTTP outcome, a step that ended without a
+   * cached event): the next tick loads.
+   */
+  dirty: boolean;
+  /** Node stamps being written (not awaited before dispatching steps; awaited before finishing or parking). */
+  stamps: Promise<void> | undefined;
 }
 
 function nextCron(expr: string, after: Date): Date {
@@ -107,6 +94,8 @@ export class Executor {
     { epoch: number; stepPids: Set<number>; role: number }
   >();
   private stopping = false;
+  /** Ends every pending nap() (on stop). */
+  private readonly naps = new Set<() => void>();
   private pumping = false;
   private pumpAgain = false;
   private timer: NodeJS.Timeout | undefined;
@@ -114,10 +103,12 @@ export class Executor {
   private readonly graphs = new Map<string, Graph>();
   private readonly log: Logger;
   private readonly finished = new Set<Promise<void>>();
-  private database: string | undefined;
+  private readonly store: ControlStore;
+  private readonly retention: Retention;
+  private readonly starter: StartNew;
+  private readonly ctx: RunnerContext;
   /** start() ran: only then does the executor claim instances. */
   private started = false;
-  private reconcileTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: ExecutorOptions) {
     this.log = opts.log;
@@ -144,6 +135,21 @@ export class Executor {
       perRoleCap: opts.maxStepsPerRole ?? 0,
       timeoutMs: opts.slotTimeoutMs ?? 30_000,
     });
+    this.store = new ControlStore(this.control, this.owner, opts.leaseMs);
+    this.retention = new Retention(this.store, this.log);
+    this.starter = new StartNew(this.store, this.steps, () => this.wake());
+    this.ctx = {
+      store: this.store,
+      steps: this.steps,
+      slots: this.slots,
+      log: this.log,
+      maxConcurrentSteps: opts.maxConcurrentSteps,
+      slotTimeoutMs: opts.slotTimeoutMs ?? 30_000,
+      stepTimeoutMs: opts.stepTimeoutMs ?? 0,
+      maxResultBytes: opts.maxResultBytes,
+      stopping: () => this.stopping,
+      stepPids: (id) => this.active.get(id)?.stepPids,
+    };
   }
 
   async start(): Promise<void> {
@@ -152,8 +158,7 @@ export class Executor {
     let ro: boolean | undefined;
     for (let attempt = 1; ; attempt++) {
       try {
-        ro = (await this.control.query<{ ro: boolean }>('SELECT pg_is_in_recovery() AS ro')).rows[0]
-          ?.ro;
+        ro = await this.store.isStandby();
         break;
       } catch (err) {
         if (!isRetryable(err) || attempt >= 30) throw err;
@@ -173,7 +178,7 @@ export class Executor {
       () => void this.renewLeases(),
       Math.max(50, Math.floor(this.opts.leaseMs / 3)),
     );
-    this.scheduleReconcile(1000);
+    this.retention.schedule(1000);
     this.log.info({ owner: this.owner, stepAuth: this.opts.stepAuth }, 'executor started');
     this.wake();
   }
@@ -189,7 +194,7 @@ export class Executor {
     c.on('end', () => {
       if (this.stopping) return;
       this.log.warn('LISTEN connection lost; reconnecting');
-      setTimeout(() => void this.listen().catch(() => undefined), 500);
+      setTimeout(() => void this.listen().catch(() => undefined), 500).unref();
     });
     try {
       await c.connect();
@@ -198,7 +203,7 @@ export class Executor {
       this.wake();
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'cannot LISTEN; retrying');
-      setTimeout(() => void this.listen().catch(() => undefined), 1000);
+      setTimeout(() => void this.listen().catch(() => undefined), 1000).unref();
     }
   }
 
@@ -231,49 +236,7 @@ export class Executor {
     );
     let claimed: Array<{ id: string; lease_epoch: string; role_oid: number }>;
     try {
-      claimed = (
-        await this.control.query<{ id: string; lease_epoch: string; role_oid: number }>(
-          // Every ready instance gets a level: the instances its role holds here plus its turn
-          // within the role. Claiming the lowest levels first fills roles up evenly (a role
-          // alone takes all but the reserve); the last $6 of capacity go only to a role that
-          // holds none here, one instance each.
-          `WITH ready AS (
-             SELECT i.id, i.submitted_by::oid::int AS role, i.created_at,
-                    row_number() OVER (PARTITION BY i.submitted_by ORDER BY i.created_at, i.id) AS turn
-               FROM df.instances i
-              WHERE i.runnable AND i.status IN ('pending', 'running')
-                AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())
-                AND (i.wake_at IS NULL OR i.wake_at <= clock_timestamp()
-                     OR EXISTS (SELECT 1 FROM df.signals s WHERE s.instance_id = i.id AND s.consumed_at IS NULL
-                                   AND s.signal_name = ANY (i.waiting_signals)))
-                AND (i.waiting_signals IS NULL OR i.wake_at IS NOT NULL OR cardinality(i.waiting_signals) = 0
-                     OR EXISTS (SELECT 1 FROM df.signals s WHERE s.instance_id = i.id AND s.consumed_at IS NULL
-                                   AND s.signal_name = ANY (i.waiting_signals)))),
-           ranked AS (
-             SELECT r.id, r.turn, coalesce(h.n, 0) AS held,
-                    row_number() OVER (ORDER BY coalesce(h.n, 0) + r.turn, r.created_at, r.id) AS pos
-               FROM ready r LEFT JOIN unnest($4::int[], $5::int[]) AS h(role, n) ON h.role = r.role
-              WHERE r.turn <= $2),
-           picked AS (
-             (SELECT id FROM ranked WHERE pos <= $2 - $6)
-             UNION ALL
-             (SELECT id FROM ranked WHERE pos > $2 - $6 AND held = 0 AND turn = 1
-               ORDER BY pos LIMIT least($6, $2))),
-           locked AS (
-             SELECT i.id FROM df.instances i JOIN picked p USING (id)
-              WHERE i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp()
-              FOR UPDATE OF i SKIP LOCKED)
-           UPDATE df.instances i
-              SET lease_owner = $1, lease_epoch = i.lease_epoch + 1,
-                  lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
-                  status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
-                  updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END,
-                  wake_at = NULL, waiting_signals = NULL
-             FROM locked WHERE i.id = locked.id
-           RETURNING i.id, i.lease_epoch, i.submitted_by::oid::int AS role_oid`,
-          [this.owner, capacity, this.opts.leaseMs, [...held.keys()], [...held.values()], reserve],
-        )
-      ).rows;
+      claimed = await this.store.claim(capacity, held, reserve);
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'claim failed');
       return;
@@ -298,12 +261,7 @@ export class Executor {
     if (this.active.size === 0) return;
     const ids = [...this.active.keys()];
     try {
-      const r = await this.control.query<{ id: string; status: string }>(
-        `UPDATE df.instances SET lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000)
-          WHERE id = ANY ($1) AND lease_owner = $2 RETURNING id, status`,
-        [ids, this.owner, this.opts.leaseMs],
-      );
-      const held = new Map(r.rows.map((x) => [x.id, x.status]));
+      const held = await this.store.renewLeases(ids);
       for (const id of ids) {
         const st = held.get(id);
         if (st === 'cancelled') await this.cancelSteps(id);
@@ -318,32 +276,17 @@ export class Executor {
   private async cancelSteps(id: string): Promise<void> {
     const a = this.active.get(id);
     if (!a) return;
-    for (const pid of a.stepPids)
-      await this.control.query('SELECT pg_cancel_backend($1)', [pid]).catch(() => undefined);
+    for (const pid of a.stepPids) await this.store.cancelBackend(pid).catch(() => undefined);
   }
 
   /** One round trip per tick: the instance, events newer than the cache holds, and (first time) node statuses. */
   private async load(id: string, cache: DriveCache): Promise<InstanceRow | undefined> {
-    const inst = (
-      await this.control.query<
-        InstanceRow & {
-          events: Array<{ a: string; k: EventKind; d: Record<string, unknown>; s: number }>;
-          nodes: Array<{ id: string; st: string; sd: string | null }> | null;
-          graph: NodeRow[] | null;
-        }
-      >(
-        `SELECT i.id, i.label, i.root_node, i.status, r.rolname AS role_name, i.submitted_by::oid::int AS role_oid, r.rolsuper, i.vars, i.lease_epoch,
-                (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
-                   FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > $2) AS events,
-                CASE WHEN $3 THEN (SELECT json_agg(json_build_object('id', n.id, 'st', n.status, 'sd', n.status_details ->> 'execution_id'))
-                                     FROM df.nodes n WHERE n.instance_id = i.id) END AS nodes,
-                CASE WHEN $4 THEN (SELECT json_agg(json_build_object('id', n.id, 'node_type', n.node_type, 'query', n.query,
-                                     'result_name', n.result_name, 'left_node', n.left_node, 'right_node', n.right_node))
-                                     FROM df.nodes n WHERE n.instance_id = i.id) END AS graph
-           FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by WHERE i.id = $1`,
-        [id, cache.lastSeq, cache.stored === undefined, !this.graphs.has(id)],
-      )
-    ).rows[0];
+    const inst = await this.store.load(
+      id,
+      cache.lastSeq,
+      cache.stored === undefined,
+      !this.graphs.has(id),
+    );
     if (!inst) return undefined;
     // the graph comes with the first load (one round trip), and is cached while the lease is held
     if (!this.graphs.has(id)) this.graphs.set(id, buildGraph(inst.root_node, inst.graph ?? []));
@@ -365,15 +308,40 @@ export class Executor {
     kind: EventKind,
     detail: Record<string, unknown>,
   ): Promise<void> {
-    await recordEvent(this.control, id, epoch, a, kind, detail);
+    await this.store.recordEvent(id, epoch, a, kind, detail);
   }
 
-  private async writeStamps(
+  /**
+   * Writes the changed stamps in the background, after any earlier write
+   * (so they land in order); flushStamps awaits them and throws their error.
+   */
+  private queueStamps(
     id: string,
+    cache: DriveCache,
+    stamps: ReadonlyMap<string, Stamp>,
+    skip: ReadonlySet<string>,
+  ): void {
+    const prev = cache.stamps ?? Promise.resolve();
+    const stored = cache.stored as Map<string, { status: string; stamp: string | null }>;
+    const write = this.stampRows(stamps, stored, skip);
+    if (!write) return;
+    const p = prev.then(() => this.store.writeStamps(id, write));
+    p.catch(() => undefined); // handled: the error is thrown by flushStamps
+    cache.stamps = p;
+  }
+
+  private async flushStamps(cache: DriveCache): Promise<void> {
+    const p = cache.stamps;
+    cache.stamps = undefined;
+    if (p) await p;
+  }
+
+  /** The stamps that differ from what the database holds (and marks them held). */
+  private stampRows(
     stamps: ReadonlyMap<string, Stamp>,
     stored: Map<string, { status: string; stamp: string | null }>,
     skip: ReadonlySet<string>,
-  ): Promise<void> {
+  ): StampRows | undefined {
     const ids: string[] = [];
     const statuses: string[] = [];
     const results: Array<string | null> = [];
@@ -391,15 +359,8 @@ export class Executor {
       st.push(s.stamp);
       stored.set(node, { status: s.status, stamp: s.stamp });
     }
-    if (ids.length === 0) return;
-    await this.control.query(
-      `UPDATE df.nodes n SET status = u.status, result = CASE WHEN u.result IS NULL THEN NULL
-                                  ELSE u.result::jsonb END,
-              status_details = jsonb_build_object('execution_id', u.stamp), updated_at = now()
-         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, status, result, stamp)
-        WHERE n.instance_id = $1 AND n.id = u.id`,
-      [id, ids, statuses, results, st],
-    );
+    if (ids.length === 0) return undefined;
+    return { ids, statuses, results, stamps: st };
   }
 
   private async finish(
@@ -409,13 +370,7 @@ export class Executor {
     error: string | null,
     output: string | null = null,
   ): Promise<void> {
-    await this.control.query(
-      `UPDATE df.instances SET status = $3, error = $4, output = $6, updated_at = now(),
-              completed_at = CASE WHEN $3 = 'completed' THEN now() END,
-              lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, waiting_signals = NULL
-        WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $5 AND status IN ('pending', 'running')`,
-      [id, epoch, status, error, this.owner, output],
-    );
+    await this.store.finish(id, epoch, status, error, output);
     metrics.instancesFinished.inc({ status });
     this.log.info({ instance: id, status }, 'instance finished');
   }
@@ -426,30 +381,52 @@ export class Executor {
     wakeAt: Date | null,
     signals: string[],
   ): Promise<void> {
-    await this.control.query(
-      `UPDATE df.instances SET lease_owner = NULL, lease_expires_at = NULL, wake_at = $3, waiting_signals = $4
-        WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $5`,
-      [id, epoch, wakeAt, signals, this.owner],
-    );
+    await this.store.park(id, epoch, wakeAt, signals);
   }
 
   /** Runs one instance while this executor holds its lease. */
   private async drive(id: string, epoch: number): Promise<void> {
     const log = this.log.child({ instance: id });
     const inFlight = new Map<string, Promise<void>>();
-    const cache: DriveCache = { events: new Map(), lastSeq: 0, stored: undefined };
+    const cache: DriveCache = {
+      events: new Map(),
+      lastSeq: 0,
+      stored: undefined,
+      inst: undefined,
+      fresh: false,
+      dirty: false,
+      stamps: undefined,
+    };
     for (;;) {
-      if (this.stopping) return;
-      const inst = await this.load(id, cache);
-      if (!inst) return;
+      if (this.stopping) {
+        // steps already running finish (or are cancelled by stop() after its timeout)
+        await Promise.allSettled(inFlight.values());
+        await this.flushStamps(cache).catch(() => undefined);
+        return;
+      }
+      // after a checkpoint whose event is cached, nothing needs re-reading: dispatch at once
+      // (the lease and the instance's status are checked again by the next attempt mark)
+      let inst = cache.fresh && !cache.dirty ? cache.inst : undefined;
+      cache.fresh = false;
+      if (!inst) {
+        cache.dirty = false;
+        inst = await this.load(id, cache);
+        cache.inst = inst;
+      }
+      if (!inst) {
+        await this.flushStamps(cache).catch(() => undefined);
+        return;
+      }
       const events = cache.events;
       const stored = cache.stored as Map<string, { status: string; stamp: string | null }>;
       if (Number(inst.lease_epoch) !== epoch || !['pending', 'running'].includes(inst.status)) {
         if (inst.status === 'cancelled') await this.cancelSteps(id);
         await Promise.allSettled(inFlight.values());
+        await this.flushStamps(cache).catch(() => undefined);
         return;
       }
       if (inst.role_name === null) {
+        await this.flushStamps(cache);
         await this.finish(
           id,
           epoch,
@@ -459,12 +436,9 @@ export class Executor {
         return;
       }
       if (inst.rolsuper) {
-        const allowed = (
-          await this.control.query<{ v: boolean }>(
-            `SELECT (value)::text::boolean AS v FROM df.config WHERE key = 'enable_superuser_instances'`,
-          )
-        ).rows[0]?.v;
+        const allowed = await this.store.superuserInstancesAllowed();
         if (!allowed) {
+          await this.flushStamps(cache);
           await this.finish(
             id,
             epoch,
@@ -489,10 +463,11 @@ export class Executor {
       const starting = new Set(
         core.actions.filter((a) => a.a === 'sql' && !inFlight.has(a.key)).map((a) => a.node),
       );
-      await this.writeStamps(id, core.stamps, stored, starting);
+      this.queueStamps(id, cache, core.stamps, starting);
       const o = core.outcome;
       if (o.k === 'done' || o.k === 'failed') {
         await Promise.allSettled(inFlight.values());
+        await this.flushStamps(cache);
         await this.finish(
           id,
           epoch,
@@ -509,15 +484,18 @@ export class Executor {
       for (const a of core.actions) {
         switch (a.a) {
           case 'iter': {
+            cache.dirty = true;
             await this.event(id, epoch, a, 'iter', a.detail);
             progressed = true;
             break;
           }
           case 'timer': {
             if (!a.armed) {
+              cache.dirty = true;
               await this.event(id, epoch, a, 'armed', { at: a.at.toISOString() });
               progressed = true;
             } else if (a.at.getTime() <= now.getTime()) {
+              cache.dirty = true;
               await this.event(id, epoch, a, 'done', { result: a.result });
               progressed = true;
             } else if (!wakeAt || a.at < wakeAt) wakeAt = a.at;
@@ -525,6 +503,7 @@ export class Executor {
           }
           case 'signal': {
             if (!a.armed) {
+              cache.dirty = true;
               await this.event(id, epoch, a, 'armed', {
                 at: a.timeoutAt ? a.timeoutAt.toISOString() : null,
               });
@@ -538,7 +517,10 @@ export class Executor {
           }
           case 'http': {
             if (inFlight.has(a.key)) break;
-            const p = this.httpStep(id, epoch, inst, a).finally(() => inFlight.delete(a.key));
+            const p = httpStep(this.ctx, id, epoch, inst, a).finally(() => {
+              inFlight.delete(a.key);
+              cache.dirty = true;
+            });
             inFlight.set(a.key, p);
             progressed = true;
             break;
@@ -548,11 +530,26 @@ export class Executor {
             const st = core.stamps.get(a.node)?.stamp ?? `${id}::1`;
             stored.set(a.node, { status: 'running', stamp: st });
             // the checkpoint writes the node's final status and stamp: nothing left for writeStamps
-            const recorded = (status: 'completed' | 'failed'): void =>
-              void stored.set(a.node, { status, stamp: st });
-            const p = this.step(id, epoch, inst, a, st, log, recorded).finally(() =>
-              inFlight.delete(a.key),
-            );
+            let cached = false;
+            const recorded = (
+              status: 'completed' | 'failed',
+              event: RecordedEvent | undefined,
+            ): void => {
+              stored.set(a.node, { status, stamp: st });
+              if (!event) return;
+              // the committed event, as the next load would read it (lastSeq stays: a load still
+              // reads every event after it, including any written elsewhere meanwhile)
+              const kind: EventKind = status === 'completed' ? 'done' : 'failed';
+              let m = events.get(a.key);
+              if (!m) events.set(a.key, (m = new Map()));
+              m.set(kind, { seq: event.seq, kind, detail: event.detail });
+              cached = true;
+              cache.fresh = true;
+            };
+            const p = sqlStep(this.ctx, id, epoch, inst, a, st, log, recorded).finally(() => {
+              inFlight.delete(a.key);
+              if (!cached) cache.dirty = true;
+            });
             inFlight.set(a.key, p);
             progressed = true;
             break;
@@ -560,7 +557,8 @@ export class Executor {
         }
       }
       if (signalWaits.size > 0) {
-        const delivered = await this.deliverSignals(id, epoch, signalWaits, now);
+        cache.dirty = true;
+        const delivered = await deliverSignals(this.store, id, epoch, signalWaits, now);
         if (delivered) progressed = true;
         else {
           for (const [name, waits] of signalWaits) {
@@ -573,299 +571,31 @@ export class Executor {
       if (core.obsolete.length > 0) {
         for (const key of [...events.keys()])
           if (core.obsolete.some((p) => key.startsWith(p))) events.delete(key);
-        await this.control.query(
-          `DELETE FROM df.events WHERE instance_id = $1 AND activation LIKE ANY ($2)`,
-          [id, core.obsolete.map((p) => p.replace(/[\\%_]/g, (c) => '\\' + c) + '%')],
-        );
+        cache.dirty = true;
+        await this.store.deleteEvents(id, core.obsolete);
       }
       if (inFlight.size > 0) {
         // wait for a step (or a short while, to notice timers and signals)
-        await Promise.race([
-          ...inFlight.values(),
-          new Promise((r) =>
-            setTimeout(
-              r,
-              Math.max(
-                20,
-                Math.min(
-                  this.opts.pollMs,
-                  wakeAt ? wakeAt.getTime() - Date.now() : this.opts.pollMs,
-                ),
-              ),
-            ),
+        const nap = this.nap(
+          Math.max(
+            20,
+            Math.min(this.opts.pollMs, wakeAt ? wakeAt.getTime() - Date.now() : this.opts.pollMs),
           ),
-        ]);
+        );
+        await Promise.race([...inFlight.values(), nap.done]);
+        nap.cancel(); // a pending timer would keep the process alive after a shutdown
         continue;
       }
       if (progressed) continue;
       if (wakeAt && wakeAt.getTime() - Date.now() < Math.min(this.opts.pollMs, 1000)) {
-        await new Promise((r) =>
-          setTimeout(r, Math.max(1, (wakeAt as Date).getTime() - Date.now())),
-        );
+        await this.nap(Math.max(1, wakeAt.getTime() - Date.now())).done;
         continue;
       }
+      await this.flushStamps(cache);
       await this.park(id, epoch, wakeAt, waiting);
       // a signal that committed while parking would find the instance leased: look once more
-      const late = await this.control.query(
-        `SELECT 1 FROM df.signals WHERE instance_id = $1 AND consumed_at IS NULL AND signal_name = ANY ($2) LIMIT 1`,
-        [id, waiting],
-      );
-      if (late.rowCount) this.wake();
+      if (await this.store.hasUnconsumedSignal(id, waiting)) this.wake();
       return;
-    }
-  }
-
-  /** A signal reaches every wait pending for its name; each wait takes the oldest unconsumed one (DESIGN.md §5 Q1). */
-  private async deliverSignals(
-    id: string,
-    epoch: number,
-    waits: Map<string, Array<Extract<Action, { a: 'signal' }>>>,
-    now: Date,
-  ): Promise<boolean> {
-    const c = await this.control.connect();
-    let delivered = false;
-    try {
-      await c.query('BEGIN');
-      for (const [name, list] of waits) {
-        const sig = (
-          await c.query<{ id: string; payload_text: string }>(
-            `SELECT id, payload::text AS payload_text FROM df.signals WHERE instance_id = $1 AND signal_name = $2 AND consumed_at IS NULL
-              ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED`,
-            [id, name],
-          )
-        ).rows[0];
-        if (sig) {
-          const data = sig.payload_text;
-          for (const w of list) {
-            const result = `{"signal_name":${JSON.stringify(name)},"timed_out":false,"data":${compactJson(data)}}`;
-            await recordEvent(c, id, epoch, w, 'done', { result });
-          }
-          await c.query(
-            `UPDATE df.signals SET consumed_at = now(), consumed_by = $2 WHERE id = $1`,
-            [sig.id, list[0]?.node ?? null],
-          );
-          delivered = true;
-        } else {
-          for (const w of list) {
-            if (w.timeoutAt && w.timeoutAt.getTime() <= now.getTime()) {
-              const result = `{"signal_name":${JSON.stringify(name)},"timed_out":true,"data":null}`;
-              await recordEvent(c, id, epoch, w, 'done', { result });
-              delivered = true;
-            }
-          }
-        }
-      }
-      await c.query('COMMIT');
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    } finally {
-      c.release();
-    }
-    return delivered;
-  }
-
-  private async step(
-    id: string,
-    epoch: number,
-    inst: InstanceRow,
-    a: Extract<Action, { a: 'sql' }>,
-    stamp: string,
-    log: Logger,
-    recorded?: (status: 'completed' | 'failed') => void,
-  ): Promise<void> {
-    const identity: StepIdentity = { roleName: inst.role_name as string, roleOid: inst.role_oid };
-    let delay = 100;
-    for (let attempt = 1; ; attempt++) {
-      if (this.stopping) return;
-      const token = randomBytes(24).toString('base64url');
-      const marked = await this.control.query(
-        `UPDATE df.nodes n SET activation = $3, attempt_token = $4, attempts = attempts + 1,
-                status = 'running', result = NULL, status_details = jsonb_build_object('execution_id', $7::text), updated_at = now()
-          WHERE n.instance_id = $1 AND n.id = $2
-            AND EXISTS (SELECT 1 FROM df.instances i WHERE i.id = $1 AND i.lease_epoch = $5 AND i.lease_owner = $6
-                          AND i.status IN ('pending', 'running'))
-            AND NOT EXISTS (SELECT 1 FROM df.events e WHERE e.instance_id = $1 AND e.activation = $3 AND e.kind IN ('done', 'failed'))`,
-        [id, a.node, a.key, tokenHash(token), epoch, this.owner, stamp],
-      );
-      if (marked.rowCount === 0) return; // lease lost, cancelled, or already recorded
-      const slotTimeout = this.opts.slotTimeoutMs ?? 30_000;
-      const slot = await this.slots.take(identity.roleOid, slotTimeout);
-      if (slot === 'closed') return; // stopping: the node is run again by whoever holds the lease next
-      if (slot === 'timeout') {
-        await this.event(id, epoch, a, 'failed', {
-          error: `pg_durable: connection limit reached (max_user_connections=${this.opts.maxConcurrentSteps}). Timed out after ${Math.round(slotTimeout / 1000)}s waiting for an available execution slot.`,
-        }).catch(() => undefined);
-        return;
-      }
-      let conn;
-      try {
-        conn = await this.steps.acquire(identity);
-      } catch (err) {
-        this.slots.give(identity.roleOid);
-        const msg = (err as Error).message;
-        if (isRetryable(err) && attempt < 50) {
-          await new Promise((r) => setTimeout(r, delay));
-          delay = Math.min(delay * 2, 5000);
-          continue;
-        }
-        await this.event(id, epoch, a, 'failed', {
-          error: `Failed to connect to database as '${identity.roleName}'. Error: ${msg}`,
-        }).catch(() => undefined);
-        return;
-      }
-      const pids = this.active.get(id)?.stepPids;
-      let pid = 0;
-      try {
-        const out = await runSqlStep(
-          conn,
-          { instance: id, node: a.node, key: a.key, epoch, token, sql: a.sql, stamp },
-          (p) => {
-            pid = p;
-            pids?.add(p);
-          },
-          this.opts.stepTimeoutMs ?? 0,
-          this.opts.maxResultBytes,
-        );
-        metrics.steps.inc({
-          outcome: out.k === 'retry' ? 'retried' : out.k === 'unrecorded' ? 'failed' : out.k,
-        });
-        if (out.k === 'done') recorded?.('completed');
-        else if (out.k === 'failed') recorded?.('failed');
-        else if (out.k === 'unrecorded')
-          await this.recordStepFailure(id, epoch, a, out.error, pid, log);
-        if (out.k === 'retry') {
-          log.warn(
-            { node: a.node, err: String((out.err as Error).message) },
-            'step hit an infrastructure error; running it again',
-          );
-          // the commit may have succeeded before the connection broke: the marked update above re-checks
-          await new Promise((r) => setTimeout(r, delay));
-          delay = Math.min(delay * 2, 5000);
-          continue;
-        }
-        return;
-      } finally {
-        pids?.delete(pid);
-        await this.steps.release(identity, conn);
-        this.slots.give(identity.roleOid);
-      }
-    }
-  }
-
-  /**
-   * A SQL step failure its step connection could not checkpoint (the result
-   * passed --max-result-bytes and the connection was cut, or the checkpoint
-   * itself raised): its backend is cancelled if still running, and the
-   * failure is recorded through the control connection, lease-checked by
-   * df._record_event and only if the activation has no outcome yet. The node
-   * and the instance then fail as for any step error (spec §6.13).
-   */
-  private async recordStepFailure(
-    id: string,
-    epoch: number,
-    a: Extract<Action, { a: 'sql' }>,
-    error: string,
-    pid: number,
-    log: Logger,
-  ): Promise<void> {
-    log.warn(
-      { node: a.node, err: error },
-      'step failed; recording it through the control connection',
-    );
-    if (pid > 0)
-      await this.control
-        .query(
-          `SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND application_name = 'dfgate:step'`,
-          [pid],
-        )
-        .catch(() => undefined);
-    try {
-      await this.control.query(
-        `SELECT df._record_event($1, $2, $3, $4, 'failed', $5::jsonb)
-          WHERE NOT EXISTS (SELECT 1 FROM df.events e WHERE e.instance_id = $1 AND e.activation = $4
-                               AND e.kind IN ('done', 'failed'))`,
-        [id, epoch, a.node, a.key, JSON.stringify({ error })],
-      );
-    } catch (err) {
-      // the lease was lost (its new holder runs the step), or the database is unreachable (the step runs again)
-      log.warn({ node: a.node, err: (err as Error).message }, 'could not record the step failure');
-    }
-  }
-
-  /**
-   * An HTTP step (spec §6.12): the submitter's privilege and the endpoint
-   * policy are checked at every request; the result or the error is recorded
-   * as the node's event. At least once: a crash before the record sends again.
-   */
-  private async httpStep(
-    id: string,
-    epoch: number,
-    inst: InstanceRow,
-    a: Extract<Action, { a: 'http' }>,
-  ): Promise<void> {
-    const multipart = a.request.kind === 'HTTP_MULTIPART';
-    const fn = multipart
-      ? 'df.http_multipart(text,text,jsonb,jsonb,integer)'
-      : 'df.http(text,text,text,jsonb,integer)';
-    const fail = async (error: string): Promise<void> => {
-      metrics.steps.inc({ outcome: 'failed' });
-      await this.event(id, epoch, a, 'failed', { error }).catch(() => undefined);
-    };
-    const r = (
-      await this.control.query<{
-        ok: boolean;
-        enabled: unknown;
-        private: unknown;
-        hosts: unknown;
-      }>(
-        `SELECT has_function_privilege($1::oid, $2, 'EXECUTE') AS ok,
-                (SELECT value FROM df.config WHERE key = 'http_enabled') AS enabled,
-                (SELECT value FROM df.config WHERE key = 'http_allow_private') AS private,
-                (SELECT value FROM df.config WHERE key = 'http_allow_hosts') AS hosts`,
-        [inst.role_oid, fn],
-      )
-    ).rows[0];
-    if (!r?.ok) {
-      await fail(
-        `Blocked: role '${inst.role_name ?? ''}' does not have EXECUTE privilege on ${multipart ? 'df.http_multipart()' : 'df.http()'}. Grant EXECUTE ON FUNCTION ${fn} TO ${inst.role_name ?? ''} to allow ${multipart ? 'multipart HTTP' : 'HTTP'} requests.`,
-      );
-      return;
-    }
-    const policy = {
-      enabled: r.enabled !== false,
-      allowPrivate: r.private === true,
-      allowHosts: Array.isArray(r.hosts) ? r.hosts.map(String).map((h) => h.toLowerCase()) : [],
-    };
-    const slot = await this.slots.take(inst.role_oid);
-    if (slot === 'closed') return;
-    if (slot === 'timeout') {
-      await fail(
-        `pg_durable: connection limit reached (max_user_connections=${this.opts.maxConcurrentSteps}). Timed out waiting for an available execution slot.`,
-      );
-      return;
-    }
-    try {
-      const result = await sendHttp(a.request, policy, {
-        idempotencyKey: idempotencyKey(inst.id, inst.root_node, a.key),
-        ...(this.opts.maxResultBytes !== undefined
-          ? { maxBodyBytes: this.opts.maxResultBytes }
-          : {}),
-      });
-      metrics.steps.inc({ outcome: 'done' });
-      await this.event(id, epoch, a, 'done', { result }).catch(async (err: unknown) => {
-        // a lost connection or lease: the next holder sends it again (at least once);
-        // an outcome that cannot be stored fails the step once instead of re-sending forever
-        if (isRetryable(err) || /^dfgate: |lease/.test(String((err as Error).message))) return;
-        await fail(
-          `HTTP request failed: the response could not be recorded: ${(err as Error).message}`,
-        );
-      });
-    } catch (err) {
-      if (!(err instanceof HttpStepError)) throw err;
-      await fail(err.message);
-    } finally {
-      this.slots.give(inst.role_oid);
     }
   }
 
@@ -875,38 +605,7 @@ export class Executor {
    * role, in a transaction of its own, and wakes the executor once committed.
    */
   async startNew(req: StartNewRequest): Promise<string> {
-    this.database ??= (await this.control.query<{ db: string }>('SELECT current_database() AS db'))
-      .rows[0]?.db;
-    if (req.database !== this.database) {
-      throw Object.assign(
-        new Error(
-          `df.start(..., transaction_mode => 'new') through dfgate works in database "${this.database ?? ''}", where its executor runs; this session is connected to "${req.database}"`,
-        ),
-        { code: '0A000' },
-      );
-    }
-    const r = await this.control.query<{ oid: number }>(
-      'SELECT oid::int AS oid FROM pg_roles WHERE rolname = $1',
-      [req.login],
-    );
-    const oid = r.rows[0]?.oid;
-    if (oid === undefined)
-      throw Object.assign(new Error(`role "${req.login}" does not exist`), { code: '42704' });
-    const identity = { roleName: req.login, roleOid: oid };
-    const conn = await this.steps.acquire(identity);
-    try {
-      const names = [...req.args.keys()];
-      const res = await conn.client.query<{ id: string }>(
-        `SELECT df.start(${names.map((n, i) => `${n} => $${i + 1}`).join(', ')}) AS id`,
-        names.map((n) => req.args.get(n) ?? null),
-      );
-      const id = res.rows[0]?.id as string;
-      metrics.newModeStarts.inc();
-      this.wake();
-      return id;
-    } finally {
-      await this.steps.release(identity, conn);
-    }
+    return await this.starter.run(req);
   }
 
   /** For the admin port: instances driven now, and whether the executor is up (LISTEN connected). */
@@ -914,53 +613,59 @@ export class Executor {
     return { activeInstances: this.active.size, listening: !this.stopping && !!this.listener };
   }
 
-  private scheduleReconcile(ms: number): void {
-    if (this.stopping) return;
-    this.reconcileTimer = setTimeout(() => void this.reconcile(), ms);
-    this.reconcileTimer.unref();
+  /**
+   * A wait of `ms` that ends early when the executor stops; cancel() clears
+   * its timer (nothing is left to keep the event loop alive).
+   */
+  private nap(ms: number): { done: Promise<void>; cancel: () => void } {
+    let timer: NodeJS.Timeout | undefined;
+    let end: () => void = () => undefined;
+    const done = new Promise<void>((resolve) => {
+      end = () => {
+        if (timer) clearTimeout(timer);
+        this.naps.delete(end);
+        resolve();
+      };
+      timer = setTimeout(end, ms);
+      this.naps.add(end);
+    });
+    return { done, cancel: end };
   }
 
   /**
-   * Retention (spec §12.2, migration 0010): deletes expired finished
-   * instances in batches, then waits reconcile_interval_seconds (re-read each
-   * pass; while 0, the setting is looked at again every minute).
+   * Stops claiming, lets the steps in flight finish for at most `timeoutMs`
+   * (--shutdown-timeout), then cancels the ones still running (their
+   * transactions roll back; whoever holds the lease next runs them again),
+   * hands the leases back and closes every connection. Nothing it leaves
+   * behind keeps the process alive.
    */
-  private async reconcile(): Promise<void> {
-    let interval = 3600;
-    try {
-      const r = await this.control.query<{ v: string | null }>(
-        `SELECT value #>> '{}' AS v FROM df.config WHERE key = 'reconcile_interval_seconds'`,
-      );
-      interval = Number(r.rows[0]?.v ?? 3600);
-      if (!Number.isFinite(interval) || interval < 0) interval = 3600;
-      for (let pass = 0; interval > 0 && pass < 1000 && !this.stopping; pass++) {
-        const n = (await this.control.query<{ n: number }>('SELECT df._reconcile(5000) AS n'))
-          .rows[0]?.n;
-        if (!n) break;
-        metrics.reconciled.inc({}, n);
-        this.log.info({ deleted: n }, 'retention: deleted finished instances');
-        if (n < 5000) break;
-      }
-    } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'retention pass failed');
-    }
-    this.scheduleReconcile(interval > 0 ? interval * 1000 : 60_000);
-  }
-
-  async stop(): Promise<void> {
+  async stop(timeoutMs = 30_000): Promise<void> {
     this.stopping = true;
-    if (this.reconcileTimer) clearTimeout(this.reconcileTimer);
+    this.retention.stop();
     if (this.timer) clearInterval(this.timer);
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.slots.close(); // steps waiting for a slot stop waiting; the next lease holder runs them
-    await Promise.allSettled([...this.finished]);
+    for (const end of [...this.naps]) end(); // drivers waiting for a timer look at `stopping` now
+    const drained = Promise.allSettled([...this.finished]);
+    let timer: NodeJS.Timeout | undefined;
+    const late = await Promise.race([
+      drained.then(() => false),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs))),
+    ]);
+    if (timer) clearTimeout(timer);
+    if (late) {
+      this.log.warn(
+        { instances: this.active.size },
+        'shutdown timeout: cancelling the steps still running',
+      );
+      await Promise.allSettled([...this.active.keys()].map((id) => this.cancelSteps(id)));
+      // cancelled statements end at once; a backend that does not answer is not waited for long
+      let t: NodeJS.Timeout | undefined;
+      await Promise.race([drained, new Promise((r) => (t = setTimeout(r, 5000)))]);
+      if (t) clearTimeout(t);
+    }
     // hand our leases back so another executor can continue at once
-    await this.control
-      .query(
-        `UPDATE df.instances SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1`,
-        [this.owner],
-      )
-      .catch(() => undefined);
+    await this.store.releaseLeases().catch(() => undefined);
     await this.listener?.end().catch(() => undefined);
     await this.steps.close();
     await this.control.end().catch(() => undefined);

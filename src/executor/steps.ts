@@ -1,7 +1,8 @@
 /**
  * Step connections and running one SQL step exactly once (DESIGN.md §4):
- * BEGIN; the statement (extended protocol, no parameters); SET CONSTRAINTS
- * ALL IMMEDIATE; df._complete_step (lease epoch + attempt token); COMMIT.
+ * BEGIN and the statement (extended protocol, no parameters) in one message;
+ * SET CONSTRAINTS ALL IMMEDIATE, df._complete_step (lease epoch + attempt
+ * token) and COMMIT in a second one.
  * After every step the session is reset (DISCARD ALL, then the role and its
  * settings again), so nothing a step leaves behind reaches the next one.
  */
@@ -78,6 +79,8 @@ interface StepConn {
   readonly client: pg.Client;
   readonly reset: string;
   broken: boolean;
+  /** The session was already reset after the step's commit, in the commit's own message. */
+  clean: boolean;
   /** The session reset after the previous step: the connection is used only once it succeeded. */
   ready: Promise<boolean>;
 }
@@ -147,7 +150,7 @@ export class StepPool {
       .filter(Boolean)
       .join('; ');
     await client.query(reset);
-    return { client, reset, broken: false, ready: Promise.resolve(true) };
+    return { client, reset, broken: false, clean: false, ready: Promise.resolve(true) };
   }
 
   private async provision(id: StepIdentity): Promise<string> {
@@ -191,13 +194,18 @@ export class StepPool {
       await conn.client.end().catch(() => undefined);
       return;
     }
-    conn.ready = conn.client.query(`${RESET_SESSION}; ${conn.reset}`).then(
-      () => true,
-      () => {
-        conn.broken = true;
-        return false;
-      },
-    );
+    if (conn.clean) {
+      // reset right after the step's COMMIT, in the same message (runSqlStep)
+      conn.clean = false;
+      conn.ready = Promise.resolve(true);
+    } else
+      conn.ready = conn.client.query(`${RESET_SESSION}; ${conn.reset}`).then(
+        () => true,
+        () => {
+          conn.broken = true;
+          return false;
+        },
+      );
     const list = this.idle.get(id.roleOid) ?? [];
     const max = this.opts.maxIdle ?? 8;
     let total = 0;
@@ -224,11 +232,24 @@ export interface StepRequest {
   readonly sql: string;
   /** The node's stamp (spec §5.6), written with its final status by the checkpoint. */
   readonly stamp: string;
+  /**
+   * The attempt mark, sent on the control connection while the statement
+   * runs: awaited before anything of the step is recorded or committed (and
+   * before a statement that runs outside a transaction). False: the
+   * transaction is rolled back and the step abandoned.
+   */
+  readonly marked?: Promise<boolean>;
+}
+
+/** The event a checkpoint committed: its seq and detail, as df.events holds them. */
+export interface RecordedEvent {
+  readonly seq: number;
+  readonly detail: Readonly<Record<string, string>>;
 }
 
 export type StepOutcome =
-  | { readonly k: 'done' }
-  | { readonly k: 'failed'; readonly error: string }
+  | { readonly k: 'done'; readonly event: RecordedEvent | undefined }
+  | { readonly k: 'failed'; readonly error: string; readonly event: RecordedEvent | undefined }
   | { readonly k: 'retry'; readonly err: unknown }
   | { readonly k: 'abandoned'; readonly reason: string }
   /**
@@ -259,8 +280,11 @@ export async function runSqlStep(
 ): Promise<StepOutcome> {
   const c = conn.client;
   const plan = planStep(req.sql);
-  const record = async (kind: 'done' | 'failed', detail: Record<string, string>): Promise<void> => {
-    await c.query(COMPLETE, [
+  const record = async (
+    kind: 'done' | 'failed',
+    detail: Record<string, string>,
+  ): Promise<RecordedEvent | undefined> => {
+    const r = await c.query<{ seq: string | null }>(COMPLETE, [
       req.instance,
       req.node,
       req.key,
@@ -270,12 +294,20 @@ export async function runSqlStep(
       JSON.stringify(detail),
       req.stamp,
     ]);
+    return eventOf(r.rows[0]?.seq, detail);
+  };
+  /** The attempt mark committed (or there is none to wait for). */
+  const markedOk = async (): Promise<boolean> => (req.marked ? await req.marked : true);
+  const NOT_MARKED: StepOutcome = {
+    k: 'abandoned',
+    reason: 'the attempt was not marked (lease lost, cancelled, or already recorded)',
   };
   const fail = async (error: string): Promise<StepOutcome> => {
+    if (!(await markedOk())) return NOT_MARKED;
     await c.query('BEGIN');
-    await record('failed', { error });
+    const event = await record('failed', { error });
     await c.query('COMMIT');
-    return { k: 'failed', error };
+    return { k: 'failed', error, event };
   };
   /** The statement failed: a step error, or (retryable) run it again, or (over the cap) record it elsewhere. */
   const failed = async (err: unknown): Promise<StepOutcome> => {
@@ -294,7 +326,8 @@ export async function runSqlStep(
     if (plan.kind === 'refuse') return await fail(`SQL execution failed: ${plan.error}`);
     let result: string;
     if (plan.kind === 'autocommit') {
-      // runs outside a transaction block: at least once, recorded right after
+      // runs outside a transaction block: at least once, recorded right after; never speculatively
+      if (!(await markedOk())) return NOT_MARKED;
       try {
         result = await readBounded(c, req.sql, maxResultBytes);
       } catch (err) {
@@ -302,36 +335,61 @@ export async function runSqlStep(
         return await failed(err);
       }
       await c.query('BEGIN');
-      await record('done', { result });
+      const event = await record('done', { result });
       await c.query('COMMIT');
-      return { k: 'done' };
+      return { k: 'done', event };
     }
-    await c.query(
+    // BEGIN (and the step's timeout) go out in the statement's own message: no round trip of their own
+    const before =
       stepTimeoutMs > 0
-        ? `BEGIN; SET LOCAL statement_timeout = ${Math.floor(stepTimeoutMs)}`
-        : 'BEGIN',
-    );
+        ? ['BEGIN', `SET LOCAL statement_timeout = ${Math.floor(stepTimeoutMs)}`]
+        : ['BEGIN'];
     try {
-      result = await readBounded(c, req.sql, maxResultBytes);
+      result = await readBounded(c, req.sql, maxResultBytes, before);
     } catch (err) {
       // over the cap the connection is gone, and its transaction with it
       if (!(err instanceof ResultTooLargeError)) await c.query('ROLLBACK').catch(() => undefined);
       return await failed(err);
     }
+    // the statement ran while the attempt mark was on its way: without the mark nothing commits
+    if (!(await markedOk())) {
+      await c.query('ROLLBACK');
+      return NOT_MARKED;
+    }
     // deferred constraints fire now, as the submitter; then the checkpoint and COMMIT, in one round trip
     const lit = (v: string | number): string =>
       typeof v === 'number' ? String(v) : c.escapeLiteral(v);
-    const complete = `SELECT df._complete_step(${[req.instance, req.node, req.key, req.epoch, req.token, 'done', JSON.stringify({ result })].map(lit).join(', ')}::jsonb, ${lit(req.stamp)})`;
+    const complete = `SELECT df._complete_step(${[req.instance, req.node, req.key, req.epoch, req.token, 'done', JSON.stringify({ result })].map(lit).join(', ')}::jsonb, ${lit(req.stamp)}) AS seq`;
+    let event: RecordedEvent | undefined;
+    // the session reset follows the COMMIT in the same message: the next step finds a clean
+    // session without a round trip of its own. An error after the COMMIT (from the reset) leaves
+    // the step committed and the connection unusable.
+    let committed = false;
+    const con = (c as unknown as { connection: NodeJS.EventEmitter }).connection;
+    const onComplete = (msg: { text?: string }): void => {
+      if (msg.text === 'COMMIT') committed = true;
+    };
+    con.on('commandComplete', onComplete);
     try {
-      await c.query(`SET CONSTRAINTS ALL IMMEDIATE; ${complete}; COMMIT`);
+      const rs = (await c.query(
+        `SET CONSTRAINTS ALL IMMEDIATE; ${complete}; COMMIT; ${RESET_SESSION}; ${conn.reset}`,
+      )) as unknown as Array<pg.QueryResult<{ seq: string | null }>>;
+      event = eventOf(rs[1]?.rows[0]?.seq, { result });
+      conn.clean = true;
     } catch (err) {
+      if (committed) {
+        conn.broken = true;
+        return { k: 'done', event: undefined };
+      }
       if (/^dfgate: /.test((err as Error).message) || isRetryable(err)) throw err;
       await c.query('ROLLBACK').catch(() => undefined);
       return await fail(
         `SQL execution failed: error returned from database: ${(err as Error).message}`,
       );
+    } finally {
+      con.off('commandComplete', onComplete);
     }
-    return { k: 'done' };
+    return { k: 'done', event };
   } catch (err) {
     await c.query('ROLLBACK').catch(() => undefined);
     const msg = String((err as Error).message);
@@ -351,4 +409,14 @@ export async function runSqlStep(
       error: `SQL execution failed: the step's outcome could not be recorded: ${msg}`,
     };
   }
+}
+
+function eventOf(
+  seq: string | null | undefined,
+  detail: Record<string, string>,
+): RecordedEvent | undefined {
+  const n = Number(seq);
+  return seq === null || seq === undefined || !Number.isSafeInteger(n)
+    ? undefined
+    : { seq: n, detail };
 }

@@ -22,6 +22,7 @@ import {
   type NewCall,
   type StartParam,
 } from '../dsl/edge.js';
+import type { StartNewRequest } from '../contract/start-new.js';
 import { analyzeSoon, checkBoundSoon } from '../dsl/edge-pool.js';
 import { metrics } from '../metrics.js';
 import { encodeErrorFieldMap } from './protocol/backend.js';
@@ -92,12 +93,8 @@ export interface SessionContext {
 
 type Phase = 'startup' | 'connecting' | 'auth' | 'ready' | 'closed';
 
-export interface StartNewRequest {
-  readonly login: string;
-  readonly database: string;
-  /** df.start's arguments by name (transaction_mode left out), as text or NULL. */
-  readonly args: ReadonlyMap<StartParam, string | null>;
-}
+// the contract with the executor lives in a neutral module (src/contract/start-new.ts)
+export type { StartNewRequest };
 
 /** An error with PostgreSQL's fields, as thrown by startNew. */
 interface PgErrorLike {

@@ -1,0 +1,364 @@
+/**
+ * Every control statement the executor sends (issue 12 item 5): claims,
+ * lease renewals, the per-tick load, events, node stamps, finishing and
+ * parking, signal delivery, attempt marks, the HTTP policy, retention and the
+ * lease hand-back. All of them run on the control pool as the executor's
+ * control login (a member of df_executor); the lease-checked ones name the
+ * lease owner and epoch so a stale executor changes nothing.
+ */
+import pg from 'pg';
+import type { EventKind } from './core.js';
+import type { NodeRow } from './graph.js';
+
+export interface InstanceRow {
+  readonly id: string;
+  readonly label: string | null;
+  readonly root_node: string;
+  readonly status: string;
+  readonly role_name: string | null;
+  readonly role_oid: number;
+  readonly rolsuper: boolean | null;
+  readonly vars: Record<string, string>;
+  readonly lease_epoch: string;
+}
+
+export interface LoadedInstance extends InstanceRow {
+  readonly events: Array<{ a: string; k: EventKind; d: Record<string, unknown>; s: number }>;
+  readonly nodes: Array<{ id: string; st: string; sd: string | null }> | null;
+  readonly graph: NodeRow[] | null;
+}
+
+export interface Claimed {
+  readonly id: string;
+  readonly lease_epoch: string;
+  readonly role_oid: number;
+}
+
+/** An activation: its key and its node. */
+export interface ActivationRef {
+  readonly key: string;
+  readonly node: string;
+}
+
+/** The stamps to write for one instance, as parallel arrays. */
+export interface StampRows {
+  readonly ids: string[];
+  readonly statuses: string[];
+  readonly results: Array<string | null>;
+  readonly stamps: string[];
+}
+
+const RECORD_EVENT = 'SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)';
+
+export class ControlStore {
+  constructor(
+    readonly pool: pg.Pool,
+    readonly owner: string,
+    private readonly leaseMs: number,
+  ) {}
+
+  async isStandby(): Promise<boolean | undefined> {
+    return (await this.pool.query<{ ro: boolean }>('SELECT pg_is_in_recovery() AS ro')).rows[0]?.ro;
+  }
+
+  /**
+   * Claims up to `capacity` runnable instances (docs/executor.md, "Fairness"):
+   * `held` are the instances leased here per role; the last `reserve` of
+   * capacity go only to roles that hold none here.
+   */
+  async claim(
+    capacity: number,
+    held: ReadonlyMap<number, number>,
+    reserve: number,
+  ): Promise<Claimed[]> {
+    return (
+      await this.pool.query<Claimed>(
+        // Every ready instance gets a level: the instances its role holds here plus its turn
+        // within the role. Claiming the lowest levels first fills roles up evenly (a role
+        // alone takes all but the reserve); the last $6 of capacity go only to a role that
+        // holds none here, one instance each.
+        `WITH ready AS (
+           SELECT i.id, i.submitted_by::oid::int AS role, i.created_at,
+                  row_number() OVER (PARTITION BY i.submitted_by ORDER BY i.created_at, i.id) AS turn
+             FROM df.instances i
+            WHERE i.runnable AND i.status IN ('pending', 'running')
+              AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())
+              AND (i.wake_at IS NULL OR i.wake_at <= clock_timestamp()
+                   OR EXISTS (SELECT 1 FROM df.signals s WHERE s.instance_id = i.id AND s.consumed_at IS NULL
+                                 AND s.signal_name = ANY (i.waiting_signals)))
+              AND (i.waiting_signals IS NULL OR i.wake_at IS NOT NULL OR cardinality(i.waiting_signals) = 0
+                   OR EXISTS (SELECT 1 FROM df.signals s WHERE s.instance_id = i.id AND s.consumed_at IS NULL
+                                 AND s.signal_name = ANY (i.waiting_signals)))),
+         ranked AS (
+           SELECT r.id, r.turn, coalesce(h.n, 0) AS held,
+                  row_number() OVER (ORDER BY coalesce(h.n, 0) + r.turn, r.created_at, r.id) AS pos
+             FROM ready r LEFT JOIN unnest($4::int[], $5::int[]) AS h(role, n) ON h.role = r.role
+            WHERE r.turn <= $2),
+         picked AS (
+           (SELECT id FROM ranked WHERE pos <= $2 - $6)
+           UNION ALL
+           (SELECT id FROM ranked WHERE pos > $2 - $6 AND held = 0 AND turn = 1
+             ORDER BY pos LIMIT least($6, $2))),
+         locked AS (
+           SELECT i.id FROM df.instances i JOIN picked p USING (id)
+            WHERE i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp()
+            FOR UPDATE OF i SKIP LOCKED)
+         UPDATE df.instances i
+            SET lease_owner = $1, lease_epoch = i.lease_epoch + 1,
+                lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
+                status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
+                updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END,
+                wake_at = NULL, waiting_signals = NULL
+           FROM locked WHERE i.id = locked.id
+         RETURNING i.id, i.lease_epoch, i.submitted_by::oid::int AS role_oid`,
+        [this.owner, capacity, this.leaseMs, [...held.keys()], [...held.values()], reserve],
+      )
+    ).rows;
+  }
+
+  /** Renews the leases of `ids` held here, in one statement; returns the status of each still held. */
+  async renewLeases(ids: readonly string[]): Promise<Map<string, string>> {
+    const r = await this.pool.query<{ id: string; status: string }>(
+      `UPDATE df.instances SET lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000)
+        WHERE id = ANY ($1) AND lease_owner = $2 RETURNING id, status`,
+      [ids, this.owner, this.leaseMs],
+    );
+    return new Map(r.rows.map((x) => [x.id, x.status]));
+  }
+
+  async cancelBackend(pid: number): Promise<void> {
+    await this.pool.query('SELECT pg_cancel_backend($1)', [pid]);
+  }
+
+  /** Cancels `pid` only if it is still one of dfgate's step connections. */
+  async cancelStepBackend(pid: number): Promise<void> {
+    await this.pool.query(
+      `SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND application_name = 'dfgate:step'`,
+      [pid],
+    );
+  }
+
+  /** One round trip per tick: the instance, events after `lastSeq`, and (when asked) node statuses and the graph. */
+  async load(
+    id: string,
+    lastSeq: number,
+    wantNodes: boolean,
+    wantGraph: boolean,
+  ): Promise<LoadedInstance | undefined> {
+    return (
+      await this.pool.query<LoadedInstance>(
+        `SELECT i.id, i.label, i.root_node, i.status, r.rolname AS role_name, i.submitted_by::oid::int AS role_oid, r.rolsuper, i.vars, i.lease_epoch,
+                (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
+                   FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > $2) AS events,
+                CASE WHEN $3 THEN (SELECT json_agg(json_build_object('id', n.id, 'st', n.status, 'sd', n.status_details ->> 'execution_id'))
+                                     FROM df.nodes n WHERE n.instance_id = i.id) END AS nodes,
+                CASE WHEN $4 THEN (SELECT json_agg(json_build_object('id', n.id, 'node_type', n.node_type, 'query', n.query,
+                                     'result_name', n.result_name, 'left_node', n.left_node, 'right_node', n.right_node))
+                                     FROM df.nodes n WHERE n.instance_id = i.id) END AS graph
+           FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by WHERE i.id = $1`,
+        [id, lastSeq, wantNodes, wantGraph],
+      )
+    ).rows[0];
+  }
+
+  /** Records an executor-side event (lease-checked by df._record_event), on the pool or on `db` inside a transaction. */
+  async recordEvent(
+    id: string,
+    epoch: number,
+    a: ActivationRef,
+    kind: EventKind,
+    detail: Record<string, unknown>,
+    db: pg.Pool | pg.ClientBase = this.pool,
+  ): Promise<void> {
+    await db.query(RECORD_EVENT, [id, epoch, a.node, a.key, kind, JSON.stringify(detail)]);
+  }
+
+  async writeStamps(id: string, rows: StampRows): Promise<void> {
+    await this.pool.query(
+      `UPDATE df.nodes n SET status = u.status, result = CASE WHEN u.result IS NULL THEN NULL
+                                  ELSE u.result::jsonb END,
+              status_details = jsonb_build_object('execution_id', u.stamp), updated_at = now()
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, status, result, stamp)
+        WHERE n.instance_id = $1 AND n.id = u.id`,
+      [id, rows.ids, rows.statuses, rows.results, rows.stamps],
+    );
+  }
+
+  async finish(
+    id: string,
+    epoch: number,
+    status: 'completed' | 'failed',
+    error: string | null,
+    output: string | null,
+  ): Promise<void> {
+    await this.pool.query(
+      `UPDATE df.instances SET status = $3, error = $4, output = $6, updated_at = now(),
+              completed_at = CASE WHEN $3 = 'completed' THEN now() END,
+              lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, waiting_signals = NULL
+        WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $5 AND status IN ('pending', 'running')`,
+      [id, epoch, status, error, this.owner, output],
+    );
+  }
+
+  async park(id: string, epoch: number, wakeAt: Date | null, signals: string[]): Promise<void> {
+    await this.pool.query(
+      `UPDATE df.instances SET lease_owner = NULL, lease_expires_at = NULL, wake_at = $3, waiting_signals = $4
+        WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $5`,
+      [id, epoch, wakeAt, signals, this.owner],
+    );
+  }
+
+  /** A signal for one of `names` committed and not consumed (e.g. while the instance was being parked). */
+  async hasUnconsumedSignal(id: string, names: readonly string[]): Promise<boolean> {
+    const r = await this.pool.query(
+      `SELECT 1 FROM df.signals WHERE instance_id = $1 AND consumed_at IS NULL AND signal_name = ANY ($2) LIMIT 1`,
+      [id, names],
+    );
+    return (r.rowCount ?? 0) > 0;
+  }
+
+  async superuserInstancesAllowed(): Promise<boolean> {
+    const r = await this.pool.query<{ v: boolean }>(
+      `SELECT (value)::text::boolean AS v FROM df.config WHERE key = 'enable_superuser_instances'`,
+    );
+    return r.rows[0]?.v === true;
+  }
+
+  /** Deletes the events of activations under the given key prefixes (loop iterations summarised). */
+  async deleteEvents(id: string, prefixes: readonly string[]): Promise<void> {
+    await this.pool.query(
+      `DELETE FROM df.events WHERE instance_id = $1 AND activation LIKE ANY ($2)`,
+      [id, prefixes.map((p) => p.replace(/[\\%_]/g, (c) => '\\' + c) + '%')],
+    );
+  }
+
+  /** Runs `fn` in one transaction on a control connection. */
+  async transaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    const c = await this.pool.connect();
+    try {
+      await c.query('BEGIN');
+      const out = await fn(c);
+      await c.query('COMMIT');
+      return out;
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      c.release();
+    }
+  }
+
+  /** The oldest unconsumed signal `name` of the instance, locked (inside a transaction). */
+  async takeSignal(
+    c: pg.ClientBase,
+    id: string,
+    name: string,
+  ): Promise<{ id: string; payload_text: string } | undefined> {
+    return (
+      await c.query<{ id: string; payload_text: string }>(
+        `SELECT id, payload::text AS payload_text FROM df.signals WHERE instance_id = $1 AND signal_name = $2 AND consumed_at IS NULL
+          ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED`,
+        [id, name],
+      )
+    ).rows[0];
+  }
+
+  async consumeSignal(c: pg.ClientBase, signalId: string, node: string | null): Promise<void> {
+    await c.query(`UPDATE df.signals SET consumed_at = now(), consumed_by = $2 WHERE id = $1`, [
+      signalId,
+      node,
+    ]);
+  }
+
+  /**
+   * Marks a SQL node's attempt before its step runs: the activation, the
+   * attempt token's hash, attempts + 1 and the running stamp; only while this
+   * executor holds the lease and the activation has no outcome. False: lease
+   * lost, cancelled, or already recorded.
+   */
+  async markAttempt(
+    id: string,
+    epoch: number,
+    a: ActivationRef,
+    tokenHash: string,
+    stamp: string,
+  ): Promise<boolean> {
+    const marked = await this.pool.query(
+      `UPDATE df.nodes n SET activation = $3, attempt_token = $4, attempts = attempts + 1,
+              status = 'running', result = NULL, status_details = jsonb_build_object('execution_id', $7::text), updated_at = now()
+        WHERE n.instance_id = $1 AND n.id = $2
+          AND EXISTS (SELECT 1 FROM df.instances i WHERE i.id = $1 AND i.lease_epoch = $5 AND i.lease_owner = $6
+                        AND i.status IN ('pending', 'running'))
+          AND NOT EXISTS (SELECT 1 FROM df.events e WHERE e.instance_id = $1 AND e.activation = $3 AND e.kind IN ('done', 'failed'))`,
+      [id, a.node, a.key, tokenHash, epoch, this.owner, stamp],
+    );
+    return (marked.rowCount ?? 0) > 0;
+  }
+
+  /** Records a step failure through the control connection, lease-checked and only if the activation has no outcome yet. */
+  async recordStepFailure(
+    id: string,
+    epoch: number,
+    a: ActivationRef,
+    error: string,
+  ): Promise<void> {
+    await this.pool.query(
+      `SELECT df._record_event($1, $2, $3, $4, 'failed', $5::jsonb)
+        WHERE NOT EXISTS (SELECT 1 FROM df.events e WHERE e.instance_id = $1 AND e.activation = $4
+                             AND e.kind IN ('done', 'failed'))`,
+      [id, epoch, a.node, a.key, JSON.stringify({ error })],
+    );
+  }
+
+  /** The submitter's EXECUTE privilege on the HTTP function `fn`, and the endpoint policy settings. */
+  async httpPolicy(
+    roleOid: number,
+    fn: string,
+  ): Promise<{ ok: boolean; enabled: unknown; private: unknown; hosts: unknown } | undefined> {
+    return (
+      await this.pool.query<{ ok: boolean; enabled: unknown; private: unknown; hosts: unknown }>(
+        `SELECT has_function_privilege($1::oid, $2, 'EXECUTE') AS ok,
+                (SELECT value FROM df.config WHERE key = 'http_enabled') AS enabled,
+                (SELECT value FROM df.config WHERE key = 'http_allow_private') AS private,
+                (SELECT value FROM df.config WHERE key = 'http_allow_hosts') AS hosts`,
+        [roleOid, fn],
+      )
+    ).rows[0];
+  }
+
+  async currentDatabase(): Promise<string | undefined> {
+    return (await this.pool.query<{ db: string }>('SELECT current_database() AS db')).rows[0]?.db;
+  }
+
+  async roleOid(name: string): Promise<number | undefined> {
+    const r = await this.pool.query<{ oid: number }>(
+      'SELECT oid::int AS oid FROM pg_roles WHERE rolname = $1',
+      [name],
+    );
+    return r.rows[0]?.oid;
+  }
+
+  /** df.config reconcile_interval_seconds as text (undefined: not set). */
+  async reconcileInterval(): Promise<string | undefined> {
+    const r = await this.pool.query<{ v: string | null }>(
+      `SELECT value #>> '{}' AS v FROM df.config WHERE key = 'reconcile_interval_seconds'`,
+    );
+    return r.rows[0]?.v ?? undefined;
+  }
+
+  /** One retention batch (migration 0010): how many finished instances were deleted. */
+  async reconcile(batch: number): Promise<number> {
+    return (
+      (await this.pool.query<{ n: number }>('SELECT df._reconcile($1) AS n', [batch])).rows[0]?.n ??
+      0
+    );
+  }
+
+  /** Hands every lease held here back, so another executor can continue at once. */
+  async releaseLeases(): Promise<void> {
+    await this.pool.query(
+      `UPDATE df.instances SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1`,
+      [this.owner],
+    );
+  }
+}
