@@ -64,7 +64,13 @@ describe('class DF SQLSTATEs', () => {
       [id2],
     );
     const c = await db.connect(bob.url);
-    const conn = { client: c, reset: '', broken: false, ready: Promise.resolve(true) };
+    const conn = {
+      client: c,
+      reset: '',
+      broken: false,
+      clean: false,
+      ready: Promise.resolve(true),
+    };
     const req = {
       instance: id2,
       node: node2,
@@ -83,7 +89,7 @@ describe('class DF SQLSTATEs', () => {
     expect(conn.broken).toBe(false);
     expect((await b.query(`SELECT count(*)::int AS n FROM effects`)).rows[0].n).toBe(0);
     // the current attempt commits
-    expect(await runSqlStep(conn, { ...req, epoch: 7 })).toEqual({ k: 'done' });
+    expect(await runSqlStep(conn, { ...req, epoch: 7 })).toMatchObject({ k: 'done' });
     expect((await b.query(`SELECT count(*)::int AS n FROM effects`)).rows[0].n).toBe(1);
   });
 });
