@@ -10,7 +10,14 @@ import { randomBytes, createHash } from 'node:crypto';
 import { Cron } from 'croner';
 import pg from 'pg';
 import type { Logger } from 'pino';
-import { runCore, type Action, type EventKind, type Stamp, type StoredEvent } from './core.js';
+import {
+  runCore,
+  type Action,
+  type EventKind,
+  type RetryPolicy,
+  type Stamp,
+  type StoredEvent,
+} from './core.js';
 import { buildGraph, type Graph, type NodeRow } from './graph.js';
 import { compactJson } from './encode.js';
 import { loadParser } from './sqlcheck.js';
@@ -61,6 +68,16 @@ interface InstanceRow {
   readonly rolsuper: boolean | null;
   readonly vars: Record<string, string>;
   readonly lease_epoch: string;
+  /** df.start's options (max_attempts, max_backoff_seconds, on_failure). */
+  readonly options: Record<string, unknown> | null;
+}
+
+/** The retry policy in an instance's options (undefined: one attempt). */
+function retryPolicy(options: Record<string, unknown> | null): RetryPolicy | undefined {
+  const max = Number(options?.['max_attempts'] ?? 1);
+  if (!Number.isInteger(max) || max <= 1) return undefined;
+  const secs = Number(options?.['max_backoff_seconds']);
+  return { maxAttempts: max, maxBackoffMs: Number.isFinite(secs) && secs > 0 ? secs * 1000 : null };
 }
 
 const WAKE_CHANNEL = 'dfgate_wake';
@@ -69,7 +86,14 @@ const WAKE_CHANNEL = 'dfgate_wake';
 interface DriveCache {
   readonly events: Map<string, Map<EventKind, StoredEvent>>;
   lastSeq: number;
-  stored: Map<string, { status: string; stamp: string | null }> | undefined;
+  stored: Map<string, StoredStamp> | undefined;
+}
+
+/** A node's stamp as last written (`attempts`: the status_details retry keys this driver wrote). */
+interface StoredStamp {
+  status: string;
+  stamp: string | null;
+  attempts?: string;
 }
 
 const RECORD_EVENT = 'SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)';
@@ -332,7 +356,7 @@ export class Executor {
           graph: NodeRow[] | null;
         }
       >(
-        `SELECT i.id, i.label, i.root_node, i.status, r.rolname AS role_name, i.submitted_by::oid::int AS role_oid, r.rolsuper, i.vars, i.lease_epoch,
+        `SELECT i.id, i.label, i.root_node, i.status, r.rolname AS role_name, i.submitted_by::oid::int AS role_oid, r.rolsuper, i.vars, i.lease_epoch, i.options,
                 (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
                    FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > $2) AS events,
                 CASE WHEN $3 THEN (SELECT json_agg(json_build_object('id', n.id, 'st', n.status, 'sd', n.status_details ->> 'execution_id'))
@@ -371,17 +395,20 @@ export class Executor {
   private async writeStamps(
     id: string,
     stamps: ReadonlyMap<string, Stamp>,
-    stored: Map<string, { status: string; stamp: string | null }>,
+    stored: Map<string, StoredStamp>,
     skip: ReadonlySet<string>,
   ): Promise<void> {
     const ids: string[] = [];
     const statuses: string[] = [];
     const results: Array<string | null> = [];
     const st: string[] = [];
+    const extra: Array<string | null> = [];
     for (const [node, s] of stamps) {
       if (skip.has(node)) continue;
       const cur = stored.get(node);
-      if (cur && cur.status === s.status && cur.stamp === s.stamp) continue;
+      const attempts = s.attempts ? JSON.stringify(s.attempts) : undefined;
+      if (cur && cur.status === s.status && cur.stamp === s.stamp && cur.attempts === attempts)
+        continue;
       ids.push(node);
       statuses.push(s.status);
       // results are stored through jsonb (spec §6.15): JSON text as is, other text as a JSON string
@@ -389,16 +416,20 @@ export class Executor {
         s.result === null ? null : s.status === 'failed' ? JSON.stringify(s.result) : s.result,
       );
       st.push(s.stamp);
-      stored.set(node, { status: s.status, stamp: s.stamp });
+      extra.push(attempts ?? null);
+      stored.set(node, { status: s.status, stamp: s.stamp, ...(attempts ? { attempts } : {}) });
     }
     if (ids.length === 0) return;
+    // a leaf under a retry policy also shows its attempt, the last error and the next
+    // attempt's time in status_details, and its attempt number in df.nodes.attempts
     await this.control.query(
       `UPDATE df.nodes n SET status = u.status, result = CASE WHEN u.result IS NULL THEN NULL
                                   ELSE u.result::jsonb END,
-              status_details = jsonb_build_object('execution_id', u.stamp), updated_at = now()
-         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, status, result, stamp)
+              status_details = jsonb_build_object('execution_id', u.stamp) || coalesce(u.extra::jsonb, '{}'),
+              attempts = coalesce((u.extra::jsonb ->> 'attempt')::int, n.attempts), updated_at = now()
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(id, status, result, stamp, extra)
         WHERE n.instance_id = $1 AND n.id = u.id`,
-      [id, ids, statuses, results, st],
+      [id, ids, statuses, results, st, extra],
     );
   }
 
@@ -408,13 +439,15 @@ export class Executor {
     status: 'completed' | 'failed',
     error: string | null,
     output: string | null = null,
+    onFailure: string | null = null,
   ): Promise<void> {
     await this.control.query(
       `UPDATE df.instances SET status = $3, error = $4, output = $6, updated_at = now(),
               completed_at = CASE WHEN $3 = 'completed' THEN now() END,
-              lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, waiting_signals = NULL
+              lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, waiting_signals = NULL,
+              on_failure_instance = coalesce($7, on_failure_instance)
         WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $5 AND status IN ('pending', 'running')`,
-      [id, epoch, status, error, this.owner, output],
+      [id, epoch, status, error, this.owner, output, onFailure],
     );
     metrics.instancesFinished.inc({ status });
     this.log.info({ instance: id, status }, 'instance finished');
@@ -443,7 +476,7 @@ export class Executor {
       const inst = await this.load(id, cache);
       if (!inst) return;
       const events = cache.events;
-      const stored = cache.stored as Map<string, { status: string; stamp: string | null }>;
+      const stored = cache.stored as Map<string, StoredStamp>;
       if (Number(inst.lease_epoch) !== epoch || !['pending', 'running'].includes(inst.status)) {
         if (inst.status === 'cancelled') await this.cancelSteps(id);
         await Promise.allSettled(inFlight.values());
@@ -484,6 +517,7 @@ export class Executor {
         now,
         maxLoopIterations: this.opts.maxLoopIterations,
         nextCron,
+        ...(retryPolicy(inst.options) ? { retry: retryPolicy(inst.options) as RetryPolicy } : {}),
       });
       // SQL nodes about to start get their running stamp with their attempt mark
       const starting = new Set(
@@ -493,12 +527,14 @@ export class Executor {
       const o = core.outcome;
       if (o.k === 'done' || o.k === 'failed') {
         await Promise.allSettled(inFlight.values());
+        const child = o.k === 'failed' ? await this.startOnFailure(inst, o.error, log) : null;
         await this.finish(
           id,
           epoch,
           o.k === 'done' ? 'completed' : 'failed',
           o.k === 'failed' ? o.error : null,
           o.k === 'done' ? o.result : null,
+          child,
         );
         return;
       }
@@ -519,6 +555,14 @@ export class Executor {
               progressed = true;
             } else if (a.at.getTime() <= now.getTime()) {
               await this.event(id, epoch, a, 'done', { result: a.result });
+              progressed = true;
+            } else if (!wakeAt || a.at < wakeAt) wakeAt = a.at;
+            break;
+          }
+          case 'backoff': {
+            // like a timer: the due time is recorded first, so a restart keeps it
+            if (!a.armed) {
+              await this.event(id, epoch, a, 'armed', { at: a.at.toISOString() });
               progressed = true;
             } else if (!wakeAt || a.at < wakeAt) wakeAt = a.at;
             break;
@@ -680,13 +724,13 @@ export class Executor {
       if (this.stopping) return;
       const token = randomBytes(24).toString('base64url');
       const marked = await this.control.query(
-        `UPDATE df.nodes n SET activation = $3, attempt_token = $4, attempts = attempts + 1,
+        `UPDATE df.nodes n SET activation = $3, attempt_token = $4, attempts = $8,
                 status = 'running', result = NULL, status_details = jsonb_build_object('execution_id', $7::text), updated_at = now()
           WHERE n.instance_id = $1 AND n.id = $2
             AND EXISTS (SELECT 1 FROM df.instances i WHERE i.id = $1 AND i.lease_epoch = $5 AND i.lease_owner = $6
                           AND i.status IN ('pending', 'running'))
             AND NOT EXISTS (SELECT 1 FROM df.events e WHERE e.instance_id = $1 AND e.activation = $3 AND e.kind IN ('done', 'failed'))`,
-        [id, a.node, a.key, tokenHash(token), epoch, this.owner, stamp],
+        [id, a.node, a.key, tokenHash(token), epoch, this.owner, stamp, a.attempt],
       );
       if (marked.rowCount === 0) return; // lease lost, cancelled, or already recorded
       const slotTimeout = this.opts.slotTimeoutMs ?? 30_000;
@@ -866,6 +910,77 @@ export class Executor {
       await fail(err.message);
     } finally {
       this.slots.give(inst.role_oid);
+    }
+  }
+
+  /**
+   * on_failure (df.start): when an instance fails, starts its on_failure
+   * workflow as the instance's role, through df.start on a step connection of
+   * that role, with the variables failed_instance_id and failed_error added to
+   * the role's variables for that start only (df.vars is changed and restored
+   * inside the transaction, so no other session sees it). The idempotency key
+   * `dfgate:on_failure:<id>` makes a repeat after a crash return the same
+   * child. Returns the child's id, or null (no on_failure, or it cannot start:
+   * logged, and the instance fails anyway).
+   */
+  private async startOnFailure(
+    inst: InstanceRow,
+    error: string,
+    log: Logger,
+  ): Promise<string | null> {
+    const graph = inst.options?.['on_failure'];
+    if (typeof graph !== 'string' || inst.role_name === null) return null;
+    const identity: StepIdentity = { roleName: inst.role_name, roleOid: inst.role_oid };
+    let conn;
+    try {
+      conn = await this.steps.acquire(identity);
+    } catch (err) {
+      if (isRetryable(err)) throw err; // the next lease holder tries again
+      log.warn({ err: (err as Error).message }, 'on_failure: no connection as the instance role');
+      return null;
+    }
+    const c = conn.client;
+    try {
+      await c.query('BEGIN');
+      const vars = { failed_instance_id: inst.id, failed_error: error };
+      const saved = (
+        await c.query<{ name: string; value: string | null }>(
+          `SELECT name, value FROM df.vars WHERE owner = quote_ident(current_user)::regrole AND name = ANY ($1)`,
+          [Object.keys(vars)],
+        )
+      ).rows;
+      for (const [name, value] of Object.entries(vars))
+        await c.query(
+          `INSERT INTO df.vars AS v (name, value, owner) VALUES ($1, $2, quote_ident(current_user)::regrole)
+           ON CONFLICT (owner, name) DO UPDATE SET value = EXCLUDED.value`,
+          [name, value],
+        );
+      const child = (
+        await c.query<{ id: string }>(
+          `SELECT df.start($1::text, $2::text, idempotency_key => $3) AS id`,
+          [graph, `on_failure of ${inst.id}`, `dfgate:on_failure:${inst.id}`],
+        )
+      ).rows[0]?.id as string;
+      await c.query(
+        `DELETE FROM df.vars WHERE owner = quote_ident(current_user)::regrole AND name = ANY ($1)`,
+        [Object.keys(vars)],
+      );
+      for (const r of saved)
+        await c.query(
+          `INSERT INTO df.vars (name, value, owner) VALUES ($1, $2, quote_ident(current_user)::regrole)`,
+          [r.name, r.value],
+        );
+      await c.query('COMMIT');
+      log.info({ child }, 'on_failure workflow started');
+      this.wake();
+      return child;
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      if (isRetryable(err)) throw err;
+      log.warn({ err: (err as Error).message }, 'on_failure workflow could not be started');
+      return null;
+    } finally {
+      await this.steps.release(identity, conn);
     }
   }
 
