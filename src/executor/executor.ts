@@ -466,6 +466,16 @@ export class Executor {
     );
   }
 
+  /**
+   * A parked timer or retry backoff due soon is claimed when due, not at the
+   * next poll after it (a hint only: any executor may claim it then).
+   */
+  private wakeAt(at: Date): void {
+    const ms = at.getTime() - Date.now();
+    if (ms > 600_000 || this.stopping) return;
+    setTimeout(() => this.wake(), Math.max(0, ms) + 5).unref();
+  }
+
   /** Runs one instance while this executor holds its lease. */
   private async drive(id: string, epoch: number): Promise<void> {
     const log = this.log.child({ instance: id });
@@ -649,6 +659,7 @@ export class Executor {
         continue;
       }
       await this.park(id, epoch, wakeAt, waiting);
+      if (wakeAt) this.wakeAt(wakeAt);
       // a signal that committed while parking would find the instance leased: look once more
       const late = await this.control.query(
         `SELECT 1 FROM df.signals WHERE instance_id = $1 AND consumed_at IS NULL AND signal_name = ANY ($2) LIMIT 1`,
