@@ -10,6 +10,13 @@
  * and non-root loops run in child scopes; a loop at the root of the graph or
  * of a branch iterates as generations of that scope. Completed loop
  * iterations are summarised by `iter` events so replay starts at the latest.
+ *
+ * Retries (df.start's max_attempts / max_backoff): attempt 1 of a SQL or HTTP
+ * leaf uses its activation key, attempt k > 1 the key `<key>@<k>`. When
+ * attempt k has a recorded failure and k < max_attempts, the next attempt's
+ * key first gets an `armed` event with its due time (the backoff, recorded so
+ * replay and a restart keep it), and runs once that time has passed. The
+ * failure reaches the enclosing nodes only after the last attempt.
  */
 import type { Graph, GraphNode } from './graph.js';
 import { buildRequest, HttpStepError, type HttpRequest } from './http-request.js';
@@ -36,15 +43,78 @@ export interface CoreInput {
   readonly maxLoopIterations: number;
   /** Next time matching a cron expression strictly after `after`. */
   nextCron(expr: string, after: Date): Date;
+  /** The retry policy from df.start (absent: one attempt, as in pg_durable). */
+  readonly retry?: RetryPolicy;
+}
+
+export interface RetryPolicy {
+  readonly maxAttempts: number;
+  /** Cap of one backoff, in milliseconds (null: DEFAULT_MAX_BACKOFF_MS). */
+  readonly maxBackoffMs: number | null;
+}
+
+/** The backoff cap when df.start got max_attempts but no max_backoff (1 hour). */
+export const DEFAULT_MAX_BACKOFF_MS = 3_600_000;
+
+/** The activation key of attempt `attempt` of a leaf whose first attempt has key `key`. */
+export const attemptKey = (key: string, attempt: number): string =>
+  attempt <= 1 ? key : `${key}@${attempt}`;
+
+/**
+ * The wait before attempt `attempt + 1` after attempt `attempt` failed: 1 s,
+ * doubling per attempt, capped at `maxBackoffMs`, less a jitter of up to 10 %
+ * that depends only on (instance, activation key, attempt), so every replay
+ * computes the same time.
+ */
+export function backoffMs(
+  instanceId: string,
+  key: string,
+  attempt: number,
+  maxBackoffMs: number | null,
+): number {
+  const cap = maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS;
+  const base = Math.min(cap, 1000 * 2 ** Math.min(Math.max(attempt - 1, 0), 40));
+  // FNV-1a over the identifying text: a fraction in [0, 1)
+  let h = 0x811c9dc5;
+  for (const ch of `${instanceId}\0${key}\0${attempt}`) {
+    h ^= ch.codePointAt(0) as number;
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return Math.round(base * (1 - 0.1 * (h / 2 ** 32)));
+}
+
+/** What status_details shows about the attempts of a leaf run under a retry policy. */
+export interface AttemptInfo {
+  readonly attempt: number;
+  readonly max_attempts: number;
+  readonly last_error?: string;
+  readonly retry_at?: string;
 }
 
 export type Action =
-  | { readonly a: 'sql'; readonly key: string; readonly node: string; readonly sql: string }
+  | {
+      readonly a: 'sql';
+      readonly key: string;
+      readonly node: string;
+      readonly sql: string;
+      /** 1 for the first attempt; infrastructure re-runs of one attempt keep its number. */
+      readonly attempt: number;
+    }
   | {
       readonly a: 'http';
       readonly key: string;
       readonly node: string;
       readonly request: HttpRequest;
+      readonly attempt: number;
+    }
+  | {
+      /** A backoff before attempt `attempt` (key: that attempt's key): arm it, or wait until `at`. */
+      readonly a: 'backoff';
+      readonly key: string;
+      readonly node: string;
+      readonly at: Date;
+      readonly armed: boolean;
+      readonly attempt: number;
     }
   | {
       readonly a: 'timer';
@@ -74,6 +144,8 @@ export interface Stamp {
   /** Result text (in-memory form) for completed nodes, error text for failed ones. */
   readonly result: string | null;
   readonly stamp: string;
+  /** Attempt count and last error of a SQL/HTTP leaf under a retry policy (into status_details). */
+  readonly attempts?: AttemptInfo;
 }
 
 export type Outcome =
@@ -133,20 +205,40 @@ export function runCore(input: CoreInput): CoreResult {
   const obsolete: string[] = [];
 
   const ev = (key: string, kind: EventKind): StoredEvent | undefined => events.get(key)?.get(kind);
+  const maxAttempts = Math.max(1, Math.floor(input.retry?.maxAttempts ?? 1));
+  /** Attempt info of the leaf just run, taken by its stamp. */
+  const attemptInfo = new Map<string, AttemptInfo>();
   const stamp = (n: GraphNode, s: Scope, o: Outcome): Outcome => {
     const st = stampOf(s);
+    const info = attemptInfo.get(n.id);
+    attemptInfo.delete(n.id);
     switch (o.k) {
       case 'done':
-        stamps.set(n.id, { status: 'completed', result: o.result, stamp: st });
+        stamps.set(n.id, {
+          status: 'completed',
+          result: o.result,
+          stamp: st,
+          ...(info ? { attempts: info } : {}),
+        });
         break;
       case 'break':
         stamps.set(n.id, { status: 'completed', result: o.value, stamp: st });
         return { ...o, via: [...o.via, n.id] };
       case 'failed':
-        stamps.set(n.id, { status: 'failed', result: o.error, stamp: st });
+        stamps.set(n.id, {
+          status: 'failed',
+          result: o.error,
+          stamp: st,
+          ...(info ? { attempts: info } : {}),
+        });
         break;
       case 'blocked':
-        stamps.set(n.id, { status: 'running', result: null, stamp: st });
+        stamps.set(n.id, {
+          status: 'running',
+          result: null,
+          stamp: st,
+          ...(info ? { attempts: info } : {}),
+        });
         break;
     }
     return o;
@@ -176,6 +268,67 @@ export function runCore(input: CoreInput): CoreResult {
     return undefined;
   }
 
+  /**
+   * The attempts of a SQL/HTTP leaf: the outcome of the latest attempt when it
+   * is final (done, or failed with no attempt left), else blocked with either
+   * a backoff action or the attempt to run now (`run` gets its key and number).
+   */
+  function attempts(
+    n: GraphNode,
+    key: string,
+    acts: Action[],
+    run: (key: string, attempt: number) => Outcome,
+  ): Outcome {
+    let lastError: string | undefined;
+    const note = (attempt: number, extra: { retry_at?: string } = {}): void => {
+      if (maxAttempts > 1)
+        attemptInfo.set(n.id, {
+          attempt,
+          max_attempts: maxAttempts,
+          ...(lastError !== undefined ? { last_error: lastError } : {}),
+          ...extra,
+        });
+    };
+    for (let k = 1; ; k++) {
+      const cur = attemptKey(key, k);
+      const recorded = leafEvent(cur);
+      if (!recorded) {
+        note(k);
+        return run(cur, k);
+      }
+      if (recorded.k === 'failed') {
+        if (k >= maxAttempts) {
+          note(k);
+          return recorded;
+        }
+        lastError = recorded.error;
+      } else {
+        note(k);
+        return recorded;
+      }
+      const next = attemptKey(key, k + 1);
+      if (leafEvent(next)) continue;
+      const armed = ev(next, 'armed');
+      const at = armed
+        ? new Date(String(armed.detail['at']))
+        : new Date(
+            input.now.getTime() +
+              backoffMs(input.instanceId, key, k, input.retry?.maxBackoffMs ?? null),
+          );
+      if (armed && at.getTime() <= input.now.getTime()) continue;
+      note(k, { retry_at: at.toISOString() });
+      acts.push({
+        a: 'backoff',
+        key: next,
+        node: n.id,
+        at,
+        armed: armed !== undefined,
+        attempt: k + 1,
+      });
+      return { k: 'blocked' };
+    }
+  }
+
   function evaluate(id: string | null, s: Scope, acts: Action[]): Outcome {
     const n = node(id);
     const o = named(n, s, run(n, s, acts));
@@ -186,19 +339,19 @@ export function runCore(input: CoreInput): CoreResult {
   function run(n: GraphNode, s: Scope, acts: Action[]): Outcome {
     const key = keyOf(s, n);
     switch (n.type) {
-      case 'SQL': {
-        const recorded = leafEvent(key);
-        if (recorded) return recorded;
-        let sql: string;
-        try {
-          sql = substitute(n.query ?? '', ctx(s), 'sql');
-        } catch (err) {
-          if (err instanceof SubstitutionError) return { k: 'failed', error: err.message, seq: 0 };
-          throw err;
-        }
-        acts.push({ a: 'sql', key, node: n.id, sql });
-        return { k: 'blocked' };
-      }
+      case 'SQL':
+        return attempts(n, key, acts, (akey, attempt) => {
+          let sql: string;
+          try {
+            sql = substitute(n.query ?? '', ctx(s), 'sql');
+          } catch (err) {
+            if (err instanceof SubstitutionError)
+              return { k: 'failed', error: err.message, seq: 0 };
+            throw err;
+          }
+          acts.push({ a: 'sql', key: akey, node: n.id, sql, attempt });
+          return { k: 'blocked' };
+        });
       case 'SLEEP':
       case 'WAIT_SCHEDULE': {
         const recorded = leafEvent(key);
@@ -256,18 +409,19 @@ export function runCore(input: CoreInput): CoreResult {
       }
       case 'HTTP':
       case 'HTTP_MULTIPART': {
-        const recorded = leafEvent(key);
-        if (recorded) return recorded;
-        let request: HttpRequest;
-        try {
-          request = buildRequest(n.type, n.id, n.query, (t) => substitute(t, ctx(s), 'raw'));
-        } catch (err) {
-          if (err instanceof SubstitutionError || err instanceof HttpStepError)
-            return { k: 'failed', error: err.message, seq: 0 };
-          throw err;
-        }
-        acts.push({ a: 'http', key, node: n.id, request });
-        return { k: 'blocked' };
+        const type = n.type;
+        return attempts(n, key, acts, (akey, attempt) => {
+          let request: HttpRequest;
+          try {
+            request = buildRequest(type, n.id, n.query, (t) => substitute(t, ctx(s), 'raw'));
+          } catch (err) {
+            if (err instanceof SubstitutionError || err instanceof HttpStepError)
+              return { k: 'failed', error: err.message, seq: 0 };
+            throw err;
+          }
+          acts.push({ a: 'http', key: akey, node: n.id, request, attempt });
+          return { k: 'blocked' };
+        });
       }
       case 'BREAK':
         return { k: 'break', value: breakValue(n.query), seq: 0, via: [] };

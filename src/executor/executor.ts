@@ -13,12 +13,20 @@ import type { Logger } from 'pino';
 import type { StartNewRequest } from '../contract/start-new.js';
 import { metrics } from '../metrics.js';
 import type { RunnerContext } from './context.js';
-import { runCore, type Action, type EventKind, type Stamp, type StoredEvent } from './core.js';
+import {
+  runCore,
+  type Action,
+  type EventKind,
+  type RetryPolicy,
+  type Stamp,
+  type StoredEvent,
+} from './core.js';
 import { buildGraph, type Graph } from './graph.js';
 import { httpStep } from './http-step.js';
 import { Retention } from './retention.js';
 import { deliverSignals } from './signals.js';
 import { FairSlots } from './slots.js';
+import { startOnFailure } from './on-failure.js';
 import { sqlStep } from './sql-step.js';
 import { loadParser } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
@@ -58,11 +66,26 @@ export interface ExecutorOptions {
 
 const WAKE_CHANNEL = 'dfgate_wake';
 
+/** A node's stamp as last written (`attempts`: the status_details retry keys this driver wrote). */
+interface StoredStamp {
+  status: string;
+  stamp: string | null;
+  attempts?: string;
+}
+
+/** The retry policy in an instance's options (undefined: one attempt). */
+function retryPolicy(options: Record<string, unknown> | null): RetryPolicy | undefined {
+  const max = Number(options?.['max_attempts'] ?? 1);
+  if (!Number.isInteger(max) || max <= 1) return undefined;
+  const secs = Number(options?.['max_backoff_seconds']);
+  return { maxAttempts: max, maxBackoffMs: Number.isFinite(secs) && secs > 0 ? secs * 1000 : null };
+}
+
 /** What a driver keeps between ticks while it holds an instance's lease (nobody else writes these meanwhile). */
 interface DriveCache {
   readonly events: Map<string, Map<EventKind, StoredEvent>>;
   lastSeq: number;
-  stored: Map<string, { status: string; stamp: string | null }> | undefined;
+  stored: Map<string, StoredStamp> | undefined;
   /** The instance as last loaded. */
   inst: InstanceRow | undefined;
   /** A step's checkpoint committed and its event was put into `events` (not re-read from the database). */
@@ -322,7 +345,7 @@ export class Executor {
     skip: ReadonlySet<string>,
   ): void {
     const prev = cache.stamps ?? Promise.resolve();
-    const stored = cache.stored as Map<string, { status: string; stamp: string | null }>;
+    const stored = cache.stored as Map<string, StoredStamp>;
     const write = this.stampRows(stamps, stored, skip);
     if (!write) return;
     const p = prev.then(() => this.store.writeStamps(id, write));
@@ -339,17 +362,20 @@ export class Executor {
   /** The stamps that differ from what the database holds (and marks them held). */
   private stampRows(
     stamps: ReadonlyMap<string, Stamp>,
-    stored: Map<string, { status: string; stamp: string | null }>,
+    stored: Map<string, StoredStamp>,
     skip: ReadonlySet<string>,
   ): StampRows | undefined {
     const ids: string[] = [];
     const statuses: string[] = [];
     const results: Array<string | null> = [];
     const st: string[] = [];
+    const extra: Array<string | null> = [];
     for (const [node, s] of stamps) {
       if (skip.has(node)) continue;
       const cur = stored.get(node);
-      if (cur && cur.status === s.status && cur.stamp === s.stamp) continue;
+      const attempts = s.attempts ? JSON.stringify(s.attempts) : undefined;
+      if (cur && cur.status === s.status && cur.stamp === s.stamp && cur.attempts === attempts)
+        continue;
       ids.push(node);
       statuses.push(s.status);
       // results are stored through jsonb (spec §6.15): JSON text as is, other text as a JSON string
@@ -357,10 +383,13 @@ export class Executor {
         s.result === null ? null : s.status === 'failed' ? JSON.stringify(s.result) : s.result,
       );
       st.push(s.stamp);
-      stored.set(node, { status: s.status, stamp: s.stamp });
+      extra.push(attempts ?? null);
+      stored.set(node, { status: s.status, stamp: s.stamp, ...(attempts ? { attempts } : {}) });
     }
     if (ids.length === 0) return undefined;
-    return { ids, statuses, results, stamps: st };
+    // a leaf under a retry policy also shows its attempt, the last error and the next
+    // attempt's time in status_details, and its attempt number in df.nodes.attempts
+    return { ids, statuses, results, stamps: st, extra };
   }
 
   private async finish(
@@ -369,8 +398,9 @@ export class Executor {
     status: 'completed' | 'failed',
     error: string | null,
     output: string | null = null,
+    onFailure: string | null = null,
   ): Promise<void> {
-    await this.store.finish(id, epoch, status, error, output);
+    await this.store.finish(id, epoch, status, error, output, onFailure);
     metrics.instancesFinished.inc({ status });
     this.log.info({ instance: id, status }, 'instance finished');
   }
@@ -382,6 +412,16 @@ export class Executor {
     signals: string[],
   ): Promise<void> {
     await this.store.park(id, epoch, wakeAt, signals);
+  }
+
+  /**
+   * A parked timer or retry backoff due soon is claimed when due, not at the
+   * next poll after it (a hint only: any executor may claim it then).
+   */
+  private wakeAt(at: Date): void {
+    const ms = at.getTime() - Date.now();
+    if (ms > 600_000 || this.stopping) return;
+    setTimeout(() => this.wake(), Math.max(0, ms) + 5).unref();
   }
 
   /** Runs one instance while this executor holds its lease. */
@@ -418,7 +458,7 @@ export class Executor {
         return;
       }
       const events = cache.events;
-      const stored = cache.stored as Map<string, { status: string; stamp: string | null }>;
+      const stored = cache.stored as Map<string, StoredStamp>;
       if (Number(inst.lease_epoch) !== epoch || !['pending', 'running'].includes(inst.status)) {
         if (inst.status === 'cancelled') await this.cancelSteps(id);
         await Promise.allSettled(inFlight.values());
@@ -458,6 +498,7 @@ export class Executor {
         now,
         maxLoopIterations: this.opts.maxLoopIterations,
         nextCron,
+        ...(retryPolicy(inst.options) ? { retry: retryPolicy(inst.options) as RetryPolicy } : {}),
       });
       // SQL nodes about to start get their running stamp with their attempt mark
       const starting = new Set(
@@ -468,12 +509,17 @@ export class Executor {
       if (o.k === 'done' || o.k === 'failed') {
         await Promise.allSettled(inFlight.values());
         await this.flushStamps(cache);
+        const child =
+          o.k === 'failed'
+            ? await startOnFailure(this.steps, inst, o.error, log, () => this.wake())
+            : null;
         await this.finish(
           id,
           epoch,
           o.k === 'done' ? 'completed' : 'failed',
           o.k === 'failed' ? o.error : null,
           o.k === 'done' ? o.result : null,
+          child,
         );
         return;
       }
@@ -487,6 +533,15 @@ export class Executor {
             cache.dirty = true;
             await this.event(id, epoch, a, 'iter', a.detail);
             progressed = true;
+            break;
+          }
+          case 'backoff': {
+            // like a timer: the due time is recorded first, so a restart keeps it
+            if (!a.armed) {
+              cache.dirty = true;
+              await this.event(id, epoch, a, 'armed', { at: a.at.toISOString() });
+              progressed = true;
+            } else if (!wakeAt || a.at < wakeAt) wakeAt = a.at;
             break;
           }
           case 'timer': {
@@ -593,6 +648,7 @@ export class Executor {
       }
       await this.flushStamps(cache);
       await this.park(id, epoch, wakeAt, waiting);
+      if (wakeAt) this.wakeAt(wakeAt);
       // a signal that committed while parking would find the instance leased: look once more
       if (await this.store.hasUnconsumedSignal(id, waiting)) this.wake();
       return;

@@ -36,7 +36,7 @@ export async function sqlStep(
     // The attempt mark travels on the control connection while the slot, the connection and the
     // statement are taken care of; runSqlStep awaits it before anything commits. False: lease
     // lost, cancelled, or already recorded (the statement, if it ran, is rolled back).
-    const marked = ctx.store.markAttempt(id, epoch, a, tokenHash(token), stamp);
+    const marked = ctx.store.markAttempt(id, epoch, a, tokenHash(token), stamp, a.attempt);
     const markedOk = (): Promise<boolean> => marked.catch(() => false);
     marked.catch(() => undefined); // every path awaits it; this keeps an early return from leaving it unhandled
     const slotTimeout = ctx.slotTimeoutMs;

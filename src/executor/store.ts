@@ -20,6 +20,8 @@ export interface InstanceRow {
   readonly rolsuper: boolean | null;
   readonly vars: Record<string, string>;
   readonly lease_epoch: string;
+  /** df.start's options (max_attempts, max_backoff_seconds, on_failure). */
+  readonly options: Record<string, unknown> | null;
 }
 
 export interface LoadedInstance extends InstanceRow {
@@ -46,6 +48,8 @@ export interface StampRows {
   readonly statuses: string[];
   readonly results: Array<string | null>;
   readonly stamps: string[];
+  /** status_details retry keys (JSON) of a leaf under a retry policy, or null. */
+  readonly extra: Array<string | null>;
 }
 
 const RECORD_EVENT = 'SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)';
@@ -147,7 +151,7 @@ export class ControlStore {
   ): Promise<LoadedInstance | undefined> {
     return (
       await this.pool.query<LoadedInstance>(
-        `SELECT i.id, i.label, i.root_node, i.status, r.rolname AS role_name, i.submitted_by::oid::int AS role_oid, r.rolsuper, i.vars, i.lease_epoch,
+        `SELECT i.id, i.label, i.root_node, i.status, r.rolname AS role_name, i.submitted_by::oid::int AS role_oid, r.rolsuper, i.vars, i.lease_epoch, i.options,
                 (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
                    FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > $2) AS events,
                 CASE WHEN $3 THEN (SELECT json_agg(json_build_object('id', n.id, 'st', n.status, 'sd', n.status_details ->> 'execution_id'))
@@ -177,10 +181,11 @@ export class ControlStore {
     await this.pool.query(
       `UPDATE df.nodes n SET status = u.status, result = CASE WHEN u.result IS NULL THEN NULL
                                   ELSE u.result::jsonb END,
-              status_details = jsonb_build_object('execution_id', u.stamp), updated_at = now()
-         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, status, result, stamp)
+              status_details = jsonb_build_object('execution_id', u.stamp) || coalesce(u.extra::jsonb, '{}'),
+              attempts = coalesce((u.extra::jsonb ->> 'attempt')::int, n.attempts), updated_at = now()
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(id, status, result, stamp, extra)
         WHERE n.instance_id = $1 AND n.id = u.id`,
-      [id, rows.ids, rows.statuses, rows.results, rows.stamps],
+      [id, rows.ids, rows.statuses, rows.results, rows.stamps, rows.extra],
     );
   }
 
@@ -190,13 +195,15 @@ export class ControlStore {
     status: 'completed' | 'failed',
     error: string | null,
     output: string | null,
+    onFailure: string | null = null,
   ): Promise<void> {
     await this.pool.query(
       `UPDATE df.instances SET status = $3, error = $4, output = $6, updated_at = now(),
               completed_at = CASE WHEN $3 = 'completed' THEN now() END,
-              lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, waiting_signals = NULL
+              lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, waiting_signals = NULL,
+              on_failure_instance = coalesce($7, on_failure_instance)
         WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $5 AND status IN ('pending', 'running')`,
-      [id, epoch, status, error, this.owner, output],
+      [id, epoch, status, error, this.owner, output, onFailure],
     );
   }
 
@@ -282,15 +289,16 @@ export class ControlStore {
     a: ActivationRef,
     tokenHash: string,
     stamp: string,
+    attempt: number,
   ): Promise<boolean> {
     const marked = await this.pool.query(
-      `UPDATE df.nodes n SET activation = $3, attempt_token = $4, attempts = attempts + 1,
+      `UPDATE df.nodes n SET activation = $3, attempt_token = $4, attempts = $8,
               status = 'running', result = NULL, status_details = jsonb_build_object('execution_id', $7::text), updated_at = now()
         WHERE n.instance_id = $1 AND n.id = $2
           AND EXISTS (SELECT 1 FROM df.instances i WHERE i.id = $1 AND i.lease_epoch = $5 AND i.lease_owner = $6
                         AND i.status IN ('pending', 'running'))
           AND NOT EXISTS (SELECT 1 FROM df.events e WHERE e.instance_id = $1 AND e.activation = $3 AND e.kind IN ('done', 'failed'))`,
-      [id, a.node, a.key, tokenHash, epoch, this.owner, stamp],
+      [id, a.node, a.key, tokenHash, epoch, this.owner, stamp, attempt],
     );
     return (marked.rowCount ?? 0) > 0;
   }

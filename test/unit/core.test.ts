@@ -2,7 +2,9 @@
 import { describe, expect, it } from 'vitest';
 import {
   BREAK_OUTSIDE_LOOP,
+  backoffMs,
   runCore,
+  type RetryPolicy,
   type CoreInput,
   type EventKind,
   type StoredEvent,
@@ -30,6 +32,7 @@ function core(
   rows: NodeRow[],
   events: Array<[string, EventKind, Record<string, unknown>, number]>,
   now = new Date('2026-01-01T00:00:00Z'),
+  retry?: RetryPolicy,
 ) {
   const map = new Map<string, Map<EventKind, StoredEvent>>();
   for (const [key, kind, detail, seq] of events) {
@@ -46,6 +49,7 @@ function core(
     now,
     maxLoopIterations: 100_000,
     nextCron: () => new Date('2026-01-01T00:05:00Z'),
+    ...(retry ? { retry } : {}),
   };
   return runCore(input);
 }
@@ -61,11 +65,11 @@ describe('deterministic core', () => {
     const first = core(chain, []);
     expect(first.outcome).toEqual({ k: 'blocked' });
     expect(first.actions).toEqual([
-      { a: 'sql', key: 'i0000001::1/a0000002', node: 'a0000002', sql: 'SELECT 1 AS v' },
+      { a: 'sql', key: 'i0000001::1/a0000002', node: 'a0000002', sql: 'SELECT 1 AS v', attempt: 1 },
     ]);
     const second = core(chain, [['i0000001::1/a0000002', 'done', { result: res(1) }, 1]]);
     expect(second.actions).toEqual([
-      { a: 'sql', key: 'i0000001::1/a0000003', node: 'a0000003', sql: 'SELECT 1 + 1' },
+      { a: 'sql', key: 'i0000001::1/a0000003', node: 'a0000003', sql: 'SELECT 1 + 1', attempt: 1 },
     ]);
     expect(second.stamps.get('a0000002')).toEqual({
       status: 'completed',
@@ -137,14 +141,14 @@ describe('deterministic core', () => {
         node: 'e0000001',
         detail: { i: 1, results: [], last: res(1), seq: 1 },
       },
-      { a: 'sql', key: 'i0000001::2/e0000002', node: 'e0000002', sql: 'SELECT 1' },
+      { a: 'sql', key: 'i0000001::2/e0000002', node: 'e0000002', sql: 'SELECT 1', attempt: 1 },
     ]);
     expect(it1.obsolete).toEqual(['i0000001::1/', 'i0000001::1::']);
     const resumed = core(g, [
       ['i0000001#iter/e0000001', 'iter', { i: 41, results: [], last: res(1), seq: 80 }, 80],
     ]);
     expect(resumed.actions).toEqual([
-      { a: 'sql', key: 'i0000001::42/e0000002', node: 'e0000002', sql: 'SELECT 1' },
+      { a: 'sql', key: 'i0000001::42/e0000002', node: 'e0000002', sql: 'SELECT 1', attempt: 1 },
     ]);
     expect(resumed.stamps.get('e0000001')).toMatchObject({
       status: 'running',
@@ -256,6 +260,150 @@ describe('deterministic core', () => {
       d0000002: ['completed', '"out"'],
       d0000003: ['completed', res(1)],
       d0000004: ['completed', '"out"'],
+    });
+  });
+
+  describe('retries (max_attempts, max_backoff)', () => {
+    const g = [sql('f0000001', 'SELECT 1')];
+    const k1 = 'i0000001::1/f0000001';
+    const t0 = new Date('2026-01-01T00:00:00Z');
+    const policy = (maxAttempts: number, maxBackoffMs: number | null = null): RetryPolicy => ({
+      maxAttempts,
+      maxBackoffMs,
+    });
+
+    it('without a policy a failed step fails at once, as in pg_durable', () => {
+      const r = core(g, [[k1, 'failed', { error: 'boom' }, 1]]);
+      expect(r.outcome).toEqual({ k: 'failed', error: 'boom', seq: 1 });
+      expect(r.stamps.get('f0000001')?.attempts).toBeUndefined();
+    });
+
+    it('a failed attempt arms a backoff, then runs the next attempt under its own key', () => {
+      const failed1: Array<[string, EventKind, Record<string, unknown>, number]> = [
+        [k1, 'failed', { error: 'boom 1' }, 1],
+      ];
+      const arm = core(g, failed1, t0, policy(3));
+      expect(arm.outcome).toEqual({ k: 'blocked' });
+      const wait = backoffMs('i0000001', k1, 1, null);
+      expect(wait).toBeGreaterThan(900);
+      expect(wait).toBeLessThanOrEqual(1000);
+      expect(arm.actions).toEqual([
+        {
+          a: 'backoff',
+          key: `${k1}@2`,
+          node: 'f0000001',
+          at: new Date(t0.getTime() + wait),
+          armed: false,
+          attempt: 2,
+        },
+      ]);
+      expect(arm.stamps.get('f0000001')).toEqual({
+        status: 'running',
+        result: null,
+        stamp: 'i0000001::1',
+        attempts: {
+          attempt: 1,
+          max_attempts: 3,
+          last_error: 'boom 1',
+          retry_at: new Date(t0.getTime() + wait).toISOString(),
+        },
+      });
+      const at = new Date(t0.getTime() + wait).toISOString();
+      const armed = [...failed1, [`${k1}@2`, 'armed', { at }, 2]] as typeof failed1;
+      // before the due time: still waiting (the recorded time, not a new one, even later)
+      const early = core(g, armed, new Date(t0.getTime() + wait - 1), policy(3));
+      expect(early.actions).toEqual([
+        {
+          a: 'backoff',
+          key: `${k1}@2`,
+          node: 'f0000001',
+          at: new Date(at),
+          armed: true,
+          attempt: 2,
+        },
+      ]);
+      const due = core(g, armed, new Date(t0.getTime() + wait), policy(3));
+      expect(due.actions).toEqual([
+        { a: 'sql', key: `${k1}@2`, node: 'f0000001', sql: 'SELECT 1', attempt: 2 },
+      ]);
+      expect(due.stamps.get('f0000001')?.attempts).toEqual({
+        attempt: 2,
+        max_attempts: 3,
+        last_error: 'boom 1',
+      });
+    });
+
+    it('fails twice then succeeds with 3 attempts; fails after 2 with max_attempts 2', () => {
+      const evs: Array<[string, EventKind, Record<string, unknown>, number]> = [
+        [k1, 'failed', { error: 'boom 1' }, 1],
+        [`${k1}@2`, 'armed', { at: '2026-01-01T00:00:01Z' }, 2],
+        [`${k1}@2`, 'failed', { error: 'boom 2' }, 3],
+        [`${k1}@3`, 'armed', { at: '2026-01-01T00:00:03Z' }, 4],
+        [`${k1}@3`, 'done', { result: res(3) }, 5],
+      ];
+      const ok = core(g, evs, new Date('2026-01-01T00:00:04Z'), policy(3));
+      expect(ok.outcome).toEqual({ k: 'done', result: res(3), seq: 5 });
+      expect(ok.stamps.get('f0000001')?.attempts).toEqual({
+        attempt: 3,
+        max_attempts: 3,
+        last_error: 'boom 2',
+      });
+      const two = core(g, evs.slice(0, 3), new Date('2026-01-01T00:00:04Z'), policy(2));
+      expect(two.outcome).toEqual({ k: 'failed', error: 'boom 2', seq: 3 });
+      expect(two.actions).toEqual([]);
+      expect(two.stamps.get('f0000001')).toMatchObject({
+        status: 'failed',
+        result: 'boom 2',
+        attempts: { attempt: 2, max_attempts: 2, last_error: 'boom 1' },
+      });
+    });
+
+    it('the backoff doubles from 1 s, is capped at max_backoff, and its jitter is fixed per attempt', () => {
+      for (let k = 1; k <= 6; k++) {
+        const w = backoffMs('i0000001', k1, k, null);
+        expect(w).toBeLessThanOrEqual(1000 * 2 ** (k - 1));
+        expect(w).toBeGreaterThanOrEqual(0.9 * 1000 * 2 ** (k - 1));
+        expect(backoffMs('i0000001', k1, k, null)).toBe(w);
+      }
+      expect(backoffMs('i0000001', k1, 10, 5000)).toBeLessThanOrEqual(5000);
+      expect(backoffMs('i0000001', k1, 10, 5000)).toBeGreaterThanOrEqual(4500);
+      const jitters = new Set(
+        ['i0000001', 'i0000002', 'i0000003'].map((i) => backoffMs(i, k1, 3, null)),
+      );
+      expect(jitters.size).toBeGreaterThan(1);
+    });
+
+    it('a JOIN waits while one branch backs off, and fails only after its last attempt', () => {
+      const j = [
+        node('f0000010', 'JOIN', 'f0000011', 'f0000012'),
+        sql('f0000011', 'SELECT 1'),
+        sql('f0000012', 'SELECT 2'),
+      ];
+      const b1 = 'i0000001::1::f0000011::1/f0000011';
+      const b2 = 'i0000001::1::f0000012::1/f0000012';
+      const r = core(
+        j,
+        [
+          [b1, 'failed', { error: 'x' }, 1],
+          [b2, 'done', { result: res(2) }, 2],
+        ],
+        t0,
+        policy(2),
+      );
+      expect(r.outcome).toEqual({ k: 'blocked' });
+      expect(r.actions.map((a) => [a.a, a.key])).toEqual([['backoff', `${b1}@2`]]);
+      const f = core(
+        j,
+        [
+          [b1, 'failed', { error: 'x' }, 1],
+          [b2, 'done', { result: res(2) }, 2],
+          [`${b1}@2`, 'armed', { at: t0.toISOString() }, 3],
+          [`${b1}@2`, 'failed', { error: 'y' }, 4],
+        ],
+        t0,
+        policy(2),
+      );
+      expect(f.outcome).toMatchObject({ k: 'failed', error: 'JOIN branch 1 failed: y' });
     });
   });
 });

@@ -1,0 +1,299 @@
+/**
+ * Retries and on_failure (issue 11): df.start's max_attempts / max_backoff
+ * retry a failed step with a recorded exponential backoff; on_failure starts
+ * its workflow as the same role when the instance finally fails.
+ *
+ * A failed step's transaction is rolled back, so attempts are counted with a
+ * sequence (nextval is not rolled back) and timed by their df.events rows.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backoffMs } from '../../src/executor/core.js';
+import { useTestDatabase, type TestRole } from '../harness/db.js';
+import { finished, startTestExecutor } from '../harness/executor.js';
+import type { Executor } from '../../src/executor/executor.js';
+
+const db = useTestDatabase();
+let alice: TestRole;
+let a: pg.Client;
+let n = 0;
+
+/** A fresh counter and a step that fails (division by zero) until its `okAt`-th call. */
+async function flaky(okAt: number): Promise<{ seq: string; step: string }> {
+  const seq = `tries_${++n}`;
+  await a.query(`CREATE SEQUENCE ${seq}`);
+  return {
+    seq,
+    // (a constant 1/0 in a CASE would fail at plan time, before nextval)
+    step: `SELECT 1 / (nextval('${seq}') >= ${okAt})::int AS v`,
+  };
+}
+
+async function calls(seq: string): Promise<number> {
+  return Number(
+    (await a.query(`SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS n FROM ${seq}`))
+      .rows[0].n,
+  );
+}
+
+async function start(step: string, opts: string): Promise<string> {
+  return (await a.query(`SELECT df.start($1, 'retry'${opts ? `, ${opts}` : ''}) AS id`, [step]))
+    .rows[0].id as string;
+}
+
+/** The step outcomes of an instance's root node, oldest first, with their activation and time. */
+async function outcomes(
+  id: string,
+): Promise<Array<{ activation: string; kind: string; at: Date; detail: Record<string, string> }>> {
+  return (
+    await db.admin.query(
+      `SELECT activation, kind, created_at AS at, detail FROM df.events
+        WHERE instance_id = $1 AND kind IN ('done', 'failed', 'armed') ORDER BY seq`,
+      [id],
+    )
+  ).rows as Array<{ activation: string; kind: string; at: Date; detail: Record<string, string> }>;
+}
+
+async function rootNode(
+  id: string,
+): Promise<{ key: string; attempts: number; status: string; details: Record<string, unknown> }> {
+  const r = (
+    await a.query(
+      `SELECT i.root_node, n.attempts, n.status, n.status_details FROM df.instances i
+         JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node WHERE i.id = $1`,
+      [id],
+    )
+  ).rows[0];
+  return {
+    key: `${id}::1/${r.root_node as string}`,
+    attempts: r.attempts as number,
+    status: r.status as string,
+    details: r.status_details as Record<string, unknown>,
+  };
+}
+
+async function until(cond: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+beforeAll(async () => {
+  alice = await db.role('alice');
+  a = await db.connect(alice.url);
+});
+
+describe('retries in process', () => {
+  let ex: Executor;
+  beforeAll(async () => {
+    ex = await startTestExecutor(db.url);
+  });
+  afterAll(async () => {
+    await ex.stop();
+  });
+
+  it('fails twice then succeeds with max_attempts => 3: 3 attempts, backoff on schedule', async () => {
+    const f = await flaky(3);
+    const id = await start(f.step, 'max_attempts => 3');
+    expect(await finished(a, id, 30_000)).toEqual({
+      status: 'completed',
+      result: '{"rows": [{"v": 1}], "row_count": 1}',
+    });
+    expect(await calls(f.seq)).toBe(3);
+    const root = await rootNode(id);
+    expect(root.attempts).toBe(3);
+    expect(root.details).toMatchObject({
+      attempt: 3,
+      max_attempts: 3,
+      last_error: expect.stringContaining('division by zero'),
+    });
+    const evs = await outcomes(id);
+    const steps = evs.filter((e) => e.kind !== 'armed');
+    expect(steps.map((e) => [e.activation, e.kind])).toEqual([
+      [root.key, 'failed'],
+      [`${root.key}@2`, 'failed'],
+      [`${root.key}@3`, 'done'],
+    ]);
+    // attempt k+1 starts backoff(k) after attempt k failed: measured within 20 %
+    for (let k = 1; k <= 2; k++) {
+      const want = backoffMs(id, root.key, k, null);
+      const got =
+        (steps[k] as { at: Date }).at.getTime() - (steps[k - 1] as { at: Date }).at.getTime();
+      expect(got, `backoff after attempt ${k}`).toBeGreaterThanOrEqual(want * 0.8);
+      expect(got, `backoff after attempt ${k}`).toBeLessThanOrEqual(want * 1.2);
+    }
+    const explain = (await a.query(`SELECT df.explain($1) AS e`, [id])).rows[0].e as string;
+    expect(explain).toContain('(attempt 3/3) ✓');
+  });
+
+  it('with max_attempts => 2 it fails after 2 attempts, with the last error', async () => {
+    const f = await flaky(3);
+    const id = await start(f.step, 'max_attempts => 2');
+    const r = await finished(a, id, 30_000);
+    expect(r.status).toBe('failed');
+    expect(await calls(f.seq)).toBe(2);
+    const root = await rootNode(id);
+    expect(root.status).toBe('failed');
+    expect(root.attempts).toBe(2);
+    expect(root.details).toMatchObject({ attempt: 2, max_attempts: 2 });
+    const err = (await a.query(`SELECT error FROM df.instances WHERE id = $1`, [id])).rows[0]
+      .error as string;
+    expect(err).toContain('division by zero');
+    // nothing more runs later
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(await calls(f.seq)).toBe(2);
+  });
+
+  it('max_backoff caps the wait', async () => {
+    const f = await flaky(4);
+    const id = await start(f.step, `max_attempts => 4, max_backoff => '1.2 seconds'`);
+    expect((await finished(a, id, 30_000)).status).toBe('completed');
+    const root = await rootNode(id);
+    const steps = (await outcomes(id)).filter((e) => e.kind !== 'armed');
+    expect(steps).toHaveLength(4);
+    // nominal 1 s, 2 s, 4 s; capped: ≤ 1.2 s each
+    for (let k = 1; k <= 3; k++) {
+      const want = backoffMs(id, root.key, k, 1200);
+      expect(want).toBeLessThanOrEqual(1200);
+      const got =
+        (steps[k] as { at: Date }).at.getTime() - (steps[k - 1] as { at: Date }).at.getTime();
+      expect(got).toBeGreaterThanOrEqual(want * 0.8);
+      expect(got).toBeLessThanOrEqual(want * 1.2);
+    }
+  });
+
+  it('without max_attempts a failed step fails the instance at once (pg_durable)', async () => {
+    const f = await flaky(2);
+    const id = await start(f.step, '');
+    expect((await finished(a, id, 20_000)).status).toBe('failed');
+    expect(await calls(f.seq)).toBe(1);
+    const root = await rootNode(id);
+    expect(root.attempts).toBe(1);
+    expect(root.details).toEqual({ execution_id: `${id}::1` });
+  });
+
+  it('cancel during a backoff cancels: no further attempt runs', async () => {
+    const f = await flaky(100);
+    const id = await start(f.step, 'max_attempts => 5');
+    await until(async () => (await outcomes(id)).some((e) => e.kind === 'armed'), 10_000);
+    const root = await rootNode(id);
+    expect(root.status).toBe('running');
+    expect(root.details).toMatchObject({ attempt: 1, retry_at: expect.any(String) });
+    await a.query(`SELECT df.cancel($1)`, [id]);
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(await calls(f.seq)).toBe(1);
+    expect((await a.query(`SELECT df.status($1) AS s`, [id])).rows[0].s).toBe('cancelled');
+  });
+
+  it('a retried JOIN branch: the JOIN completes once the branch succeeds', async () => {
+    const f = await flaky(2);
+    const id = (
+      await a.query(
+        `SELECT df.start($1::text & 'SELECT 2 AS w', 'retry', max_attempts => 2) AS id`,
+        [f.step],
+      )
+    ).rows[0].id as string;
+    expect(await finished(a, id, 20_000)).toMatchObject({ status: 'completed' });
+    expect(await calls(f.seq)).toBe(2);
+  });
+
+  it('on_failure runs its workflow as the same role with the failure as variables', async () => {
+    await a.query(`CREATE TABLE failures (instance text, error text, who text)`);
+    await a.query(`SELECT df.setvar('failed_error', 'mine')`);
+    const id = (
+      await a.query(
+        `SELECT df.start('SELECT 1/0', 'parent', max_attempts => 2,
+                  on_failure => 'INSERT INTO failures SELECT ''{failed_instance_id}'', $e$\${failed_error}$e$, current_user') AS id`,
+      )
+    ).rows[0].id as string;
+    expect((await finished(a, id, 20_000)).status).toBe('failed');
+    let child: string | null = null;
+    await until(async () => {
+      child = (
+        await a.query(`SELECT on_failure_instance AS c FROM df.instances WHERE id = $1`, [id])
+      ).rows[0].c as string | null;
+      return child !== null;
+    }, 10_000);
+    expect((await finished(a, child as unknown as string, 20_000)).status).toBe('completed');
+    const row = (await a.query(`SELECT * FROM failures`)).rows;
+    expect(row).toEqual([
+      { instance: id, error: expect.stringContaining('division by zero'), who: alice.name },
+    ]);
+    const sub = (
+      await db.admin.query(`SELECT submitted_by::text AS r FROM df.instances WHERE id = $1`, [
+        child,
+      ])
+    ).rows[0].r as string;
+    expect(sub).toBe(alice.name);
+    // the role's own variables are as they were
+    expect((await a.query(`SELECT df.getvar('failed_error') AS v`)).rows[0].v).toBe('mine');
+    expect((await a.query(`SELECT df.getvar('failed_instance_id') AS v`)).rows[0].v).toBeNull();
+    const explain = (await a.query(`SELECT df.explain($1) AS e`, [id])).rows[0].e as string;
+    expect(explain).toContain(`On failure: ${child as unknown as string}`);
+  });
+});
+
+describe('retries across a crash', () => {
+  const children = new Set<ChildProcess>();
+  afterAll(() => {
+    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+  });
+  function worker(): ChildProcess {
+    const p = spawn(
+      process.execPath,
+      [
+        path.resolve('dist/src/cli.js'),
+        'worker',
+        '--upstream',
+        `${db.url}?sslmode=disable`,
+        '--no-migrate',
+        '--lease-seconds',
+        '1',
+        '--poll-interval',
+        '0.2',
+        '--log-level',
+        'warn',
+      ],
+      {
+        env: { ...process.env, DFGATE_STEP_SECRET: 'retry-test-secret' },
+        stdio: ['ignore', 'ignore', 'ignore'],
+      },
+    );
+    children.add(p);
+    p.once('exit', () => children.delete(p));
+    return p;
+  }
+
+  it('SIGKILL during a backoff, restart: the attempt count continues, nothing runs twice', async () => {
+    const f = await flaky(3);
+    // a longer first backoff than one poll: the kill lands inside it
+    const id = await start(f.step, 'max_attempts => 3');
+    const w1 = worker();
+    await until(async () => (await outcomes(id)).some((e) => e.kind === 'armed'), 20_000);
+    w1.kill('SIGKILL');
+    await new Promise<void>((r) => (w1.exitCode !== null ? r() : w1.once('exit', () => r())));
+    expect(await calls(f.seq)).toBe(1);
+    const w2 = worker();
+    expect(await finished(a, id, 30_000)).toMatchObject({ status: 'completed' });
+    w2.kill('SIGTERM');
+    expect(await calls(f.seq)).toBe(3);
+    const root = await rootNode(id);
+    expect(root.attempts).toBe(3);
+    const evs = await outcomes(id);
+    expect(evs.filter((e) => e.kind !== 'armed').map((e) => [e.activation, e.kind])).toEqual([
+      [root.key, 'failed'],
+      [`${root.key}@2`, 'failed'],
+      [`${root.key}@3`, 'done'],
+    ]);
+    // the backoff recorded before the kill was kept, not shortened
+    const armed2 = evs.find((e) => e.kind === 'armed' && e.activation === `${root.key}@2`);
+    const ran2 = evs.find((e) => e.kind === 'failed' && e.activation === `${root.key}@2`);
+    expect(ran2?.at.getTime()).toBeGreaterThanOrEqual(
+      new Date(armed2?.detail['at'] ?? 0).getTime(),
+    );
+  });
+});
