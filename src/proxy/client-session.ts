@@ -193,9 +193,10 @@ export class Session implements EdgeHost {
     // The client finished sending: pass the half-close on and keep relaying answers.
     sock.on('end', () => {
       this.clientGone = true;
-      if (this.lender && this.phase === 'ready')
+      if (this.lender && this.phase === 'ready' && this.lender.countable) {
+        this.clientLeft();
         this.pump.push([this.closeWhenAnswered('client ended')]);
-      else if (this.server && !this.server.closed && this.phase !== 'closed')
+      } else if (this.server && !this.server.closed && this.phase !== 'closed')
         this.server.halfClose();
       else this.close('client ended');
     });
@@ -565,8 +566,10 @@ export class Session implements EdgeHost {
       if (type === Backend.ReadyForQuery) this.txStatus = String.fromCharCode(body[0] ?? 0x49);
       return null;
     }
-    if (this.lender && this.phase === 'ready' && this.lender.pooled.serverMessage(conn, type, body))
-      return null;
+    if (this.lender && this.phase === 'ready') {
+      const r = this.lender.pooled.serverMessage(conn, type, body);
+      if (r !== undefined) return r;
+    }
     switch (type) {
       case Backend.ReadyForQuery:
         return this.onReady(body);

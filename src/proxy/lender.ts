@@ -14,6 +14,7 @@ import { PooledClient } from './pooled.js';
 import { Backend, Frontend } from './protocol/codes.js';
 import type { Piece } from './protocol/frame.js';
 import { encodeFrontend } from './protocol/frontend.js';
+import { ProtocolError } from './protocol/reader.js';
 import type { ServerConn } from './server-conn.js';
 
 /** What the lender sees of its session. */
@@ -167,12 +168,28 @@ export class Lender {
     else this.pools.discard(this.key, conn);
   }
 
+  /** Every answer the client awaits ends with a ReadyForQuery dfgate can count. */
+  get countable(): boolean {
+    return !this.host.ledger.unsure && this.host.ledger.batchLen === 0;
+  }
+
   /** A client message after login: the edge first, then what the client keeps across connections. */
   message(type: number, body: Buffer, raw: Buffer): Piece | null | undefined {
     const { pooled } = this;
     const edge = this.host.edge;
+    /** The edge's piece; one it cannot decode goes on as is (the server reports it). */
+    const safe = (f: () => Piece | null | undefined): Piece | null | undefined => {
+      try {
+        return f();
+      } catch (err) {
+        if (err instanceof ProtocolError) return undefined;
+        throw err;
+      }
+    };
     switch (type) {
       case Frontend.Terminate:
+        // a batch without Sync, or answers dfgate cannot count: the server ends as in session mode
+        if (!this.countable) return undefined;
         // the server connection stays for the next client
         return this.host.closeWhenAnswered('client sent Terminate');
       case Frontend.Query: {
@@ -182,7 +199,7 @@ export class Lender {
         const piece = plan.rewrite
           ? encodeFrontend({ type: 'Query', sql: plan.rewrite })
           : edge.watches(type)
-            ? edge.onStatement(type, body, raw)
+            ? safe(() => edge.onStatement(type, body, raw))
             : undefined;
         return piece === null ? null : pooled.map(piece ?? raw, plan.effect);
       }
@@ -191,15 +208,20 @@ export class Lender {
         const sql = body.toString('utf8', start, Math.max(start, body.indexOf(0, start)));
         const refused = pooled.parse(sql);
         if (refused) return edge.refuseStatement(type, body, refused);
-        const piece = edge.watches(type) ? edge.onStatement(type, body, raw) : undefined;
+        const piece = edge.watches(type)
+          ? safe(() => edge.onStatement(type, body, raw))
+          : undefined;
         return piece === null ? null : pooled.map(piece ?? raw);
       }
       case Frontend.Bind: {
-        const piece = edge.watches(type) ? edge.onBind(body, raw) : undefined;
-        return pooled.map(piece ?? raw);
+        const piece = edge.watches(type) ? safe(() => edge.onBind(body, raw)) : undefined;
+        return piece === null ? null : pooled.map(piece ?? raw);
       }
       case Frontend.Close:
-        edge.onClose(body);
+        safe(() => {
+          edge.onClose(body);
+          return undefined;
+        });
         return pooled.map(raw);
       case Frontend.Describe:
         return pooled.map(raw);

@@ -18,6 +18,7 @@
  */
 import { createHash } from 'node:crypto';
 import { SqlState } from '../db/sqlstate.js';
+import { decodeErrorFields, encodeErrorFieldMap } from './protocol/backend.js';
 import { Backend, Frontend } from './protocol/codes.js';
 import type { Deferred, Piece } from './protocol/frame.js';
 import { encodeFrontend } from './protocol/frontend.js';
@@ -37,6 +38,8 @@ function late(f: (conn: ServerConn) => Buffer[]): Late {
   return Object.assign(d, { late: f });
 }
 
+const SERVER_PREFIX = Buffer.from('dfgate_');
+const SERVER_NAME = /dfgate_[0-9a-f]{20}/g;
 const ParseComplete = 0x31; // '1'
 const CloseComplete = 0x33; // '3'
 const CommandComplete = 0x43; // 'C'
@@ -132,8 +135,32 @@ export class PooledClient {
     return false;
   }
 
-  /** A server message on the lent connection: true if it answers dfgate's own message (swallowed). */
-  serverMessage(conn: ServerConn, type: number, body: Buffer): boolean {
+  /**
+   * A server message on the lent connection: null if it answers dfgate's own
+   * message (swallowed), a replacement, or undefined to relay it.
+   */
+  serverMessage(conn: ServerConn, type: number, body: Buffer): Buffer | null | undefined {
+    if (this.watch(conn, type, body)) return null;
+    if (type === Backend.ErrorResponse && body.includes(SERVER_PREFIX)) {
+      // the client knows its statements by its own names
+      const fields = decodeErrorFields(body);
+      const m = fields.get('M') ?? '';
+      const renamed = m.replace(SERVER_NAME, (n) => this.clientName(n) ?? n);
+      if (renamed !== m) {
+        fields.set('M', renamed);
+        return encodeErrorFieldMap(fields);
+      }
+    }
+    return undefined;
+  }
+
+  /** The client's name of a statement dfgate prepared as `server`. */
+  private clientName(server: string): string | undefined {
+    for (const [name, p] of this.prepared) if (p.server === server) return name;
+    return undefined;
+  }
+
+  private watch(conn: ServerConn, type: number, body: Buffer): boolean {
     const head = this.batches[0] as Batch;
     switch (type) {
       case ParseComplete:
