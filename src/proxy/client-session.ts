@@ -480,7 +480,6 @@ export class Session implements EdgeHost {
       closed: () => this.onServerClosed(conn),
     };
     conn.sink = sink;
-    this.lender?.pooled.attached();
   }
 
   /** Transaction mode: the lender sees the session through these. */

@@ -110,17 +110,24 @@ export class ServerPools {
    */
   async login(key: string): Promise<void> {
     const p = this.pool(key);
-    if (this.roomFor(p)) {
+    const room = this.roomFor(p);
+    if (room) {
       p.open++;
       this.total++;
+      await room;
       return;
     }
     await this.wait(p, 'login');
   }
 
-  /** Is there room for one more connection in `p` (closing an idle one if need be)? */
-  private roomFor(p: Pool): boolean {
-    if (p.open < this.opts.poolSize && this.total < this.opts.maxServerConnections) return true;
+  /**
+   * Is there room for one more connection in `p`, closing an idle one if need
+   * be? Undefined if not; else resolves once the closed one is gone, so that
+   * the server never sees more connections than the limits allow.
+   */
+  private roomFor(p: Pool): Promise<void> | undefined {
+    if (p.open < this.opts.poolSize && this.total < this.opts.maxServerConnections)
+      return Promise.resolve();
     if (p.open < this.opts.poolSize) {
       // overall limit: close the longest-idle connection of any pool
       let victim: ServerConn | undefined;
@@ -132,22 +139,19 @@ export class ServerPools {
           from = q;
         }
       }
-      if (victim && from) {
-        this.evict(from, victim);
-        return true;
-      }
-      return false;
+      if (victim && from) return this.evict(from, victim);
+      return undefined;
     }
     const c = p.idle[0];
-    if (!c) return false;
-    this.evict(p, c);
-    return true;
+    if (!c) return undefined;
+    return this.evict(p, c);
   }
 
-  private evict(p: Pool, c: ServerConn): void {
+  private evict(p: Pool, c: ServerConn): Promise<void> {
     p.idle.splice(p.idle.indexOf(c), 1);
     this.forget(p, c);
     c.terminate();
+    return gone(c);
   }
 
   /** A connection left its pool: one place fewer in use. */
@@ -241,7 +245,7 @@ export class ServerPools {
       conn.terminate();
       p.open++;
       this.total++;
-      w.resolve(undefined);
+      void gone(conn).then(() => w.resolve(undefined));
       return;
     }
     conn.idleSince = Date.now();
@@ -274,13 +278,14 @@ export class ServerPools {
   /** Room became free in `p` (or overall): a waiting login takes it; waiting clients are told if nothing is left. */
   private handOnRoom(p: Pool): void {
     const login = p.waiters.findIndex((w) => w.kind === 'login');
-    if (login >= 0 && this.roomFor(p)) {
+    const room = login >= 0 ? this.roomFor(p) : undefined;
+    if (room) {
       const [w] = p.waiters.splice(login, 1);
       if (w) {
         clearTimeout(w.timer);
         p.open++;
         this.total++;
-        w.resolve(undefined);
+        void room.then(() => w.resolve(undefined));
       }
     }
     if (p.open === 0)
@@ -340,11 +345,12 @@ export class ServerPools {
   }
 
   private sweep(): void {
+    // evictions here free room for nobody in particular
     const cutoff = Date.now() - this.opts.serverIdleTimeoutMs;
     for (const p of this.pools.values()) {
       while (p.idle.length > 0 && (p.idle[0] as ServerConn).idleSince < cutoff) {
         if (p.clients > 0 && p.open <= 1) break;
-        this.evict(p, p.idle[0] as ServerConn);
+        void this.evict(p, p.idle[0] as ServerConn);
       }
       if (p.open === 0 && p.clients <= 0 && p.waiters.length === 0) this.pools.delete(p.key);
     }
@@ -360,4 +366,17 @@ export class ServerPools {
         c.terminate();
       }
   }
+}
+
+/** Resolves once the connection's socket has closed (at most 2 s). */
+function gone(c: ServerConn): Promise<void> {
+  if (c.socket.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, 2000);
+    timer.unref();
+    c.socket.once('close', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }

@@ -121,11 +121,6 @@ export class PooledClient {
       this.batches.push({ parse: 0, close: 0, inserted: [] });
   }
 
-  /** A server connection was lent to this client: nothing of it is outstanding. */
-  attached(): void {
-    this.batches = [{ parse: 0, close: 0, inserted: [] }];
-  }
-
   /** Server message types this client must see (beyond errors and ReadyForQuery). */
   inspects(t: number): boolean {
     if (t === CommandComplete) return this.pendingSets.length > 0;
