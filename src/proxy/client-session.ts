@@ -14,51 +14,39 @@
  * https://www.postgresql.org/docs/current/protocol-flow.html
  */
 import type net from 'node:net';
-import tls from 'node:tls';
-import type { Logger } from 'pino';
 import { SqlState } from '../db/sqlstate.js';
-import { metrics } from '../metrics.js';
 import { AuthRelay, ownBackendKey } from './auth-relay.js';
-import type { CancelRegistry } from './cancel.js';
 import { ClientPump, forward } from './client-pump.js';
-import { upgradeClient } from './client-tls.js';
 import { Conversation, Ledger } from './conversation.js';
 import { EdgeInterceptor, type EdgeHost, type EdgeOptions } from './edge/intercept.js';
 import { PoolError, type ServerPools } from './pool.js';
+import { ClientConnection, type ClientContext } from './client-conn.js';
 import { Lender, LENDER_INSPECT } from './lender.js';
-import { decodeParameterStatus, encodeError, type ErrorFields } from './protocol/backend.js';
+import { decodeParameterStatus, type ErrorFields } from './protocol/backend.js';
 import {
   Backend,
   Frontend,
   isFrontendType,
   isSmallFrontendType,
-  MAX_STARTUP_PACKET,
   SMALL_MESSAGE_LIMIT,
 } from './protocol/codes.js';
-import { Framer, MessageTooLarge, StartupFramer, type Piece } from './protocol/frame.js';
-import { decodeStartup, encodeFrontend, unknownTypeError } from './protocol/frontend.js';
+import { Framer, type Piece } from './protocol/frame.js';
+import { encodeFrontend, unknownTypeError } from './protocol/frontend.js';
 import { ProtocolError, SilentClose } from './protocol/reader.js';
 import { ServerConn, type ServerSink } from './server-conn.js';
-import { encryptionDecision, startupIdentity } from './startup.js';
+import type { StartupIdentity } from './startup.js';
 import { connectUpstream, type UpstreamTarget } from './upstream.js';
 
-export interface SessionContext extends EdgeOptions {
-  readonly log: Logger;
+export interface SessionContext extends EdgeOptions, ClientContext {
   readonly upstream: UpstreamTarget;
   readonly connectTimeoutMs: number;
-  /** From accept until the session is ready (SSL, startup packet, authentication); then closed silently. */
-  readonly startupTimeoutMs: number;
   readonly maxMessageSize: number;
-  readonly tls: tls.SecureContext | undefined;
-  readonly cancels: CancelRegistry;
   /** Transaction mode: the pools server connections are lent from (undefined: session mode). */
   readonly pools?: ServerPools | undefined;
   /** Called once a StartupMessage arrives: may this client be admitted? */
   admit(session: Session): ErrorFields | undefined;
   closed(session: Session): void;
 }
-
-type Phase = 'startup' | 'connecting' | 'auth' | 'ready' | 'closed';
 
 const ASYNC_MESSAGES = new Set<number>([
   Backend.NoticeResponse,
@@ -76,18 +64,7 @@ for (const t of [
 ]) {
   SERVER_INSPECT[t] = 1;
 }
-const TLS_HANDSHAKE = 0x16;
-
-let nextId = 1;
-
-export class Session implements EdgeHost {
-  readonly id = nextId++;
-  phase: Phase = 'startup';
-  log: Logger;
-  user = '';
-  database = '';
-  /** Transaction status from the last ReadyForQuery: I, T or E. */
-  txStatus = 'I';
+export class Session extends ClientConnection implements EdgeHost {
   /** Server parameters reported to the client by ParameterStatus (client_encoding, standard_conforming_strings, ...). */
   readonly serverParams = new Map<string, string>();
   readonly ledger = new Ledger();
@@ -97,34 +74,19 @@ export class Session implements EdgeHost {
   private lender: Lender | undefined;
   /** The server connection serving the client now (transaction mode: only inside a transaction). */
   private server: ServerConn | undefined;
-  private startup: StartupFramer | undefined = new StartupFramer(MAX_STARTUP_PACKET);
   private clientFramer: Framer | undefined;
   private readonly auth = new AuthRelay();
   private unregisterKey: (() => void) | undefined;
-  private sawFatal = false;
-  private clientTerminated = false;
-  /** The client half-closed (FIN) or its socket closed: a later upstream close is its doing. */
-  private clientGone = false;
-  private startupTimer: NodeJS.Timeout | undefined;
-  private draining = false;
   private readonly pendingClient: Buffer[] = [];
-  /**
-   * A client protocol error to report once the upstream has answered what came
-   * before it ('silent': close without a word, as PostgreSQL does for bad lengths).
-   */
-  private pendingFatal: ErrorFields | 'silent' | undefined;
   private readonly pump: ClientPump;
   /** A ReadyForQuery was relayed: see whether the connection can go back to its pool. */
   private maybeIdle = false;
 
   constructor(
-    private client: net.Socket,
+    client: net.Socket,
     private readonly ctx: SessionContext,
   ) {
-    this.log = ctx.log.child({
-      conn: this.id,
-      remote: `${client.remoteAddress ?? 'local'}:${client.remotePort ?? 0}`,
-    });
+    super(client, ctx);
     this.edge = new EdgeInterceptor(this, ctx);
     // the getters below read the live fields
     const session = this;
@@ -142,29 +104,7 @@ export class Session implements EdgeHost {
       failed: (err) => this.protocolFailure(err),
       drained: () => this.lender?.releaseIfIdle(),
     });
-    client.setNoDelay(true);
     this.attachClient(client);
-    this.startupTimer = setTimeout(() => this.startupTimedOut(), ctx.startupTimeoutMs);
-    this.startupTimer.unref();
-  }
-
-  get isClosed(): boolean {
-    return this.phase === 'closed';
-  }
-
-  /**
-   * --startup-timeout expired before the session was established. Like
-   * PostgreSQL at authentication_timeout, close without sending anything.
-   */
-  private startupTimedOut(): void {
-    if (this.phase === 'ready' || this.phase === 'closed') return;
-    metrics.clientsRefused.inc({ reason: 'startup_timeout' });
-    this.log.info(
-      { phase: this.phase, timeoutMs: this.ctx.startupTimeoutMs },
-      'closing a client that did not finish startup and authentication within --startup-timeout',
-    );
-    this.close('startup timeout');
-    this.client.destroy();
   }
 
   /** Idle: no transaction open and nothing outstanding. */
@@ -182,7 +122,7 @@ export class Session implements EdgeHost {
     return this.server;
   }
 
-  private attachClient(sock: net.Socket): void {
+  protected attachClient(sock: net.Socket): void {
     sock.on('data', (chunk: Buffer) => this.onClientData(chunk));
     sock.on('error', (err) => this.log.debug({ err: err.message }, 'client socket error'));
     sock.on('close', () => {
@@ -200,18 +140,6 @@ export class Session implements EdgeHost {
         this.server.halfClose();
       else this.close('client ended');
     });
-  }
-
-  /** The client went away without Terminate: logged as its disconnect (never as an upstream loss). */
-  private clientLeft(): void {
-    if (this.phase !== 'ready' || this.clientTerminated) return;
-    const busy = !this.idle;
-    this.log[busy ? 'info' : 'debug'](
-      { txStatus: this.txStatus, busy },
-      busy
-        ? 'client disconnected without Terminate while a query or transaction was open'
-        : 'client disconnected without Terminate',
-    );
   }
 
   private onClientData(chunk: Buffer): void {
@@ -261,140 +189,20 @@ export class Session implements EdgeHost {
     setTimeout(() => this.endPending(), 10_000).unref();
   }
 
-  /** Sends the pending FATAL (or nothing, if silent) and closes. */
-  private endPending(): void {
-    const p = this.pendingFatal;
-    if (p === undefined) return;
-    if (p === 'silent') this.close('malformed client message');
-    else this.fatal(p);
-  }
-
-  private logSilent(err: SilentClose): void {
-    this.log.info(
-      { error: err.message, field: err.field },
-      'closing client connection without a message (malformed framing, as PostgreSQL does)',
-    );
-  }
-
-  private errorFields(err: unknown): ErrorFields {
-    if (err instanceof MessageTooLarge) {
-      return {
-        severity: 'FATAL',
-        code: SqlState.ProgramLimitExceeded,
-        message: `invalid message length: ${err.message}`,
-      };
-    }
-    if (err instanceof ProtocolError)
-      return { severity: 'FATAL', code: err.code, message: err.message };
-    if (err instanceof PoolError)
-      return {
-        severity: 'FATAL',
-        code: err.code,
-        message: err.message,
-        ...(err.hint ? { hint: err.hint } : {}),
-      };
-    this.log.error({ err }, 'internal error in session');
-    return {
-      severity: 'FATAL',
-      code: SqlState.InternalError,
-      message: 'internal error in dfgate; see its log',
-    };
-  }
-
-  private protocolFailure(err: unknown): void {
-    if (err instanceof SilentClose) {
-      this.logSilent(err);
-      this.close('malformed client message');
+  protected loggingIn(who: StartupIdentity, body: Buffer, rest: Buffer): void {
+    if (this.ctx.pools) this.lender = this.makeLender(this.ctx.pools, who.poolKey);
+    const refused = this.ctx.admit(this);
+    if (refused) {
+      this.fatal(refused);
       return;
     }
-    this.fatal(this.errorFields(err));
+    this.phase = 'connecting';
+    if (rest.length > 0) this.pendingClient.push(rest);
+    void this.connect(Buffer.concat([Buffer.from([0, 0, 0, 0]), body]));
   }
 
-  // ---- startup phase --------------------------------------------------
-
-  private onStartupData(chunk: Buffer): void {
-    const framer = this.startup as StartupFramer;
-    if (
-      framer.buffered === 0 &&
-      chunk[0] === TLS_HANDSHAKE &&
-      !(this.client instanceof tls.TLSSocket)
-    ) {
-      this.directTls(chunk);
-      return;
-    }
-    const got = framer.push(chunk);
-    if (!got) return;
-    const packet = decodeStartup(got.body);
-    switch (packet.type) {
-      case 'SSLRequest':
-      case 'GSSENCRequest': {
-        const d = encryptionDecision(packet.type, got.rest.length, this.ctx.tls !== undefined);
-        if (d.kind === 'fatal') {
-          if (d.answer) this.client.write('N');
-          this.fatal(d.error);
-        } else if (d.kind === 'tls') {
-          this.client.write('S');
-          this.upgrade([]);
-        } else this.client.write('N');
-        return;
-      }
-      case 'CancelRequest':
-        void this.ctx.cancels.forward(packet.pid, packet.key);
-        this.close('cancel request');
-        return;
-      case 'StartupMessage': {
-        this.startup = undefined;
-        const who = startupIdentity(new Map(packet.params));
-        if ('error' in who) {
-          this.fatal(who.error);
-          return;
-        }
-        this.user = who.user;
-        this.database = who.database;
-        if (this.ctx.pools) this.lender = this.makeLender(this.ctx.pools, who.poolKey);
-        this.log = this.log.child({ user: this.user, db: this.database });
-        const refused = this.ctx.admit(this);
-        if (refused) {
-          this.fatal(refused);
-          return;
-        }
-        this.phase = 'connecting';
-        if (got.rest.length > 0) this.pendingClient.push(got.rest);
-        void this.connect(Buffer.concat([Buffer.from([0, 0, 0, 0]), got.body]));
-        return;
-      }
-    }
-  }
-
-  /** PostgreSQL 17's sslnegotiation=direct: TLS from the first byte, ALPN "postgresql". */
-  private directTls(first: Buffer): void {
-    if (!this.ctx.tls) {
-      this.log.warn(
-        'client started TLS directly (sslnegotiation=direct) but dfgate has no --tls-cert; closing',
-      );
-      this.close('direct TLS without a certificate');
-      this.client.destroy();
-      return;
-    }
-    this.upgrade([first], true);
-  }
-
-  private upgrade(initial: Buffer[], direct = false): void {
-    const secure = upgradeClient(
-      this.client as net.Socket,
-      this.ctx.tls as tls.SecureContext,
-      initial,
-    );
-    this.client = secure;
-    this.startup = new StartupFramer(MAX_STARTUP_PACKET);
-    secure.once('secure', () => {
-      if (direct && secure.alpnProtocol !== 'postgresql') {
-        this.log.warn('direct TLS without ALPN "postgresql"; closing');
-        this.close('direct TLS without ALPN');
-        secure.destroy();
-      }
-    });
-    this.attachClient(secure);
+  protected get serverAtBoundary(): boolean {
+    return this.server?.atBoundary ?? true;
   }
 
   private async connect(startupPacket: Buffer): Promise<void> {
@@ -699,29 +507,6 @@ export class Session implements EdgeHost {
   }
 
   // ---- ending ---------------------------------------------------------
-
-  /** Sends an error to the client (at a message boundary) and closes the session. */
-  fatal(e: ErrorFields): void {
-    if (this.phase === 'closed') return;
-    this.log.info({ code: e.code, error: e.message }, 'closing client connection with an error');
-    if (!this.client.destroyed && (this.server?.atBoundary ?? true))
-      this.client.write(encodeError(e));
-    this.close(e.message);
-  }
-
-  /** Graceful shutdown: close now if idle, else as soon as the session becomes idle. */
-  drain(): void {
-    this.draining = true;
-    if (this.idle || this.phase === 'startup') this.terminateForShutdown();
-  }
-
-  terminateForShutdown(): void {
-    this.fatal({
-      severity: 'FATAL',
-      code: SqlState.AdminShutdown,
-      message: 'terminating connection due to administrator command',
-    });
-  }
 
   close(reason: string): void {
     if (this.phase === 'closed') return;
