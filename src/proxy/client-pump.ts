@@ -17,6 +17,8 @@ export interface PumpHost {
   readonly server: ServerConn | undefined;
   /** The connection to write to, lending one if need be (undefined: none, stop). */
   ensureServer(): Promise<ServerConn | undefined>;
+  /** A connection attached now without waiting, if one is at hand. */
+  serverNow(): ServerConn | undefined;
   failed(err: unknown): void;
   /** The queue ran empty. */
   drained(): void;
@@ -58,8 +60,8 @@ export class ClientPump {
 
   /** Client → server: straight through, unless something must wait. */
   push(pieces: Piece[]): void {
-    const conn = this.host.server;
-    if (this.queue.length === 0 && conn) {
+    const conn = this.queue.length === 0 ? this.host.serverNow() : undefined;
+    if (conn) {
       let i = 0;
       const out: Buffer[] = [];
       for (; i < pieces.length; i++) {

@@ -101,6 +101,7 @@ export class Session extends ClientConnection implements EdgeHost {
         return session.server;
       },
       ensureServer: () => this.ensureServer(),
+      serverNow: () => (this.lender ? this.lender.lendNow() : this.server),
       failed: (err) => this.protocolFailure(err),
       drained: () => this.lender?.releaseIfIdle(),
     });

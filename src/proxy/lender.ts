@@ -67,6 +67,23 @@ export class Lender {
     this.pools.clientJoined(this.key);
   }
 
+  /**
+   * An idle connection attached at once, when it needs no check and no
+   * settings (the common case: no waiting, no round trip); else undefined.
+   */
+  lendNow(): ServerConn | undefined {
+    const host = this.host;
+    if (host.server || !host.isReady) return host.server;
+    const conn = this.pools.lendNow(this.key);
+    if (!conn) return undefined;
+    if (conn.closed || conn.suspect || this.pooled.syncSql(conn, host.serverParams) !== undefined) {
+      this.pools.release(this.key, conn);
+      return undefined;
+    }
+    host.attach(conn);
+    return conn;
+  }
+
   /** The connection to write to: the attached one, or one lent from the pool (waiting if need be). */
   async ensure(): Promise<ServerConn | undefined> {
     const host = this.host;
