@@ -21,23 +21,20 @@ beforeAll(async () => {
 
 describe.runIf(N > 0)('many idle clients in transaction mode', () => {
   it(`${N} idle clients: dfgate RSS < 300 MB, at most 10 server connections`, async () => {
-    const d = await spawnDfgate(
-      [
-        '--upstream',
-        `${db.url}?sslmode=disable`,
-        '--no-migrate',
-        '--no-executor',
-        '--pool-mode',
-        'transaction',
-        '--pool-size',
-        '10',
-        '--max-server-connections',
-        '10',
-        '--max-client-connections',
-        String(N + 100),
-      ],
-      { DFGATE_LOG_LEVEL: 'warn' },
-    );
+    const d = await spawnDfgate([
+      '--upstream',
+      `${db.url}?sslmode=disable`,
+      '--no-migrate',
+      '--no-executor',
+      '--pool-mode',
+      'transaction',
+      '--pool-size',
+      '10',
+      '--max-server-connections',
+      '10',
+      '--max-client-connections',
+      String(N + 100),
+    ]);
     const clients: Raw[] = [];
     let next = 0;
     const worker = async (): Promise<void> => {
