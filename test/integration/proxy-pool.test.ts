@@ -4,7 +4,7 @@
  * never more than 10 server connections (sampled in pg_stat_activity); a client
  * killed mid-transaction; cancels; settings; refusals; pool exhaustion.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -77,6 +77,12 @@ function run(
     });
     child.stdin.end('');
   });
+}
+
+function hasPsycopg2(): boolean {
+  return (
+    spawnSync('/usr/bin/python3', ['-c', 'import psycopg2'], { encoding: 'utf8' }).status === 0
+  );
 }
 
 describe('transaction pooling with a pool of 10', () => {
@@ -170,6 +176,50 @@ describe('transaction pooling with a pool of 10', () => {
     expect(r.code, r.err).toBe(0);
     expect(r.out.trim().split('\n')).toEqual(['1', '2', 'BEGIN', '3', 'COMMIT']);
   });
+
+  it.runIf(hasPsycopg2())(
+    'psycopg2 (Debian python3-psycopg2): 50 threads, parameters, a named cursor, SET kept',
+    async () => {
+      const script = `
+import sys, threading, psycopg2
+dsn = sys.argv[1]
+errors = []
+def work(i):
+    try:
+        c = psycopg2.connect(dsn)
+        cur = c.cursor()
+        cur.execute("SET statement_timeout = '4321ms'")
+        c.commit()
+        for k in range(10):
+            cur.execute("INSERT INTO pooled VALUES (%s, %s)", (10000 + i, 'py'))
+            cur.execute("SELECT count(*) FROM pooled WHERE id = %s", (10000 + i,))
+            assert cur.fetchone()[0] == k + 1
+            c.commit()
+            cur.execute("SHOW statement_timeout")
+            assert cur.fetchone()[0] == '4321ms'
+            c.commit()
+        named = c.cursor(name='cur_%d' % i)
+        named.execute("SELECT g FROM generate_series(1, 1000) g")
+        assert sum(r[0] for r in named) == 500500
+        named.close()
+        c.commit()
+        c.close()
+    except Exception as e:
+        errors.append(repr(e))
+ts = [threading.Thread(target=work, args=(i,)) for i in range(50)]
+for t in ts: t.start()
+for t in ts: t.join()
+print('errors', len(errors), errors[:3])
+sys.exit(1 if errors else 0)
+`;
+      peak = 0;
+      const r = await run('/usr/bin/python3', ['-c', script, url], {});
+      expect(r.code, r.out + r.err).toBe(0);
+      expect(r.out).toContain('errors 0');
+      expect(peak).toBeLessThanOrEqual(10);
+    },
+    120_000,
+  );
 
   it('carries SET and reported parameters to whichever connection a client gets', async () => {
     const a = await db.connect(url);
