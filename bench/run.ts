@@ -128,7 +128,7 @@ async function main(): Promise<void> {
     binDir: process.env['DFGATE_TEST_PGBIN'] || undefined,
     settings: {
       synchronous_commit: 'off',
-      max_connections: '200',
+      max_connections: '300',
       shared_preload_libraries: 'pg_stat_statements',
     },
   });
@@ -161,6 +161,13 @@ async function main(): Promise<void> {
         p.pgbouncer === undefined
           ? '  through PgBouncer         (pgbouncer not installed)'
           : `  through PgBouncer         ${p.pgbouncer.toFixed(0)} tps   (${(p.pgbouncer / p.direct).toFixed(2)}x direct)\n  dfgate / PgBouncer        ${(p.dfgate / p.pgbouncer).toFixed(2)}x   (target >= 1.10x)`,
+        '',
+        `transaction pooling: pgbench -S -c ${p.pooled.clients} -j 4, pool of ${p.pooled.pool} (dfgate --pool-mode transaction, PgBouncer pool_mode = transaction) vs ${p.pooled.clients} direct connections:`,
+        `  direct to PostgreSQL      ${p.pooled.direct.toFixed(0)} tps`,
+        `  through dfgate            ${p.pooled.dfgate.toFixed(0)} tps   (${(p.pooled.dfgate / p.pooled.direct).toFixed(2)}x direct)`,
+        p.pooled.pgbouncer === undefined
+          ? '  through PgBouncer         (pgbouncer not installed)'
+          : `  through PgBouncer         ${p.pooled.pgbouncer.toFixed(0)} tps   (${(p.pooled.pgbouncer / p.pooled.direct).toFixed(2)}x direct)\n  dfgate / PgBouncer        ${(p.pooled.dfgate / p.pooled.pgbouncer).toFixed(2)}x   (goal >= 1.00x)`,
         '',
       );
     const userUrl = cluster.url().replace('postgres:bench-superuser@', 'bench:bench-pw@');

@@ -31,6 +31,16 @@ export interface Config {
   readonly maxClientConnections: number;
   readonly connectTimeoutMs: number;
   readonly startupTimeoutMs: number;
+  /** session: one server connection per client; transaction: lent per transaction (docs/proxy.md). */
+  readonly poolMode: 'session' | 'transaction';
+  /** Transaction mode: server connections per (role, database, startup settings). */
+  readonly poolSize: number;
+  /** Transaction mode: server connections in all pools together. */
+  readonly maxServerConnections: number;
+  /** Transaction mode: how long a client waits for a server connection before 53300. */
+  readonly poolTimeoutMs: number;
+  /** Transaction mode: an idle server connection is closed after this long (0: never). */
+  readonly serverIdleTimeoutMs: number;
   readonly maxMessageSize: number;
   readonly shutdownTimeoutMs: number;
   readonly maxConcurrentSteps: number;
@@ -148,6 +158,41 @@ export const FLAGS: readonly FlagSpec[] = [
     kind: 'string',
     env: 'DFGATE_STARTUP_TIMEOUT',
     help: 'seconds a client gets from connecting until it is logged in (default 60)',
+    commands: ['serve'],
+  },
+  {
+    name: 'pool-mode',
+    kind: 'string',
+    env: 'DFGATE_POOL_MODE',
+    help: 'session (one server connection per client, default) or transaction (lent per transaction)',
+    commands: ['serve'],
+  },
+  {
+    name: 'pool-size',
+    kind: 'string',
+    env: 'DFGATE_POOL_SIZE',
+    help: 'transaction mode: server connections per role and database (default 20)',
+    commands: ['serve'],
+  },
+  {
+    name: 'max-server-connections',
+    kind: 'string',
+    env: 'DFGATE_MAX_SERVER_CONNECTIONS',
+    help: 'transaction mode: server connections in all pools together (default 100)',
+    commands: ['serve'],
+  },
+  {
+    name: 'pool-timeout',
+    kind: 'string',
+    env: 'DFGATE_POOL_TIMEOUT',
+    help: 'transaction mode: seconds a client waits for a server connection before 53300 (default 30)',
+    commands: ['serve'],
+  },
+  {
+    name: 'server-idle-timeout',
+    kind: 'string',
+    env: 'DFGATE_SERVER_IDLE_TIMEOUT',
+    help: 'transaction mode: seconds before an idle server connection is closed, 0 never (default 600)',
     commands: ['serve'],
   },
   {
@@ -345,6 +390,10 @@ export function parseConfig(
   if (stepAuth !== 'login' && stepAuth !== 'set-role') {
     throw new ConfigError(`--step-auth must be login or set-role (got "${stepAuth}")`);
   }
+  const poolMode = str('pool-mode') ?? 'session';
+  if (poolMode !== 'session' && poolMode !== 'transaction') {
+    throw new ConfigError(`--pool-mode must be session or transaction (got "${poolMode}")`);
+  }
   const tlsCert = str('tls-cert');
   const tlsKey = str('tls-key');
   if ((tlsCert === undefined) !== (tlsKey === undefined)) {
@@ -368,6 +417,11 @@ export function parseConfig(
     maxClientConnections: num('max-client-connections', 1000, 1, 1_000_000),
     connectTimeoutMs: num('connect-timeout', 10, 0.1, 3600) * 1000,
     startupTimeoutMs: num('startup-timeout', 60, 0.1, 3600) * 1000,
+    poolMode,
+    poolSize: num('pool-size', 20, 1, 100_000),
+    maxServerConnections: num('max-server-connections', 100, 1, 100_000),
+    poolTimeoutMs: num('pool-timeout', 30, 0.01, 86400) * 1000,
+    serverIdleTimeoutMs: num('server-idle-timeout', 600, 0, 86400) * 1000,
     maxMessageSize: num('max-message-size', 1024 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     shutdownTimeoutMs: num('shutdown-timeout', 30, 0, 86400) * 1000,
     maxConcurrentSteps: num('max-concurrent-steps', 10, 1, 1000),

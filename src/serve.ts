@@ -79,6 +79,11 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
     onDfCommit: executor ? () => executor.wake() : undefined,
     edgeValidation: true,
     startNew: executor ? (req) => executor.startNew(req) : undefined,
+    poolMode: cfg.poolMode,
+    poolSize: cfg.poolSize,
+    maxServerConnections: cfg.maxServerConnections,
+    poolTimeoutMs: cfg.poolTimeoutMs,
+    serverIdleTimeoutMs: cfg.serverIdleTimeoutMs,
   });
   return { proxy, executor, admin: await admin(proxy), ui: await ui() };
 }

@@ -7,6 +7,7 @@
  * them exactly as df.start would. Byte offsets are UTF-8, as the parser's.
  * Results are cached per statement text. Pure apart from the cache.
  */
+import { SqlState } from '../db/sqlstate.js';
 import { parseSync, scanSync, type ScanToken } from 'libpg-query';
 import { evaluate, valueText } from './evaluate.js';
 import { asNode, DslError, node } from './nodes.js';
@@ -319,7 +320,8 @@ function compile(text: string, at: number): string {
     if (err instanceof DslError) throw new Refusal(err.sqlstate, err.message, at);
     throw err;
   }
-  if (problem) throw new Refusal('22023', `Invalid durable function: ${problem}`, at);
+  if (problem)
+    throw new Refusal(SqlState.InvalidParameterValue, `Invalid durable function: ${problem}`, at);
   return root;
 }
 
@@ -394,7 +396,11 @@ function newCall(stmts: Ast[], found: Found, call: Call, single: boolean): NewCa
     Object.keys(sel).some((k) => !allowed.has(k)) ||
     sel['op'] !== 'SETOP_NONE'
   )
-    throw new Refusal('0A000', `${NEW_SHAPE}; here it is part of a larger statement`, at);
+    throw new Refusal(
+      SqlState.FeatureNotSupported,
+      `${NEW_SHAPE}; here it is part of a larger statement`,
+      at,
+    );
   const args = new Map<StartParam, NewArg>();
   for (const [name, a] of call.args) {
     const pr = (a.ast as Ast)['ParamRef'] as Ast | undefined;
@@ -405,7 +411,11 @@ function newCall(stmts: Ast[], found: Found, call: Call, single: boolean): NewCa
     const v = constantOrFails(a.ast);
     if (v === FAILS) throw new LeaveToDatabase();
     if (v === undefined)
-      throw new Refusal('0A000', `${NEW_SHAPE}; argument ${name} is neither`, a.start);
+      throw new Refusal(
+        SqlState.FeatureNotSupported,
+        `${NEW_SHAPE}; argument ${name} is neither`,
+        a.start,
+      );
     args.set(name, { value: v });
   }
   return { args, column: (rt?.['name'] as string | undefined) ?? 'start' };

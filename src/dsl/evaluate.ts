@@ -5,6 +5,7 @@
  * undefined for anything that is not constant (a column, a parameter, another
  * function), which is then left for PostgreSQL to evaluate. Pure.
  */
+import { SqlState } from '../db/sqlstate.js';
 import { cronError } from './cron.js';
 import { compose, DslError, jstr, node, withName } from './nodes.js';
 
@@ -43,7 +44,10 @@ function asNumber(v: Value, what: 'numeric' | 'integer'): string | null {
   const s = asText(v) as string;
   const plain = what === 'integer' ? /^\s*[+-]?\d+\s*$/ : /^\s*[+-]?(\d+\.?\d*|\.\d+)\s*$/;
   if (!plain.test(s) || (what === 'integer' && Math.abs(Number(s)) > 2147483647))
-    throw new DslError(`invalid input syntax for type ${what}: "${s}"`, '22P02');
+    throw new DslError(
+      `invalid input syntax for type ${what}: "${s}"`,
+      SqlState.InvalidTextRepresentation,
+    );
   return s.trim();
 }
 
@@ -83,7 +87,7 @@ function jsonbCompact(textValue: string): string {
   try {
     parsed = JSON.parse(textValue);
   } catch {
-    throw new DslError(`invalid input syntax for type json`, '22P02');
+    throw new DslError(`invalid input syntax for type json`, SqlState.InvalidTextRepresentation);
   }
   const m = mark(parsed);
   return write(m, isEntries(m));
@@ -132,7 +136,7 @@ function httpChecks(
   allowed: readonly string[],
   timeout: string | null,
 ): string {
-  if (url === null) throw new DslError(`${fn}: url cannot be NULL`, '22004');
+  if (url === null) throw new DslError(`${fn}: url cannot be NULL`, SqlState.NullValueNotAllowed);
   if (!url.includes('{')) {
     const scheme = (url.includes('://') ? url.slice(0, url.indexOf('://')) : url).toLowerCase();
     if (scheme !== 'http' && scheme !== 'https')
@@ -225,7 +229,8 @@ const FUNCTIONS: Readonly<Record<string, Fn>> = {
   },
   loop: (a) => {
     const [b, c] = [arg(a, 0, 'body'), arg(a, 1, 'condition')];
-    if (b.t === 'null') throw new DslError('df.loop: body cannot be NULL', '22004');
+    if (b.t === 'null')
+      throw new DslError('df.loop: body cannot be NULL', SqlState.NullValueNotAllowed);
     return text(
       node('LOOP', {
         left: compose(asText(b) as string),
@@ -255,7 +260,8 @@ const FUNCTIONS: Readonly<Record<string, Fn>> = {
   },
   wait_for_signal: (a) => {
     const [n, t] = [arg(a, 0, 'name'), arg(a, 1, 'timeout_seconds')];
-    if (n.t === 'null') throw new DslError('Signal name cannot be NULL', '22004');
+    if (n.t === 'null')
+      throw new DslError('Signal name cannot be NULL', SqlState.NullValueNotAllowed);
     const name = asText(n) as string;
     if (name === '') throw new DslError('Signal name cannot be empty');
     const timeout = asNumber(t, 'integer');
@@ -322,7 +328,7 @@ function ifElse(p: Value, e: Value): Value {
   try {
     o = JSON.parse(asText(p) as string);
   } catch {
-    throw new DslError(`invalid input syntax for type json`, '22P02');
+    throw new DslError(`invalid input syntax for type json`, SqlState.InvalidTextRepresentation);
   }
   const rec = o as { _partial_if?: unknown; condition?: unknown; then_branch?: unknown } | null;
   if (
@@ -422,7 +428,7 @@ export function evaluate(e: unknown): Value | undefined {
       if (KNOWN_OTHER.has(fn[1] as string)) return undefined; // real df functions, not constant
       throw new DslError(
         `function df.${fn[1] as string}() does not exist`,
-        '42883',
+        SqlState.UndefinedFunction,
         fc['location'] as number,
       );
     }

@@ -3,12 +3,13 @@
  * producing graph text byte-identical to the in-database functions of
  * migrations/0002_dsl.sql (test/golden/dsl-cases.json checks both). Pure.
  */
+import { SqlState } from '../db/sqlstate.js';
 
 export class DslError extends Error {
   override readonly name = 'DslError';
   constructor(
     message: string,
-    readonly sqlstate: string = '22023',
+    readonly sqlstate: string = SqlState.InvalidParameterValue,
     /** 0-based byte offset of the offending call in the statement, when known. */
     public position?: number,
   ) {

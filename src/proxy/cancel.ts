@@ -1,7 +1,9 @@
 /**
- * Cancel keys dfgate has relayed. BackendKeyData passes through unchanged, so
- * a client's CancelRequest carries the upstream's own key; it is forwarded
- * only when dfgate relayed that key (never to an arbitrary backend: dfgate is
+ * Cancel keys dfgate has relayed. In session mode BackendKeyData passes
+ * through unchanged, so a client's CancelRequest carries the upstream's own
+ * key; in transaction mode the client gets a key of dfgate's own, resolved
+ * to the backend it holds when the cancel arrives. A cancel is forwarded
+ * only when dfgate gave out that key (never to an arbitrary backend: dfgate is
  * no cancel-key oracle), over a fresh connection negotiated like any other.
  * https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-CANCELING-REQUESTS
  */
@@ -13,8 +15,14 @@ function keyOf(pid: number, key: Buffer): string {
   return `${pid}:${key.toString('hex')}`;
 }
 
+/** Where a cancel request with a key dfgate gave out goes at this moment (undefined: nowhere). */
+export type CancelResolver = () =>
+  { readonly pid: number; readonly key: Buffer; readonly target: UpstreamTarget } | undefined;
+
 export class CancelRegistry {
   private readonly keys = new Map<string, UpstreamTarget>();
+  /** Transaction mode: keys of dfgate's own, each resolved to the backend its client holds. */
+  private readonly resolvers = new Map<string, CancelResolver>();
 
   constructor(
     private readonly log: Logger,
@@ -29,17 +37,40 @@ export class CancelRegistry {
     };
   }
 
+  /** A key dfgate gave a client (transaction mode); `resolve` names the backend to cancel. */
+  addResolver(pid: number, key: Buffer, resolve: CancelResolver): () => void {
+    const k = keyOf(pid, key);
+    this.resolvers.set(k, resolve);
+    return () => {
+      this.resolvers.delete(k);
+    };
+  }
+
   get size(): number {
-    return this.keys.size;
+    return this.keys.size + this.resolvers.size;
   }
 
   /** Forwards a cancel request if the key is one dfgate relayed; silently ignores it otherwise. */
   async forward(pid: number, key: Buffer): Promise<boolean> {
-    const target = this.keys.get(keyOf(pid, key));
+    const k = keyOf(pid, key);
+    const resolver = this.resolvers.get(k);
+    if (resolver) {
+      const to = resolver();
+      if (!to) {
+        this.log.debug({ pid }, 'cancel request for a client between transactions ignored');
+        return false;
+      }
+      return this.send(to.pid, to.key, to.target);
+    }
+    const target = this.keys.get(k);
     if (!target) {
       this.log.debug({ pid }, 'cancel request with an unknown key ignored');
       return false;
     }
+    return this.send(pid, key, target);
+  }
+
+  private async send(pid: number, key: Buffer, target: UpstreamTarget): Promise<boolean> {
     try {
       const up = await connectUpstream(target, this.connectTimeoutMs);
       up.socket.end(encodeStartup({ type: 'CancelRequest', pid, key }));

@@ -16,8 +16,9 @@ import type { Logger } from 'pino';
 import { loadParser } from '../dsl/parser.js';
 import { metrics } from '../metrics.js';
 import { CancelRegistry } from './cancel.js';
-import { SqlState } from './protocol/sqlstate.js';
-import { Session, type SessionContext } from './session.js';
+import { SqlState } from '../db/sqlstate.js';
+import { Session, type SessionContext } from './client-session.js';
+import { ServerPools } from './pool.js';
 import type { UpstreamTarget } from './upstream.js';
 
 export interface ProxyOptions {
@@ -38,6 +39,16 @@ export interface ProxyOptions {
   readonly edgeValidation?: boolean | undefined;
   /** Runs df.start(..., transaction_mode => 'new') on dfgate's own connection (the embedded executor). */
   readonly startNew?: SessionContext['startNew'];
+  /** session (default): one server connection per client; transaction: lent per transaction. */
+  readonly poolMode?: 'session' | 'transaction' | undefined;
+  /** Transaction mode: connections per pool (default 20). */
+  readonly poolSize?: number | undefined;
+  /** Transaction mode: connections of all pools together (default 100). */
+  readonly maxServerConnections?: number | undefined;
+  /** Transaction mode: how long a client waits for a connection (default 30 s). */
+  readonly poolTimeoutMs?: number | undefined;
+  /** Transaction mode: idle connections are closed after this long (default 600 s; 0 never). */
+  readonly serverIdleTimeoutMs?: number | undefined;
 }
 
 export interface ProxyServer {
@@ -45,6 +56,8 @@ export interface ProxyServer {
   /** False once shutdown began. */
   readonly accepting: boolean;
   readonly sessions: ReadonlySet<Session>;
+  /** Transaction mode: the server connection pools (undefined in session mode). */
+  readonly pools: ServerPools | undefined;
   /** Stops accepting, lets sessions finish up to timeoutMs, then terminates them (57P01). */
   shutdown(timeoutMs: number): Promise<void>;
 }
@@ -54,6 +67,16 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   if (opts.edgeValidation) await loadParser();
   const sessions = new Set<Session>();
   const cancels = new CancelRegistry(log, opts.connectTimeoutMs);
+  const pools =
+    opts.poolMode === 'transaction'
+      ? new ServerPools({
+          log,
+          poolSize: opts.poolSize ?? 20,
+          maxServerConnections: opts.maxServerConnections ?? 100,
+          poolTimeoutMs: opts.poolTimeoutMs ?? 30_000,
+          serverIdleTimeoutMs: opts.serverIdleTimeoutMs ?? 600_000,
+        })
+      : undefined;
   const secureContext =
     opts.tlsCert && opts.tlsKey
       ? tls.createSecureContext({
@@ -96,6 +119,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       onDfCommit: opts.onDfCommit,
       edgeValidation: opts.edgeValidation,
       startNew: opts.startNew,
+      pools,
       admit: (s) => {
         if (shuttingDown) {
           metrics.clientsRefused.inc({ reason: 'shutting_down' });
@@ -141,6 +165,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       listen: `${opts.host}:${port}`,
       upstream: `${opts.upstream.host}:${opts.upstream.port}`,
       tls: Boolean(secureContext),
+      poolMode: opts.poolMode ?? 'session',
     },
     'proxy listening',
   );
@@ -148,6 +173,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   return {
     port,
     sessions,
+    pools,
     get accepting(): boolean {
       return !shuttingDown;
     },
@@ -169,6 +195,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       }, timeoutMs);
       await allClosed;
       clearTimeout(timer);
+      pools?.close();
       log.info('proxy stopped');
     },
   };

@@ -21,6 +21,9 @@ export function viaPort(url: string, port: number, params = ''): string {
   return u.toString() + params;
 }
 
+/** The proxy tests run in transaction pooling mode (DFGATE_POOL_MODE=transaction). */
+export const POOLED = process.env['DFGATE_POOL_MODE'] === 'transaction';
+
 const proxies: ProxyServer[] = [];
 afterAll(async () => {
   await Promise.all(proxies.splice(0).map((p) => p.shutdown(0)));
@@ -38,6 +41,9 @@ export async function startTestProxy(
     maxClientConnections: 1000,
     connectTimeoutMs: 5000,
     maxMessageSize: 64 * 1024 * 1024,
+    // DFGATE_POOL_MODE=transaction runs the proxy tests against transaction pooling
+    // (spawned dfgate processes read the same variable)
+    poolMode: POOLED ? 'transaction' : 'session',
     ...opts,
   });
   proxies.push(p);

@@ -123,7 +123,7 @@ describe('the rewrite', () => {
         .rows[0].seen,
     ).toContain('AS "start"');
     expect(await cols(`SELECT * FROM df.start('SELECT 1')`)).toEqual(['start']);
-    await p.query(`CREATE TEMP TABLE started (id text, n int)`);
+    await p.query(`CREATE TABLE started (id text, n int)`);
     const ins = await p.query(
       `INSERT INTO started SELECT df.start('SELECT ' || g), g FROM generate_series(1, 3) g RETURNING df.start('SELECT 9'), n`,
     );
@@ -383,7 +383,7 @@ describe("transaction_mode => 'new'", () => {
   });
 
   it('works after a COPY FROM STDIN on the same connection', async () => {
-    await p.query('CREATE TEMP TABLE copied (v text)');
+    await p.query('CREATE TABLE copied (v text)');
     await pipeline(Readable.from(['a\n', 'b\n']), p.query(copyFrom('COPY copied FROM STDIN')));
     const id = (await p.query(`SELECT df.start('SELECT 3 AS three', transaction_mode => 'new')`))
       .rows[0].start;

@@ -192,7 +192,7 @@ describe('fuzzing dfgate', () => {
   it('survives 100,000 random and mutated frames, answering like PostgreSQL; other sessions are unaffected', async () => {
     const bystander = await db.connect(viaPort(scram.url, dfgate.port));
     await bystander.query('BEGIN');
-    await bystander.query('CREATE TEMP TABLE alive (n int)');
+    await bystander.query('CREATE TEMP TABLE alive (n int) ON COMMIT DROP');
     const directPort = Number(new URL(db.url).port);
     const startup = encodeStartup({
       type: 'StartupMessage',

@@ -8,7 +8,7 @@ import { encodeFrontend, encodeStartup } from '../../src/proxy/protocol/frontend
 import { parseStrict } from '../harness/json.js';
 import { errorOf, loggedIn, raw } from '../harness/wire.js';
 import { useTestDatabase, withUser, type TestRole } from '../harness/db.js';
-import { spawnDfgate, startTestProxy, viaPort } from '../harness/dfgate.js';
+import { POOLED, spawnDfgate, startTestProxy, viaPort } from '../harness/dfgate.js';
 
 const db = useTestDatabase();
 let port: number;
@@ -302,6 +302,9 @@ describe('limits and upstream trouble', () => {
   it('a backend terminated by the server reports 57P01 to the client', async () => {
     const app = `dfgate-term-${Date.now()}`;
     const r = await loggedIn(port, trust.name, db.name, [['application_name', app]]);
+    // inside a transaction, so that the backend is the client's in transaction mode too
+    r.sock.write(encodeFrontend({ type: 'Query', sql: 'BEGIN' }));
+    await r.until((t) => t === 'Z');
     await db.admin.query(
       'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1',
       [app],
@@ -331,6 +334,8 @@ describe('limits and upstream trouble', () => {
       await startTestProxy(`postgres://x@127.0.0.1:${(relay.address() as net.AddressInfo).port}/db`)
     ).port;
     const r = await loggedIn(p, trust.name, db.name);
+    r.sock.write(encodeFrontend({ type: 'Query', sql: 'BEGIN' }));
+    await r.until((t) => t === 'Z');
     for (const s of cut) s.destroy();
     const e = errorOf(await r.until((t) => t === 'E'));
     expect(e).toMatchObject({ V: 'FATAL', C: '08006' });
@@ -376,10 +381,11 @@ describe('limits and upstream trouble', () => {
       // drop the socket without Terminate
       (c as unknown as { connection: { stream: net.Socket } }).connection.stream.destroy();
     }
+    // transaction mode keeps the (idle, clean) server connections in its pool
     const count = async (): Promise<number> =>
       (
         await db.admin.query(
-          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1`,
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1${POOLED ? ` AND state <> 'idle'` : ''}`,
           [appName],
         )
       ).rows[0].n;

@@ -9,7 +9,13 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { encodeFrontend, encodeStartup } from '../../src/proxy/protocol/frontend.js';
 import { loggedIn } from '../harness/wire.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
-import { spawnDfgate, startTestProxy, viaPort, type DfgateProcess } from '../harness/dfgate.js';
+import {
+  POOLED,
+  spawnDfgate,
+  startTestProxy,
+  viaPort,
+  type DfgateProcess,
+} from '../harness/dfgate.js';
 
 const db = useTestDatabase();
 let role: TestRole;
@@ -48,8 +54,18 @@ describe('pass-through with node-postgres', () => {
       const r = await c.query({ name: 'add_one', text: 'SELECT $1::int + 1 AS n', values: [i] });
       expect(r.rows[0].n).toBe(i + 1);
     }
+    // transaction mode prepares it under a name of dfgate's own, once per server connection
     const ps = await c.query(
-      `SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name = 'add_one'`,
+      `SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name = $1 AND statement = 'SELECT $1::int + 1 AS n'`,
+      [
+        POOLED
+          ? (
+              await c.query(
+                `SELECT name FROM pg_prepared_statements WHERE statement = 'SELECT $1::int + 1 AS n'`,
+              )
+            ).rows[0]?.name
+          : 'add_one',
+      ],
     );
     expect(ps.rows[0].n).toBe(1);
   });
@@ -121,6 +137,14 @@ describe('pass-through with node-postgres', () => {
     const got = new Promise<string>((resolve) =>
       a.on('notification', (n) => resolve(n.payload ?? '')),
     );
+    if (POOLED) {
+      // a LISTEN cannot follow the client to its next server connection: refused, never lost
+      await expect(a.query('LISTEN dfgate_chan')).rejects.toMatchObject({
+        code: '0A000',
+        message: expect.stringContaining('--pool-mode transaction'),
+      });
+      return;
+    }
     await a.query('LISTEN dfgate_chan');
     await b.query(`SELECT pg_notify('dfgate_chan', 'hello ü')`);
     expect(await got).toBe('hello ü');

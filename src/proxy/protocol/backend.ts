@@ -5,7 +5,7 @@
  */
 import { AuthCode, Backend } from './codes.js';
 import { Reader, Writer } from './reader.js';
-import type { SqlStateCode } from './sqlstate.js';
+import type { SqlStateCode } from '../../db/sqlstate.js';
 
 export interface ErrorFields {
   readonly severity: 'ERROR' | 'FATAL';

@@ -10,6 +10,7 @@
  * caller may replace or drop it. The length is checked against the maximum
  * message size on the header, before anything is buffered.
  */
+import { SqlState } from '../../db/sqlstate.js';
 import { ProtocolError, SilentClose } from './reader.js';
 
 export class MessageTooLarge extends ProtocolError {
@@ -20,7 +21,7 @@ export class MessageTooLarge extends ProtocolError {
   ) {
     super(
       `message of type ${JSON.stringify(String.fromCharCode(type))} is ${size} bytes, over the ${max}-byte limit`,
-      { code: '54000' },
+      { code: SqlState.ProgramLimitExceeded },
     );
   }
 }

@@ -4,6 +4,7 @@
  * pg-protocol only parses backend messages; this is the other half.
  * Decoders take one complete message body and never see a socket.
  */
+import { SqlState } from '../../db/sqlstate.js';
 import { Frontend, ProtocolVersion, StartupCode } from './codes.js';
 import { ProtocolError, Reader, SilentClose, Writer } from './reader.js';
 
@@ -94,7 +95,7 @@ export function decodeStartup(body: Buffer): StartupPacket {
       if (major !== 3)
         throw new ProtocolError(
           `unsupported frontend protocol ${major}.${code & 0xffff}: server supports 3.0 to 3.0`,
-          { code: '0A000' },
+          { code: SqlState.FeatureNotSupported },
         );
       // name/value pairs, then a single NUL that must be the packet's last byte
       const params: Array<readonly [string, string]> = [];

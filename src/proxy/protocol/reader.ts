@@ -1,4 +1,5 @@
 /** A bounds-checked reader over one message body (never reads past its end). */
+import { SqlState } from '../../db/sqlstate.js';
 
 /**
  * A malformed message. `code` is the SQLSTATE PostgreSQL reports for it
@@ -11,7 +12,7 @@ export class ProtocolError extends Error {
   readonly field: string | undefined;
   constructor(message: string, opts: { readonly code?: string; readonly field?: string } = {}) {
     super(message);
-    this.code = opts.code ?? '08P01';
+    this.code = opts.code ?? SqlState.ProtocolViolation;
     this.field = opts.field;
   }
 }

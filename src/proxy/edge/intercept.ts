@@ -1,0 +1,501 @@
+/**
+ * df.* at the edge (DESIGN.md §2 path 2): statements that mention df. are
+ * validated and compiled before they reach the database (rewritten, or
+ * refused in statement order), Binds of df.start statements are checked, and
+ * df.start(..., transaction_mode => 'new') runs on dfgate's own connection.
+ * It sees the client's traffic only through `EdgeHost`, the same in session
+ * and transaction mode: the client's identity and parameters, its
+ * ReadyForQuery ledger, and the conversation on the server connection it
+ * uses at that moment.
+ */
+import { isUtf8 } from 'node:buffer';
+import { randomBytes } from 'node:crypto';
+import { SqlState } from '../../db/sqlstate.js';
+import {
+  ANALYZE_BYTES_MAX,
+  edgeSkips,
+  type BoundProblem,
+  literal,
+  type Edge,
+  type NewCall,
+  type StartParam,
+} from '../../dsl/edge.js';
+import { analyzeSoon, checkBoundSoon } from '../../dsl/edge-pool.js';
+import { metrics } from '../../metrics.js';
+import type { Conversation, Ledger } from '../conversation.js';
+import { decodeErrorFields, encodeErrorFieldMap } from '../protocol/backend.js';
+import { Frontend } from '../protocol/codes.js';
+import type { Deferred, Piece } from '../protocol/frame.js';
+import { decodeFrontend, encodeFrontend, type FrontendMessage } from '../protocol/frontend.js';
+import { BindRefusal, boundArgs, textParam, type BindMessage } from './bind.js';
+import { errorFields, mixed, nonceName, quoteIdentifier, raiseNonce, refusal } from './errors.js';
+
+import type { StartNewRequest } from '../../contract/start-new.js';
+export type { StartNewRequest };
+
+export interface EdgeOptions {
+  /** Called when a transaction that mentioned df.* ends (ReadyForQuery back to idle): wakes the executor in-process. */
+  readonly onDfCommit?: (() => void) | undefined;
+  /** Validate and compile df.start calls before they reach the database (DESIGN.md §2 path 2). */
+  readonly edgeValidation?: boolean | undefined;
+  /**
+   * Runs df.start(..., transaction_mode => 'new') on a connection of dfgate's
+   * own as `login`, committed on its own; resolves to the instance id. Errors
+   * carry PostgreSQL's fields (code, message, hint).
+   */
+  readonly startNew?: ((req: StartNewRequest) => Promise<string>) | undefined;
+}
+
+/** What the edge sees of a client session. */
+export interface EdgeHost {
+  readonly user: string;
+  readonly database: string;
+  /** Parameters the server reported to this client (client_encoding, standard_conforming_strings). */
+  readonly serverParams: ReadonlyMap<string, string>;
+  readonly ledger: Ledger;
+  readonly conversation: Conversation;
+  readonly isClosed: boolean;
+}
+
+/** An error with PostgreSQL's fields, as thrown by startNew. */
+interface PgErrorLike {
+  readonly code?: string;
+  readonly message: string;
+  readonly hint?: string;
+  readonly detail?: string;
+}
+
+/** A server ErrorResponse dfgate provoked (it names the nonce) and what the client sees instead. */
+interface ErrorSwap {
+  readonly fields: ReadonlyMap<string, string> | null;
+  readonly untilRfq: number;
+}
+
+/** A protocol-level statement whose Binds dfgate checks. */
+interface StatementCheck {
+  readonly call?: NewCall;
+  readonly bound?: readonly number[];
+  readonly paramTypes: readonly number[];
+}
+
+/** A Parse still being compiled: what its Binds must check once it is. */
+interface PendingCheck {
+  readonly pending: Promise<StatementCheck | undefined>;
+}
+
+/** The session's counters as of a client message, for deciding about it later. */
+interface EdgeMoment {
+  readonly rfqExpected: number;
+  readonly prevLen: number;
+  readonly prevRisky: boolean;
+}
+
+const TEXT_OID = 25;
+const DF_MARKS = ['df.', 'DF.', 'Df.', 'dF.', '"df".'].map((m) => Buffer.from(m));
+const NONCE = /dfgate_edge_([0-9a-f]{12})/;
+
+/** Does a Query or Parse body mention df. (any case, or quoted)? Native scans only. */
+export function mentionsDf(body: Buffer): boolean {
+  for (const m of DF_MARKS) if (body.indexOf(m) >= 0) return true;
+  return false;
+}
+
+export class EdgeInterceptor {
+  /**
+   * Protocol-level statements whose Binds dfgate checks: a SELECT df.start(...,
+   * transaction_mode => 'new') (`call`), or df.start calls whose workflow is a
+   * parameter (`bound`: their numbers).
+   */
+  private readonly statements = new Map<string, StatementCheck | PendingCheck>();
+  /** Errors dfgate provoked, by nonce. */
+  private readonly swaps = new Map<string, ErrorSwap>();
+  /** Server error positions in a rewritten statement → positions in the client's text. */
+  private positionMaps: Array<{
+    readonly after: number;
+    readonly until: number;
+    readonly map: (p: number) => number;
+  }> = [];
+  /** The current transaction sent a statement that mentions df.* */
+  private sawDf = false;
+
+  constructor(
+    private readonly host: EdgeHost,
+    private readonly opts: EdgeOptions,
+  ) {}
+
+  /** Must a client message of this type (and length, header included) be seen whole? */
+  watches(t: number, len = 0): boolean {
+    return (
+      ((t === Frontend.Query || t === Frontend.Parse) &&
+        (this.opts.onDfCommit !== undefined || this.opts.edgeValidation === true) &&
+        this.inspectStatement(t, len)) ||
+      ((t === Frontend.Bind || t === Frontend.Close) && this.statements.size > 0)
+    );
+  }
+
+  /**
+   * Whether a Query or Parse is assembled for onStatement. One too long for
+   * the edge to compile streams through like any other message (assembling,
+   * scanning and writing it in one piece would hold the event loop for
+   * milliseconds), counted as mentioning df.; with named prepared statements
+   * to track (a Parse's name, a DEALLOCATE) it is assembled anyway.
+   */
+  private inspectStatement(type: number, len: number): boolean {
+    if (!edgeSkips(type === Frontend.Parse, len - 4)) return true;
+    if (type === Frontend.Query) this.statements.delete(''); // as onStatement would
+    if (this.statements.size > 0) return true;
+    this.sawDf = true;
+    return false;
+  }
+
+  /** A client Close: a checked statement is gone. */
+  onClose(body: Buffer): void {
+    if (this.statements.size === 0) return;
+    const m = decodeFrontend(Frontend.Close, body);
+    if (m.type === 'Close' && m.kind === 'S') this.statements.delete(m.name);
+  }
+
+  /** A transaction ended (ReadyForQuery idle): wake the executor if it mentioned df.* */
+  transactionEnded(): void {
+    if (!this.sawDf) return;
+    this.sawDf = false;
+    this.opts.onDfCommit?.();
+  }
+
+  /** After the n-th ReadyForQuery: forget swaps and position maps of earlier statements. */
+  settle(n: number): void {
+    if (this.positionMaps.length) this.positionMaps = this.positionMaps.filter((m) => m.until > n);
+    if (this.swaps.size) for (const [k, v] of this.swaps) if (v.untilRfq <= n) this.swaps.delete(k);
+  }
+
+  /** A server ErrorResponse: dfgate's own error instead (or null: hide it), or undefined to relay it. */
+  serverError(body: Buffer): { replace: Buffer | null } | Map<string, string> {
+    const fields = decodeErrorFields(body);
+    const nonce = NONCE.exec(fields.get('M') ?? '')?.[1];
+    const swap = nonce === undefined ? undefined : this.swaps.get(nonce);
+    if (swap) {
+      this.swaps.delete(nonce as string);
+      return { replace: swap.fields ? encodeErrorFieldMap(swap.fields) : null };
+    }
+    const pos = fields.get('P');
+    const received = this.host.ledger.received;
+    const pm = this.positionMaps.find((m) => m.after <= received && received < m.until);
+    if (pos !== undefined && pm) {
+      fields.set('P', String(pm.map(Number(pos))));
+      return { replace: encodeErrorFieldMap(fields) };
+    }
+    return fields;
+  }
+
+  /** Registers an error the server is about to raise under a nonce (null fields: hide it). */
+  provoke(
+    fields: ReadonlyMap<string, string> | null,
+    rfqExpected = this.host.ledger.expected,
+  ): string {
+    if (fields) metrics.edgeRefusals.inc({ code: fields.get('C') ?? '' });
+    const nonce = randomBytes(6).toString('hex');
+    this.swaps.set(nonce, { fields, untilRfq: rfqExpected + 1 });
+    return nonce;
+  }
+
+  /** The message that makes the server refuse a Query or Parse with `fields`, in statement order. */
+  refuseStatement(type: number, body: Buffer, fields: ReadonlyMap<string, string>): Buffer {
+    const nonce = this.provoke(fields);
+    if (type === Frontend.Parse) {
+      const m = decodeFrontend(type, body);
+      if (m.type === 'Parse') return encodeFrontend({ ...m, sql: nonceName(nonce) });
+    }
+    return encodeFrontend({ type: 'Query', sql: raiseNonce(nonce) });
+  }
+
+  // ---- statements -------------------------------------------------------
+
+  onStatement(type: number, body: Buffer, raw: Buffer): Piece | null | undefined {
+    const isQuery = type === Frontend.Query;
+    if (this.statements.size > 0) {
+      if (isQuery) {
+        this.statements.delete(''); // a simple query drops the unnamed statement
+        if (/deallocate|discard/i.test(body.toString('latin1'))) this.statements.clear();
+      } else {
+        this.statements.delete(body.toString('utf8', 0, body.indexOf(0)));
+      }
+    }
+    if (!mentionsDf(body)) return undefined;
+    this.sawDf = true;
+    const params = this.host.serverParams;
+    if (
+      !this.opts.edgeValidation ||
+      params.get('client_encoding') !== 'UTF8' ||
+      params.get('standard_conforming_strings') !== 'on'
+    )
+      return undefined;
+    // Invalid UTF-8 goes to the server unchanged, which refuses it (22021) exactly as
+    // on a direct connection; decoding it here would turn it into U+FFFD.
+    const text = statementBytes(type, body);
+    if (!text || text.length > ANALYZE_BYTES_MAX || !isUtf8(text)) return undefined;
+    const m = decodeFrontend(type, body);
+    if (m.type !== 'Query' && m.type !== 'Parse') return undefined;
+    // what the outcome depends on, as of this message (later messages move the counters)
+    const at = this.moment();
+    const e = analyzeSoon(m.sql, !isQuery);
+    if (!(e instanceof Promise)) return this.applyEdge(m, e, raw, at);
+    // Compiled in a worker: this message and everything after it wait in order
+    // (the pump pauses the client); a Bind of this statement waits for the check.
+    let pending: PendingCheck | undefined;
+    if (m.type === 'Parse') {
+      const name = m.name;
+      const p: PendingCheck = {
+        pending: e.then((done) => {
+          const st = statementCheck(done, m.paramTypes);
+          if (this.statements.get(name) === p) {
+            if (st) this.statements.set(name, st);
+            else this.statements.delete(name);
+          }
+          return st;
+        }),
+      };
+      pending = p;
+      this.statements.set(name, p);
+    }
+    return async () => {
+      const done = await e;
+      await pending?.pending;
+      const piece = this.applyEdge(m, done, raw, at, true);
+      if (piece === undefined) return [raw];
+      if (piece === null) return [];
+      return typeof piece === 'function' ? piece() : [piece];
+    };
+  }
+
+  private moment(): EdgeMoment {
+    const l = this.host.ledger;
+    return { rfqExpected: l.expected, prevLen: l.prevLen, prevRisky: l.prevRisky };
+  }
+
+  /** The message to forward for a statement, given the edge's answer. */
+  private applyEdge(
+    m: Extract<FrontendMessage, { type: 'Query' | 'Parse' }>,
+    e: Edge,
+    raw: Buffer,
+    at: EdgeMoment,
+    registered = false,
+  ): Piece | null | undefined {
+    if (m.type === 'Parse' && !registered) {
+      const st = statementCheck(e, m.paramTypes);
+      if (st) this.statements.set(m.name, st);
+    }
+    switch (e.kind) {
+      case 'pass':
+        return undefined;
+      case 'rewrite': {
+        metrics.edgeRewrites.inc();
+        const after = m.type === 'Query' ? at.rfqExpected - 1 : at.rfqExpected;
+        this.positionMaps.push({ after, until: after + 1, map: e.position });
+        return encodeFrontend(
+          m.type === 'Query' ? { type: 'Query', sql: e.text } : { ...m, sql: e.text },
+        );
+      }
+      case 'error': {
+        const fields = errorFields(e.error);
+        const nonce = this.provoke(fields, at.rfqExpected);
+        if (m.type === 'Parse') {
+          // a nonce that is a syntax error: the server fails the Parse, dfgate swaps in its error
+          return encodeFrontend({ ...m, sql: nonceName(nonce) });
+        }
+        const sql = Buffer.from(m.sql, 'utf8');
+        const stmt = Buffer.from(raiseNonce(nonce), 'utf8');
+        return encodeFrontend({
+          type: 'Query',
+          sql: e.only
+            ? raiseNonce(nonce)
+            : Buffer.concat([
+                sql.subarray(0, e.statement.start),
+                stmt,
+                sql.subarray(e.statement.end),
+              ]).toString('utf8'),
+        });
+      }
+      case 'new':
+        if (m.type === 'Parse') return undefined;
+        return this.newQuery(e.call, raw, at);
+    }
+  }
+
+  /** SELECT df.start(<constants>, transaction_mode => 'new') as a simple Query. */
+  private newQuery(call: NewCall, raw: Buffer, at: EdgeMoment): Deferred {
+    const before = at.rfqExpected - 1;
+    const openBatch = at.prevLen > 0;
+    const refuse = (f: ReadonlyMap<string, string>): Buffer[] => [
+      encodeFrontend({ type: 'Query', sql: raiseNonce(this.provoke(f, at.rfqExpected)) }),
+    ];
+    return async () => {
+      if (this.host.ledger.unsure) return refuse(mixed());
+      await this.host.ledger.wait(before, this.host.isClosed);
+      if (openBatch)
+        return refuse(
+          refusal(
+            SqlState.FeatureNotSupported,
+            "df.start(..., transaction_mode => 'new') cannot run inside an unfinished extended-protocol batch: send Sync first",
+          ),
+        );
+      const args = new Map<StartParam, string | null>();
+      for (const [k, a] of call.args)
+        if (k !== 'transaction_mode' && 'value' in a) args.set(k, a.value);
+      const r = await this.runNew(args);
+      if (r.error) return r.error === 'server' ? [raw] : refuse(r.error);
+      return [
+        encodeFrontend({
+          type: 'Query',
+          sql: `SELECT ${literal(r.id)}::text AS ${quoteIdentifier(call.column)}`,
+        }),
+      ];
+    };
+  }
+
+  // ---- binds ------------------------------------------------------------
+
+  /** A Bind of a checked statement (a df.start workflow parameter, or transaction_mode => 'new'). */
+  onBind(body: Buffer, raw: Buffer): Piece | undefined {
+    if (this.statements.size === 0) return undefined;
+    const m = decodeFrontend(Frontend.Bind, body);
+    if (m.type !== 'Bind') return undefined;
+    const found = this.statements.get(m.statement);
+    if (!found) return undefined;
+    const at = this.moment();
+    if ('pending' in found) {
+      // its Parse is still being compiled: decide once it is (the pump keeps the order)
+      return async () => {
+        const st = await found.pending;
+        const piece = st ? this.bindPiece(st, m, raw, at) : undefined;
+        if (piece === undefined) return [raw];
+        return typeof piece === 'function' ? piece() : [piece];
+      };
+    }
+    return this.bindPiece(found, m, raw, at);
+  }
+
+  private bindPiece(
+    st: StatementCheck,
+    m: BindMessage,
+    raw: Buffer,
+    at: EdgeMoment,
+  ): Piece | undefined {
+    const refuseNow = (f: ReadonlyMap<string, string> | null): Buffer =>
+      // a statement name that does not exist: the server fails the Bind, dfgate swaps in its error
+      encodeFrontend({
+        type: 'Bind',
+        portal: m.portal,
+        statement: nonceName(this.provoke(f, at.rfqExpected)),
+        paramFormats: [],
+        params: [],
+        resultFormats: [],
+      });
+    if (!st.call) {
+      // df.start($n): the bound value is a workflow by the start rule, checked by the
+      // compile worker unless short (very long ones by the in-database df.start)
+      const values = (st.bound ?? []).map((n) => textParam(m, n - 1, st.paramTypes));
+      const verdict = checkBoundSoon(values);
+      const piece = (p: BoundProblem | undefined): Buffer | undefined =>
+        p && refuseNow(refusal(p.code, p.message));
+      if (!(verdict instanceof Promise)) return piece(verdict);
+      return async () => [piece(await verdict) ?? raw];
+    }
+    const call = st.call;
+    const before = at.rfqExpected;
+    const prefix = { len: at.prevLen, risky: at.prevRisky };
+    const refuse = (f: ReadonlyMap<string, string> | null): Buffer[] => [refuseNow(f)];
+    const host = this.host;
+    return async () => {
+      if (host.ledger.unsure) return refuse(mixed());
+      await host.ledger.wait(before, host.isClosed);
+      if (prefix.risky)
+        return refuse(
+          refusal(
+            SqlState.FeatureNotSupported,
+            "df.start(..., transaction_mode => 'new') must be the first statement executed in its batch (after a Sync)",
+          ),
+        );
+      // answers to the batch so far (a Parse, a Describe) reach the client first; if one
+      // failed, the server must skip the rest of the batch as it would have
+      if (prefix.len > 0 && (await host.conversation.endBatch())) return refuse(null);
+      let args: Map<StartParam, string | null>;
+      try {
+        args = boundArgs(call, m, st.paramTypes);
+      } catch (err) {
+        if (err instanceof BindRefusal) return err.server ? [raw] : refuse(err.fields);
+        throw err;
+      }
+      const r = await this.runNew(args);
+      if (r.error) return r.error === 'server' ? [raw] : refuse(r.error);
+      const helper = '__dfgate_new';
+      await host.conversation.prepareHelper(
+        helper,
+        `SELECT $1::text AS ${quoteIdentifier(call.column)}`,
+        [TEXT_OID],
+      );
+      return [
+        encodeFrontend({
+          type: 'Bind',
+          portal: m.portal,
+          statement: helper,
+          paramFormats: [0],
+          params: [Buffer.from(r.id, 'utf8')],
+          resultFormats:
+            m.resultFormats.length > 1 ? [m.resultFormats[0] as number] : m.resultFormats,
+        }),
+      ];
+    };
+  }
+
+  /** Checks the session's role, then starts the instance on dfgate's own connection. */
+  private async runNew(
+    args: Map<StartParam, string | null>,
+  ): Promise<
+    { id: string; error?: undefined } | { error: 'server' | ReadonlyMap<string, string> }
+  > {
+    if (!this.opts.startNew)
+      return {
+        error: refusal(
+          SqlState.FeatureNotSupported,
+          "df.start(..., transaction_mode => 'new') needs dfgate's executor, which this dfgate runs without",
+        ),
+      };
+    const user = this.host.user;
+    const who = await this.host.conversation.whoAmI();
+    if (who === undefined) return { error: 'server' }; // e.g. an aborted transaction: the server says so
+    if (who !== user)
+      return {
+        error: refusal(
+          SqlState.InsufficientPrivilege,
+          `df.start(..., transaction_mode => 'new') starts the instance as the session's login role "${user}", but this session has switched to role "${who}"`,
+          "RESET ROLE first, or use transaction_mode => 'caller' to start as the current role inside your transaction.",
+        ),
+      };
+    try {
+      const id = await this.opts.startNew({ login: user, database: this.host.database, args });
+      return { id };
+    } catch (err) {
+      const e = err as PgErrorLike;
+      return { error: refusal(e.code ?? SqlState.InternalError, e.message, e.hint) };
+    }
+  }
+}
+
+function statementCheck(e: Edge, paramTypes: readonly number[]): StatementCheck | undefined {
+  if (e.kind === 'new') return { call: e.call, paramTypes };
+  if ((e.kind === 'pass' || e.kind === 'rewrite') && e.bound?.length)
+    return { bound: e.bound, paramTypes };
+  return undefined;
+}
+
+/** The statement text's bytes of a Query or Parse body (undefined if malformed). */
+function statementBytes(type: number, body: Buffer): Buffer | undefined {
+  let start = 0;
+  if (type === Frontend.Parse) {
+    const nameEnd = body.indexOf(0);
+    if (nameEnd < 0) return undefined;
+    start = nameEnd + 1;
+  }
+  const end = body.indexOf(0, start);
+  return end < 0 ? undefined : body.subarray(start, end);
+}

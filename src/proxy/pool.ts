@@ -1,0 +1,382 @@
+/**
+ * Server connections lent per transaction (--pool-mode transaction).
+ *
+ * A pool holds the connections of one (role, database, startup settings).
+ * Pools grow only from real logins: a client's startup and authentication
+ * are relayed to PostgreSQL on a fresh connection, which then joins the pool
+ * of what it authenticated as, so dfgate never holds a password. That
+ * verifying connection needs a place in the pool (--pool-size) and overall
+ * (--max-server-connections): if there is none, an idle connection of the
+ * pool (or, overall, of another pool) is closed to make room, else the login
+ * waits like any client. A client waiting longer than --pool-timeout gets
+ * 53300. Connections idle for --server-idle-timeout are closed, except the
+ * last one of a pool that still has clients (nothing could replace it but a
+ * new login). A connection given back in the middle of a transaction (its
+ * client went away) is rolled back first, or closed.
+ */
+import type { Logger } from 'pino';
+import { SqlState } from '../db/sqlstate.js';
+import { metrics } from '../metrics.js';
+import { Backend } from './protocol/codes.js';
+import { encodeFrontend } from './protocol/frontend.js';
+import type { ServerConn } from './server-conn.js';
+
+export interface PoolOptions {
+  readonly log: Logger;
+  readonly poolSize: number;
+  readonly maxServerConnections: number;
+  readonly poolTimeoutMs: number;
+  /** 0: never close idle connections. */
+  readonly serverIdleTimeoutMs: number;
+}
+
+/** An error for the client, with PostgreSQL's fields. */
+export class PoolError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly hint?: string,
+  ) {
+    super(message);
+  }
+}
+
+interface Waiter {
+  /** 'lend': wants a connection; 'login': wants room for a verifying connection. */
+  readonly kind: 'lend' | 'login';
+  readonly resolve: (conn: ServerConn | undefined) => void;
+  readonly timer: NodeJS.Timeout;
+}
+
+class Pool {
+  /** Connections of this pool (idle and lent) plus logins that hold a place. */
+  open = 0;
+  readonly idle: ServerConn[] = [];
+  readonly waiters: Waiter[] = [];
+  /** Logged-in clients of this pool. */
+  clients = 0;
+  constructor(readonly key: string) {}
+}
+
+export class ServerPools {
+  private readonly pools = new Map<string, Pool>();
+  /** Server connections of all pools, and places held by logins. */
+  private total = 0;
+  private readonly sweeper: NodeJS.Timeout | undefined;
+  private closing = false;
+
+  constructor(private readonly opts: PoolOptions) {
+    if (opts.serverIdleTimeoutMs > 0) {
+      this.sweeper = setInterval(
+        () => this.sweep(),
+        Math.max(50, Math.min(opts.serverIdleTimeoutMs / 2, 10_000)),
+      );
+      this.sweeper.unref();
+    }
+  }
+
+  private pool(key: string): Pool {
+    let p = this.pools.get(key);
+    if (!p) {
+      p = new Pool(key);
+      this.pools.set(key, p);
+    }
+    return p;
+  }
+
+  /** Numbers for logs, metrics and tests. */
+  stats(): { total: number; idle: number; waiting: number; pools: number } {
+    let idle = 0;
+    let waiting = 0;
+    for (const p of this.pools.values()) {
+      idle += p.idle.length;
+      waiting += p.waiters.length;
+    }
+    return { total: this.total, idle, waiting, pools: this.pools.size };
+  }
+
+  clientJoined(key: string): void {
+    this.pool(key).clients++;
+  }
+
+  clientLeft(key: string): void {
+    const p = this.pools.get(key);
+    if (p) p.clients--;
+  }
+
+  /**
+   * Room for a login's verifying connection in pool `key`. Resolves once there
+   * is room (the caller then connects, and calls adopt or loginFailed).
+   */
+  async login(key: string): Promise<void> {
+    const p = this.pool(key);
+    const room = this.roomFor(p);
+    if (room) {
+      p.open++;
+      this.total++;
+      await room;
+      return;
+    }
+    await this.wait(p, 'login');
+  }
+
+  /**
+   * Is there room for one more connection in `p`, closing an idle one if need
+   * be? Undefined if not; else resolves once the closed one is gone, so that
+   * the server never sees more connections than the limits allow.
+   */
+  private roomFor(p: Pool): Promise<void> | undefined {
+    if (p.open < this.opts.poolSize && this.total < this.opts.maxServerConnections)
+      return Promise.resolve();
+    if (p.open < this.opts.poolSize) {
+      // overall limit: close the longest-idle connection of any pool
+      let victim: ServerConn | undefined;
+      let from: Pool | undefined;
+      for (const q of this.pools.values()) {
+        const c = q.idle[0];
+        if (c && (!victim || c.idleSince < victim.idleSince)) {
+          victim = c;
+          from = q;
+        }
+      }
+      if (victim && from) return this.evict(from, victim);
+      return undefined;
+    }
+    const c = p.idle[0];
+    if (!c) return undefined;
+    return this.evict(p, c);
+  }
+
+  private evict(p: Pool, c: ServerConn): Promise<void> {
+    p.idle.splice(p.idle.indexOf(c), 1);
+    this.forget(p, c);
+    c.terminate();
+    return gone(c);
+  }
+
+  /** A connection left its pool: one place fewer in use. */
+  private forget(p: Pool, c: ServerConn): void {
+    c.sink = undefined;
+    p.open--;
+    this.total--;
+  }
+
+  private wait(p: Pool, kind: Waiter['kind']): Promise<ServerConn | undefined> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        const i = p.waiters.indexOf(w);
+        if (i >= 0) p.waiters.splice(i, 1);
+        metrics.clientsRefused.inc({ reason: 'pool_timeout' });
+        reject(
+          new PoolError(
+            SqlState.TooManyConnections,
+            kind === 'login'
+              ? `no room for a new server connection of this role and database within --pool-timeout (${this.opts.poolTimeoutMs / 1000} s): all ${this.opts.poolSize} of its pool are in use`
+              : `no server connection became free within --pool-timeout (${this.opts.poolTimeoutMs / 1000} s): all connections of this role and database are in use`,
+            `Raise --pool-size (now ${this.opts.poolSize}) or --max-server-connections (now ${this.opts.maxServerConnections}), keep transactions short, or raise --pool-timeout.`,
+          ),
+        );
+      }, this.opts.poolTimeoutMs);
+      timer.unref();
+      const w: Waiter = { kind, resolve, timer };
+      p.waiters.push(w);
+    });
+  }
+
+  /** The verifying connection of a login in pool `key` authenticated: it joins the pool. */
+  adopt(key: string, conn: ServerConn): void {
+    const p = this.pool(key);
+    if (p.open > this.opts.poolSize) {
+      // the pool shrank meanwhile (never by default): beyond its size, close
+      this.forget(p, conn);
+      conn.terminate();
+      return;
+    }
+    this.release(key, conn);
+  }
+
+  /** A login's connection failed or closed before it joined: its place is free again. */
+  loginFailed(key: string): void {
+    const p = this.pool(key);
+    p.open--;
+    this.total--;
+    this.handOnRoom(p);
+  }
+
+  /** An idle connection now, without waiting (undefined if none). */
+  lendNow(key: string): ServerConn | undefined {
+    const p = this.pools.get(key);
+    return p?.idle.pop();
+  }
+
+  /** A connection of pool `key`, waiting up to --pool-timeout. */
+  async lend(key: string): Promise<ServerConn> {
+    const p = this.pool(key);
+    const c = p.idle.pop();
+    if (c) return c;
+    if (p.open === 0)
+      throw new PoolError(
+        SqlState.ConnectionFailure,
+        'dfgate has no server connection left for this role and database (they were closed, for example by a server restart)',
+        "Reconnect: dfgate's pools grow from client logins.",
+      );
+    const got = await this.wait(p, 'lend');
+    if (!got) throw new PoolError(SqlState.ConnectionFailure, 'server connection lost');
+    return got;
+  }
+
+  /** A connection comes back idle and clean: to the first waiter, or idle. */
+  release(key: string, conn: ServerConn): void {
+    const p = this.pool(key);
+    conn.sink = undefined;
+    if (conn.closed || this.closing) {
+      this.discard(key, conn);
+      return;
+    }
+    const w = p.waiters.shift();
+    if (w) {
+      clearTimeout(w.timer);
+      if (w.kind === 'lend') {
+        w.resolve(conn);
+        return;
+      }
+      // a login waits for room: this connection makes it
+      this.forget(p, conn);
+      conn.terminate();
+      p.open++;
+      this.total++;
+      void gone(conn).then(() => w.resolve(undefined));
+      return;
+    }
+    conn.idleSince = Date.now();
+    conn.sink = {
+      inspect: () => true,
+      message: () => null, // notices and parameter changes of an idle connection
+      relay: () => undefined,
+      closed: () => {
+        // closed by the server while idle (a restart, pg_terminate_backend, idle_session_timeout)
+        const i = p.idle.indexOf(conn);
+        if (i < 0) return;
+        p.idle.splice(i, 1);
+        this.forget(p, conn);
+        this.handOnRoom(p);
+      },
+    };
+    p.idle.push(conn);
+  }
+
+  /** A connection closed or unusable: it leaves the pool. */
+  discard(key: string, conn: ServerConn): void {
+    const p = this.pool(key);
+    const i = p.idle.indexOf(conn);
+    if (i >= 0) p.idle.splice(i, 1);
+    this.forget(p, conn);
+    if (!conn.closed) conn.terminate();
+    this.handOnRoom(p);
+  }
+
+  /** Room became free in `p` (or overall): a waiting login takes it; waiting clients are told if nothing is left. */
+  private handOnRoom(p: Pool): void {
+    const login = p.waiters.findIndex((w) => w.kind === 'login');
+    const room = login >= 0 ? this.roomFor(p) : undefined;
+    if (room) {
+      const [w] = p.waiters.splice(login, 1);
+      if (w) {
+        clearTimeout(w.timer);
+        p.open++;
+        this.total++;
+        void room.then(() => w.resolve(undefined));
+      }
+    }
+    if (p.open === 0)
+      for (const w of p.waiters.splice(0)) {
+        clearTimeout(w.timer);
+        w.resolve(undefined);
+      }
+  }
+
+  /**
+   * The client holding `conn` went away in the middle of something: end any
+   * COPY, batch and transaction, then return it if it came back idle (else close it).
+   */
+  reset(key: string, conn: ServerConn): void {
+    if (conn.closed) {
+      this.discard(key, conn);
+      return;
+    }
+    const marker = `dfgate_reset_${conn.id}_${Date.now()}`;
+    const timer = setTimeout(() => {
+      this.opts.log.info({ server: conn.id }, 'server connection did not reset in time; closed');
+      this.discard(key, conn);
+    }, 10_000);
+    timer.unref();
+    let seen = false;
+    conn.sink = {
+      inspect: () => true,
+      message: (t, body) => {
+        if (t === Backend.DataRow && body.includes(marker)) seen = true;
+        else if (t === Backend.ReadyForQuery && seen) {
+          clearTimeout(timer);
+          seen = false;
+          conn.suspect = false;
+          setImmediate(() => {
+            if (conn.txStatus === 'I') this.release(key, conn);
+            else this.discard(key, conn);
+          });
+        }
+        return null;
+      },
+      relay: () => undefined,
+      closed: () => {
+        clearTimeout(timer);
+        this.discard(key, conn);
+      },
+    };
+    conn.write(
+      Buffer.concat([
+        // CopyFail ends a COPY FROM STDIN; outside COPY the server ignores it
+        encodeFrontend({ type: 'CopyFail', message: 'client of dfgate went away' }),
+        encodeFrontend({ type: 'Sync' }),
+        encodeFrontend({ type: 'Query', sql: 'ROLLBACK' }),
+        encodeFrontend({ type: 'Query', sql: `SELECT '${marker}'` }),
+      ]),
+    );
+    this.opts.log.debug({ server: conn.id }, 'rolling back a server connection its client left');
+  }
+
+  private sweep(): void {
+    // evictions here free room for nobody in particular
+    const cutoff = Date.now() - this.opts.serverIdleTimeoutMs;
+    for (const p of this.pools.values()) {
+      while (p.idle.length > 0 && (p.idle[0] as ServerConn).idleSince < cutoff) {
+        if (p.clients > 0 && p.open <= 1) break;
+        void this.evict(p, p.idle[0] as ServerConn);
+      }
+      if (p.open === 0 && p.clients <= 0 && p.waiters.length === 0) this.pools.delete(p.key);
+    }
+  }
+
+  /** Shutdown: close idle connections now, the rest as they come back. */
+  close(): void {
+    this.closing = true;
+    if (this.sweeper) clearInterval(this.sweeper);
+    for (const p of this.pools.values())
+      for (const c of p.idle.splice(0)) {
+        this.forget(p, c);
+        c.terminate();
+      }
+  }
+}
+
+/** Resolves once the connection's socket has closed (at most 2 s). */
+function gone(c: ServerConn): Promise<void> {
+  if (c.socket.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, 2000);
+    timer.unref();
+    c.socket.once('close', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
