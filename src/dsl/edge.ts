@@ -12,6 +12,19 @@ import { parseSync, scanSync, type ScanToken } from 'libpg-query';
 import { evaluate, valueText } from './evaluate.js';
 import { asNode, DslError, node } from './nodes.js';
 import { validateGraph } from './validate.js';
+import { withinLimits } from './edge-limits.js';
+import { aliasPoint, callShape, type Ast, type Call, type StartParam } from './edge-shape.js';
+
+export { START_PARAMS, type StartParam } from './edge-shape.js';
+
+export {
+  ANALYZE_BYTES_MAX,
+  ANALYZE_MAX,
+  DEPTH_MAX,
+  edgeSkips,
+  NODES_MAX,
+  withinLimits,
+} from './edge-limits.js';
 
 export interface EdgeError {
   readonly code: string;
@@ -20,19 +33,6 @@ export interface EdgeError {
   /** 1-based character position in the statement, as PostgreSQL reports positions. */
   readonly position: number;
 }
-
-/** The parameters of df.start, in order. */
-export const START_PARAMS = [
-  'fut',
-  'label',
-  'database',
-  'transaction_mode',
-  'idempotency_key',
-  'max_attempts',
-  'max_backoff',
-  'on_failure',
-] as const;
-export type StartParam = (typeof START_PARAMS)[number];
 
 /** An argument of a transaction_mode => 'new' call: a constant (text or NULL) or a bind parameter. */
 export type NewArg = { readonly value: string | null } | { readonly param: number };
@@ -87,8 +87,6 @@ export interface Move {
   readonly n0: number;
   readonly n1: number;
 }
-
-type Ast = { [k: string]: unknown };
 
 interface Found {
   readonly fc: Ast;
@@ -173,120 +171,6 @@ function runnable(stmt: Ast): string | undefined {
     return explainRuns(e) ? runnable(e['query'] as Ast) : undefined;
   }
   return RUNS.has(type) ? type : undefined;
-}
-
-const CLAUSE = new Set([
-  'FROM',
-  'WHERE',
-  'GROUP',
-  'HAVING',
-  'WINDOW',
-  'ORDER',
-  'LIMIT',
-  'OFFSET',
-  'FETCH',
-  'FOR',
-  'UNION',
-  'INTERSECT',
-  'EXCEPT',
-  'INTO',
-  'RETURNING',
-  'ON',
-]);
-
-interface Call {
-  readonly start: number;
-  readonly end: number;
-  /** Argument expressions: parameter name → byte span of the expression and its AST. */
-  readonly args: Map<
-    StartParam,
-    { readonly start: number; readonly end: number; readonly ast: unknown }
-  >;
-}
-
-/** Token-level shape of a call: its closing parenthesis and the span of each argument. */
-function callShape(fc: Ast, tokens: ScanToken[]): Call | undefined {
-  const loc = fc['location'] as number;
-  let i = tokens.findIndex((t) => t.start >= loc);
-  while (i >= 0 && i < tokens.length && tokens[i]?.text !== '(') i++;
-  if (i < 0 || i >= tokens.length) return undefined;
-  const spans: Array<[number, number]> = [];
-  let depth = 0;
-  let argFirst = -1;
-  let end = -1;
-  for (let j = i; j < tokens.length; j++) {
-    const t = tokens[j] as ScanToken;
-    if (t.text === '(' || t.text === '[') {
-      depth++;
-      if (depth === 1) continue;
-    } else if (t.text === ')' || t.text === ']') {
-      depth--;
-      if (depth === 0) {
-        if (argFirst >= 0) spans.push([argFirst, j - 1]);
-        end = t.end;
-        break;
-      }
-    } else if (depth === 1 && t.text === ',') {
-      if (argFirst < 0) return undefined;
-      spans.push([argFirst, j - 1]);
-      argFirst = -1;
-      continue;
-    }
-    if (depth >= 1 && argFirst < 0) argFirst = j;
-  }
-  const asts = (fc['args'] as unknown[] | undefined) ?? [];
-  if (end < 0 || spans.length !== asts.length) return undefined;
-  const args: Call['args'] = new Map();
-  let positional = 0;
-  for (let a = 0; a < asts.length; a++) {
-    const [f, l] = spans[a] as [number, number];
-    const na = (asts[a] as Ast)['NamedArgExpr'] as Ast | undefined;
-    let first = f;
-    let name: string;
-    if (na) {
-      const arrow = tokens[f + 1]?.text;
-      if (arrow !== '=>' && arrow !== ':=') return undefined;
-      first = f + 2;
-      name = na['name'] as string;
-    } else {
-      if (args.size > positional) return undefined; // positional after named: PostgreSQL says so
-      name = START_PARAMS[positional++] as string;
-    }
-    const p = name as StartParam;
-    if (!(START_PARAMS as readonly string[]).includes(name) || args.has(p) || first > l)
-      return undefined;
-    args.set(p, {
-      start: (tokens[first] as ScanToken).start,
-      end: (tokens[l] as ScanToken).end,
-      ast: na ? na['arg'] : asts[a],
-    });
-  }
-  return { start: loc, end, args };
-}
-
-/** Where ` AS "start"` goes so that the rewritten call keeps naming its column. */
-function aliasPoint(names: number, call: Call, tokens: ScanToken[]): number | undefined {
-  let wraps = 0;
-  for (const t of tokens) {
-    if (t.start < names) continue;
-    if (t.start >= call.start) break;
-    if (t.text === '(') wraps++;
-    else if (t.text === ')') wraps--;
-  }
-  let depth = 0;
-  let last = call.end;
-  for (const t of tokens) {
-    if (t.start < call.end) continue;
-    if (t.text === '(' || t.text === '[') depth++;
-    else if (t.text === ')' || t.text === ']') {
-      if (depth > 0) depth--;
-      else if (wraps > 0) wraps--;
-      else return last;
-    } else if (depth === 0 && (t.text === ',' || t.text === ';')) return last;
-    else if (depth === 0 && CLAUSE.has(t.text.toUpperCase())) return last;
-    last = t.end;
-  }
-  return last;
 }
 
 /** An E'' literal: its meaning depends on no server setting. */
@@ -586,120 +470,6 @@ export function toEdge(sql: string, a: Analysis): Edge {
       return charPosition(buf, Math.min(buf.length, nb + shift));
     },
   };
-}
-
-/*
- * Limits on what the edge compiles, checked by one linear scan before
- * anything else (libpg-query, the tree walk and the DSL evaluation all grow
- * with nesting and call count; a few of them more than linearly). A statement
- * over any limit goes to the database unchanged, where the in-database
- * df.start does the same work and raises the same errors.
- */
-/** Longer statement texts (UTF-16 code units) are left to the database. */
-export const ANALYZE_MAX = 16 * 1024;
-/** UTF-8 bytes of the longest statement text the proxy hands to the edge (4 per code unit, generously). */
-export const ANALYZE_BYTES_MAX = ANALYZE_MAX * 4;
-/**
- * Is a Query or Parse message body of this length (bytes) one the edge never
- * compiles? Then the proxy streams it through unassembled. A Parse body also
- * holds the statement name (allowed up to 64 KiB here; PostgreSQL truncates
- * names to 63 bytes) and up to 65,535 parameter type OIDs.
- */
-export function edgeSkips(parse: boolean, bodyLength: number): boolean {
-  const max = ANALYZE_BYTES_MAX + 1 + (parse ? 64 * 1024 + 1 + 2 + 4 * 65535 : 0);
-  return bodyLength > max;
-}
-/** Deeper nesting of parentheses and brackets (outside literals and comments) is left to the database. */
-export const DEPTH_MAX = 16;
-/**
- * More parentheses, brackets, commas and operator characters (outside
- * literals and comments) are left to the database: they bound the size of
- * the parse tree, the number of calls and arguments, and the length of
- * operator chains (which nest like parentheses).
- */
-export const NODES_MAX = 64;
-
-const NODE_CHARS = new Set([
-  ',',
-  '+',
-  '-',
-  '*',
-  '/',
-  '<',
-  '>',
-  '=',
-  '~',
-  '!',
-  '@',
-  '#',
-  '%',
-  '^',
-  '&',
-  '|',
-  '?',
-]);
-
-/**
- * Is a statement within the edge's limits? One pass over the text that skips
- * string literals ('…', E'…', $tag$…$tag$), quoted identifiers and comments.
- */
-export function withinLimits(sql: string): boolean {
-  const n = sql.length;
-  if (n > ANALYZE_MAX) return false;
-  let depth = 0;
-  let nodes = 0;
-  let i = 0;
-  while (i < n) {
-    const c = sql[i] as string;
-    if (c === '(' || c === '[') {
-      if (++depth > DEPTH_MAX || ++nodes > NODES_MAX) return false;
-      i++;
-    } else if (c === ')' || c === ']') {
-      if (depth > 0) depth--;
-      i++;
-    } else if (c === "'") {
-      const prev = i > 0 ? sql[i - 1] : '';
-      const escapes = (prev === 'E' || prev === 'e') && !/[A-Za-z0-9_$]/.test(sql[i - 2] ?? '');
-      i++;
-      while (i < n) {
-        const d = sql[i];
-        if (escapes && d === '\\') i += 2;
-        else if (d === "'") {
-          if (sql[i + 1] === "'") i += 2;
-          else break;
-        } else i++;
-      }
-      i++;
-    } else if (c === '"') {
-      const end = sql.indexOf('"', i + 1);
-      i = end < 0 ? n : end + 1;
-    } else if (c === '-' && sql[i + 1] === '-') {
-      const end = sql.indexOf('\n', i);
-      i = end < 0 ? n : end + 1;
-    } else if (c === '/' && sql[i + 1] === '*') {
-      let nest = 1;
-      i += 2;
-      while (i < n && nest > 0) {
-        if (sql[i] === '/' && sql[i + 1] === '*') (nest++, (i += 2));
-        else if (sql[i] === '*' && sql[i + 1] === '/') (nest--, (i += 2));
-        else i++;
-      }
-    } else if (c === '$' && !/[A-Za-z0-9_]/.test(sql[i - 1] ?? '')) {
-      const tag = /^\$([A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/.exec(
-        sql.slice(i, i + 64),
-      );
-      if (!tag) {
-        i++;
-        continue;
-      }
-      const end = sql.indexOf(tag[0], i + tag[0].length);
-      i = end < 0 ? n : end + tag[0].length;
-    } else {
-      if (NODE_CHARS.has(c) && ++nodes > NODES_MAX) return false;
-      i++;
-    }
-  }
-  return true;
 }
 
 const cache = new Map<string, Edge>();

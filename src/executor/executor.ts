@@ -13,14 +13,15 @@ import type { Logger } from 'pino';
 import type { StartNewRequest } from '../contract/start-new.js';
 import { metrics } from '../metrics.js';
 import type { RunnerContext } from './context.js';
+import { runCore, type Action, type EventKind, type RetryPolicy } from './core.js';
 import {
-  runCore,
-  type Action,
-  type EventKind,
-  type RetryPolicy,
-  type Stamp,
-  type StoredEvent,
-} from './core.js';
+  flushStamps,
+  queueStamps,
+  remember,
+  retryPolicy,
+  type DriveCache,
+  type StoredStamp,
+} from './drive-cache.js';
 import { buildGraph, type Graph } from './graph.js';
 import { httpStep } from './http-step.js';
 import { Retention } from './retention.js';
@@ -28,10 +29,11 @@ import { deliverSignals } from './signals.js';
 import { FairSlots } from './slots.js';
 import { startOnFailure } from './on-failure.js';
 import { sqlStep } from './sql-step.js';
+import { Naps } from './naps.js';
 import { loadParser } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
 import { StepPool, isRetryable, type RecordedEvent, type StepAuth } from './steps.js';
-import { ControlStore, type InstanceRow, type StampRows } from './store.js';
+import { ControlStore, type InstanceRow } from './store.js';
 
 export interface ExecutorOptions {
   /** The executor's control login (member of df_executor). */
@@ -66,40 +68,6 @@ export interface ExecutorOptions {
 
 const WAKE_CHANNEL = 'dfgate_wake';
 
-/** A node's stamp as last written (`attempts`: the status_details retry keys this driver wrote). */
-interface StoredStamp {
-  status: string;
-  stamp: string | null;
-  attempts?: string;
-}
-
-/** The retry policy in an instance's options (undefined: one attempt). */
-function retryPolicy(options: Record<string, unknown> | null): RetryPolicy | undefined {
-  const max = Number(options?.['max_attempts'] ?? 1);
-  if (!Number.isInteger(max) || max <= 1) return undefined;
-  const secs = Number(options?.['max_backoff_seconds']);
-  return { maxAttempts: max, maxBackoffMs: Number.isFinite(secs) && secs > 0 ? secs * 1000 : null };
-}
-
-/** What a driver keeps between ticks while it holds an instance's lease (nobody else writes these meanwhile). */
-interface DriveCache {
-  readonly events: Map<string, Map<EventKind, StoredEvent>>;
-  lastSeq: number;
-  stored: Map<string, StoredStamp> | undefined;
-  /** The instance as last loaded. */
-  inst: InstanceRow | undefined;
-  /** A step's checkpoint committed and its event was put into `events` (not re-read from the database). */
-  fresh: boolean;
-  /**
-   * Something was written since the last load that `events` does not hold
-   * (an executor-side event, an HTTP outcome, a step that ended without a
-   * cached event): the next tick loads.
-   */
-  dirty: boolean;
-  /** Node stamps being written (not awaited before dispatching steps; awaited before finishing or parking). */
-  stamps: Promise<void> | undefined;
-}
-
 function nextCron(expr: string, after: Date): Date {
   const next = new Cron(expr, { timezone: 'UTC', paused: true }).nextRun(after);
   if (!next) throw new Error('the expression never matches');
@@ -118,7 +86,7 @@ export class Executor {
   >();
   private stopping = false;
   /** Ends every pending nap() (on stop). */
-  private readonly naps = new Set<() => void>();
+  private readonly naps = new Naps();
   private pumping = false;
   private pumpAgain = false;
   private timer: NodeJS.Timeout | undefined;
@@ -313,83 +281,8 @@ export class Executor {
     if (!inst) return undefined;
     // the graph comes with the first load (one round trip), and is cached while the lease is held
     if (!this.graphs.has(id)) this.graphs.set(id, buildGraph(inst.root_node, inst.graph ?? []));
-    for (const e of inst.events) {
-      let m = cache.events.get(e.a);
-      if (!m) cache.events.set(e.a, (m = new Map()));
-      m.set(e.k, { seq: Number(e.s), kind: e.k, detail: e.d });
-      cache.lastSeq = Math.max(cache.lastSeq, Number(e.s));
-    }
-    if (inst.nodes)
-      cache.stored = new Map(inst.nodes.map((n) => [n.id, { status: n.st, stamp: n.sd }]));
+    remember(cache, inst);
     return inst;
-  }
-
-  private async event(
-    id: string,
-    epoch: number,
-    a: { key: string; node: string },
-    kind: EventKind,
-    detail: Record<string, unknown>,
-  ): Promise<void> {
-    await this.store.recordEvent(id, epoch, a, kind, detail);
-  }
-
-  /**
-   * Writes the changed stamps in the background, after any earlier write
-   * (so they land in order); flushStamps awaits them and throws their error.
-   */
-  private queueStamps(
-    id: string,
-    cache: DriveCache,
-    stamps: ReadonlyMap<string, Stamp>,
-    skip: ReadonlySet<string>,
-  ): void {
-    const prev = cache.stamps ?? Promise.resolve();
-    const stored = cache.stored as Map<string, StoredStamp>;
-    const write = this.stampRows(stamps, stored, skip);
-    if (!write) return;
-    const p = prev.then(() => this.store.writeStamps(id, write));
-    p.catch(() => undefined); // handled: the error is thrown by flushStamps
-    cache.stamps = p;
-  }
-
-  private async flushStamps(cache: DriveCache): Promise<void> {
-    const p = cache.stamps;
-    cache.stamps = undefined;
-    if (p) await p;
-  }
-
-  /** The stamps that differ from what the database holds (and marks them held). */
-  private stampRows(
-    stamps: ReadonlyMap<string, Stamp>,
-    stored: Map<string, StoredStamp>,
-    skip: ReadonlySet<string>,
-  ): StampRows | undefined {
-    const ids: string[] = [];
-    const statuses: string[] = [];
-    const results: Array<string | null> = [];
-    const st: string[] = [];
-    const extra: Array<string | null> = [];
-    for (const [node, s] of stamps) {
-      if (skip.has(node)) continue;
-      const cur = stored.get(node);
-      const attempts = s.attempts ? JSON.stringify(s.attempts) : undefined;
-      if (cur && cur.status === s.status && cur.stamp === s.stamp && cur.attempts === attempts)
-        continue;
-      ids.push(node);
-      statuses.push(s.status);
-      // results are stored through jsonb (spec §6.15): JSON text as is, other text as a JSON string
-      results.push(
-        s.result === null ? null : s.status === 'failed' ? JSON.stringify(s.result) : s.result,
-      );
-      st.push(s.stamp);
-      extra.push(attempts ?? null);
-      stored.set(node, { status: s.status, stamp: s.stamp, ...(attempts ? { attempts } : {}) });
-    }
-    if (ids.length === 0) return undefined;
-    // a leaf under a retry policy also shows its attempt, the last error and the next
-    // attempt's time in status_details, and its attempt number in df.nodes.attempts
-    return { ids, statuses, results, stamps: st, extra };
   }
 
   private async finish(
@@ -403,15 +296,6 @@ export class Executor {
     await this.store.finish(id, epoch, status, error, output, onFailure);
     metrics.instancesFinished.inc({ status });
     this.log.info({ instance: id, status }, 'instance finished');
-  }
-
-  private async park(
-    id: string,
-    epoch: number,
-    wakeAt: Date | null,
-    signals: string[],
-  ): Promise<void> {
-    await this.store.park(id, epoch, wakeAt, signals);
   }
 
   /**
@@ -441,7 +325,7 @@ export class Executor {
       if (this.stopping) {
         // steps already running finish (or are cancelled by stop() after its timeout)
         await Promise.allSettled(inFlight.values());
-        await this.flushStamps(cache).catch(() => undefined);
+        await flushStamps(cache).catch(() => undefined);
         return;
       }
       // after a checkpoint whose event is cached, nothing needs re-reading: dispatch at once
@@ -454,7 +338,7 @@ export class Executor {
         cache.inst = inst;
       }
       if (!inst) {
-        await this.flushStamps(cache).catch(() => undefined);
+        await flushStamps(cache).catch(() => undefined);
         return;
       }
       const events = cache.events;
@@ -462,11 +346,11 @@ export class Executor {
       if (Number(inst.lease_epoch) !== epoch || !['pending', 'running'].includes(inst.status)) {
         if (inst.status === 'cancelled') await this.cancelSteps(id);
         await Promise.allSettled(inFlight.values());
-        await this.flushStamps(cache).catch(() => undefined);
+        await flushStamps(cache).catch(() => undefined);
         return;
       }
       if (inst.role_name === null) {
-        await this.flushStamps(cache);
+        await flushStamps(cache);
         await this.finish(
           id,
           epoch,
@@ -478,7 +362,7 @@ export class Executor {
       if (inst.rolsuper) {
         const allowed = await this.store.superuserInstancesAllowed();
         if (!allowed) {
-          await this.flushStamps(cache);
+          await flushStamps(cache);
           await this.finish(
             id,
             epoch,
@@ -504,11 +388,11 @@ export class Executor {
       const starting = new Set(
         core.actions.filter((a) => a.a === 'sql' && !inFlight.has(a.key)).map((a) => a.node),
       );
-      this.queueStamps(id, cache, core.stamps, starting);
+      queueStamps(this.store, id, cache, core.stamps, starting);
       const o = core.outcome;
       if (o.k === 'done' || o.k === 'failed') {
         await Promise.allSettled(inFlight.values());
-        await this.flushStamps(cache);
+        await flushStamps(cache);
         const child =
           o.k === 'failed'
             ? await startOnFailure(this.steps, inst, o.error, log, () => this.wake())
@@ -531,7 +415,7 @@ export class Executor {
         switch (a.a) {
           case 'iter': {
             cache.dirty = true;
-            await this.event(id, epoch, a, 'iter', a.detail);
+            await this.store.recordEvent(id, epoch, a, 'iter', a.detail);
             progressed = true;
             break;
           }
@@ -539,7 +423,7 @@ export class Executor {
             // like a timer: the due time is recorded first, so a restart keeps it
             if (!a.armed) {
               cache.dirty = true;
-              await this.event(id, epoch, a, 'armed', { at: a.at.toISOString() });
+              await this.store.recordEvent(id, epoch, a, 'armed', { at: a.at.toISOString() });
               progressed = true;
             } else if (!wakeAt || a.at < wakeAt) wakeAt = a.at;
             break;
@@ -547,11 +431,11 @@ export class Executor {
           case 'timer': {
             if (!a.armed) {
               cache.dirty = true;
-              await this.event(id, epoch, a, 'armed', { at: a.at.toISOString() });
+              await this.store.recordEvent(id, epoch, a, 'armed', { at: a.at.toISOString() });
               progressed = true;
             } else if (a.at.getTime() <= now.getTime()) {
               cache.dirty = true;
-              await this.event(id, epoch, a, 'done', { result: a.result });
+              await this.store.recordEvent(id, epoch, a, 'done', { result: a.result });
               progressed = true;
             } else if (!wakeAt || a.at < wakeAt) wakeAt = a.at;
             break;
@@ -559,7 +443,7 @@ export class Executor {
           case 'signal': {
             if (!a.armed) {
               cache.dirty = true;
-              await this.event(id, epoch, a, 'armed', {
+              await this.store.recordEvent(id, epoch, a, 'armed', {
                 at: a.timeoutAt ? a.timeoutAt.toISOString() : null,
               });
               progressed = true;
@@ -631,7 +515,7 @@ export class Executor {
       }
       if (inFlight.size > 0) {
         // wait for a step (or a short while, to notice timers and signals)
-        const nap = this.nap(
+        const nap = this.naps.nap(
           Math.max(
             20,
             Math.min(this.opts.pollMs, wakeAt ? wakeAt.getTime() - Date.now() : this.opts.pollMs),
@@ -643,11 +527,11 @@ export class Executor {
       }
       if (progressed) continue;
       if (wakeAt && wakeAt.getTime() - Date.now() < Math.min(this.opts.pollMs, 1000)) {
-        await this.nap(Math.max(1, wakeAt.getTime() - Date.now())).done;
+        await this.naps.nap(Math.max(1, wakeAt.getTime() - Date.now())).done;
         continue;
       }
-      await this.flushStamps(cache);
-      await this.park(id, epoch, wakeAt, waiting);
+      await flushStamps(cache);
+      await this.store.park(id, epoch, wakeAt, waiting);
       if (wakeAt) this.wakeAt(wakeAt);
       // a signal that committed while parking would find the instance leased: look once more
       if (await this.store.hasUnconsumedSignal(id, waiting)) this.wake();
@@ -670,25 +554,6 @@ export class Executor {
   }
 
   /**
-   * A wait of `ms` that ends early when the executor stops; cancel() clears
-   * its timer (nothing is left to keep the event loop alive).
-   */
-  private nap(ms: number): { done: Promise<void>; cancel: () => void } {
-    let timer: NodeJS.Timeout | undefined;
-    let end: () => void = () => undefined;
-    const done = new Promise<void>((resolve) => {
-      end = () => {
-        if (timer) clearTimeout(timer);
-        this.naps.delete(end);
-        resolve();
-      };
-      timer = setTimeout(end, ms);
-      this.naps.add(end);
-    });
-    return { done, cancel: end };
-  }
-
-  /**
    * Stops claiming, lets the steps in flight finish for at most `timeoutMs`
    * (--shutdown-timeout), then cancels the ones still running (their
    * transactions roll back; whoever holds the lease next runs them again),
@@ -701,7 +566,7 @@ export class Executor {
     if (this.timer) clearInterval(this.timer);
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.slots.close(); // steps waiting for a slot stop waiting; the next lease holder runs them
-    for (const end of [...this.naps]) end(); // drivers waiting for a timer look at `stopping` now
+    this.naps.endAll(); // drivers waiting for a timer look at `stopping` now
     const drained = Promise.allSettled([...this.finished]);
     let timer: NodeJS.Timeout | undefined;
     const late = await Promise.race([

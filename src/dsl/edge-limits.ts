@@ -1,0 +1,113 @@
+/**
+ * Limits on what the edge compiles, checked by one linear scan before
+ * anything else (libpg-query, the tree walk and the DSL evaluation all grow
+ * with nesting and call count; a few of them more than linearly). A statement
+ * over any limit goes to the database unchanged, where the in-database
+ * df.start does the same work and raises the same errors.
+ */
+/** Longer statement texts (UTF-16 code units) are left to the database. */
+export const ANALYZE_MAX = 16 * 1024;
+/** UTF-8 bytes of the longest statement text the proxy hands to the edge (4 per code unit, generously). */
+export const ANALYZE_BYTES_MAX = ANALYZE_MAX * 4;
+/**
+ * Is a Query or Parse message body of this length (bytes) one the edge never
+ * compiles? Then the proxy streams it through unassembled. A Parse body also
+ * holds the statement name (allowed up to 64 KiB here; PostgreSQL truncates
+ * names to 63 bytes) and up to 65,535 parameter type OIDs.
+ */
+export function edgeSkips(parse: boolean, bodyLength: number): boolean {
+  const max = ANALYZE_BYTES_MAX + 1 + (parse ? 64 * 1024 + 1 + 2 + 4 * 65535 : 0);
+  return bodyLength > max;
+}
+/** Deeper nesting of parentheses and brackets (outside literals and comments) is left to the database. */
+export const DEPTH_MAX = 16;
+/**
+ * More parentheses, brackets, commas and operator characters (outside
+ * literals and comments) are left to the database: they bound the size of
+ * the parse tree, the number of calls and arguments, and the length of
+ * operator chains (which nest like parentheses).
+ */
+export const NODES_MAX = 64;
+
+const NODE_CHARS = new Set([
+  ',',
+  '+',
+  '-',
+  '*',
+  '/',
+  '<',
+  '>',
+  '=',
+  '~',
+  '!',
+  '@',
+  '#',
+  '%',
+  '^',
+  '&',
+  '|',
+  '?',
+]);
+
+/**
+ * Is a statement within the edge's limits? One pass over the text that skips
+ * string literals ('…', E'…', $tag$…$tag$), quoted identifiers and comments.
+ */
+export function withinLimits(sql: string): boolean {
+  const n = sql.length;
+  if (n > ANALYZE_MAX) return false;
+  let depth = 0;
+  let nodes = 0;
+  let i = 0;
+  while (i < n) {
+    const c = sql[i] as string;
+    if (c === '(' || c === '[') {
+      if (++depth > DEPTH_MAX || ++nodes > NODES_MAX) return false;
+      i++;
+    } else if (c === ')' || c === ']') {
+      if (depth > 0) depth--;
+      i++;
+    } else if (c === "'") {
+      const prev = i > 0 ? sql[i - 1] : '';
+      const escapes = (prev === 'E' || prev === 'e') && !/[A-Za-z0-9_$]/.test(sql[i - 2] ?? '');
+      i++;
+      while (i < n) {
+        const d = sql[i];
+        if (escapes && d === '\\') i += 2;
+        else if (d === "'") {
+          if (sql[i + 1] === "'") i += 2;
+          else break;
+        } else i++;
+      }
+      i++;
+    } else if (c === '"') {
+      const end = sql.indexOf('"', i + 1);
+      i = end < 0 ? n : end + 1;
+    } else if (c === '-' && sql[i + 1] === '-') {
+      const end = sql.indexOf('\n', i);
+      i = end < 0 ? n : end + 1;
+    } else if (c === '/' && sql[i + 1] === '*') {
+      let nest = 1;
+      i += 2;
+      while (i < n && nest > 0) {
+        if (sql[i] === '/' && sql[i + 1] === '*') (nest++, (i += 2));
+        else if (sql[i] === '*' && sql[i + 1] === '/') (nest--, (i += 2));
+        else i++;
+      }
+    } else if (c === '$' && !/[A-Za-z0-9_]/.test(sql[i - 1] ?? '')) {
+      const tag = /^\$([A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/.exec(
+        sql.slice(i, i + 64),
+      );
+      if (!tag) {
+        i++;
+        continue;
+      }
+      const end = sql.indexOf(tag[0], i + tag[0].length);
+      i = end < 0 ? n : end + tag[0].length;
+    } else {
+      if (NODE_CHARS.has(c) && ++nodes > NODES_MAX) return false;
+      i++;
+    }
+  }
+  return true;
+}
