@@ -30,6 +30,7 @@ import { FairSlots } from './slots.js';
 import { startOnFailure } from './on-failure.js';
 import { sqlStep } from './sql-step.js';
 import { Naps } from './naps.js';
+import { ChangeNotices } from './notices.js';
 import { loadParser } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
 import { StepPool, isRetryable, type RecordedEvent, type StepAuth } from './steps.js';
@@ -90,12 +91,15 @@ export class Executor {
   private pumping = false;
   private pumpAgain = false;
   private timer: NodeJS.Timeout | undefined;
+  /** The one timer for the earliest known wake_at (wakeAt). */
+  private nextWake: { at: number; timer: NodeJS.Timeout } | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private readonly graphs = new Map<string, Graph>();
   private readonly log: Logger;
   private readonly finished = new Set<Promise<void>>();
   private readonly store: ControlStore;
   private readonly retention: Retention;
+  private readonly notices: ChangeNotices;
   private readonly starter: StartNew;
   private readonly ctx: RunnerContext;
   /** start() ran: only then does the executor claim instances. */
@@ -128,6 +132,7 @@ export class Executor {
     });
     this.store = new ControlStore(this.control, this.owner, opts.leaseMs);
     this.retention = new Retention(this.store, this.log);
+    this.notices = new ChangeNotices(this.store);
     this.starter = new StartNew(this.store, this.steps, () => this.wake());
     this.ctx = {
       store: this.store,
@@ -300,12 +305,28 @@ export class Executor {
 
   /**
    * A parked timer or retry backoff due soon is claimed when due, not at the
-   * next poll after it (a hint only: any executor may claim it then).
+   * next poll after it (a hint only: any executor may claim it then). One
+   * timer for the earliest due time this process knows of, never one per
+   * instance; when it fires, the next one comes from the wake_at index.
    */
   private wakeAt(at: Date): void {
-    const ms = at.getTime() - Date.now();
-    if (ms > 600_000 || this.stopping) return;
-    setTimeout(() => this.wake(), Math.max(0, ms) + 5).unref();
+    const due = at.getTime();
+    if (this.stopping || due - Date.now() > 600_000) return;
+    if (this.nextWake && this.nextWake.at <= due) return;
+    if (this.nextWake) clearTimeout(this.nextWake.timer);
+    const timer = setTimeout(
+      () => {
+        this.nextWake = undefined;
+        this.wake();
+        this.store.nextWakeAt().then(
+          (next) => next && this.wakeAt(next),
+          () => undefined, // the poll is the safety net
+        );
+      },
+      Math.max(0, due - Date.now()) + 5,
+    );
+    timer.unref();
+    this.nextWake = { at: due, timer };
   }
 
   /** Runs one instance while this executor holds its lease. */
@@ -341,6 +362,7 @@ export class Executor {
         await flushStamps(cache).catch(() => undefined);
         return;
       }
+      this.notices.touch(id, inst.role_oid);
       const events = cache.events;
       const stored = cache.stored as Map<string, StoredStamp>;
       if (Number(inst.lease_epoch) !== epoch || !['pending', 'running'].includes(inst.status)) {
@@ -563,7 +585,9 @@ export class Executor {
   async stop(timeoutMs = 30_000): Promise<void> {
     this.stopping = true;
     this.retention.stop();
+    await this.notices.flush();
     if (this.timer) clearInterval(this.timer);
+    if (this.nextWake) clearTimeout(this.nextWake.timer);
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.slots.close(); // steps waiting for a slot stop waiting; the next lease holder runs them
     this.naps.endAll(); // drivers waiting for a timer look at `stopping` now

@@ -207,6 +207,25 @@ export class ControlStore {
     );
   }
 
+  /** Tells the web console these instances changed (df._ui_notify, one notification per role). */
+  async notifyChanged(ids: string[], roleOids: number[]): Promise<void> {
+    await this.pool.query(
+      `SELECT df._ui_notify(jsonb_agg(jsonb_build_object('r', u.r::regrole::text, 'i', u.i)))
+         FROM unnest($1::text[], $2::oid[]) AS u(i, r)`,
+      [ids, roleOids],
+    );
+  }
+
+  /** The earliest future wake_at of a parked instance (the wake_at index), or null. */
+  async nextWakeAt(): Promise<Date | null> {
+    const r = await this.pool.query<{ at: Date | null }>(
+      `SELECT min(wake_at) AS at FROM df.instances
+        WHERE runnable AND wake_at IS NOT NULL AND status IN ('pending', 'running')
+          AND wake_at > clock_timestamp()`,
+    );
+    return r.rows[0]?.at ?? null;
+  }
+
   async park(id: string, epoch: number, wakeAt: Date | null, signals: string[]): Promise<void> {
     await this.pool.query(
       `UPDATE df.instances SET lease_owner = NULL, lease_expires_at = NULL, wake_at = $3, waiting_signals = $4
