@@ -95,6 +95,8 @@ interface Snapshot {
   readonly ms: Map<string, number>;
   readonly xacts: number;
   readonly cpu: number;
+  /** this process's CPU (user + system, s): dfgate's executor and proxy run in it */
+  readonly own: number;
   readonly roundTrips: number;
 }
 
@@ -105,6 +107,7 @@ export interface CostRow {
   readonly roundTrips: number;
   readonly transactions: number;
   readonly cpuMs: number;
+  readonly ownCpuMs: number;
   readonly top: Array<[string, number, number]>;
 }
 
@@ -124,6 +127,7 @@ async function snapshot(admin: pg.Client, pid: number, relay: CountingRelay): Pr
     ms: new Map(s.rows.map((r) => [r.q, Number(r.ms)])),
     xacts: Number(x.rows[0]?.n),
     cpu: clusterCpuSeconds(pid),
+    own: ((u) => (u.user + u.system) / 1e6)(process.cpuUsage()),
     roundTrips: relay.roundTrips,
   };
 }
@@ -154,6 +158,7 @@ function diff(
     roundTrips: (b.roundTrips - a.roundTrips) / per,
     transactions: (b.xacts - a.xacts - ownXacts) / per,
     cpuMs: ((b.cpu - a.cpu) * 1000) / per,
+    ownCpuMs: ((b.own - a.own) * 1000) / per,
     top: d.slice(0, 16),
   };
 }
@@ -244,6 +249,42 @@ export async function costBench(
     if (check.rows[0]?.bad !== 0)
       throw new Error(`cost bench: ${check.rows[0]?.bad} counters not at ${k}`);
 
+    // the peers' W2 shape: one-step workflows started one statement at a time through
+    // dfgate's edge while the executor runs; everything each one costs, start to finish
+    {
+      const w2 = 500;
+      const proxy = await startProxy({
+        host: '127.0.0.1',
+        port: 0,
+        upstream: targetFromUrl(userUrl),
+        log: pino({ level: 'silent' }),
+        maxClientConnections: 10,
+        connectTimeoutMs: 5000,
+        maxMessageSize: 64 * 1024 * 1024,
+        edgeValidation: true,
+      });
+      const via = new URL(userUrl);
+      via.port = String(proxy.port);
+      const c = new pg.Client({ connectionString: via.toString() });
+      await c.connect();
+      const a = await snapshot(admin, pid, relay);
+      for (let i = 1; i <= w2; i++)
+        await c.query(`SELECT df.start('UPDATE public.counters SET n = n + 1 WHERE id = ${i}')`);
+      const polls = await waitAll();
+      const b = await snapshot(admin, pid, relay);
+      rows.push(
+        diff(
+          `per one-step workflow, started and run (${w2} through dfgate, W2 shape)`,
+          w2,
+          a,
+          b,
+          polls,
+          0,
+        ),
+      );
+      await c.end();
+      await proxy.shutdown(1000);
+    }
     await ex.stop();
     // starts without an executor running: only the start path is measured
     const proxy = await startProxy({
@@ -293,12 +334,12 @@ export async function costBench(
 
 export function formatCost(rows: CostRow[]): string[] {
   const out = [
-    'cost per unit of work (pg_stat_statements; round trips counted by a relay; write transactions = xids; /proc CPU of the cluster):',
-    `  ${'what'.padEnd(72)} ${'stmts'.padStart(6)} ${'RTs'.padStart(6)} ${'xacts'.padStart(6)} ${'PG CPU ms'.padStart(10)}`,
+    'cost per unit of work (pg_stat_statements; round trips counted by a relay; write transactions = xids; /proc CPU of the cluster; node CPU: this process = executor, proxy, the counting relay and the bench clients):',
+    `  ${'what'.padEnd(72)} ${'stmts'.padStart(6)} ${'RTs'.padStart(6)} ${'xacts'.padStart(6)} ${'PG CPU ms'.padStart(10)} ${'node CPU ms'.padStart(14)}`,
   ];
   for (const r of rows)
     out.push(
-      `  ${r.what.padEnd(72)} ${r.statements.toFixed(2).padStart(6)} ${r.roundTrips.toFixed(2).padStart(6)} ${r.transactions.toFixed(2).padStart(6)} ${r.cpuMs.toFixed(3).padStart(10)}`,
+      `  ${r.what.padEnd(72)} ${r.statements.toFixed(2).padStart(6)} ${r.roundTrips.toFixed(2).padStart(6)} ${r.transactions.toFixed(2).padStart(6)} ${r.cpuMs.toFixed(3).padStart(10)} ${r.ownCpuMs.toFixed(3).padStart(14)}`,
     );
   for (const r of rows) {
     out.push(`  statements ${r.what} (calls per unit × server time per unit, by time):`);

@@ -130,6 +130,8 @@ async function main(): Promise<void> {
       synchronous_commit: 'off',
       max_connections: '300',
       shared_preload_libraries: 'pg_stat_statements',
+      // BENCH_TRACK=all also lists the statements inside functions (df._complete_step's own)
+      'pg_stat_statements.track': process.env['BENCH_TRACK'] === 'all' ? 'all' : 'top',
     },
   });
   try {

@@ -243,6 +243,8 @@ export class Executor {
       const p = this.drive(c.id, epoch)
         .catch((err: unknown) => this.log.error({ instance: c.id, err }, 'instance driver failed'))
         .finally(() => {
+          // finished, parked or handed back: the console hears of it (instance triggers don't notify)
+          this.notices.touch(c.id, c.role_oid);
           // the graph is cached only while this process holds the lease
           this.graphs.delete(c.id);
           this.active.delete(c.id);

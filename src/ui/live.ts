@@ -1,8 +1,10 @@
 /**
  * Live updates for the console: ONE LISTEN connection per dfgate process on
- * the channel dfgate_ui (filled by the triggers of the ui_notify migration),
- * fanned out to the browsers' server-sent-event streams. A notification names
- * the owning role and the changed instance ids; a stream only receives the
+ * the channels dfgate_ui (the executor's batched announcements and the
+ * df.signals triggers; payload: owner and ids) and dfgate_wake (df.start,
+ * df.signal and df.cancel on commit; payload: what happened and one id, whose
+ * owner is looked up here, batched, only while a browser listens), fanned
+ * out to the browsers' server-sent-event streams. A stream only receives the
  * changes of its session's role (all of them for roles that see every row),
  * coalesced to at most one event per `flushMs`. Browsers then re-read, as
  * their own role, whatever they show.
@@ -13,6 +15,8 @@ import type { Logger } from 'pino';
 import type { Session } from './sessions.js';
 
 export const UI_CHANNEL = 'dfgate_ui';
+/** The executors' wake channel: 'start:<id>', 'signal:<id>', 'cancel:<id>' (migration 0003). */
+export const WAKE_CHANNEL = 'dfgate_wake';
 
 interface Stream {
   readonly session: Session;
@@ -29,6 +33,9 @@ export class LiveHub {
   private readonly heartbeat: NodeJS.Timeout;
   /** Notifications received since start (for the Overview page and tests). */
   received = 0;
+  /** Instance ids heard on the wake channel whose owners are not looked up yet. */
+  private woken = new Set<string>();
+  private wokenTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly url: string,
@@ -63,10 +70,11 @@ export class LiveHub {
     });
     c.on('notification', (n) => {
       if (n.channel === UI_CHANNEL) this.dispatch(n.payload ?? '');
+      else if (n.channel === WAKE_CHANNEL) this.heard(n.payload ?? '');
     });
     try {
       await c.connect();
-      await c.query(`LISTEN ${UI_CHANNEL}`);
+      await c.query(`LISTEN ${UI_CHANNEL}; LISTEN ${WAKE_CHANNEL}`);
       this.listener = c;
     } catch (err) {
       await c.end().catch(() => undefined);
@@ -88,8 +96,40 @@ export class LiveHub {
     const ids = Array.isArray(msg.i)
       ? msg.i.filter((x): x is string => typeof x === 'string' && /^[0-9a-f]{8}$/.test(x))
       : null;
+    this.route(msg.r, ids);
+  }
+
+  /** A wake message: its instance's owner is looked up with the others heard within 50 ms. */
+  private heard(payload: string): void {
+    const m = /^(?:start|signal|cancel):([0-9a-f]{8})$/.exec(payload);
+    if (!m || this.streams.size === 0 || this.woken.size >= 10_000) return;
+    this.received++;
+    this.woken.add(m[1] as string);
+    this.wokenTimer ??= setTimeout(() => void this.resolve(), 50);
+  }
+
+  private async resolve(): Promise<void> {
+    this.wokenTimer = undefined;
+    const ids = [...this.woken];
+    this.woken = new Set();
+    const c = this.listener;
+    if (ids.length === 0 || !c || this.streams.size === 0) return;
+    try {
+      const r = await c.query<{ r: string; i: string[] }>(
+        `SELECT submitted_by::text AS r, array_agg(id ORDER BY id) AS i
+           FROM df.instances WHERE id = ANY ($1::text[]) GROUP BY submitted_by`,
+        [ids],
+      );
+      for (const row of r.rows) this.route(row.r, row.i);
+    } catch {
+      // cannot tell whose they are: every browser refreshes what it shows (no ids leave)
+      for (const s of this.streams) this.queue(s, null);
+    }
+  }
+
+  private route(role: string, ids: readonly string[] | null): void {
     for (const s of this.streams) {
-      if (s.session.role !== msg.r && !s.session.seesAll) continue;
+      if (s.session.role !== role && !s.session.seesAll) continue;
       this.queue(s, ids);
     }
   }
@@ -135,6 +175,7 @@ export class LiveHub {
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.heartbeat);
+    if (this.wokenTimer) clearTimeout(this.wokenTimer);
     for (const s of this.streams) s.res.end();
     this.streams.clear();
     const c = this.listener;
