@@ -181,6 +181,13 @@ describe('as a role, under row-level security', () => {
     expect(
       (await api(b, 'POST', '/api/start', src, { 'Sec-Fetch-Site': 'cross-site' })).status,
     ).toBe(403);
+    // without TLS the console's origin is http://; https:// is another origin (ui-tls.test.ts: the reverse)
+    const check = { source: `'SELECT 1'` };
+    expect((await api(b, 'POST', '/api/check', check, { Origin: base })).status).toBe(200);
+    expect(
+      (await api(b, 'POST', '/api/check', check, { Origin: `https://127.0.0.1:${ui.port}` }))
+        .status,
+    ).toBe(403);
     expect((await api(b, 'POST', '/api/start', src, { 'Content-Type': 'text/plain' })).status).toBe(
       415,
     );
@@ -244,6 +251,7 @@ describe('as a role, under row-level security', () => {
     expect(csp).toContain("script-src 'self'");
     expect(csp).not.toContain('unsafe-inline');
     expect(r.headers.get('x-content-type-options')).toBe('nosniff');
+    expect(r.headers.get('strict-transport-security')).toBeNull(); // HSTS only under TLS
     const html = await r.text();
     expect(html).not.toMatch(/<script(?![^>]*\bsrc=)[^>]*>/);
     expect(html).not.toMatch(/\son[a-z]+=/i);
