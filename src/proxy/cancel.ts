@@ -70,13 +70,30 @@ export class CancelRegistry {
     return this.send(pid, key, target);
   }
 
+  /**
+   * Sends the request and, as libpq's PQcancel does, keeps the connection open
+   * until the server closes it (it has then acted on the request), at most
+   * --connect-timeout. Closing first is no help to PostgreSQL and crashes
+   * PgBouncer 1.18 in front of it (`disconnect_client(): bad client state: 0`
+   * on the half-close while it forwards the cancel; the chained topology in
+   * docs/proxy.md).
+   */
   private async send(pid: number, key: Buffer, target: UpstreamTarget): Promise<boolean> {
     try {
       const up = await connectUpstream(target, this.connectTimeoutMs);
-      up.socket.end(encodeStartup({ type: 'CancelRequest', pid, key }));
-      up.socket.resume();
-      up.socket.on('error', () => undefined);
+      const socket = up.socket;
+      socket.on('error', () => undefined);
+      const closed = new Promise<void>((resolve) => {
+        const timer = setTimeout(() => socket.destroy(), this.connectTimeoutMs);
+        socket.once('close', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      socket.resume();
+      socket.write(encodeStartup({ type: 'CancelRequest', pid, key }));
       this.log.info({ pid }, 'cancel request forwarded');
+      await closed;
       return true;
     } catch (err) {
       this.log.warn({ pid, err: (err as Error).message }, 'could not forward a cancel request');
