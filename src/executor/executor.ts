@@ -7,7 +7,6 @@
  * coordinate only through row locks, leases and epochs.
  */
 import { randomBytes } from 'node:crypto';
-import { Cron } from 'croner';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import type { StartNewRequest } from '../contract/start-new.js';
@@ -33,47 +32,13 @@ import { Naps } from './naps.js';
 import { ChangeNotices } from './notices.js';
 import { loadParser } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
-import { StepPool, isRetryable, type RecordedEvent, type StepAuth } from './steps.js';
+import { StepPool, isRetryable, type RecordedEvent } from './steps.js';
+import { nextCron, type ExecutorOptions } from './options.js';
 import { ControlStore, type InstanceRow } from './store.js';
 
-export interface ExecutorOptions {
-  /** The executor's control login (member of df_executor). */
-  readonly controlUrl: string;
-  readonly log: Logger;
-  readonly stepAuth: StepAuth;
-  /** Secret the step login passwords are derived from (same on every dfgate process). */
-  readonly stepSecret: string;
-  readonly leaseMs: number;
-  readonly pollMs: number;
-  readonly maxConcurrentSteps: number;
-  readonly maxConcurrentInstances: number;
-  /**
-   * How long a step waits for a free slot before it may fail (spec §12:
-   * execution_acquire_timeout); it fails only when its role got no slot because
-   * more roles want slots than there are (src/executor/slots.ts).
-   */
-  readonly slotTimeoutMs?: number;
-  /** At most this many steps of one role at once (0: no cap besides the fair share). */
-  readonly maxStepsPerRole?: number;
-  /**
-   * Step slots, and instance leases, kept for roles that have none here, so a
-   * newly active role starts at once while another fills the executor (default 1).
-   */
-  readonly slotReserve?: number;
-  /** statement_timeout for every step (0: none, as in pg_durable). */
-  readonly stepTimeoutMs?: number;
-  /** A SQL step's result may take at most this many bytes (its JSON text); over it the step fails. */
-  readonly maxResultBytes?: number;
-  readonly maxLoopIterations: number;
-}
+export type { ExecutorOptions } from './options.js';
 
 const WAKE_CHANNEL = 'dfgate_wake';
-
-function nextCron(expr: string, after: Date): Date {
-  const next = new Cron(expr, { timezone: 'UTC', paused: true }).nextRun(after);
-  if (!next) throw new Error('the expression never matches');
-  return next;
-}
 
 export class Executor {
   readonly owner = `${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -90,6 +55,8 @@ export class Executor {
   private readonly naps = new Naps();
   private pumping = false;
   private pumpAgain = false;
+  /** The last claim may have left ready instances behind (it took all it could, or failed). */
+  private backlog = true;
   private timer: NodeJS.Timeout | undefined;
   /** The one timer for the earliest known wake_at (wakeAt). */
   private nextWake: { at: number; timer: NodeJS.Timeout } | undefined;
@@ -222,7 +189,10 @@ export class Executor {
 
   private async pump(): Promise<void> {
     const capacity = this.opts.maxConcurrentInstances - this.active.size;
-    if (capacity <= 0) return;
+    if (capacity <= 0) {
+      this.backlog = true; // woken while full: claim again as soon as an instance is done
+      return;
+    }
     // instances leased here per role: the claim's fair share and reserve (docs/executor.md, "Fairness")
     const held = new Map<number, number>();
     for (const a of this.active.values()) held.set(a.role, (held.get(a.role) ?? 0) + 1);
@@ -235,8 +205,13 @@ export class Executor {
       claimed = await this.store.claim(capacity, held, reserve);
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'claim failed');
+      this.backlog = true;
       return;
     }
+    // fewer than it could take: everything ready was claimed, and what becomes ready later
+    // comes with a wake (a commit, LISTEN, a timer, the poll), so a finishing instance need
+    // not claim again
+    this.backlog = claimed.length >= capacity - reserve;
     for (const c of claimed) {
       const epoch = Number(c.lease_epoch);
       this.active.set(c.id, { epoch, stepPids: new Set(), role: c.role_oid });
@@ -249,7 +224,7 @@ export class Executor {
           this.graphs.delete(c.id);
           this.active.delete(c.id);
           this.finished.delete(p);
-          this.wake();
+          if (this.backlog) this.wake();
         });
       this.finished.add(p);
     }

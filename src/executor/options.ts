@@ -1,0 +1,42 @@
+/** The executor's options (set from the CLI in src/config.ts), and the cron rule it runs timers by. */
+import { Cron } from 'croner';
+import type { Logger } from 'pino';
+import type { StepAuth } from './steps.js';
+
+export interface ExecutorOptions {
+  /** The executor's control login (member of df_executor). */
+  readonly controlUrl: string;
+  readonly log: Logger;
+  readonly stepAuth: StepAuth;
+  /** Secret the step login passwords are derived from (same on every dfgate process). */
+  readonly stepSecret: string;
+  readonly leaseMs: number;
+  readonly pollMs: number;
+  readonly maxConcurrentSteps: number;
+  readonly maxConcurrentInstances: number;
+  /**
+   * How long a step waits for a free slot before it may fail (spec §12:
+   * execution_acquire_timeout); it fails only when its role got no slot because
+   * more roles want slots than there are (src/executor/slots.ts).
+   */
+  readonly slotTimeoutMs?: number;
+  /** At most this many steps of one role at once (0: no cap besides the fair share). */
+  readonly maxStepsPerRole?: number;
+  /**
+   * Step slots, and instance leases, kept for roles that have none here, so a
+   * newly active role starts at once while another fills the executor (default 1).
+   */
+  readonly slotReserve?: number;
+  /** statement_timeout for every step (0: none, as in pg_durable). */
+  readonly stepTimeoutMs?: number;
+  /** A SQL step's result may take at most this many bytes (its JSON text); over it the step fails. */
+  readonly maxResultBytes?: number;
+  readonly maxLoopIterations: number;
+}
+
+/** The next time the cron expression matches after `after` (UTC). */
+export function nextCron(expr: string, after: Date): Date {
+  const next = new Cron(expr, { timezone: 'UTC', paused: true }).nextRun(after);
+  if (!next) throw new Error('the expression never matches');
+  return next;
+}
