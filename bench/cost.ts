@@ -11,7 +11,8 @@
  * `df.start` calls in one statement, direct and through dfgate's edge.
  */
 import { readdirSync, readFileSync } from 'node:fs';
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { fork, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import pino from 'pino';
 import { Executor } from '../src/executor/executor.js';
@@ -19,54 +20,39 @@ import type { RunningCluster } from '../src/pg/cluster.js';
 import { startProxy } from '../src/proxy/server.js';
 import { targetFromUrl } from '../src/proxy/upstream.js';
 
-/** A TCP relay that counts the client's Query ('Q') and Sync ('S') messages: one per round trip. */
+/**
+ * The counting relay (bench/relay.ts) in a child process of its own, so that
+ * the CPU it spends copying bytes is not counted as dfgate's.
+ */
 class CountingRelay {
-  roundTrips = 0;
-  private server: Server | undefined;
+  private child: ChildProcess | undefined;
   port = 0;
   constructor(private readonly target: number) {}
   async start(): Promise<void> {
-    this.server = createServer((client) => this.pipe(client));
-    await new Promise<void>((r) => this.server?.listen(0, '127.0.0.1', r));
-    const a = this.server.address();
-    this.port = typeof a === 'object' && a ? a.port : 0;
-  }
-  private pipe(client: Socket): void {
-    const server = connect(this.target, '127.0.0.1');
-    let buf = Buffer.alloc(0);
-    let startup = true;
-    client.on('data', (d: Buffer) => {
-      server.write(d);
-      buf = Buffer.concat([buf, d]);
-      for (;;) {
-        if (startup) {
-          if (buf.length < 4) break;
-          const len = buf.readInt32BE(0);
-          if (buf.length < len) break;
-          const code = buf.readInt32BE(4);
-          buf = buf.subarray(len);
-          // SSLRequest / GSSENCRequest are answered with one byte, then a real startup follows
-          if (code !== 80877103 && code !== 80877104) startup = false;
-          continue;
-        }
-        if (buf.length < 5) break;
-        const len = buf.readInt32BE(1);
-        if (buf.length < 1 + len) break;
-        const t = String.fromCharCode(buf[0] as number);
-        if (t === 'Q' || t === 'S') this.roundTrips++;
-        buf = buf.subarray(1 + len);
-      }
+    const child = fork(fileURLToPath(new URL('./relay.js', import.meta.url)), [
+      String(this.target),
+    ]);
+    this.child = child;
+    this.port = await new Promise<number>((resolve, reject) => {
+      child.once('message', (m: { port?: number }) => resolve(Number(m.port)));
+      child.once('exit', () => reject(new Error('the counting relay exited')));
     });
-    server.on('data', (d: Buffer) => client.write(d));
-    const end = (): void => {
-      client.destroy();
-      server.destroy();
-    };
-    client.on('close', end).on('error', end);
-    server.on('close', end).on('error', end);
+  }
+  /** Query and Sync messages relayed so far: one per round trip. */
+  async roundTrips(): Promise<number> {
+    const child = this.child as ChildProcess;
+    return await new Promise<number>((resolve) => {
+      child.once('message', (m: { rt?: number }) => resolve(Number(m.rt)));
+      child.send('count');
+    });
   }
   async stop(): Promise<void> {
-    await new Promise<void>((r) => this.server?.close(() => r()));
+    const child = this.child;
+    if (!child || child.exitCode !== null) return;
+    await new Promise<void>((r) => {
+      child.once('exit', () => r());
+      child.kill('SIGTERM');
+    });
   }
 }
 
@@ -128,7 +114,7 @@ async function snapshot(admin: pg.Client, pid: number, relay: CountingRelay): Pr
     xacts: Number(x.rows[0]?.n),
     cpu: clusterCpuSeconds(pid),
     own: ((u) => (u.user + u.system) / 1e6)(process.cpuUsage()),
-    roundTrips: relay.roundTrips,
+    roundTrips: await relay.roundTrips(),
   };
 }
 
@@ -334,7 +320,7 @@ export async function costBench(
 
 export function formatCost(rows: CostRow[]): string[] {
   const out = [
-    'cost per unit of work (pg_stat_statements; round trips counted by a relay; write transactions = xids; /proc CPU of the cluster; node CPU: this process = executor, proxy, the counting relay and the bench clients):',
+    'cost per unit of work (pg_stat_statements; round trips counted by a relay; write transactions = xids; /proc CPU of the cluster; node CPU: the process running the executor, the proxy and the bench clients):',
     `  ${'what'.padEnd(72)} ${'stmts'.padStart(6)} ${'RTs'.padStart(6)} ${'xacts'.padStart(6)} ${'PG CPU ms'.padStart(10)} ${'node CPU ms'.padStart(14)}`,
   ];
   for (const r of rows)

@@ -33,7 +33,7 @@ import { ChangeNotices } from './notices.js';
 import { loadParser } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
 import { StepPool, isRetryable, type RecordedEvent } from './steps.js';
-import { nextCron, type ExecutorOptions } from './options.js';
+import { controlPools, nextCron, type ExecutorOptions } from './options.js';
 import { ControlStore, type InstanceRow } from './store.js';
 
 export type { ExecutorOptions } from './options.js';
@@ -43,6 +43,7 @@ const WAKE_CHANNEL = 'dfgate_wake';
 export class Executor {
   readonly owner = `${process.pid}-${randomBytes(4).toString('hex')}`;
   private readonly control: pg.Pool;
+  private readonly claimer: pg.Pool;
   private readonly steps: StepPool;
   private readonly slots: FairSlots;
   private listener: pg.Client | undefined;
@@ -74,14 +75,7 @@ export class Executor {
 
   constructor(private readonly opts: ExecutorOptions) {
     this.log = opts.log;
-    this.control = new pg.Pool({
-      connectionString: opts.controlUrl,
-      max: 6,
-      application_name: 'dfgate:executor',
-    } as pg.PoolConfig);
-    this.control.on('error', (err) =>
-      this.log.warn({ err: err.message }, 'control connection error'),
-    );
+    ({ control: this.control, claimer: this.claimer } = controlPools(opts.controlUrl, this.log));
     this.steps = new StepPool(
       {
         controlUrl: opts.controlUrl,
@@ -97,7 +91,7 @@ export class Executor {
       perRoleCap: opts.maxStepsPerRole ?? 0,
       timeoutMs: opts.slotTimeoutMs ?? 30_000,
     });
-    this.store = new ControlStore(this.control, this.owner, opts.leaseMs);
+    this.store = new ControlStore(this.control, this.owner, opts.leaseMs, this.claimer);
     this.retention = new Retention(this.store, this.log);
     this.notices = new ChangeNotices(this.store);
     this.starter = new StartNew(this.store, this.steps, () => this.wake());
@@ -591,5 +585,6 @@ export class Executor {
     await this.listener?.end().catch(() => undefined);
     await this.steps.close();
     await this.control.end().catch(() => undefined);
+    await this.claimer.end().catch(() => undefined);
   }
 }

@@ -72,6 +72,8 @@ export class ControlStore {
     readonly pool: pg.Pool,
     readonly owner: string,
     private readonly leaseMs: number,
+    /** Where claims run (a connection that keeps generic plans); the control pool by default. */
+    private readonly claimer: pg.Pool = pool,
   ) {}
 
   /**
@@ -184,6 +186,7 @@ export class ControlStore {
           WHERE i.id = ANY (ARRAY(SELECT id FROM locked))
          RETURNING i.id, i.lease_epoch, i.submitted_by::oid::int AS role_oid`,
         [this.owner, capacity, this.leaseMs, [...held.keys()], [...held.values()], reserve],
+        this.claimer,
       )
     ).rows;
   }
