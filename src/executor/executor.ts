@@ -34,7 +34,7 @@ import { loadParser } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
 import { StepPool, isRetryable, type RecordedEvent } from './steps.js';
 import { controlPools, nextCron, type ExecutorOptions } from './options.js';
-import { ControlStore, type InstanceRow } from './store.js';
+import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js';
 
 export type { ExecutorOptions } from './options.js';
 
@@ -194,7 +194,7 @@ export class Executor {
       0,
       Math.min(this.opts.slotReserve ?? 1, this.opts.maxConcurrentInstances - 1),
     );
-    let claimed: Array<{ id: string; lease_epoch: string; role_oid: number }>;
+    let claimed: LoadedInstance[];
     try {
       claimed = await this.store.claim(capacity, held, reserve);
     } catch (err) {
@@ -209,7 +209,7 @@ export class Executor {
     for (const c of claimed) {
       const epoch = Number(c.lease_epoch);
       this.active.set(c.id, { epoch, stepPids: new Set(), role: c.role_oid });
-      const p = this.drive(c.id, epoch)
+      const p = this.drive(c.id, epoch, c)
         .catch((err: unknown) => this.log.error({ instance: c.id, err }, 'instance driver failed'))
         .finally(() => {
           // finished, parked or handed back: the console hears of it (instance triggers don't notify)
@@ -247,13 +247,15 @@ export class Executor {
   }
 
   /** One round trip per tick: the instance, events newer than the cache holds, and (first time) node statuses. */
-  private async load(id: string, cache: DriveCache): Promise<InstanceRow | undefined> {
-    const inst = await this.store.load(
-      id,
-      cache.lastSeq,
-      cache.stored === undefined,
-      !this.graphs.has(id),
-    );
+  /** The instance as stored now, or as the claim returned it (`claimed`, the first time). */
+  private async load(
+    id: string,
+    cache: DriveCache,
+    claimed?: LoadedInstance,
+  ): Promise<InstanceRow | undefined> {
+    const inst =
+      claimed ??
+      (await this.store.load(id, cache.lastSeq, cache.stored === undefined, !this.graphs.has(id)));
     if (!inst) return undefined;
     // the graph comes with the first load (one round trip), and is cached while the lease is held
     if (!this.graphs.has(id)) this.graphs.set(id, buildGraph(inst.root_node, inst.graph ?? []));
@@ -301,7 +303,7 @@ export class Executor {
   }
 
   /** Runs one instance while this executor holds its lease. */
-  private async drive(id: string, epoch: number): Promise<void> {
+  private async drive(id: string, epoch: number, claimed?: LoadedInstance): Promise<void> {
     const log = this.log.child({ instance: id });
     const inFlight = new Map<string, Promise<void>>();
     const cache: DriveCache = {
@@ -326,7 +328,8 @@ export class Executor {
       cache.fresh = false;
       if (!inst) {
         cache.dirty = false;
-        inst = await this.load(id, cache);
+        inst = await this.load(id, cache, claimed);
+        claimed = undefined;
         cache.inst = inst;
       }
       if (!inst) {

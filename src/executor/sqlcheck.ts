@@ -46,7 +46,28 @@ function findRoleChange(node: Json): string | undefined {
   return undefined;
 }
 
+/** Plans of recently seen step texts (a step of a chain or loop repeats its text): at most PLAN_CACHE_MAX, each up to PLAN_CACHE_TEXT_MAX characters. */
+const planCache = new Map<string, StepPlan>();
+const PLAN_CACHE_MAX = 1000;
+const PLAN_CACHE_TEXT_MAX = 16 * 1024;
+
 export function planStep(sql: string): StepPlan {
+  const hit = planCache.get(sql);
+  if (hit) {
+    // most recently used last: the oldest entry goes first when full
+    planCache.delete(sql);
+    planCache.set(sql, hit);
+    return hit;
+  }
+  const plan = planUncached(sql);
+  if (sql.length <= PLAN_CACHE_TEXT_MAX) {
+    if (planCache.size >= PLAN_CACHE_MAX) planCache.delete(planCache.keys().next().value as string);
+    planCache.set(sql, plan);
+  }
+  return plan;
+}
+
+function planUncached(sql: string): StepPlan {
   let stmts: Array<{ stmt?: Json }>;
   try {
     stmts = (parseSync(sql) as unknown as { stmts?: Array<{ stmt?: Json }> }).stmts ?? [];

@@ -31,11 +31,8 @@ export interface LoadedInstance extends InstanceRow {
   readonly graph: NodeRow[] | null;
 }
 
-export interface Claimed {
-  readonly id: string;
-  readonly lease_epoch: string;
-  readonly role_oid: number;
-}
+/** A claimed instance, with what its first load would read (events, node statuses, graph). */
+export type Claimed = LoadedInstance;
 
 /** An activation: its key and its node. */
 export interface ActivationRef {
@@ -64,6 +61,27 @@ function statementName(text: string): string {
   }
   return n;
 }
+
+/**
+ * An instance as the driver reads it: the row, its role, its events after
+ * $2 (a sequence number), and when $3 / $4 its node statuses / its graph.
+ * The claim returns the same for what it claimed (events from 0, statuses
+ * and graph), so an instance's first step needs no load of its own.
+ */
+const instanceColumns = (after: string, nodes: string, graph: string): string =>
+  `i.id, i.label, i.root_node, i.status, i.lease_epoch, i.options, i.vars,
+   i.submitted_by::oid::int AS role_oid,
+   (SELECT r.rolname FROM pg_roles r WHERE r.oid = i.submitted_by) AS role_name,
+   (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = i.submitted_by) AS rolsuper,
+   (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
+      FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > ${after}) AS events,
+   CASE WHEN ${nodes} THEN (SELECT json_agg(json_build_object('id', n.id, 'st', n.status, 'sd', n.status_details ->> 'execution_id'))
+                        FROM df.nodes n WHERE n.instance_id = i.id) END AS nodes,
+   CASE WHEN ${graph} THEN (SELECT json_agg(json_build_object('id', n.id, 'node_type', n.node_type, 'query', n.query,
+                        'result_name', n.result_name, 'left_node', n.left_node, 'right_node', n.right_node))
+                        FROM df.nodes n WHERE n.instance_id = i.id) END AS graph`;
+const INSTANCE_COLUMNS = instanceColumns('$2', '$3', '$4');
+const CLAIMED_COLUMNS = instanceColumns('0', 'true', 'true');
 
 const RECORD_EVENT = 'SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)';
 
@@ -184,7 +202,7 @@ export class ControlStore {
                 updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END,
                 wake_at = NULL, waiting_signals = NULL
           WHERE i.id = ANY (ARRAY(SELECT id FROM locked))
-         RETURNING i.id, i.lease_epoch, i.submitted_by::oid::int AS role_oid`,
+         RETURNING ${CLAIMED_COLUMNS}`,
         [this.owner, capacity, this.leaseMs, [...held.keys()], [...held.values()], reserve],
         this.claimer,
       )
@@ -222,15 +240,7 @@ export class ControlStore {
   ): Promise<LoadedInstance | undefined> {
     return (
       await this.run<LoadedInstance>(
-        `SELECT i.id, i.label, i.root_node, i.status, r.rolname AS role_name, i.submitted_by::oid::int AS role_oid, r.rolsuper, i.vars, i.lease_epoch, i.options,
-                (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
-                   FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > $2) AS events,
-                CASE WHEN $3 THEN (SELECT json_agg(json_build_object('id', n.id, 'st', n.status, 'sd', n.status_details ->> 'execution_id'))
-                                     FROM df.nodes n WHERE n.instance_id = i.id) END AS nodes,
-                CASE WHEN $4 THEN (SELECT json_agg(json_build_object('id', n.id, 'node_type', n.node_type, 'query', n.query,
-                                     'result_name', n.result_name, 'left_node', n.left_node, 'right_node', n.right_node))
-                                     FROM df.nodes n WHERE n.instance_id = i.id) END AS graph
-           FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by WHERE i.id = $1`,
+        `SELECT ${INSTANCE_COLUMNS} FROM df.instances i WHERE i.id = $1`,
         [id, lastSeq, wantNodes, wantGraph],
       )
     ).rows[0];

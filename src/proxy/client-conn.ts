@@ -100,9 +100,13 @@ export abstract class ClientConnection {
     this.client.destroy();
   }
 
+  private leftLogged = false;
+
   /** The client went away without Terminate: logged as its disconnect (never as an upstream loss). */
   protected clientLeft(): void {
-    if (this.phase !== 'ready' || this.clientTerminated) return;
+    // once per connection: a half-close and the close after it are one departure
+    if (this.phase !== 'ready' || this.clientTerminated || this.leftLogged) return;
+    this.leftLogged = true;
     const busy = !this.idle;
     this.log[busy ? 'info' : 'debug'](
       { txStatus: this.txStatus, busy },
