@@ -127,7 +127,8 @@ async function main(): Promise<void> {
     password: 'bench-superuser',
     binDir: process.env['DFGATE_TEST_PGBIN'] || undefined,
     settings: {
-      synchronous_commit: 'off',
+      // BENCH_SYNCHRONOUS_COMMIT=on measures with a WAL flush per commit, as the peers harness does
+      synchronous_commit: process.env['BENCH_SYNCHRONOUS_COMMIT'] === 'on' ? 'on' : 'off',
       max_connections: '300',
       shared_preload_libraries: 'pg_stat_statements',
       // BENCH_TRACK=all also lists the statements inside functions (df._complete_step's own)
