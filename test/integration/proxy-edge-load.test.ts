@@ -49,7 +49,7 @@ beforeAll(async () => {
 const ATTACK = String.raw`
 import pg from 'pg';
 const q = (s) => "'" + s.replace(/'/g, "''") + "'";
-const PAUSE_MS = 25;
+const PAUSE_MS = 50;
 const WORST = [
   // 1,000 levels of nesting
   (i) => 'SELECT df.start(' + 'df.seq('.repeat(1000) + q('SELECT ' + i) + ", 'SELECT 2')".repeat(1000) + ') WHERE false',
