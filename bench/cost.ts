@@ -235,23 +235,25 @@ export async function costBench(
     if (check.rows[0]?.bad !== 0)
       throw new Error(`cost bench: ${check.rows[0]?.bad} counters not at ${k}`);
 
+    // dfgate's proxy (edge compiling, no executor of its own) for the starts below
+    const proxy = await startProxy({
+      host: '127.0.0.1',
+      port: 0,
+      upstream: targetFromUrl(userUrl),
+      log: pino({ level: 'silent' }),
+      maxClientConnections: 10,
+      connectTimeoutMs: 5000,
+      maxMessageSize: 64 * 1024 * 1024,
+      edgeValidation: true,
+    });
+    const viaProxy = new URL(userUrl);
+    viaProxy.port = String(proxy.port);
+    const proxyUrl = viaProxy.toString();
     // the peers' W2 shape: one-step workflows started one statement at a time through
     // dfgate's edge while the executor runs; everything each one costs, start to finish
     {
       const w2 = 500;
-      const proxy = await startProxy({
-        host: '127.0.0.1',
-        port: 0,
-        upstream: targetFromUrl(userUrl),
-        log: pino({ level: 'silent' }),
-        maxClientConnections: 10,
-        connectTimeoutMs: 5000,
-        maxMessageSize: 64 * 1024 * 1024,
-        edgeValidation: true,
-      });
-      const via = new URL(userUrl);
-      via.port = String(proxy.port);
-      const c = new pg.Client({ connectionString: via.toString() });
+      const c = new pg.Client({ connectionString: proxyUrl });
       await c.connect();
       const a = await snapshot(admin, pid, relay);
       for (let i = 1; i <= w2; i++)
@@ -269,23 +271,9 @@ export async function costBench(
         ),
       );
       await c.end();
-      await proxy.shutdown(1000);
     }
     await ex.stop();
     // starts without an executor running: only the start path is measured
-    const proxy = await startProxy({
-      host: '127.0.0.1',
-      port: 0,
-      upstream: targetFromUrl(userUrl),
-      log: pino({ level: 'silent' }),
-      maxClientConnections: 10,
-      connectTimeoutMs: 5000,
-      maxMessageSize: 64 * 1024 * 1024,
-      edgeValidation: true,
-    });
-    const viaProxy = new URL(userUrl);
-    viaProxy.port = String(proxy.port);
-    const proxyUrl = viaProxy.toString();
     const m = 1000;
     const one = `'UPDATE public.counters SET n = n + 1 WHERE id = 1'`;
     for (const [what, url] of [

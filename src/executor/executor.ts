@@ -9,6 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import type { Logger } from 'pino';
+import { WAKE_CHANNEL } from '../contract/channels.js';
 import type { StartNewRequest } from '../contract/start-new.js';
 import { metrics } from '../metrics.js';
 import type { RunnerContext } from './context.js';
@@ -37,8 +38,6 @@ import { controlPools, nextCron, type ExecutorOptions } from './options.js';
 import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js';
 
 export type { ExecutorOptions } from './options.js';
-
-const WAKE_CHANNEL = 'dfgate_wake';
 
 export class Executor {
   readonly owner = `${process.pid}-${randomBytes(4).toString('hex')}`;

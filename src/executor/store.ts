@@ -148,20 +148,20 @@ export class ControlStore {
                          AND i.wake_at IS NULL AND (i.waiting_signals IS NULL OR i.waiting_signals = '{}')
                        ORDER BY i.created_at, i.id LIMIT $2) f
             WHERE roles.r IS NOT NULL),
-         -- statement_timestamp(), not clock_timestamp(): stable, so the index bounds the scan
+         -- statement_timestamp(), not clock_timestamp(): stable, so the index bounds the scan.
+         -- No overall LIMIT on due, signalled and expired: every ready one is ranked per role
+         -- below, so one role's thousands of due timers never push another role's back.
          due AS (
            SELECT i.id, i.submitted_by, i.created_at FROM df.instances i
             WHERE i.runnable AND i.wake_at IS NOT NULL AND i.status IN ('pending', 'running')
               AND i.wake_at <= statement_timestamp()
-              AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())
-            ORDER BY i.wake_at LIMIT $2),
+              AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())),
          signalled AS (
            SELECT i.id, i.submitted_by, i.created_at
              FROM df.signals s JOIN df.instances i ON i.id = s.instance_id
             WHERE s.consumed_at IS NULL AND s.signal_name = ANY (i.waiting_signals)
               AND i.runnable AND i.status IN ('pending', 'running')
-              AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())
-            LIMIT $2),
+              AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())),
          expired AS (
            SELECT i.id, i.submitted_by, i.created_at FROM df.instances i
             WHERE i.lease_owner IS NOT NULL AND i.lease_expires_at < statement_timestamp()
@@ -171,8 +171,7 @@ export class ControlStore {
                                  AND s.signal_name = ANY (i.waiting_signals)))
               AND (i.waiting_signals IS NULL OR i.wake_at IS NOT NULL OR cardinality(i.waiting_signals) = 0
                    OR EXISTS (SELECT 1 FROM df.signals s WHERE s.instance_id = i.id AND s.consumed_at IS NULL
-                                 AND s.signal_name = ANY (i.waiting_signals)))
-            ORDER BY i.lease_expires_at LIMIT $2),
+                                 AND s.signal_name = ANY (i.waiting_signals)))),
          ready AS (
            SELECT c.id, c.submitted_by::oid::int AS role, c.created_at,
                   row_number() OVER (PARTITION BY c.submitted_by ORDER BY c.created_at, c.id) AS turn

@@ -12,11 +12,10 @@
 import type { ServerResponse } from 'node:http';
 import pg from 'pg';
 import type { Logger } from 'pino';
+import { UI_CHANNEL, WAKE_CHANNEL } from '../contract/channels.js';
 import type { Session } from './sessions.js';
 
-export const UI_CHANNEL = 'dfgate_ui';
-/** The executors' wake channel: 'start:<id>', 'signal:<id>', 'cancel:<id>' (migration 0003). */
-export const WAKE_CHANNEL = 'dfgate_wake';
+export { UI_CHANNEL } from '../contract/channels.js';
 
 interface Stream {
   readonly session: Session;
@@ -102,8 +101,13 @@ export class LiveHub {
   /** A wake message: its instance's owner is looked up with the others heard within 50 ms. */
   private heard(payload: string): void {
     const m = /^(?:start|signal|cancel):([0-9a-f]{8})$/.exec(payload);
-    if (!m || this.streams.size === 0 || this.woken.size >= 10_000) return;
+    if (!m || this.streams.size === 0) return;
     this.received++;
+    // past 10,000 ids waiting for their owners: every browser refreshes instead (bounded memory)
+    if (this.woken.size >= 10_000) {
+      for (const s of this.streams) this.queue(s, null);
+      return;
+    }
     this.woken.add(m[1] as string);
     this.wokenTimer ??= setTimeout(() => void this.resolve(), 50);
   }
