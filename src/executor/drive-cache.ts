@@ -5,6 +5,7 @@
  */
 import type { RetryPolicy, Stamp, EventKind, StoredEvent } from './core.js';
 import type { ControlStore, InstanceRow, LoadedInstance, StampRows } from './store.js';
+import type { Premark } from './carry.js';
 
 export /** A node's stamp as last written (`attempts`: the status_details retry keys this driver wrote). */
 interface StoredStamp {
@@ -38,6 +39,10 @@ interface DriveCache {
   dirty: boolean;
   /** Node stamps being written (not awaited before dispatching steps; awaited before finishing or parking). */
   stamps: Promise<void> | undefined;
+  /** Next attempts a committed checkpoint already marked (carry.ts), by activation key. */
+  premarks: Map<string, Premark>;
+  /** A committed checkpoint completed the instance (carry.ts). */
+  finished: boolean;
 }
 
 /**
@@ -66,8 +71,8 @@ export async function flushStamps(cache: DriveCache): Promise<void> {
   if (p) await p;
 }
 
-/** The stamps that differ from what the database holds (and marks them held). */
-function stampRows(
+/** The stamps that differ from what the database holds (and marks them held in `stored`). */
+export function stampRows(
   stamps: ReadonlyMap<string, Stamp>,
   stored: Map<string, StoredStamp>,
   skip: ReadonlySet<string>,

@@ -13,27 +13,20 @@ import { WAKE_CHANNEL } from '../contract/channels.js';
 import type { StartNewRequest } from '../contract/start-new.js';
 import { metrics } from '../metrics.js';
 import type { RunnerContext } from './context.js';
-import { runCore, type Action, type EventKind, type RetryPolicy } from './core.js';
-import {
-  flushStamps,
-  queueStamps,
-  remember,
-  retryPolicy,
-  type DriveCache,
-  type StoredStamp,
-} from './drive-cache.js';
+import { runCore, type Action, type RetryPolicy } from './core.js';
+import { flushStamps, queueStamps, remember, retryPolicy, type DriveCache } from './drive-cache.js';
 import { buildGraph, type Graph } from './graph.js';
 import { httpStep } from './http-step.js';
 import { Retention } from './retention.js';
 import { deliverSignals } from './signals.js';
 import { FairSlots } from './slots.js';
 import { startOnFailure } from './on-failure.js';
-import { sqlStep } from './sql-step.js';
+import { dispatchSql } from './sql-dispatch.js';
 import { Naps } from './naps.js';
 import { ChangeNotices } from './notices.js';
 import { loadParser } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
-import { StepPool, isRetryable, type RecordedEvent } from './steps.js';
+import { StepPool, isRetryable } from './steps.js';
 import { controlPools, nextCron, type ExecutorOptions } from './options.js';
 import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js';
 
@@ -271,6 +264,10 @@ export class Executor {
     onFailure: string | null = null,
   ): Promise<void> {
     await this.store.finish(id, epoch, status, error, output, onFailure);
+    this.announceFinished(id, status);
+  }
+
+  private announceFinished(id: string, status: 'completed' | 'failed'): void {
     metrics.instancesFinished.inc({ status });
     this.log.info({ instance: id, status }, 'instance finished');
   }
@@ -313,8 +310,17 @@ export class Executor {
       fresh: false,
       dirty: false,
       stamps: undefined,
+      premarks: new Map(),
+      finished: false,
     };
     for (;;) {
+      if (cache.finished) {
+        // the last step's checkpoint completed the instance (carry.ts)
+        await Promise.allSettled(inFlight.values());
+        await flushStamps(cache).catch(() => undefined);
+        this.announceFinished(id, 'completed');
+        return;
+      }
       if (this.stopping) {
         // steps already running finish (or are cancelled by stop() after its timeout)
         await Promise.allSettled(inFlight.values());
@@ -337,7 +343,6 @@ export class Executor {
       }
       this.notices.touch(id, inst.role_oid);
       const events = cache.events;
-      const stored = cache.stored as Map<string, StoredStamp>;
       if (Number(inst.lease_epoch) !== epoch || !['pending', 'running'].includes(inst.status)) {
         if (inst.status === 'cancelled') await this.cancelSteps(id);
         await Promise.allSettled(inFlight.values());
@@ -368,17 +373,16 @@ export class Executor {
         }
       }
       const now = new Date();
-      const core = runCore({
+      const base = {
         graph: this.graphs.get(id) as Graph,
         instanceId: id,
         label: inst.label,
         vars: inst.vars,
-        events,
-        now,
         maxLoopIterations: this.opts.maxLoopIterations,
         nextCron,
         ...(retryPolicy(inst.options) ? { retry: retryPolicy(inst.options) as RetryPolicy } : {}),
-      });
+      };
+      const core = runCore({ ...base, events, now });
       // SQL nodes about to start get their running stamp with their attempt mark
       const starting = new Set(
         core.actions.filter((a) => a.a === 'sql' && !inFlight.has(a.key)).map((a) => a.node),
@@ -461,30 +465,9 @@ export class Executor {
           }
           case 'sql': {
             if (inFlight.has(a.key)) break;
-            const st = core.stamps.get(a.node)?.stamp ?? `${id}::1`;
-            stored.set(a.node, { status: 'running', stamp: st });
-            // the checkpoint writes the node's final status and stamp: nothing left for writeStamps
-            let cached = false;
-            const recorded = (
-              status: 'completed' | 'failed',
-              event: RecordedEvent | undefined,
-            ): void => {
-              stored.set(a.node, { status, stamp: st });
-              if (!event) return;
-              // the committed event, as the next load would read it (lastSeq stays: a load still
-              // reads every event after it, including any written elsewhere meanwhile)
-              const kind: EventKind = status === 'completed' ? 'done' : 'failed';
-              let m = events.get(a.key);
-              if (!m) events.set(a.key, (m = new Map()));
-              m.set(kind, { seq: event.seq, kind, detail: event.detail });
-              cached = true;
-              cache.fresh = true;
-            };
-            const p = sqlStep(this.ctx, id, epoch, inst, a, st, log, recorded).finally(() => {
-              inFlight.delete(a.key);
-              if (!cached) cache.dirty = true;
-            });
-            inFlight.set(a.key, p);
+            const stamp = core.stamps.get(a.node)?.stamp ?? `${id}::1`;
+            const d = { id, epoch, inst, a, stamp, log, cache, inFlight, core: base };
+            inFlight.set(a.key, dispatchSql(this.ctx, d));
             progressed = true;
             break;
           }

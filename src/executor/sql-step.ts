@@ -6,16 +6,23 @@
  * errors run the step again; a failure its step connection could not
  * checkpoint is recorded through the control connection.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { metrics } from '../metrics.js';
 import type { Action } from './core.js';
 import type { RunnerContext } from './context.js';
 import { runSqlStep, isRetryable, type RecordedEvent, type StepIdentity } from './steps.js';
 import type { InstanceRow } from './store.js';
+import type { Premark } from './carry.js';
+import { tokenHash } from './token.js';
 
-export function tokenHash(token: string): string {
-  return createHash('sha256').update(token, 'utf8').digest('hex');
+export interface StepHooks {
+  /** The step's outcome committed, with its event. */
+  readonly recorded?: (status: 'completed' | 'failed', event: RecordedEvent | undefined) => void;
+  /** What the checkpoint of a completed step carries (carry.ts), as JSON text. */
+  readonly after?: (result: string) => Promise<string | undefined>;
+  /** The first attempt, already marked by the checkpoint before it. */
+  readonly premark?: Premark;
 }
 
 export async function sqlStep(
@@ -26,17 +33,25 @@ export async function sqlStep(
   a: Extract<Action, { a: 'sql' }>,
   stamp: string,
   log: Logger,
-  recorded?: (status: 'completed' | 'failed', event: RecordedEvent | undefined) => void,
+  hooks: StepHooks = {},
 ): Promise<void> {
+  const { recorded, premark } = hooks;
   const identity: StepIdentity = { roleName: inst.role_name as string, roleOid: inst.role_oid };
   let delay = 100;
   for (let attempt = 1; ; attempt++) {
     if (ctx.stopping()) return;
-    const token = randomBytes(24).toString('base64url');
+    // the checkpoint before this step marked its first attempt already (carry.ts)
+    const pre =
+      attempt === 1 && premark?.stamp === stamp && premark.attempt === a.attempt
+        ? premark
+        : undefined;
+    const token = pre?.token ?? randomBytes(24).toString('base64url');
     // The attempt mark travels on the control connection while the slot, the connection and the
     // statement are taken care of; runSqlStep awaits it before anything commits. False: lease
     // lost, cancelled, or already recorded (the statement, if it ran, is rolled back).
-    const marked = ctx.store.markAttempt(id, epoch, a, tokenHash(token), stamp, a.attempt);
+    const marked = pre
+      ? Promise.resolve(true)
+      : ctx.store.markAttempt(id, epoch, a, tokenHash(token), stamp, a.attempt);
     const markedOk = (): Promise<boolean> => marked.catch(() => false);
     marked.catch(() => undefined); // every path awaits it; this keeps an early return from leaving it unhandled
     const slotTimeout = ctx.slotTimeoutMs;
@@ -78,7 +93,17 @@ export async function sqlStep(
     try {
       const out = await runSqlStep(
         conn,
-        { instance: id, node: a.node, key: a.key, epoch, token, sql: a.sql, stamp, marked },
+        {
+          instance: id,
+          node: a.node,
+          key: a.key,
+          epoch,
+          token,
+          sql: a.sql,
+          stamp,
+          marked,
+          ...(hooks.after ? { after: hooks.after } : {}),
+        },
         (p) => {
           pid = p;
           pids?.add(p);

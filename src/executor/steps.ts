@@ -239,6 +239,12 @@ export interface StepRequest {
    * transaction is rolled back and the step abandoned.
    */
   readonly marked?: Promise<boolean>;
+  /**
+   * What the checkpoint of a completed step carries besides its outcome
+   * (migration 0020): JSON text for df._complete_step's p_after, computed
+   * from the result; undefined carries nothing.
+   */
+  readonly after?: (result: string) => Promise<string | undefined>;
 }
 
 /** The event a checkpoint committed: its seq and detail, as df.events holds them. */
@@ -359,7 +365,8 @@ export async function runSqlStep(
     // deferred constraints fire now, as the submitter; then the checkpoint and COMMIT, in one round trip
     const lit = (v: string | number): string =>
       typeof v === 'number' ? String(v) : c.escapeLiteral(v);
-    const complete = `SELECT df._complete_step(${[req.instance, req.node, req.key, req.epoch, req.token, 'done', JSON.stringify({ result })].map(lit).join(', ')}::jsonb, ${lit(req.stamp)}) AS seq`;
+    const carried = req.after ? await req.after(result).catch(() => undefined) : undefined;
+    const complete = `SELECT df._complete_step(${[req.instance, req.node, req.key, req.epoch, req.token, 'done', JSON.stringify({ result })].map(lit).join(', ')}::jsonb, ${lit(req.stamp)}${carried === undefined ? '' : `, ${lit(carried)}::jsonb`}) AS seq`;
     let event: RecordedEvent | undefined;
     // the session reset follows the COMMIT in the same message: the next step finds a clean
     // session without a round trip of its own. An error after the COMMIT (from the reset) leaves

@@ -156,12 +156,19 @@ export class ControlStore {
             WHERE i.runnable AND i.wake_at IS NOT NULL AND i.status IN ('pending', 'running')
               AND i.wake_at <= statement_timestamp()
               AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())),
+         -- From the unconsumed signals to their instances by primary key. The status tests here
+         -- and in locked are written NOT IN on purpose: no index serves them, so a generic plan
+         -- made while statistics say few instances are unfinished can never walk every
+         -- unfinished instance (instances_status_created_idx) to find the few it needs.
          signalled AS (
            SELECT i.id, i.submitted_by, i.created_at
-             FROM df.signals s JOIN df.instances i ON i.id = s.instance_id
-            WHERE s.consumed_at IS NULL AND s.signal_name = ANY (i.waiting_signals)
-              AND i.runnable AND i.status IN ('pending', 'running')
-              AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())),
+             FROM (SELECT DISTINCT s.instance_id FROM df.signals s WHERE s.consumed_at IS NULL) s,
+                  LATERAL (SELECT i.id, i.submitted_by, i.created_at FROM df.instances i
+                            WHERE i.id = s.instance_id
+                              AND i.runnable AND i.status NOT IN ('completed', 'failed', 'cancelled')
+                              AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())
+                              AND EXISTS (SELECT 1 FROM df.signals m WHERE m.instance_id = i.id AND m.consumed_at IS NULL
+                                             AND m.signal_name = ANY (i.waiting_signals))) i),
          expired AS (
            SELECT i.id, i.submitted_by, i.created_at FROM df.instances i
             WHERE i.lease_owner IS NOT NULL AND i.lease_expires_at < statement_timestamp()
@@ -192,7 +199,7 @@ export class ControlStore {
             -- = ANY (ARRAY(...)): the primary key, never a scan of every instance to hash-join a few
             WHERE i.id = ANY (ARRAY(SELECT id FROM picked))
               AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())
-              AND i.runnable AND i.status IN ('pending', 'running')
+              AND i.runnable AND i.status NOT IN ('completed', 'failed', 'cancelled')
             FOR UPDATE OF i SKIP LOCKED)
          UPDATE df.instances i
             SET lease_owner = $1, lease_epoch = i.lease_epoch + 1,
