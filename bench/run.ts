@@ -5,8 +5,10 @@
  *   - df.start: direct and through dfgate (compiled at the edge, extended protocol,
  *     transaction_mode => 'new') vs a plain INSERT of the same text
  *   - executor: SQL steps per second, and df.start → first step latency
+ *   - parked: what 100,000 parked instances cost an idle executor, and 10,000
+ *     timers due at one instant (bench/parked.ts)
  * BENCH_SECONDS (default 15) sets the length of each pgbench run; BENCH_ONLY
- * (passthrough, start, cost or executor) runs one part.
+ * (passthrough, start, cost, executor or parked) runs one part.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,6 +22,7 @@ import { targetFromUrl } from '../src/proxy/upstream.js';
 import { startCluster } from '../src/pg/cluster.js';
 import { costBench, formatCost } from './cost.js';
 import { executorBench } from './executor.js';
+import { formatParked, parkedBench } from './parked.js';
 import { passthrough } from './passthrough.js';
 
 async function timeIt(n: number, fn: () => Promise<void>): Promise<number> {
@@ -192,7 +195,10 @@ async function main(): Promise<void> {
         `  throughput                 ${ex.stepsPerSecond.toFixed(0)} steps/s   (target >= 3000)`,
         `  one 200-step sequence      ${ex.sequentialStepsPerSecond.toFixed(0)} steps/s`,
         `  df.start commit -> first step commit, idle executor: p50 ${ex.firstStepP50} ms, p99 ${ex.firstStepP99} ms   (target p50 <= 5 ms)`,
+        '',
       );
+    if (!only || only === 'parked')
+      lines.push(...formatParked(await parkedBench(cluster, cluster.url(), userUrl)), '');
     process.stdout.write(lines.join('\n') + '\n');
   } finally {
     await cluster.stop();

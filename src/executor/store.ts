@@ -148,14 +148,30 @@ export class ControlStore {
                          AND i.wake_at IS NULL AND (i.waiting_signals IS NULL OR i.waiting_signals = '{}')
                        ORDER BY i.created_at, i.id LIMIT $2) f
             WHERE roles.r IS NOT NULL),
+         -- due timers per role (instances_due_idx, migration 0019): the roles with timers by a
+         -- skip scan, then at most $2 of each role's earliest due ones, so one role's thousands
+         -- of due timers never push another role's back, and a claim never reads them all.
          -- statement_timestamp(), not clock_timestamp(): stable, so the index bounds the scan.
-         -- No overall LIMIT on due, signalled and expired: every ready one is ranked per role
-         -- below, so one role's thousands of due timers never push another role's back.
+         timer_roles(r) AS (
+           (SELECT i.submitted_by FROM df.instances i
+             WHERE i.runnable AND i.wake_at IS NOT NULL AND i.status IN ('pending', 'running')
+             ORDER BY i.submitted_by LIMIT 1)
+           UNION ALL
+           SELECT (SELECT i.submitted_by FROM df.instances i
+                    WHERE i.runnable AND i.wake_at IS NOT NULL AND i.status IN ('pending', 'running')
+                      AND i.submitted_by > timer_roles.r
+                    ORDER BY i.submitted_by LIMIT 1)
+             FROM timer_roles WHERE timer_roles.r IS NOT NULL),
          due AS (
-           SELECT i.id, i.submitted_by, i.created_at FROM df.instances i
-            WHERE i.runnable AND i.wake_at IS NOT NULL AND i.status IN ('pending', 'running')
-              AND i.wake_at <= statement_timestamp()
-              AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())),
+           SELECT d.id, d.submitted_by, d.created_at FROM timer_roles,
+             LATERAL (SELECT i.id, i.submitted_by, i.created_at FROM df.instances i
+                       WHERE i.submitted_by = timer_roles.r
+                         AND i.runnable AND i.wake_at IS NOT NULL AND i.status IN ('pending', 'running')
+                         AND i.wake_at <= statement_timestamp()
+                         AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())
+                       ORDER BY i.wake_at LIMIT $2) d
+            WHERE timer_roles.r IS NOT NULL),
+         -- No overall LIMIT on signalled and expired: every ready one is ranked per role below.
          -- From the unconsumed signals to their instances by primary key. The status tests here
          -- and in locked are written NOT IN on purpose: no index serves them, so a generic plan
          -- made while statistics say few instances are unfinished can never walk every
