@@ -222,7 +222,7 @@ export class Lender {
         if (plan instanceof Map) return pooled.map(edge.refuseStatement(type, body, plan));
         const piece = plan.rewrite
           ? encodeFrontend({ type: 'Query', sql: plan.rewrite })
-          : edge.watches(type)
+          : edge.watches(type, body.length + 4)
             ? safe(() => edge.onStatement(type, body, raw))
             : undefined;
         return piece === null ? null : pooled.map(piece ?? raw, plan.effect);
@@ -232,7 +232,7 @@ export class Lender {
         const end = Math.max(start, body.indexOf(0, start));
         const refused = pooled.parse(body, start, end, this.scanOptions);
         if (refused) return edge.refuseStatement(type, body, refused);
-        const piece = edge.watches(type)
+        const piece = edge.watches(type, body.length + 4)
           ? safe(() => edge.onStatement(type, body, raw))
           : undefined;
         return piece === null ? null : pooled.map(piece ?? raw);
