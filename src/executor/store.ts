@@ -148,7 +148,7 @@ export class ControlStore {
                          AND i.wake_at IS NULL AND (i.waiting_signals IS NULL OR i.waiting_signals = '{}')
                        ORDER BY i.created_at, i.id LIMIT $2) f
             WHERE roles.r IS NOT NULL),
-         -- due timers per role (instances_due_idx, migration 0019): the roles with timers by a
+         -- due timers per role (instances_due_idx, migration 0021): the roles with timers by a
          -- skip scan, then at most $2 of each role's earliest due ones, so one role's thousands
          -- of due timers never push another role's back, and a claim never reads them all.
          -- statement_timestamp(), not clock_timestamp(): stable, so the index bounds the scan.

@@ -16,6 +16,7 @@ import type { Piece } from './protocol/frame.js';
 import { encodeFrontend } from './protocol/frontend.js';
 import { ProtocolError } from './protocol/reader.js';
 import type { ServerConn } from './server-conn.js';
+import type { ScanOptions } from './sql-scan.js';
 
 /** What the lender sees of its session. */
 export interface LenderHost {
@@ -185,6 +186,13 @@ export class Lender {
     else this.pools.discard(this.key, conn);
   }
 
+  /** How the client's statements are lexed (standard_conforming_strings as the server reported it). */
+  private get scanOptions(): ScanOptions {
+    return {
+      backslashQuotes: this.host.serverParams.get('standard_conforming_strings') === 'off',
+    };
+  }
+
   /** Every answer the client awaits ends with a ReadyForQuery dfgate can count. */
   get countable(): boolean {
     return !this.host.ledger.unsure && this.host.ledger.batchLen === 0;
@@ -210,22 +218,21 @@ export class Lender {
         // the server connection stays for the next client
         return this.host.closeWhenAnswered('client sent Terminate');
       case Frontend.Query: {
-        const sql = body.toString('utf8', 0, Math.max(0, body.indexOf(0)));
-        const plan = pooled.query(sql);
+        const plan = pooled.query(body, 0, Math.max(0, body.indexOf(0)), this.scanOptions);
         if (plan instanceof Map) return pooled.map(edge.refuseStatement(type, body, plan));
         const piece = plan.rewrite
           ? encodeFrontend({ type: 'Query', sql: plan.rewrite })
-          : edge.watches(type)
+          : edge.watches(type, body.length + 4)
             ? safe(() => edge.onStatement(type, body, raw))
             : undefined;
         return piece === null ? null : pooled.map(piece ?? raw, plan.effect);
       }
       case Frontend.Parse: {
         const start = body.indexOf(0) + 1;
-        const sql = body.toString('utf8', start, Math.max(start, body.indexOf(0, start)));
-        const refused = pooled.parse(sql);
+        const end = Math.max(start, body.indexOf(0, start));
+        const refused = pooled.parse(body, start, end, this.scanOptions);
         if (refused) return edge.refuseStatement(type, body, refused);
-        const piece = edge.watches(type)
+        const piece = edge.watches(type, body.length + 4)
           ? safe(() => edge.onStatement(type, body, raw))
           : undefined;
         return piece === null ? null : pooled.map(piece ?? raw);

@@ -24,7 +24,13 @@ import type { Deferred, Piece } from './protocol/frame.js';
 import { encodeFrontend } from './protocol/frontend.js';
 import type { ServerConn } from './server-conn.js';
 import { refusal } from './edge/errors.js';
-import { scanStatements } from './sql-scan.js';
+import {
+  headOf,
+  scanStatements,
+  splitStatements,
+  type ScanOptions,
+  type ScannedStatement,
+} from './sql-scan.js';
 
 /** A piece whose bytes depend on the server connection it is written to; evaluated at write time. */
 export type Late = Deferred & { readonly late: (conn: ServerConn) => Buffer[] };
@@ -242,16 +248,22 @@ export class PooledClient {
   // ---- client messages --------------------------------------------------
 
   /**
-   * A simple Query: what transaction mode refuses (fields), or what it changes
-   * (a replacement statement, an effect on the connection it runs on).
+   * A simple Query (its statement text: `body` bytes [from, to)): what
+   * transaction mode refuses (fields), or what it changes (a replacement
+   * statement, an effect on the connection it runs on).
    */
-  query(sql: string): Map<string, string> | QueryPlan {
-    if (!MAYBE.test(sql)) return {};
-    const stmts = scanStatements(sql);
+  query(
+    body: Buffer,
+    from: number,
+    to: number,
+    opts: ScanOptions,
+  ): Map<string, string> | QueryPlan {
+    const looked = lookAt(body, from, to, opts);
+    if (!looked) return {};
     const ops: SetOp[] = [];
     let effect: ((conn: ServerConn) => void) | undefined;
     let rewrite: string | undefined;
-    for (const s of stmts) {
+    for (const s of looked.statements) {
       const problem = refusalOf(s.code);
       if (problem) return problem;
       const c = s.code;
@@ -260,7 +272,7 @@ export class PooledClient {
         if (op === 'refuse') return refuse(s.text.split(/\s+/).slice(0, 3).join(' '));
         if (op) ops.push(op);
       } else if (/^deallocate\b/.test(c)) {
-        if (stmts.length > 1)
+        if (looked.count > 1)
           return refuse('DEALLOCATE together with other statements in one query');
         const m = /^deallocate\s+(?:prepare\s+)?("(?:[^"]|"")*"|[^\s;]+)\s*$/i.exec(s.text);
         const name = m ? unquote(m[1] as string) : undefined;
@@ -287,10 +299,16 @@ export class PooledClient {
     return { rewrite, effect };
   }
 
-  /** A Parse (after the edge): a refusal, or what to send in its place. */
-  parse(sql: string): Map<string, string> | undefined {
-    if (!MAYBE.test(sql)) return undefined;
-    for (const s of scanStatements(sql)) {
+  /** A Parse (its statement text: `body` bytes [from, to), after the edge): a refusal, or undefined. */
+  parse(
+    body: Buffer,
+    from: number,
+    to: number,
+    opts: ScanOptions,
+  ): Map<string, string> | undefined {
+    const looked = lookAt(body, from, to, opts);
+    if (!looked) return undefined;
+    for (const s of looked.statements) {
       const problem = refusalOf(s.code);
       if (problem) return problem;
       if (/^(set|reset)\b/.test(s.code)) {
@@ -425,8 +443,63 @@ export function isMapped(p: Piece): p is Mapped {
   return typeof p === 'function' && 'mapped' in p;
 }
 
-/** Words whose statements transaction mode looks at (a cheap test before scanning). */
-const MAYBE = /listen|prepare|deallocate|discard|advisory|hold|temp|set|reset/i;
+/**
+ * Words one of which a statement transaction mode looks at contains (a cheap
+ * test of the raw bytes before scanning): the first words below, and what
+ * refusalOf finds anywhere in a statement (advisory locks, INTO TEMP).
+ */
+const MAYBE = /listen|prepare|deallocate|discard|declare|advisory_lock|temp|set/i;
+/** First words of the statements looked at (CREATE only with TEMP, which is looked for anywhere). */
+const HEAD = /(?:listen|prepare|set|reset|deallocate|discard|declare)\b/iy;
+const ANYWHERE = /advisory_lock|temp/gi;
+
+/**
+ * The statements of a query text (`body` bytes [from, to)) that transaction
+ * mode must look at, decoded, and how many statements there are in all;
+ * undefined if none. The text is split as bytes (one latin1 char per byte,
+ * no decoding, see sql-scan.ts); a statement is looked at if it starts with
+ * a word of HEAD or holds a word of ANYWHERE (even in a literal: the check
+ * on its code decides). Only those are decoded and scanned again as text,
+ * so that offsets in `text` and `code` line up. Leading comments are cut
+ * from both, so `code` starts with the statement's first word.
+ */
+function lookAt(
+  body: Buffer,
+  from: number,
+  to: number,
+  opts: ScanOptions,
+): { readonly count: number; readonly statements: ScannedStatement[] } | undefined {
+  const bytes = body.toString('latin1', from, to);
+  if (!MAYBE.test(bytes)) return undefined;
+  const spans = splitStatements(bytes, opts);
+  // where ANYWHERE matches, in order (one pass over the text)
+  const hits: number[] = [];
+  ANYWHERE.lastIndex = 0;
+  for (let m = ANYWHERE.exec(bytes); m; m = ANYWHERE.exec(bytes)) hits.push(m.index);
+  const statements: ScannedStatement[] = [];
+  let h = 0;
+  for (const s of spans) {
+    while (h < hits.length && (hits[h] as number) < s.start) h++;
+    HEAD.lastIndex = headOf(bytes, s);
+    if (!HEAD.test(bytes) && !(h < hits.length && (hits[h] as number) < s.end)) continue;
+    const text = body.toString('utf8', from + s.start, from + s.end);
+    for (const t of scanStatements(text, opts)) {
+      const lead = leadingBlanks(t.code);
+      statements.push({
+        start: t.start + lead,
+        end: t.end,
+        text: t.text.slice(lead),
+        code: t.code.slice(lead),
+      });
+    }
+  }
+  return statements.length ? { count: spans.length, statements } : undefined;
+}
+
+/** Length of the blanks (comments, PostgreSQL whitespace) a statement's code starts with. */
+function leadingBlanks(code: string): number {
+  return /^[ \t\n\v\f\r]*/.exec(code)?.[0].length ?? 0;
+}
 
 function refusalOf(c: string): Map<string, string> | undefined {
   if (/^listen\b/.test(c)) return refuse('LISTEN');

@@ -210,10 +210,12 @@ async function attackers(
   };
 }
 
-// Session mode only: in transaction mode a Query is framed whole and decoded twice (the
-// pooled session's statement check, then the edge), ~3 ms of event loop per MiB, which the
-// attack's 1 MiB statements turn into delays this test does not allow (docs/proxy.md,
-// "Transaction pooling": measured and left open in issue 13).
+// Session mode only, still: transaction mode must hold a Query whole until it has looked at
+// all of it (a LISTEN at its end refuses it). That look now reads bytes (~1 ms per MiB instead
+// of ~3 ms, or ~250 ms when a looked-for word occurred), and the event-loop limit holds
+// (3.2% over 5 ms vs 0.5% beside, allowed +3%), but the victim's p99 does not: 11.4 ms vs
+// 5.1 ms beside on a quiet machine, 16.7 vs 7.3 on a busier one (issue 13; not yet explained:
+// suspected the 1 MiB written to the server in one write instead of as it arrives).
 describe.skipIf(POOLED)('edge compilation under attack', () => {
   it("four attackers looping the worst df.start statements through dfgate leave another session's SELECT 1 p99 within 5 ms of the same attack sent straight to PostgreSQL", async () => {
     admin = await adminPort(dfgate);

@@ -276,6 +276,35 @@ sys.exit(1 if errors else 0)
     expect((await c.query(`SELECT 'LISTEN x' AS s -- LISTEN`)).rows[0].s).toBe('LISTEN x');
   });
 
+  it('finds what it refuses or carries anywhere in a multi-statement query of over 1 MiB', async () => {
+    const c = await db.connect(url);
+    const big = `'${'x'.repeat(1024 * 1024)}'`;
+    for (const hidden of [
+      'LISTEN chan',
+      '/* a comment first */ LISTEN chan',
+      'SELECT pg_advisory_lock(42)',
+      'PREPARE p2 AS SELECT 1',
+    ])
+      await expect(
+        c.query(`SELECT length(${big}); SELECT 2; ${hidden}; SELECT 3`),
+        hidden,
+      ).rejects.toMatchObject({ code: '0A000' });
+    // nothing of a refused query ran: the server refused it whole
+    expect(
+      (await c.query(`SELECT count(*)::int AS n FROM pg_listening_channels()`)).rows[0].n,
+    ).toBe(0);
+    // a SET at its end is carried to whichever connection the client gets next
+    await c.query(`SELECT length(${big}); SET statement_timeout = '4321ms'`);
+    const other = await db.connect(url);
+    for (let i = 0; i < 12; i++) {
+      await Promise.all([other.query('SELECT pg_sleep(0.001)'), other.query('SELECT 1')]);
+      expect((await c.query('SHOW statement_timeout')).rows[0].statement_timeout).toBe('4321ms');
+    }
+    // in a literal it is no statement
+    const r = await c.query(`SELECT length(${big}) AS n, 'x; LISTEN chan' AS s`);
+    expect(r.rows[0]).toEqual({ n: 1024 * 1024, s: 'x; LISTEN chan' });
+  });
+
   it('a client killed mid-transaction leaves its connection rolled back and reusable', async () => {
     const small = await startTestProxy(db.url, { poolMode: 'transaction', poolSize: 1 });
     const via = viaPort(app.url, small.port);
