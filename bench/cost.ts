@@ -10,13 +10,13 @@
  * one executor with 10 step slots (the peers' W1 shape); starts = M
  * `df.start` calls in one statement, direct and through dfgate's edge.
  */
-import { readdirSync, readFileSync } from 'node:fs';
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import pino from 'pino';
 import { Executor } from '../src/executor/executor.js';
 import type { RunningCluster } from '../src/pg/cluster.js';
+import { clusterCpuSeconds, postmasterPid } from './proc.js';
 import { startProxy } from '../src/proxy/server.js';
 import { targetFromUrl } from '../src/proxy/upstream.js';
 
@@ -54,25 +54,6 @@ class CountingRelay {
       child.kill('SIGTERM');
     });
   }
-}
-
-/** CPU seconds (user + system) of every process of the cluster (the postmaster's children and itself). */
-function clusterCpuSeconds(postmasterPid: number): number {
-  const hz = 100; // USER_HZ on Linux
-  let ticks = 0;
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    try {
-      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
-      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      const ppid = Number(rest[1]);
-      if (Number(e) !== postmasterPid && ppid !== postmasterPid) continue;
-      ticks += Number(rest[11]) + Number(rest[12]);
-    } catch {
-      // the process ended meanwhile
-    }
-  }
-  return ticks / hz;
 }
 
 interface Snapshot {
@@ -147,10 +128,6 @@ function diff(
     ownCpuMs: ((b.own - a.own) * 1000) / per,
     top: d.slice(0, 16),
   };
-}
-
-function postmasterPid(cluster: RunningCluster): number {
-  return Number(readFileSync(`${cluster.dataDir}/postmaster.pid`, 'utf8').split('\n')[0]);
 }
 
 /**

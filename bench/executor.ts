@@ -21,6 +21,21 @@ function pct(xs: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
 }
 
+/** The executor the benchmarks run: step logins, a 1 s safety-net poll (five times dfgate's default), 16 step slots, 256 leases. */
+export function benchExecutor(adminUrl: string): Executor {
+  return new Executor({
+    controlUrl: adminUrl,
+    log: pino({ level: 'warn' }),
+    stepAuth: 'login',
+    stepSecret: 'bench-secret',
+    leaseMs: 30_000,
+    pollMs: 1000,
+    maxConcurrentSteps: 16,
+    maxConcurrentInstances: 256,
+    maxLoopIterations: 100_000,
+  });
+}
+
 export async function executorBench(
   adminUrl: string,
   userUrl: string,
@@ -32,17 +47,7 @@ export async function executorBench(
   await u.query(
     `CREATE TABLE IF NOT EXISTS public.bench_effects (instance text, step int, at timestamptz DEFAULT clock_timestamp())`,
   );
-  const ex = new Executor({
-    controlUrl: adminUrl,
-    log: pino({ level: 'warn' }),
-    stepAuth: 'login',
-    stepSecret: 'bench-secret',
-    leaseMs: 30_000,
-    pollMs: 1000,
-    maxConcurrentSteps: 16,
-    maxConcurrentInstances: 256,
-    maxLoopIterations: 100_000,
-  });
+  const ex = benchExecutor(adminUrl);
   await ex.start();
   try {
     // warm up: provision the step login, open connections

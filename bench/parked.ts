@@ -21,45 +21,10 @@
  * statement) while the executor runs, so the executor parks each of them
  * itself: the rows are exactly what it leaves behind.
  */
-import { readdirSync, readFileSync } from 'node:fs';
 import pg from 'pg';
-import pino from 'pino';
-import { Executor } from '../src/executor/executor.js';
 import type { RunningCluster } from '../src/pg/cluster.js';
-
-const HZ = 100; // USER_HZ on Linux
-
-/** CPU seconds (user + system) of one process, from /proc; 0 once it has ended. */
-function pidCpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(rest[11]) + Number(rest[12])) / HZ;
-  } catch {
-    return 0;
-  }
-}
-
-/**
- * CPU seconds of the whole cluster: the postmaster (with the children it has
- * reaped, cutime + cstime) and its living children.
- */
-function clusterCpuSeconds(postmaster: number): number {
-  let ticks = 0;
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    try {
-      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
-      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(e) === postmaster)
-        ticks += Number(rest[11]) + Number(rest[12]) + Number(rest[13]) + Number(rest[14]);
-      else if (Number(rest[1]) === postmaster) ticks += Number(rest[11]) + Number(rest[12]);
-    } catch {
-      // the process ended meanwhile
-    }
-  }
-  return ticks / HZ;
-}
+import { benchExecutor } from './executor.js';
+import { clusterCpuSeconds, pidCpuSeconds, postmasterPid } from './proc.js';
 
 const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
 
@@ -104,10 +69,6 @@ export interface ParkedBenchResult {
   readonly fresh: FireFigures;
 }
 
-function postmasterPid(cluster: RunningCluster): number {
-  return Number(readFileSync(`${cluster.dataDir}/postmaster.pid`, 'utf8').split('\n')[0]);
-}
-
 const progress = (what: string): void =>
   void process.stderr.write(`${new Date().toISOString()} parked bench: ${what}\n`);
 
@@ -150,7 +111,7 @@ async function idleWindow(
   const pids = await executorPids();
   await admin.query('SELECT pg_stat_statements_reset()');
   const before = new Map(pids.map((p) => [p, pidCpuSeconds(p)]));
-  const c0 = clusterCpuSeconds(postmaster);
+  const c0 = clusterCpuSeconds(postmaster, true);
   const u0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
   await sleep(seconds * 1000);
@@ -161,7 +122,7 @@ async function idleWindow(
   for (const p of await executorPids()) if (!before.has(p)) after.set(p, pidCpuSeconds(p));
   let backend = 0;
   for (const [p, t] of after) if (t > 0) backend += t - (before.get(p) ?? 0);
-  const c1 = clusterCpuSeconds(postmaster);
+  const c1 = clusterCpuSeconds(postmaster, true);
   const mem = process.memoryUsage();
   const st = await admin.query<{ q: string; calls: string; ms: string }>(
     `SELECT query AS q, calls::text, (total_exec_time + total_plan_time)::text AS ms FROM pg_stat_statements
@@ -258,18 +219,7 @@ export async function parkedBench(
   await u.query(
     `CREATE TABLE IF NOT EXISTS public.parked_fired (kind text, at timestamptz DEFAULT clock_timestamp())`,
   );
-  // as bench/executor.ts constructs it (a 1 s safety-net poll: five times dfgate's default)
-  const ex = new Executor({
-    controlUrl: adminUrl,
-    log: pino({ level: 'warn' }),
-    stepAuth: 'login',
-    stepSecret: 'bench-secret',
-    leaseMs: 30_000,
-    pollMs: 1000,
-    maxConcurrentSteps: 16,
-    maxConcurrentInstances: 256,
-    maxLoopIterations: 100_000,
-  });
+  const ex = benchExecutor(adminUrl);
   await ex.start();
   try {
     // warm up: the step login provisioned, a step connection open, plans cached
@@ -307,12 +257,12 @@ export async function parkedBench(
     const step = (kind: string): string =>
       `'INSERT INTO public.parked_fired (kind) VALUES (''${kind}'')'`;
     await admin.query('SELECT pg_stat_statements_reset()');
-    let cpu0 = { node: process.cpuUsage(), pg: clusterCpuSeconds(postmaster) };
+    let cpu0 = { node: process.cpuUsage(), pg: clusterCpuSeconds(postmaster, true) };
     const cpuSince = (): { nodeCpu: number; pgCpu: number } => {
       const d = process.cpuUsage(cpu0.node);
       return {
         nodeCpu: (d.user + d.system) / 1e6,
-        pgCpu: clusterCpuSeconds(postmaster) - cpu0.pg,
+        pgCpu: clusterCpuSeconds(postmaster, true) - cpu0.pg,
       };
     };
     await u.query('BEGIN');
@@ -321,7 +271,7 @@ export async function parkedBench(
       [timers],
     );
     const committed = new Date();
-    cpu0 = { node: process.cpuUsage(), pg: clusterCpuSeconds(postmaster) };
+    cpu0 = { node: process.cpuUsage(), pg: clusterCpuSeconds(postmaster, true) };
     await u.query('COMMIT');
     await waitCount(
       admin,
@@ -353,7 +303,7 @@ export async function parkedBench(
     if (armed.rows[0]?.n !== 1) throw new Error('parked bench: the timers are not all due at once');
     await sleep(Math.max(0, due.getTime() - Date.now() - 500));
     await admin.query('SELECT pg_stat_statements_reset()');
-    cpu0 = { node: process.cpuUsage(), pg: clusterCpuSeconds(postmaster) };
+    cpu0 = { node: process.cpuUsage(), pg: clusterCpuSeconds(postmaster, true) };
     await waitCount(
       admin,
       `SELECT count(*)::int AS n FROM df.instances WHERE label = 'timer' AND status = 'completed'`,
