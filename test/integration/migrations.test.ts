@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { loadMigrations, migrate, MigrationError } from '../../src/db/migrate.js';
 import { catalogSnapshot } from '../harness/catalog.js';
 import { useTestDatabase, withDatabase, quoteIdent } from '../harness/db.js';
+import { withUser } from '../harness/urls.js';
 
 const db = useTestDatabase();
 
@@ -67,6 +68,38 @@ describe('migrations', () => {
     expect(err).toBeInstanceOf(MigrationError);
     expect((err as MigrationError).code).toBe('checksum_mismatch');
     await dropDatabase(c);
+  });
+
+  it('a schema owner that is no superuser (as on managed PostgreSQL) migrates, grants, and its roles start instances', async () => {
+    // the owner: a login with CREATEROLE only, owning the database it migrates
+    const owner = await db.role('schema_owner', { grant: false, createrole: true });
+    const dbName = `${db.name}_owned`;
+    await db.admin.query(`CREATE DATABASE ${quoteIdent(dbName)} OWNER ${owner.ident}`);
+    const o = await db.connect(withDatabase(owner.url, dbName));
+    expect((await migrate(o)).applied).toEqual(loadMigrations().map((m) => m.version));
+    const app = `${owner.name}_app`;
+    await o.query(`CREATE ROLE ${quoteIdent(app)} LOGIN PASSWORD 'app-pw'`);
+    await o.query(`SELECT df.grant_usage($1)`, [app]);
+    const a = await db.connect(withDatabase(withUser(owner.url, app, 'app-pw'), dbName));
+    // the instance row is written by df._activate_graph, as the owner, in the app's name
+    const id = (await a.query(`SELECT df.start(df.seq('SELECT 1', 'SELECT 2'), 'owned') AS id`))
+      .rows[0].id as string;
+    const row = (
+      await a.query(
+        `SELECT submitted_by::text AS s, runnable, status FROM df.instances WHERE id = $1`,
+        [id],
+      )
+    ).rows[0];
+    expect(row).toEqual({ s: app, runnable: true, status: 'pending' });
+    // the trigger still refuses the app another role's name
+    await expect(
+      a.query(`INSERT INTO df.nodes (id, instance_id, node_type, query, submitted_by)
+               VALUES ('0000000a', '0000000b', 'SQL', 'SELECT 1', '${owner.name}'::regrole)`),
+    ).rejects.toMatchObject({ code: '42501' });
+    await a.end();
+    await o.end();
+    await db.admin.query(`DROP DATABASE ${quoteIdent(dbName)} WITH (FORCE)`);
+    await db.admin.query(`DROP ROLE ${quoteIdent(app)}`);
   });
 
   it('concurrent migrators serialise on the advisory lock', async () => {

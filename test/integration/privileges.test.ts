@@ -244,6 +244,7 @@ describe('instances of other roles', () => {
       `SELECT df._complete_step($1, '${node}', 'k1', 7, 'guess', 'done', '{"result":"x"}', 's')`,
       `SELECT df._activate($1)`,
       `SELECT df._activate($1, '{}')`,
+      `SELECT df._activate_graph($1, '${node}', NULL, '{}')`,
       `SELECT df._record_event($1, 7, NULL, NULL, 'x', '{}')`,
       `SELECT df.signal($1, 'go')`,
       `SELECT df.cancel($1)`,

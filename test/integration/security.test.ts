@@ -146,6 +146,61 @@ describe('row-level security', () => {
     await a.query('ROLLBACK');
   });
 
+  it('df._activate_graph takes only nodes this transaction inserted and applies every df.start check', async () => {
+    const refused = async (nodes: string, call: string, message: string | RegExp) => {
+      await a.query('BEGIN');
+      await a.query(
+        `INSERT INTO df.nodes (id, instance_id, node_type, query, left_node) VALUES ${nodes}`,
+      );
+      await expect(a.query(call)).rejects.toThrow(message);
+      await a.query('ROLLBACK');
+    };
+    await refused(
+      `('00000032', '00000031', 'HTTP', '{"url":"http://169.254.169.254/","method":"GET","body":null,"headers":null,"timeout_seconds":1}', NULL)`,
+      `SELECT df._activate_graph('00000031', '00000032', NULL, '{}')`,
+      'permission denied for HTTP steps',
+    );
+    await refused(
+      `('00000042', '00000041', 'LOOP', NULL, '00000043'), ('00000043', '00000041', 'LOOP', NULL, '00000042')`,
+      `SELECT df._activate_graph('00000041', '00000042', NULL, '{}')`,
+      'do not form a tree',
+    );
+    // a root that is not one of the nodes
+    await refused(
+      `('00000052', '00000051', 'SQL', 'SELECT 1', NULL)`,
+      `SELECT df._activate_graph('00000051', '00000059', NULL, '{}')`,
+      'do not form a tree under its root',
+    );
+    // an instance's nodes that another transaction committed: the answer for an unknown id
+    const id = (await a.query(`SELECT df.start('SELECT 1') AS id`)).rows[0].id as string;
+    const root = (await a.query(`SELECT root_node FROM df.instances WHERE id = $1`, [id])).rows[0]
+      .root_node as string;
+    for (const [i, r] of [
+      [id, root],
+      ['00000071', '00000072'],
+    ] as const)
+      await expect(
+        a.query(`SELECT df._activate_graph($1, $2, NULL, '{}')`, [i, r]),
+      ).rejects.toMatchObject({
+        code: 'P0002',
+        message: `Instance not found or access denied: ${i}`,
+      });
+    // nodes inserted by hand in the caller's own name that df.start would accept: what df.start gives
+    await a.query('BEGIN');
+    await a.query(
+      `INSERT INTO df.nodes (id, instance_id, node_type, query) VALUES ('00000082', '00000081', 'SQL', 'SELECT 81')`,
+    );
+    await a.query(`SELECT df._activate_graph('00000081', '00000082', 'by hand', '{}')`);
+    await a.query('COMMIT');
+    expect(
+      (
+        await a.query(
+          `SELECT submitted_by::text AS s, runnable, label FROM df.instances WHERE id = '00000081'`,
+        )
+      ).rows[0],
+    ).toEqual({ s: alice.name, runnable: true, label: 'by hand' });
+  });
+
   it('df._start_graph called directly gains nothing over df.start', async () => {
     const http = JSON.stringify({
       node_type: 'HTTP',
