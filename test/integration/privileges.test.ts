@@ -134,11 +134,13 @@ describe('function privileges', () => {
     expect(mismatches).toEqual([]);
   });
 
-  it('every SECURITY DEFINER function pins search_path to pg_catalog', async () => {
+  it('every SECURITY DEFINER function, and every other that pins one, pins search_path to pg_catalog, pg_temp', async () => {
+    // pg_temp last: with pg_catalog alone, a temporary table named pg_roles would be found first
     const r = await db.admin.query<{ sig: string }>(
       `SELECT p.oid::regprocedure::text AS sig FROM pg_proc p
-        WHERE p.pronamespace = 'df'::regnamespace AND p.prosecdef
-          AND NOT COALESCE('search_path=pg_catalog' = ANY (p.proconfig), false) ORDER BY 1`,
+        WHERE p.pronamespace = 'df'::regnamespace
+          AND (p.prosecdef OR EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%'))
+          AND NOT COALESCE('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false) ORDER BY 1`,
     );
     expect(r.rows).toEqual([]);
   });

@@ -474,3 +474,75 @@ describe('grants', () => {
     ).rejects.toMatchObject({ code: '42501' });
   });
 });
+
+/**
+ * A temporary table named like a catalog (pg_roles, pg_namespace) must not answer the lookups of
+ * df's functions and triggers: they pin search_path = pg_catalog, pg_temp (migration 0025). With
+ * pg_catalog alone, PostgreSQL searches the session's temporary schema first for tables.
+ */
+describe('temporary tables named like catalogs', () => {
+  const fakeNamespace = `CREATE TEMP TABLE pg_namespace AS
+    SELECT nspname, CASE WHEN nspname = 'df' THEN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+                         ELSE nspowner END AS nspowner FROM pg_catalog.pg_namespace`;
+  const fakeRoles = (login: boolean, superuser: boolean): string =>
+    `CREATE TEMP TABLE pg_roles AS SELECT oid, rolname, ${login} AS rolcanlogin, ${superuser} AS rolsuper
+       FROM pg_catalog.pg_roles; GRANT SELECT ON pg_temp.pg_roles TO PUBLIC`;
+
+  it('do not let a BYPASSRLS role write another role’s name (the submitted_by trigger)', async () => {
+    const mallory = await db.role('mallory');
+    await db.admin.query(`ALTER ROLE ${mallory.ident} BYPASSRLS`);
+    const m = await db.connect(mallory.url);
+    await m.query(fakeNamespace);
+    await m.query(fakeRoles(true, true));
+    await m.query('BEGIN');
+    await expect(
+      m.query(
+        `INSERT INTO df.nodes (id, instance_id, node_type, query, submitted_by)
+         VALUES ('000000b2', '000000b1', 'SQL', 'SELECT current_user', $1::regrole)`,
+        [bob.name],
+      ),
+    ).rejects.toMatchObject({ code: '42501', message: expect.stringContaining('submitted_by') });
+    await m.query('ROLLBACK');
+    expect(
+      (await db.admin.query(`SELECT count(*)::int AS n FROM df.instances WHERE id = '000000b1'`))
+        .rows[0].n,
+    ).toBe(0);
+  });
+
+  it('do not pass the LOGIN check of a start', async () => {
+    const group = await db.role('nologin_group', { login: false, grant: false });
+    await db.admin.query(`SELECT df.grant_usage($1)`, [group.name]);
+    await db.admin.query(`GRANT ${group.ident} TO ${alice.ident}`);
+    const c = await db.connect(alice.url);
+    await c.query(fakeRoles(true, false));
+    await c.query(`SET ROLE ${group.ident}`);
+    await expect(c.query(`SELECT df.start('SELECT 1')`)).rejects.toMatchObject({
+      code: '42501',
+      message: expect.stringContaining('does not have LOGIN privilege'),
+    });
+    await c.end();
+  });
+
+  it('do not pass the superuser guard, nor the status guard', async () => {
+    // a superuser's SECURITY DEFINER function that starts an instance, callable by alice
+    await db.admin.query(
+      `CREATE FUNCTION public.su_job() RETURNS text LANGUAGE sql SECURITY DEFINER
+         AS $$ SELECT df.start('SELECT current_user') $$`,
+    );
+    await db.admin.query(`GRANT EXECUTE ON FUNCTION public.su_job() TO ${alice.ident}`);
+    const c = await db.connect(alice.url);
+    await c.query(fakeRoles(true, false));
+    await expect(c.query(`SELECT public.su_job()`)).rejects.toMatchObject({
+      code: '42501',
+      message: expect.stringContaining('superuser instances are disabled'),
+    });
+    // told it is a superuser, alice still may set her own instance's status only to cancelled
+    await c.query('DROP TABLE pg_temp.pg_roles');
+    await c.query(fakeRoles(true, true));
+    const id = (await c.query(`SELECT df.start('SELECT 1') AS id`)).rows[0].id as string;
+    await expect(
+      c.query(`UPDATE df.instances SET status = 'completed' WHERE id = $1`, [id]),
+    ).rejects.toMatchObject({ code: '42501' });
+    await c.end();
+  });
+});
