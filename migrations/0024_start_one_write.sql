@@ -33,7 +33,7 @@
 -- Also: a graph of up to 32 nodes draws its random ids one by one.
 
 CREATE OR REPLACE FUNCTION df._force_submitter() RETURNS trigger
-  LANGUAGE plpgsql SET search_path = pg_catalog
+  LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
   AS $$
 DECLARE
   v_me regrole := quote_ident(current_user)::regrole;
@@ -54,7 +54,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION df._free_instance_id() RETURNS text
-  LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog
+  LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
   AS $$
 DECLARE
   v_id text;
@@ -70,8 +70,8 @@ END $$;
 COMMENT ON FUNCTION df._free_instance_id() IS
   'internal: a random instance id no instance has (df._start_graph draws its id here, as the caller sees only its own rows)';
 
-CREATE FUNCTION df._activate_graph(p_instance text, p_root text, p_label text, p_options jsonb) RETURNS void
-  LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog
+CREATE FUNCTION df._activate_graph(p_instance text, p_root text, p_label text, p_options jsonb) RETURNS text
+  LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
   AS $$
 DECLARE
   v_total int;
@@ -83,6 +83,7 @@ DECLARE
   v_bad int;
   v_reached int;
   v_max_depth int;
+  v_id text;
 BEGIN
   -- Whose nodes, written when: no lock, and one answer for every id but this transaction's own.
   SELECT count(*), count(DISTINCT submitted_by), min(submitted_by::oid)::regrole,
@@ -154,19 +155,47 @@ BEGIN
       USING ERRCODE = '42501',
             HINT = format('An administrator runs: SELECT df.grant_usage(%L, include_http => true);', v_role.rolname);
   END IF;
+  -- the options as df.start checks them (a direct caller could pass anything)
+  IF p_options IS NOT NULL AND jsonb_typeof(p_options) <> 'object' THEN
+    RAISE EXCEPTION 'df._start_graph: options must be a JSON object' USING ERRCODE = '22023';
+  END IF;
+  IF (p_options -> 'max_attempts') IS NOT NULL AND
+     (jsonb_typeof(p_options -> 'max_attempts') <> 'number' OR (p_options ->> 'max_attempts')::numeric < 1
+      OR (p_options ->> 'max_attempts')::numeric <> trunc((p_options ->> 'max_attempts')::numeric)) THEN
+    RAISE EXCEPTION 'df.start(): max_attempts must be a positive integer' USING ERRCODE = '22023';
+  END IF;
+  IF (p_options -> 'max_backoff_seconds') IS NOT NULL AND
+     (jsonb_typeof(p_options -> 'max_backoff_seconds') <> 'number' OR (p_options ->> 'max_backoff_seconds')::numeric <= 0) THEN
+    RAISE EXCEPTION 'df.start(): max_backoff must be positive' USING ERRCODE = '22023';
+  END IF;
+  IF (p_options -> 'on_failure') IS NOT NULL AND jsonb_typeof(p_options -> 'on_failure') <> 'string' THEN
+    RAISE EXCEPTION 'df.start(): on_failure must be a workflow' USING ERRCODE = '22023';
+  END IF;
+  -- An idempotency key is settled by its unique index: a start with the same key that
+  -- committed first wins, this one's nodes go, and its id is the answer (no lock a
+  -- guessable key would let another role hold).
   INSERT INTO df.instances (id, label, root_node, submitted_by, database, runnable, options, idempotency_key, vars)
   VALUES (p_instance, p_label, p_root, v_sub, NULL, true,
-          COALESCE(p_options, '{}') - 'idempotency_key', p_options ->> 'idempotency_key',
+          COALESCE(p_options, '{}') - 'idempotency_key' - 'transaction_mode', p_options ->> 'idempotency_key',
           COALESCE((SELECT jsonb_object_agg(name, value) FROM df.vars
-                     WHERE owner = v_sub AND value IS NOT NULL), '{}'));
+                     WHERE owner = v_sub AND value IS NOT NULL), '{}'))
+  ON CONFLICT (submitted_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+  RETURNING id INTO v_id;
+  IF v_id IS NULL THEN
+    DELETE FROM df.nodes WHERE instance_id = p_instance;
+    SELECT id INTO v_id FROM df.instances
+     WHERE submitted_by = v_sub AND idempotency_key = p_options ->> 'idempotency_key';
+    RETURN v_id;
+  END IF;
   PERFORM pg_notify('dfgate_wake', 'start:' || p_instance);
+  RETURN p_instance;
 END $$;
 COMMENT ON FUNCTION df._activate_graph(text, text, text, jsonb) IS
-  'internal: checks the nodes the current transaction inserted under a new instance id, then inserts that instance, runnable (the end of df._start_graph)';
+  'internal: checks the nodes the current transaction inserted under a new instance id, then inserts that instance, runnable, and returns its id (or that of the instance with the same idempotency key) (the end of df._start_graph)';
 
 CREATE OR REPLACE FUNCTION df._start_graph(graph text, label text DEFAULT NULL, database text DEFAULT NULL,
                                 options jsonb DEFAULT '{}') RETURNS text
-  LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog
+  LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
   AS $$
 DECLARE
   v_root text;
@@ -228,7 +257,6 @@ BEGIN
     RAISE EXCEPTION 'df.start(): max_attempts must be a positive integer' USING ERRCODE = '22023';
   END IF;
   IF v_key IS NOT NULL THEN
-    PERFORM pg_advisory_xact_lock(hashtext('dfgate-idem:' || v_me), hashtext(v_key));
     SELECT id INTO v_existing FROM df.instances
      WHERE submitted_by = quote_ident(v_me)::regrole AND idempotency_key = v_key;
     IF FOUND THEN
@@ -367,6 +395,5 @@ BEGIN
   SELECT u.id, v_instance, u.t, u.q, u.nm, u.l, u.r, NULL
     FROM unnest(v_row_ids, v_types, v_queries, v_names, v_lefts, v_rights) AS u(id, t, q, nm, l, r);
   -- 7./8./9. re-check the nodes, then the instance row, runnable, with its variables; notify on commit
-  PERFORM df._activate_graph(v_instance, v_ids[1], label, COALESCE(options, '{}') - 'transaction_mode');
-  RETURN v_instance;
+  RETURN df._activate_graph(v_instance, v_ids[1], label, COALESCE(options, '{}') - 'transaction_mode');
 END $$;

@@ -258,6 +258,14 @@ export function runCore(input: CoreInput): CoreResult {
         const recorded = leafEvent(key);
         if (recorded) return recorded;
         const cfg = configOf(n.query);
+        // df.start never writes one without a name; rows written by hand may
+        const name = cfg['signal_name'];
+        if (typeof name !== 'string' || name === '')
+          return {
+            k: 'failed',
+            error: 'Invalid signal config: signal_name must be a non-empty string',
+            seq: 0,
+          };
         const armed = ev(key, 'armed');
         const timeout =
           typeof cfg['timeout_seconds'] === 'number' ? (cfg['timeout_seconds'] as number) : null;
@@ -272,7 +280,7 @@ export function runCore(input: CoreInput): CoreResult {
           a: 'signal',
           key,
           node: n.id,
-          name: String(cfg['signal_name'] ?? ''),
+          name,
           timeoutAt,
           armed: armed !== undefined,
         });

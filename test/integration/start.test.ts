@@ -164,6 +164,61 @@ describe('df.start', () => {
     expect(again.id).toBe(first.id);
   });
 
+  it('an idempotency key races on its unique index: one instance, both callers get its id, the loser leaves no nodes', async () => {
+    const c1 = await db.connect(alice.url);
+    const c2 = await db.connect(alice.url);
+    await c1.query('BEGIN');
+    const first = await one<{ id: string }>(
+      c1,
+      `SELECT df.start('SELECT 1' ~> 'SELECT 2', idempotency_key => 'race-1') AS id`,
+    );
+    // the second start waits on the key's index entry until the first commits
+    const second = one<{ id: string }>(
+      c2,
+      `SELECT df.start('SELECT 3 AS race_loser' ~> 'SELECT 4', idempotency_key => 'race-1') AS id`,
+    );
+    await new Promise((r) => setTimeout(r, 200));
+    await c1.query('COMMIT');
+    expect((await second).id).toBe(first.id);
+    const n = await one<{ i: string; n: string }>(
+      db.admin,
+      `SELECT (SELECT count(*) FROM df.instances WHERE idempotency_key = 'race-1') AS i,
+              (SELECT count(*) FROM df.nodes n JOIN df.instances i ON i.id = n.instance_id
+                WHERE i.idempotency_key = 'race-1') AS n`,
+    );
+    expect(n).toEqual({ i: '1', n: '3' });
+    expect(
+      (
+        await db.admin.query(
+          `SELECT count(*)::int AS n FROM df.nodes WHERE query = 'SELECT 3 AS race_loser'`,
+        )
+      ).rows[0].n,
+    ).toBe(0);
+    await c1.end();
+    await c2.end();
+  });
+
+  it('no lock another role can hold delays a start with an idempotency key', async () => {
+    // the advisory lock the start once took was named after the role and the key: guessable
+    const bob = await db.role('idem_bob');
+    const b = await db.connect(bob.url);
+    const holder = await db.connect(alice.url);
+    await holder.query('BEGIN');
+    await holder.query(
+      `SELECT pg_advisory_xact_lock(hashtext('dfgate-idem:' || $1), hashtext('nightly'))`,
+      [bob.name],
+    );
+    await b.query(`SET statement_timeout = '3s'`);
+    const id = await one<{ id: string }>(
+      b,
+      `SELECT df.start('SELECT 1', idempotency_key => 'nightly') AS id`,
+    );
+    expect(id.id).toMatch(/^[0-9a-f]{8}$/);
+    await holder.query('ROLLBACK');
+    await holder.end();
+    await b.end();
+  });
+
   it('refuses the unsupported arguments with 0A000 and bad ones with 22023', async () => {
     await expect(a.query(`SELECT df.start('SELECT 1', 'l', 'otherdb')`)).rejects.toMatchObject({
       code: '0A000',
