@@ -444,7 +444,6 @@ export class Session extends ClientConnection implements EdgeHost {
     if (this.phase === 'auth') {
       this.phase = 'ready';
       clearTimeout(this.startupTimer);
-      this.ledger.reset();
       this.lender?.ready();
       this.log.debug('session ready');
       if (this.heldUntilLogin) {
