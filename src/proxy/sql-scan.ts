@@ -301,6 +301,8 @@ export function scanStatements(sql: string, opts: ScanOptions = {}): ScannedStat
   return out;
 }
 
+const EXPRESSIONS = new Map<string, RegExp>();
+
 /** Bytes read into one string by WordWatch: young-generation garbage, quick to collect. */
 const WINDOW = 64 * 1024;
 
@@ -323,7 +325,10 @@ export class WordWatch {
   private found = false;
 
   constructor(words: readonly string[]) {
-    this.re = new RegExp(words.map((w) => w.replace(/[^\w]/g, '\\$&')).join('|'), 'i');
+    const source = words.map((w) => w.replace(/[^\w]/g, '\\$&')).join('|');
+    // one expression per word list, shared by every client's watch
+    this.re = EXPRESSIONS.get(source) ?? new RegExp(source, 'i');
+    EXPRESSIONS.set(source, this.re);
     this.longest = Math.max(...words.map((w) => w.length));
   }
 
