@@ -98,7 +98,7 @@ export class ClientPump {
       // at most SLICE bytes go out now; the rest follows through the queue, a slice per turn
       let n = 0;
       for (let size = 0; n < out.length && (size += (out[n] as Buffer).length) <= SLICE;) n++;
-      this.queue.push(...out.splice(n));
+      if (n < out.length) this.queue.push(...out.splice(n));
       forward(out, conn.socket, this.host.client, () => this.host.isClosed);
       pieces = pieces.slice(i);
     }
