@@ -4,6 +4,13 @@
  * edge decision, a private conversation) or behind the lending of a server
  * connection (transaction mode), and the client is paused until the queue is
  * empty. Backpressure: a reader is paused while its writer needs to drain.
+ *
+ * At most SLICE bytes are written per turn of the event loop (transaction
+ * mode holds a long Query until it has looked at all of it, then sends it
+ * as session mode would have forwarded it, chunk by chunk as it arrived): a
+ * single write of a megabyte to a loopback socket does the receiving side's
+ * TCP work inside the same syscall and held the event loop, and so every
+ * other client, for 5-30 ms (issue 13).
  */
 import type net from 'node:net';
 import type { Piece } from './protocol/frame.js';
@@ -47,6 +54,24 @@ export function forward(
   }
 }
 
+/** The most written to a socket in one turn of the event loop (a socket read's size). */
+export const SLICE = 64 * 1024;
+
+/** Resolves on the next turn of the event loop, once `socket` can take more (or is gone). */
+function nextTurn(socket: net.Socket): Promise<void> {
+  if (!socket.writableNeedDrain || socket.destroyed)
+    return new Promise((resolve) => setImmediate(resolve));
+  return new Promise((resolve) => {
+    const done = (): void => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    socket.once('drain', done);
+    socket.once('close', done);
+  });
+}
+
 export class ClientPump {
   private readonly queue: Piece[] = [];
   private pumping = false;
@@ -70,11 +95,14 @@ export class ClientPump {
         else if (isLate(p)) out.push(...p.late(conn));
         else break;
       }
+      // at most SLICE bytes go out now; the rest follows through the queue, a slice per turn
+      let n = 0;
+      for (let size = 0; n < out.length && (size += (out[n] as Buffer).length) <= SLICE;) n++;
+      if (n < out.length) this.queue.push(...out.splice(n));
       forward(out, conn.socket, this.host.client, () => this.host.isClosed);
-      if (i === pieces.length) return;
       pieces = pieces.slice(i);
     }
-    if (pieces.length === 0) return;
+    if (pieces.length === 0 && this.queue.length === 0) return;
     this.queue.push(...pieces);
     void this.pump();
   }
@@ -84,6 +112,8 @@ export class ClientPump {
     this.pumping = true;
     const host = this.host;
     host.client.pause();
+    /** Bytes written since the last turn of the event loop. */
+    let sent = 0;
     try {
       while (this.queue.length > 0 && !host.isClosed) {
         const p = this.queue.shift() as Piece;
@@ -102,7 +132,17 @@ export class ClientPump {
         if (out.length === 0) continue;
         const conn = await host.ensureServer();
         if (!conn || conn.closed || host.isClosed) break;
-        for (const b of out) conn.write(b);
+        for (const b of out)
+          for (let at = 0; at < b.length; at += SLICE) {
+            if (sent >= SLICE) {
+              await nextTurn(conn.socket);
+              sent = 0;
+              if (conn.closed || host.isClosed) return;
+            }
+            const part = b.length > SLICE ? b.subarray(at, at + SLICE) : b;
+            conn.write(part);
+            sent += part.length;
+          }
       }
     } catch (err) {
       host.failed(err);

@@ -282,6 +282,17 @@ export class Session extends ClientConnection implements EdgeHost {
           if (t === Frontend.Terminate) this.clientTerminated = true;
         },
         message: (t, body, raw) => this.inspectClient(t, body, raw),
+        // transaction mode looks at a long Query or Parse as it arrives
+        part: (t, src, from, to, first) => {
+          if (
+            this.lender &&
+            this.phase === 'ready' &&
+            (t === Frontend.Query || t === Frontend.Parse)
+          )
+            this.lender.pooled.arriving.feed(src, from, to, first);
+        },
+        assembled: (t, parts) =>
+          this.lender && this.phase === 'ready' ? this.lender.assembled(t, parts) : undefined,
       },
       this.ctx.maxMessageSize,
     );
@@ -433,7 +444,6 @@ export class Session extends ClientConnection implements EdgeHost {
     if (this.phase === 'auth') {
       this.phase = 'ready';
       clearTimeout(this.startupTimer);
-      this.ledger.reset();
       this.lender?.ready();
       this.log.debug('session ready');
       if (this.heldUntilLogin) {

@@ -35,6 +35,8 @@ export class Ledger {
   header(t: number): void {
     this.prevLen = this.batchLen;
     this.prevRisky = this.batchRisky;
+    // authentication messages are answered by the login itself, never by a ReadyForQuery of theirs
+    if (t === Frontend.Password) return;
     if (t === Frontend.CopyData || t === Frontend.CopyDone || t === Frontend.CopyFail) return;
     if ((t === Frontend.Query || t === Frontend.FunctionCall) && this.batchLen > 0)
       this.unsure = true; // skipped by the server if the open batch failed
@@ -52,15 +54,6 @@ export class Ledger {
   /** Everything the client sent was answered (ReadyForQuery included) and no batch is open. */
   get settled(): boolean {
     return this.received >= this.expected && this.batchLen === 0;
-  }
-
-  /** The session became ready: the authentication exchange is no batch. */
-  reset(): void {
-    this.expected = 0;
-    this.received = 0;
-    this.batchLen = 0;
-    this.batchRisky = false;
-    this.unsure = false;
   }
 
   /** A ReadyForQuery was relayed to the client. */

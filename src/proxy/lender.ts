@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import type { Conversation, Ledger } from './conversation.js';
 import type { EdgeInterceptor } from './edge/intercept.js';
 import type { ServerPools } from './pool.js';
-import { PooledClient } from './pooled.js';
+import { late, PooledClient } from './pooled.js';
 import { Backend, Frontend } from './protocol/codes.js';
 import type { Piece } from './protocol/frame.js';
 import { encodeFrontend } from './protocol/frontend.js';
@@ -196,6 +196,20 @@ export class Lender {
   /** Every answer the client awaits ends with a ReadyForQuery dfgate can count. */
   get countable(): boolean {
     return !this.host.ledger.unsure && this.host.ledger.batchLen === 0;
+  }
+
+  /**
+   * A Query that spanned chunks, as the parts it arrived in: when the edge
+   * does not look at it and its chunks held none of the words transaction
+   * mode looks for (PooledClient.arriving), it goes out as those parts, as in
+   * session mode, without being joined (undefined: look at it whole).
+   */
+  assembled(type: number, parts: readonly Buffer[]): Piece[] | undefined {
+    if (type !== Frontend.Query || this.pooled.arriving.take() !== false) return undefined;
+    const size = parts.reduce((n, p) => n + p.length, 0);
+    if (this.host.edge.watches(type, size - 1)) return undefined;
+    const [first, ...rest] = parts as [Buffer, ...Buffer[]];
+    return [late((conn) => [...this.pooled.out(first, conn), ...rest])];
   }
 
   /** A client message after login: the edge first, then what the client keeps across connections. */

@@ -28,6 +28,7 @@ import {
   headOf,
   scanStatements,
   splitStatements,
+  WordWatch,
   type ScanOptions,
   type ScannedStatement,
 } from './sql-scan.js';
@@ -39,7 +40,7 @@ export function isLate(p: Piece): p is Late {
   return typeof p === 'function' && 'late' in p;
 }
 
-function late(f: (conn: ServerConn) => Buffer[]): Late {
+export function late(f: (conn: ServerConn) => Buffer[]): Late {
   const d = (): Promise<Buffer[]> => Promise.reject(new Error('a Late piece is written, not run'));
   return Object.assign(d, { late: f });
 }
@@ -115,6 +116,8 @@ export class PooledClient {
   private batches: Batch[] = [{ parse: 0, close: 0, inserted: [] }];
   /** Identifies this client as the owner of a connection's unnamed statement. */
   private readonly token = {};
+  /** Looks for MAYBE in a long Query or Parse as its chunks arrive (Framer's `part`). */
+  readonly arriving = new WordWatch(MAYBE);
 
   /** The batch the next client message belongs to. */
   private get open(): Batch {
@@ -258,7 +261,7 @@ export class PooledClient {
     to: number,
     opts: ScanOptions,
   ): Map<string, string> | QueryPlan {
-    const looked = lookAt(body, from, to, opts);
+    const looked = lookAt(body, from, to, opts, this.arriving.take());
     if (!looked) return {};
     const ops: SetOp[] = [];
     let effect: ((conn: ServerConn) => void) | undefined;
@@ -306,7 +309,7 @@ export class PooledClient {
     to: number,
     opts: ScanOptions,
   ): Map<string, string> | undefined {
-    const looked = lookAt(body, from, to, opts);
+    const looked = lookAt(body, from, to, opts, this.arriving.take());
     if (!looked) return undefined;
     for (const s of looked.statements) {
       const problem = refusalOf(s.code);
@@ -448,7 +451,8 @@ export function isMapped(p: Piece): p is Mapped {
  * test of the raw bytes before scanning): the first words below, and what
  * refusalOf finds anywhere in a statement (advisory locks, INTO TEMP).
  */
-const MAYBE = /listen|prepare|deallocate|discard|declare|advisory_lock|temp|set/i;
+const MAYBE = 'listen prepare deallocate discard declare advisory_lock temp set'.split(' ');
+const maybe = new WordWatch(MAYBE);
 /** First words of the statements looked at (CREATE only with TEMP, which is looked for anywhere). */
 const HEAD = /(?:listen|prepare|set|reset|deallocate|discard|declare)\b/iy;
 const ANYWHERE = /advisory_lock|temp/gi;
@@ -456,7 +460,8 @@ const ANYWHERE = /advisory_lock|temp/gi;
 /**
  * The statements of a query text (`body` bytes [from, to)) that transaction
  * mode must look at, decoded, and how many statements there are in all;
- * undefined if none. The text is split as bytes (one latin1 char per byte,
+ * undefined if none (`seen`: whether a word of MAYBE occurs, if known from
+ * the message's chunks). The text is split as bytes (one latin1 char per byte,
  * no decoding, see sql-scan.ts); a statement is looked at if it starts with
  * a word of HEAD or holds a word of ANYWHERE (even in a literal: the check
  * on its code decides). Only those are decoded and scanned again as text,
@@ -468,9 +473,10 @@ function lookAt(
   from: number,
   to: number,
   opts: ScanOptions,
+  seen: boolean | undefined,
 ): { readonly count: number; readonly statements: ScannedStatement[] } | undefined {
+  if (!(seen ?? maybe.test(body, from, to))) return undefined;
   const bytes = body.toString('latin1', from, to);
-  if (!MAYBE.test(bytes)) return undefined;
   const spans = splitStatements(bytes, opts);
   // where ANYWHERE matches, in order (one pass over the text)
   const hits: number[] = [];

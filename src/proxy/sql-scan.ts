@@ -300,3 +300,72 @@ export function scanStatements(sql: string, opts: ScanOptions = {}): ScannedStat
   );
   return out;
 }
+
+const EXPRESSIONS = new Map<string, RegExp>();
+
+/** Bytes read into one string by WordWatch: young-generation garbage, quick to collect. */
+const WINDOW = 64 * 1024;
+
+/**
+ * Looks for any of a few ASCII words, in any letter case, in bytes that
+ * arrive in parts (a long message as its chunks come in), reading them as
+ * latin1 strings of at most WINDOW bytes: a string of a megabyte lands in
+ * V8's old generation, and a few of them a second made the full collections
+ * that pause the event loop twice as frequent (issue 13). Fed part by part,
+ * the work is spread over the chunks as they arrive instead of falling on
+ * the last one. A word split between two parts is found: the last bytes of
+ * a part are kept.
+ */
+export class WordWatch {
+  private readonly re: RegExp;
+  private readonly longest: number;
+  /** The last longest - 1 bytes fed (latin1). */
+  private tail = '';
+  private watching = false;
+  private found = false;
+
+  constructor(words: readonly string[]) {
+    const source = words.map((w) => w.replace(/[^\w]/g, '\\$&')).join('|');
+    // one expression per word list, shared by every client's watch
+    this.re = EXPRESSIONS.get(source) ?? new RegExp(source, 'i');
+    EXPRESSIONS.set(source, this.re);
+    this.longest = Math.max(...words.map((w) => w.length));
+  }
+
+  /** Whether bytes [from, to) of `buf` hold one of the words (in one piece). */
+  test(buf: Buffer, from: number, to: number): boolean {
+    for (let at = from; at < to; at += WINDOW) {
+      const start = Math.max(from, at - this.longest + 1);
+      if (this.re.test(buf.toString('latin1', start, Math.min(to, at + WINDOW)))) return true;
+    }
+    return false;
+  }
+
+  /** The next bytes of a message (`first`: the start of a new one). */
+  feed(buf: Buffer, from: number, to: number, first: boolean): void {
+    if (first) {
+      this.watching = true;
+      this.found = false;
+      this.tail = '';
+    }
+    if (!this.watching || this.found || to <= from) return;
+    const keep = this.longest - 1;
+    // a word across the boundary: the kept bytes and this part's first ones
+    const seam = this.tail + buf.toString('latin1', from, Math.min(to, from + keep));
+    if (this.re.test(seam) || this.test(buf, from, to)) {
+      this.found = true;
+      return;
+    }
+    this.tail = to - from >= keep ? buf.toString('latin1', to - keep, to) : seam.slice(-keep);
+  }
+
+  /**
+   * What was found in the message fed since its start (then forgotten):
+   * undefined if none was fed (it arrived in one piece).
+   */
+  take(): boolean | undefined {
+    const seen = this.watching ? this.found : undefined;
+    this.watching = false;
+    return seen;
+  }
+}

@@ -20,7 +20,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
-import { POOLED, spawnDfgate, viaPort, type DfgateProcess } from '../harness/dfgate.js';
+import { spawnDfgate, viaPort, type DfgateProcess } from '../harness/dfgate.js';
 
 const db = useTestDatabase();
 let attacker: TestRole;
@@ -210,13 +210,7 @@ async function attackers(
   };
 }
 
-// Session mode only, still: transaction mode must hold a Query whole until it has looked at
-// all of it (a LISTEN at its end refuses it). That look now reads bytes (~1 ms per MiB instead
-// of ~3 ms, or ~250 ms when a looked-for word occurred), and the event-loop limit holds
-// (3.2% over 5 ms vs 0.5% beside, allowed +3%), but the victim's p99 does not: 11.4 ms vs
-// 5.1 ms beside on a quiet machine, 16.7 vs 7.3 on a busier one (issue 13; not yet explained:
-// suspected the 1 MiB written to the server in one write instead of as it arrives).
-describe.skipIf(POOLED)('edge compilation under attack', () => {
+describe('edge compilation under attack', () => {
   it("four attackers looping the worst df.start statements through dfgate leave another session's SELECT 1 p99 within 5 ms of the same attack sent straight to PostgreSQL", async () => {
     admin = await adminPort(dfgate);
     const v = new pg.Client({ connectionString: viaPort(victim.url, dfgate.port) });

@@ -11,6 +11,7 @@ import { Backend, Frontend } from '../../src/proxy/protocol/codes.js';
 import { Framer } from '../../src/proxy/protocol/frame.js';
 import { encodeFrontend } from '../../src/proxy/protocol/frontend.js';
 import type { ServerConn } from '../../src/proxy/server-conn.js';
+import { WordWatch } from '../../src/proxy/sql-scan.js';
 
 const MIB = 1024 * 1024;
 
@@ -91,6 +92,8 @@ describe('transaction mode looks at every statement of a Query, as bytes', () =>
 
   it('finds it whatever the framing: every split of a small query, 64 KiB chunks of a big one', () => {
     const c = new PooledClient();
+    // with the chunks fed to the client as they arrive (as a session does), and without
+    let feed = true;
     const through = (raw: Buffer, cuts: number[]): Verdict[] => {
       const seen: Verdict[] = [];
       const framer = new Framer({
@@ -98,6 +101,9 @@ describe('transaction mode looks at every statement of a Query, as bytes', () =>
         message: (_t, _body, whole) => {
           seen.push(verdict(c, whole));
           return undefined;
+        },
+        part: (_t, src, from, to, first) => {
+          if (feed) c.arriving.feed(src, from, to, first);
         },
       });
       let from = 0;
@@ -111,14 +117,26 @@ describe('transaction mode looks at every statement of a Query, as bytes', () =>
       query(`SELECT 'a;b' AS "c;d"; /* ; */ SELECT $t$;$t$; LISTEN chan; SELECT 1`),
       query(`SELECT 'LISTEN chan' -- ; LISTEN chan`),
     ]);
-    for (let cut = 0; cut <= small.length; cut++)
-      expect(through(small, [cut]), `cut at ${cut}`).toEqual(['refused', 'pass']);
+    const bytes = Array.from({ length: small.length }, (_, k) => k);
     const large = Buffer.concat([query(`SELECT ${big}; LISTEN chan`), query(`SELECT ${big}`)]);
-    for (const shift of [0, 1, 4, 5, 6, 4095]) {
-      const cuts: number[] = [];
-      for (let at = shift || 65536; at < large.length; at += 65536) cuts.push(at);
-      expect(through(large, cuts), `shift ${shift}`).toEqual(['refused', 'pass']);
+    for (feed of [true, false]) {
+      for (let cut = 0; cut <= small.length; cut++)
+        expect(through(small, [cut]), `cut at ${cut}`).toEqual(['refused', 'pass']);
+      // a byte at a time: LISTEN arrives in six parts
+      expect(through(small, bytes)).toEqual(['refused', 'pass']);
+      for (const shift of [0, 1, 4, 5, 6, 4095]) {
+        const cuts: number[] = [];
+        for (let at = shift || 65536; at < large.length; at += 65536) cuts.push(at);
+        expect(through(large, cuts), `shift ${shift}`).toEqual(['refused', 'pass']);
+      }
     }
+    // LISTEN split across two chunks at each of its letters, in a message fed as it arrives
+    const text = `SELECT ${big}; lIsTeN chan`;
+    const raw = query(text);
+    const at = raw.indexOf('lIsTeN');
+    feed = true;
+    for (let k = 0; k <= 6; k++)
+      expect(through(raw, [65536, at + k]), `LISTEN cut after ${k}`).toEqual(['refused']);
   });
 
   it('finds the statement of interest behind 1 MiB of literal or of code (its speed: docs/benchmarks.md, not a timed test)', () => {
@@ -130,5 +148,48 @@ describe('transaction mode looks at every statement of a Query, as bytes', () =>
     );
     const c = new PooledClient();
     for (const raw of [literal, values]) expect(verdict(c, raw)).toBe('refused');
+  });
+});
+
+describe('WordWatch: words in any case, in bytes that arrive in parts', () => {
+  const words = ['listen', 'advisory_lock', 'set'];
+  /** What the watch finds in `text` fed in parts cut at `cuts`. */
+  const fed = (text: string, cuts: number[]): boolean | undefined => {
+    const w = new WordWatch(words);
+    const buf = Buffer.from(text, 'latin1');
+    let from = 0;
+    for (const cut of [...cuts, buf.length]) {
+      w.feed(buf, from, cut, from === 0);
+      from = cut;
+    }
+    return w.take();
+  };
+
+  it('finds a word cut anywhere, even a byte at a time, and nothing where there is none', () => {
+    const text = `${'x'.repeat(100)} pg_ADVISORY_Lock(1) ${'y'.repeat(20)}`;
+    for (let a = 0; a <= text.length; a++) expect(fed(text, [a]), `cut at ${a}`).toBe(true);
+    expect(
+      fed(
+        text,
+        Array.from({ length: text.length }, (_, k) => k),
+      ),
+    ).toBe(true);
+    const clean = `${'x'.repeat(64 * 1024)} advisory-lock lis ten s e t ${'q'.repeat(64 * 1024)}`;
+    for (let a = 0; a <= clean.length; a += 997) expect(fed(clean, [a, a + 3])).toBe(false);
+    expect(
+      fed(
+        clean,
+        Array.from({ length: 200 }, (_, k) => 64 * 1024 + k),
+      ),
+    ).toBe(false);
+    // one message's find does not carry over to the next
+    const w = new WordWatch(words);
+    w.feed(Buffer.from('SET x'), 0, 5, true);
+    expect(w.take()).toBe(true);
+    expect(w.take()).toBeUndefined();
+    w.feed(Buffer.from('sel'), 0, 3, true);
+    w.feed(Buffer.from('ect'), 0, 3, false);
+    expect(w.take()).toBe(false);
+    expect(new WordWatch(words).test(Buffer.from('a LiStEn b'), 0, 10)).toBe(true);
   });
 });

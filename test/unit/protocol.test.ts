@@ -272,6 +272,45 @@ describe('framer', () => {
     }
   });
 
+  it('hands a message that spans chunks over as its parts, split at every offset and a byte at a time', () => {
+    // parts of 16 KiB or more are slices of the chunks they arrived in, shorter ones copied together
+    const big = encodeFrontend({ type: 'Query', sql: 'x'.repeat(200_000) });
+    const input = Buffer.concat([stream, big, stream]);
+    const run = (pieces: Buffer[]) => {
+      const wholes: Buffer[][] = [];
+      const f = new Framer({
+        inspect: (t) => t === Frontend.Query,
+        message: () => undefined,
+        assembled: (_t, parts) => {
+          wholes.push(parts.map((p) => Buffer.from(p)));
+          return [Buffer.concat(parts)];
+        },
+      });
+      const out = Buffer.concat(pieces.flatMap((p) => f.push(p)).map(bytes));
+      expect(out.equals(input)).toBe(true);
+      expect(f.atBoundary).toBe(true);
+      return wholes;
+    };
+    for (const at of [
+      1,
+      4,
+      5,
+      6,
+      16 * 1024,
+      64 * 1024,
+      stream.length + 3,
+      stream.length + 70_000,
+    ]) {
+      const pieces: Buffer[] = [];
+      for (let i = 0; i < input.length; i += at) pieces.push(input.subarray(i, i + at));
+      const wholes = run(pieces);
+      const bigOne = wholes.find((w) => Buffer.concat(w).equals(big));
+      expect(bigOne, `chunks of ${at}`).toBeDefined();
+      // a byte at a time or 64 KiB at a time: never more parts than 64 KiB pieces plus slices
+      expect((bigOne as Buffer[]).length).toBeLessThanOrEqual(Math.ceil(big.length / 16_384) + 1);
+    }
+  });
+
   it('splits into single bytes and into random pieces', () => {
     const bytes = [...stream].map((b) => Buffer.from([b]));
     expect(frame(bytes, (t) => t === Frontend.Query).out.equals(stream)).toBe(true);

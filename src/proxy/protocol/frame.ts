@@ -8,7 +8,11 @@
  * inspects is handed over complete (a slice when it sits inside one chunk,
  * else assembled into a buffer allocated once from its length), and the
  * caller may replace or drop it. The length is checked against the maximum
- * message size on the header, before anything is buffered.
+ * message size on the header, before anything is buffered. A message that
+ * spans chunks is held as slices of the chunks it arrived in (small ones
+ * copied together), so that a caller can forward it as it arrived, without
+ * a copy the size of the message (transaction mode holds a long Query until
+ * it has looked at all of it).
  */
 import { SqlState } from '../../db/sqlstate.js';
 import { ProtocolError, SilentClose } from './reader.js';
@@ -45,20 +49,39 @@ export interface FramerHooks {
    * reported as such whatever its length (PostgreSQL reads the type first).
    */
   header?(type: number, length: number): void;
+  /**
+   * Optional: the bytes [from, to) of `src` were added to an inspected
+   * message being assembled across chunks (`first`: its first ones, the
+   * header included), so that a long message can be looked at as it
+   * arrives. `src` must not be kept. A message within one chunk gets none.
+   */
+  part?(type: number, src: Buffer, from: number, to: number, first: boolean): void;
+  /**
+   * Optional: a complete inspected message that spanned chunks, as its parts
+   * (slices of those chunks, in order; the first starts with the type byte).
+   * Return the pieces to forward instead, or undefined to have it joined
+   * into one buffer and handed to `message`.
+   */
+  assembled?(type: number, parts: readonly Buffer[]): Piece[] | undefined;
 }
 
-/** The first allocation for an inspected message; more as its bytes arrive. */
-const INITIAL_WHOLE = 64 * 1024;
+/** Parts of an inspected message at least this long are kept as slices of their chunk... */
+const MIN_PART = 16 * 1024;
+/** ...shorter ones are copied together into buffers of this size (at most). */
+const JOINED_PART = 64 * 1024;
 
 export class Framer {
   private readonly head = Buffer.alloc(5);
   private headFill = 0;
   /** Body bytes still to come of the current message. */
   private remaining = 0;
-  /** The inspected message being assembled across chunks. */
-  private whole: Buffer | undefined;
+  /** The inspected message being assembled across chunks: its parts so far. */
+  private whole: Buffer[] | undefined;
   private wholeFill = 0;
   private wholeType = 0;
+  /** Where short parts of it are copied together. */
+  private joined: Buffer | undefined;
+  private joinedFill = 0;
 
   constructor(
     private readonly hooks: FramerHooks,
@@ -83,34 +106,45 @@ export class Framer {
 
   /**
    * Starts assembling an inspected message of `size` bytes (type byte
-   * included). The buffer grows with the bytes that arrive instead of being
+   * included). It is held as the bytes arrive instead of in a buffer
    * allocated from the declared length: a header alone (up to
    * --max-message-size, 1 GiB by default) costs no memory.
    */
   private startWhole(type: number, size: number): void {
-    this.whole = Buffer.allocUnsafe(Math.min(size, INITIAL_WHOLE));
+    this.whole = [];
     this.wholeType = type;
     this.wholeFill = 0;
     this.remaining = size;
   }
 
-  /** Appends to the message being assembled, growing its buffer (doubling, at most to the declared size). */
+  /** Adds bytes [start, end) of `src` to the message being assembled. */
   private appendWhole(src: Buffer, start: number, end: number): void {
-    const n = end - start;
-    let buf = this.whole as Buffer;
-    if (this.wholeFill + n > buf.length) {
-      const want = Math.min(
-        Math.max(buf.length * 2, this.wholeFill + n),
-        this.wholeFill + this.remaining,
-      );
-      const grown = Buffer.allocUnsafe(want);
-      buf.copy(grown, 0, 0, this.wholeFill);
-      buf = grown;
-      this.whole = grown;
+    this.hooks.part?.(this.wholeType, src, start, end, this.wholeFill === 0);
+    const parts = this.whole as Buffer[];
+    this.wholeFill += end - start;
+    this.remaining -= end - start;
+    if (end - start >= MIN_PART && src !== this.head) {
+      this.closeJoined();
+      parts.push(src.subarray(start, end));
+      return;
     }
-    src.copy(buf, this.wholeFill, start, end);
-    this.wholeFill += n;
-    this.remaining -= n;
+    while (start < end) {
+      if (!this.joined) {
+        this.joined = Buffer.allocUnsafe(Math.min(JOINED_PART, end - start + this.remaining));
+        this.joinedFill = 0;
+      }
+      const n = Math.min(end - start, this.joined.length - this.joinedFill);
+      src.copy(this.joined, this.joinedFill, start, start + n);
+      this.joinedFill += n;
+      start += n;
+      if (this.joinedFill === this.joined.length) this.closeJoined();
+    }
+  }
+
+  private closeJoined(): void {
+    if (this.joined && this.joinedFill > 0)
+      this.whole?.push(this.joined.subarray(0, this.joinedFill));
+    this.joined = undefined;
   }
 
   /** Bytes of a partly received inspected message held in memory. */
@@ -119,9 +153,16 @@ export class Framer {
   }
 
   private finishWhole(out: Piece[]): void {
-    const raw = this.whole as Buffer;
+    this.closeJoined();
+    const parts = this.whole as Buffer[];
     this.whole = undefined;
     this.wholeFill = 0;
+    const instead = this.hooks.assembled?.(this.wholeType, parts);
+    if (instead) {
+      out.push(...instead);
+      return;
+    }
+    const raw = parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts);
     const res = this.hooks.message(this.wholeType, raw.subarray(5), raw);
     if (res !== null) out.push(res ?? raw);
   }
