@@ -63,6 +63,8 @@ export type Edge =
       readonly text: string;
       position(p: number): number;
       readonly bound?: readonly number[];
+      /** The text is one `SELECT df.start(...)` alone: its one row's one column is the instance id. */
+      readonly sole?: true;
     }
   /** A top-level SELECT df.start(..., transaction_mode => 'new'): dfgate runs the start itself. */
   | { readonly kind: 'new'; readonly call: NewCall };
@@ -78,6 +80,7 @@ export type Analysis =
       readonly text: string;
       readonly moved: readonly Move[];
       readonly bound?: readonly number[];
+      readonly sole?: true;
     };
 
 /** A replaced span: bytes [o0, o1) of the original became bytes [n0, n1) of the rewrite. */
@@ -266,20 +269,27 @@ export function checkBound(value: string): BoundProblem | undefined {
 }
 
 /** The 'new' call of a top-level SELECT df.start(...), or a refusal. */
-function newCall(stmts: Ast[], found: Found, call: Call, single: boolean): NewCall {
-  const at = call.start;
-  const sel = stmts.length === 1 ? (stmts[0]?.['SelectStmt'] as Ast | undefined) : undefined;
+/** The statement is `SELECT <the call> [AS name]` and nothing else: its result column, or undefined. */
+function soleSelect(stmt: Ast, found: Found): { column: string } | undefined {
+  const sel = stmt['SelectStmt'] as Ast | undefined;
   const targets = (sel?.['targetList'] as Ast[] | undefined) ?? [];
   const rt = targets[0]?.['ResTarget'] as Ast | undefined;
   const allowed = new Set(['targetList', 'limitOption', 'op']);
   if (
-    !single ||
     !sel ||
     targets.length !== 1 ||
     (rt?.['val'] as Ast | undefined)?.['FuncCall'] !== found.fc ||
     Object.keys(sel).some((k) => !allowed.has(k)) ||
     sel['op'] !== 'SETOP_NONE'
   )
+    return undefined;
+  return { column: (rt?.['name'] as string | undefined) ?? 'start' };
+}
+
+function newCall(stmts: Ast[], found: Found, call: Call, single: boolean): NewCall {
+  const at = call.start;
+  const shape = single && stmts.length === 1 ? soleSelect(stmts[0] as Ast, found) : undefined;
+  if (!shape)
     throw new Refusal(
       SqlState.FeatureNotSupported,
       `${NEW_SHAPE}; here it is part of a larger statement`,
@@ -302,7 +312,7 @@ function newCall(stmts: Ast[], found: Found, call: Call, single: boolean): NewCa
       );
     args.set(name, { value: v });
   }
-  return { args, column: (rt?.['name'] as string | undefined) ?? 'start' };
+  return { args, column: shape.column };
 }
 
 interface Replacement {
@@ -338,6 +348,7 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
   let tokens: ScanToken[] | undefined;
   const reps: Replacement[] = [];
   const bound: number[] = [];
+  let sole = false;
   for (let si = 0; si < raw.length; si++) {
     const stmt = stmts[si] as Ast;
     if (!runnable(stmt)) continue;
@@ -403,6 +414,7 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
           `df._start_graph(${literal(graph)}, ${paste('label')}, ${paste('database')}` +
           (opts.length ? `, df._start_options(${opts.join(', ')}))` : ')');
         reps.push({ start: call.start, end: call.end, text });
+        sole = raw.length === 1 && found.length === 1 && soleSelect(stmt, f) !== undefined;
         if (f.names !== undefined) {
           const at = aliasPoint(f.names, call, tokens);
           if (at !== undefined) reps.push({ start: at, end: at, text: ' AS "start"' });
@@ -445,7 +457,8 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
     at = r.end;
   }
   parts.push(buf.subarray(at));
-  return { kind: 'rewrite', bound, text: Buffer.concat(parts).toString('utf8'), moved };
+  const text = Buffer.concat(parts).toString('utf8');
+  return { kind: 'rewrite', bound, text, moved, ...(sole ? { sole: true as const } : {}) };
 }
 
 /** The Edge of an analysis of `sql` (a rewrite gets its position map). */
@@ -457,6 +470,7 @@ export function toEdge(sql: string, a: Analysis): Edge {
     kind: 'rewrite',
     text,
     ...(a.bound ? { bound: a.bound } : {}),
+    ...(a.sole ? { sole: true as const } : {}),
     position(p: number): number {
       // character position in the rewritten text → byte → original byte → character
       buf ??= Buffer.from(sql, 'utf8');

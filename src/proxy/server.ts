@@ -34,7 +34,7 @@ export interface ProxyOptions {
   readonly tlsCert?: string | undefined;
   readonly tlsKey?: string | undefined;
   /** In-process wake of the executor after a client transaction that mentioned df.* ended. */
-  readonly onDfCommit?: (() => void) | undefined;
+  readonly onDfCommit?: ((started?: readonly string[]) => void) | undefined;
   /** Validate and compile df.start calls at the edge (DESIGN.md §2 path 2). */
   readonly edgeValidation?: boolean | undefined;
   /** Runs df.start(..., transaction_mode => 'new') on dfgate's own connection (the embedded executor). */

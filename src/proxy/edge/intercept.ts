@@ -34,8 +34,13 @@ import type { StartNewRequest } from '../../contract/start-new.js';
 export type { StartNewRequest };
 
 export interface EdgeOptions {
-  /** Called when a transaction that mentioned df.* ends (ReadyForQuery back to idle): wakes the executor in-process. */
-  readonly onDfCommit?: (() => void) | undefined;
+  /**
+   * Called when a transaction that mentioned df.* ends (ReadyForQuery back to
+   * idle): wakes the executor in-process. `started`: the ids of the instances
+   * its statements started, when every df.* statement in it was a plain
+   * `SELECT df.start(...)` whose id the edge read; otherwise undefined.
+   */
+  readonly onDfCommit?: ((started?: readonly string[]) => void) | undefined;
   /** Validate and compile df.start calls before they reach the database (DESIGN.md §2 path 2). */
   readonly edgeValidation?: boolean | undefined;
   /**
@@ -117,6 +122,13 @@ export class EdgeInterceptor {
   }> = [];
   /** The current transaction sent a statement that mentions df.* */
   private sawDf = false;
+  /** Statements of the current transaction that mention df.*, and of those the sole df.start calls. */
+  private dfStatements = 0;
+  private soleStarts = 0;
+  /** Instance ids the current transaction's sole df.start calls returned. */
+  private startedIds: string[] = [];
+  /** The sole df.start whose result row is next (its ReadyForQuery window, as positionMaps). */
+  private idRow: { readonly after: number; readonly until: number } | undefined;
 
   constructor(
     private readonly host: EdgeHost,
@@ -145,6 +157,7 @@ export class EdgeInterceptor {
     if (type === Frontend.Query) this.statements.delete(''); // as onStatement would
     if (this.statements.size > 0) return true;
     this.sawDf = true;
+    this.dfStatements++;
     return false;
   }
 
@@ -158,12 +171,37 @@ export class EdgeInterceptor {
   /** A transaction ended (ReadyForQuery idle): wake the executor if it mentioned df.* */
   transactionEnded(): void {
     if (!this.sawDf) return;
+    const named =
+      this.soleStarts === this.dfStatements && this.startedIds.length === this.soleStarts;
+    const ids = this.startedIds;
     this.sawDf = false;
-    this.opts.onDfCommit?.();
+    this.dfStatements = this.soleStarts = 0;
+    this.startedIds = [];
+    this.opts.onDfCommit?.(named ? ids : undefined);
+  }
+
+  /** Must DataRows be seen? Only while a sole df.start's result is due. */
+  get wantsRow(): boolean {
+    return this.idRow !== undefined;
+  }
+
+  /**
+   * A DataRow while a sole `SELECT df.start(...)` is answered: its one
+   * column is the instance id (a hint for the executor's claim, which
+   * re-reads everything).
+   */
+  dataRow(body: Buffer): void {
+    const w = this.idRow;
+    const received = this.host.ledger.received;
+    if (!w || received < w.after || received >= w.until) return;
+    this.idRow = undefined;
+    if (body.length === 14 && body.readInt16BE(0) === 1 && body.readInt32BE(2) === 8)
+      this.startedIds.push(body.toString('latin1', 6, 14));
   }
 
   /** After the n-th ReadyForQuery: forget swaps and position maps of earlier statements. */
   settle(n: number): void {
+    if (this.idRow && this.idRow.until <= n) this.idRow = undefined;
     if (this.positionMaps.length) this.positionMaps = this.positionMaps.filter((m) => m.until > n);
     if (this.swaps.size) for (const [k, v] of this.swaps) if (v.untilRfq <= n) this.swaps.delete(k);
   }
@@ -222,6 +260,7 @@ export class EdgeInterceptor {
     }
     if (!mentionsDf(body)) return undefined;
     this.sawDf = true;
+    this.dfStatements++;
     const params = this.host.serverParams;
     if (
       !this.opts.edgeValidation ||
@@ -291,6 +330,10 @@ export class EdgeInterceptor {
         metrics.edgeRewrites.inc();
         const after = m.type === 'Query' ? at.rfqExpected - 1 : at.rfqExpected;
         this.positionMaps.push({ after, until: after + 1, map: e.position });
+        if (e.sole && m.type === 'Query' && this.opts.onDfCommit) {
+          this.soleStarts++;
+          this.idRow = { after, until: after + 1 };
+        }
         return encodeFrontend(
           m.type === 'Query' ? { type: 'Query', sql: e.text } : { ...m, sql: e.text },
         );
