@@ -252,7 +252,8 @@ export class ControlStore {
                 lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
                 status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
                 updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END
-          WHERE i.id = ANY (ARRAY(SELECT id FROM locked))
+          -- $2 as well: the generic plan reaches the rows by primary key, whatever the table's size
+          WHERE i.id = ANY ($2::text[]) AND i.id = ANY (ARRAY(SELECT id FROM locked))
          RETURNING ${CLAIMED_COLUMNS}`,
         [this.owner, ids, this.leaseMs],
         this.claimer,
