@@ -64,7 +64,7 @@ export type Edge =
       position(p: number): number;
       readonly bound?: readonly number[];
       /** The text is one `SELECT df.start(...)` alone: its one row's one column is the instance id. */
-      readonly sole?: true;
+      readonly sole?: SoleStart;
     }
   /** A top-level SELECT df.start(..., transaction_mode => 'new'): dfgate runs the start itself. */
   | { readonly kind: 'new'; readonly call: NewCall };
@@ -80,8 +80,14 @@ export type Analysis =
       readonly text: string;
       readonly moved: readonly Move[];
       readonly bound?: readonly number[];
-      readonly sole?: true;
+      readonly sole?: SoleStart;
     };
+
+/** A statement that is one `SELECT df.start(...)` alone, rewritten. */
+export interface SoleStart {
+  /** The SQL of the workflow's steps (some of them), for the executor to check while it claims. */
+  readonly steps: readonly string[];
+}
 
 /** A replaced span: bytes [o0, o1) of the original became bytes [n0, n1) of the rewrite. */
 export interface Move {
@@ -239,6 +245,25 @@ function constantOrFails(ast: unknown): string | null | undefined | typeof FAILS
 class LeaveToDatabase extends Error {}
 
 /** The start rule's graph of a constant workflow, or undefined when it fails (the database says why). */
+/** The SQL of a compiled graph's steps, leftmost first: at most 8, and 16 KiB in all. */
+function graphSteps(graph: string): string[] {
+  const out: string[] = [];
+  let chars = 0;
+  const walk = (n: unknown): void => {
+    if (out.length >= 8 || n === null || typeof n !== 'object') return;
+    const o = n as Record<string, unknown>;
+    const q = o['query'];
+    if (o['node_type'] === 'SQL' && typeof q === 'string') {
+      chars += q.length;
+      if (chars <= 16_384) out.push(q);
+      return;
+    }
+    for (const v of Object.values(o)) walk(v);
+  };
+  walk(JSON.parse(graph));
+  return out;
+}
+
 function compileOrLeave(text: string): string | undefined {
   try {
     return compile(text, 0);
@@ -348,7 +373,7 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
   let tokens: ScanToken[] | undefined;
   const reps: Replacement[] = [];
   const bound: number[] = [];
-  let sole = false;
+  let sole: SoleStart | undefined;
   for (let si = 0; si < raw.length; si++) {
     const stmt = stmts[si] as Ast;
     if (!runnable(stmt)) continue;
@@ -414,7 +439,8 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
           `df._start_graph(${literal(graph)}, ${paste('label')}, ${paste('database')}` +
           (opts.length ? `, df._start_options(${opts.join(', ')}))` : ')');
         reps.push({ start: call.start, end: call.end, text });
-        sole = raw.length === 1 && found.length === 1 && soleSelect(stmt, f) !== undefined;
+        if (raw.length === 1 && found.length === 1 && soleSelect(stmt, f))
+          sole = { steps: graphSteps(graph) };
         if (f.names !== undefined) {
           const at = aliasPoint(f.names, call, tokens);
           if (at !== undefined) reps.push({ start: at, end: at, text: ' AS "start"' });
@@ -458,7 +484,7 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
   }
   parts.push(buf.subarray(at));
   const text = Buffer.concat(parts).toString('utf8');
-  return { kind: 'rewrite', bound, text, moved, ...(sole ? { sole: true as const } : {}) };
+  return { kind: 'rewrite', bound, text, moved, ...(sole ? { sole } : {}) };
 }
 
 /** The Edge of an analysis of `sql` (a rewrite gets its position map). */
@@ -470,7 +496,7 @@ export function toEdge(sql: string, a: Analysis): Edge {
     kind: 'rewrite',
     text,
     ...(a.bound ? { bound: a.bound } : {}),
-    ...(a.sole ? { sole: true as const } : {}),
+    ...(a.sole ? { sole: a.sole } : {}),
     position(p: number): number {
       // character position in the rewritten text → byte → original byte → character
       buf ??= Buffer.from(sql, 'utf8');

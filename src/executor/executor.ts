@@ -11,6 +11,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { WAKE_CHANNEL } from '../contract/channels.js';
 import type { StartNewRequest } from '../contract/start-new.js';
+import type { Started } from '../contract/started.js';
 import { metrics } from '../metrics.js';
 import type { RunnerContext } from './context.js';
 import { runCore, type Action, type RetryPolicy } from './core.js';
@@ -24,7 +25,7 @@ import { startOnFailure } from './on-failure.js';
 import { dispatchSql } from './sql-dispatch.js';
 import { Naps } from './naps.js';
 import { ChangeNotices } from './notices.js';
-import { loadParser } from './sqlcheck.js';
+import { loadParser, planStep } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
 import { StepPool, isRetryable } from './steps.js';
 import { WakeRequests } from './wake-requests.js';
@@ -88,7 +89,7 @@ export class Executor {
     this.store = new ControlStore(this.control, this.owner, opts.leaseMs, this.claimer);
     this.retention = new Retention(this.store, this.log);
     this.notices = new ChangeNotices(this.store);
-    this.starter = new StartNew(this.store, this.steps, (id) => this.wake([id]));
+    this.starter = new StartNew(this.store, this.steps, (ids) => this.wake({ ids, steps: [] }));
     this.ctx = {
       store: this.store,
       steps: this.steps,
@@ -162,14 +163,16 @@ export class Executor {
   }
 
   /**
-   * Asks the executor to look for work now (from LISTEN, the poll, or the
-   * proxy in-process). `started`: the ids of instances whose df.start just
-   * committed, when the caller knows them (a claim by id may do); without
-   * them, everything ready is looked for.
+   * Asks the executor to look for work now (LISTEN, the poll, the proxy). `started`: instances
+   * whose df.start just committed (a claim by id may do); without it, all that is ready.
    */
-  wake(started?: readonly string[]): void {
-    this.requests.add(started);
+  wake(started?: Started): void {
+    this.requests.add(started?.ids);
     this.kick();
+    // While a claim is on its way (the pool writes it on the next tick), check the steps'
+    // SQL: cached by text, so the step's own check finds it done
+    const steps = started?.steps ?? [];
+    if (steps.length > 0 && this.pumping) setImmediate(() => steps.forEach((s) => planStep(s)));
   }
 
   /** Claims now if a claim is wanted; one claim at a time, the next right after it. */

@@ -8,6 +8,7 @@
  */
 import type pg from 'pg';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import type { Started } from '../../src/contract/started.js';
 import type { Executor, ExecutorOptions } from '../../src/executor/executor.js';
 import type { ControlStore } from '../../src/executor/store.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
@@ -40,6 +41,11 @@ async function spiedExecutor(opts: Partial<ExecutorOptions> = {}): Promise<{
   };
 }
 
+/** A wake naming one instance, as the proxy's would (without its steps' SQL). */
+function named(id: string): Started {
+  return { ids: [id], steps: [] };
+}
+
 /** The ids the spied claim returned, over all its calls so far. */
 async function claimedBy(spy: ReturnType<typeof vi.spyOn>): Promise<string[]> {
   const out: string[] = [];
@@ -52,12 +58,16 @@ describe('the proxy names the instances a commit started', () => {
   let role: TestRole;
   let p: pg.Client;
   const wakes: Array<readonly string[] | undefined> = [];
+  const steps: string[][] = [];
 
   beforeAll(async () => {
     role = await db.role('wake_proxy');
     const proxy = await startTestProxy(db.url, {
       edgeValidation: true,
-      onDfCommit: (started) => wakes.push(started),
+      onDfCommit: (started) => {
+        wakes.push(started?.ids);
+        steps.push([...(started?.steps ?? [])]);
+      },
     });
     p = await db.connect(viaPort(role.url, proxy.port));
   });
@@ -77,9 +87,12 @@ describe('the proxy names the instances a commit started', () => {
   }
 
   it('a plain SELECT df.start(...) in autocommit: its id', async () => {
-    const { ids, wake } = await wakeOf(`SELECT df.start('SELECT 1', 'w')`);
+    steps.length = 0;
+    const { ids, wake } = await wakeOf(`SELECT df.start('SELECT 1' ~> 'SELECT 2', 'w')`);
     expect(ids).toHaveLength(1);
     expect(wake).toEqual(ids);
+    // with its steps' SQL, which the executor checks while it claims
+    expect(steps).toEqual([['SELECT 1', 'SELECT 2']]);
     const aliased = await wakeOf(`select DF.start('SELECT 2') AS started`);
     expect(aliased.wake).toEqual(aliased.ids);
   });
@@ -139,7 +152,7 @@ describe('the claim by id', () => {
   it('a start woken with its id is claimed by primary key, not by the general claim', async () => {
     const { ex, byId, general } = await spiedExecutor();
     const id = await start(alice, 'SELECT 1');
-    ex.wake([id]);
+    ex.wake(named(id));
     expect((await finished(alice, id)).status).toBe('completed');
     expect(await claimedBy(byId)).toEqual([id]);
     expect(general).not.toHaveBeenCalled();
@@ -152,15 +165,15 @@ describe('the claim by id', () => {
       slotReserve: 1,
     });
     const long = await start(alice, 'SELECT pg_sleep(30)');
-    ex.wake([long]);
+    ex.wake(named(long));
     await vi.waitFor(async () => expect(await claimedBy(byId)).toEqual([long]), 10_000);
     // alice holds the only lease below the reserve: her next start is not claimed by id
     const second = await start(alice, 'SELECT 2');
-    ex.wake([second]);
+    ex.wake(named(second));
     await vi.waitFor(() => expect(general).toHaveBeenCalled(), 10_000);
     // bob holds none: the reserved lease is his
     const bobs = await start(bob, 'SELECT 3');
-    ex.wake([bobs]);
+    ex.wake(named(bobs));
     expect((await finished(bob, bobs)).status).toBe('completed');
     expect(await claimedBy(byId)).toEqual([long]);
     const r = await db.admin.query<{ status: string; lease_owner: string | null }>(
@@ -183,8 +196,8 @@ describe('the claim by id', () => {
     for (let i = 0; i < 20; i++) {
       const id = await start(alice, `INSERT INTO wake_once VALUES ('${i}')`);
       ids.push(id);
-      one.ex.wake([id]);
-      two.ex.wake([id]);
+      one.ex.wake(named(id));
+      two.ex.wake(named(id));
     }
     for (const id of ids) expect((await finished(alice, id)).status).toBe('completed');
     const claimed = [...(await claimedBy(one.byId)), ...(await claimedBy(two.byId))];

@@ -31,16 +31,17 @@ import { BindRefusal, boundArgs, textParam, type BindMessage } from './bind.js';
 import { errorFields, mixed, nonceName, quoteIdentifier, raiseNonce, refusal } from './errors.js';
 
 import type { StartNewRequest } from '../../contract/start-new.js';
+import type { Started } from '../../contract/started.js';
 export type { StartNewRequest };
 
 export interface EdgeOptions {
   /**
    * Called when a transaction that mentioned df.* ends (ReadyForQuery back to
-   * idle): wakes the executor in-process. `started`: the ids of the instances
-   * its statements started, when every df.* statement in it was a plain
+   * idle): wakes the executor in-process. `started`: what its statements
+   * started, when every df.* statement in it was a plain
    * `SELECT df.start(...)` whose id the edge read; otherwise undefined.
    */
-  readonly onDfCommit?: ((started?: readonly string[]) => void) | undefined;
+  readonly onDfCommit?: ((started?: Started) => void) | undefined;
   /** Validate and compile df.start calls before they reach the database (DESIGN.md §2 path 2). */
   readonly edgeValidation?: boolean | undefined;
   /**
@@ -125,8 +126,9 @@ export class EdgeInterceptor {
   /** Statements of the current transaction that mention df.*, and of those the sole df.start calls. */
   private dfStatements = 0;
   private soleStarts = 0;
-  /** Instance ids the current transaction's sole df.start calls returned. */
+  /** Instance ids the current transaction's sole df.start calls returned, and their steps' SQL. */
   private startedIds: string[] = [];
+  private startedSteps: string[] = [];
   /** The sole df.start whose result row is next (its ReadyForQuery window, as positionMaps). */
   private idRow: { readonly after: number; readonly until: number } | undefined;
 
@@ -173,11 +175,12 @@ export class EdgeInterceptor {
     if (!this.sawDf) return;
     const named =
       this.soleStarts === this.dfStatements && this.startedIds.length === this.soleStarts;
-    const ids = this.startedIds;
+    const started = { ids: this.startedIds, steps: this.startedSteps };
     this.sawDf = false;
     this.dfStatements = this.soleStarts = 0;
     this.startedIds = [];
-    this.opts.onDfCommit?.(named ? ids : undefined);
+    this.startedSteps = [];
+    this.opts.onDfCommit?.(named ? started : undefined);
   }
 
   /** Must DataRows be seen? Only while a sole df.start's result is due. */
@@ -333,6 +336,7 @@ export class EdgeInterceptor {
         if (e.sole && m.type === 'Query' && this.opts.onDfCommit) {
           this.soleStarts++;
           this.idRow = { after, until: after + 1 };
+          if (this.startedSteps.length < 64) this.startedSteps.push(...e.sole.steps);
         }
         return encodeFrontend(
           m.type === 'Query' ? { type: 'Query', sql: e.text } : { ...m, sql: e.text },
