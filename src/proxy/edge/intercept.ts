@@ -172,7 +172,14 @@ export class EdgeInterceptor {
 
   /** A transaction ended (ReadyForQuery idle): wake the executor if it mentioned df.* */
   transactionEnded(): void {
-    if (!this.sawDf) return;
+    if (!this.sawDf) {
+      // a start answered after the wake of its transaction had gone (a pipelined batch)
+      if (this.startedIds.length > 0 || this.startedSteps.length > 0) {
+        this.startedIds = [];
+        this.startedSteps = [];
+      }
+      return;
+    }
     const named =
       this.soleStarts === this.dfStatements && this.startedIds.length === this.soleStarts;
     const started = { ids: this.startedIds, steps: this.startedSteps };
