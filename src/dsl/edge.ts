@@ -244,7 +244,6 @@ function constantOrFails(ast: unknown): string | null | undefined | typeof FAILS
 /** A 'new' call whose arguments the database must judge: it raises the error first. */
 class LeaveToDatabase extends Error {}
 
-/** The start rule's graph of a constant workflow, or undefined when it fails (the database says why). */
 /** The SQL of a compiled graph's steps, leftmost first: at most 8, and 16 KiB in all. */
 function graphSteps(graph: string): string[] {
   const out: string[] = [];
@@ -264,6 +263,7 @@ function graphSteps(graph: string): string[] {
   return out;
 }
 
+/** The start rule's graph of a constant workflow, or undefined when it fails (the database says why). */
 function compileOrLeave(text: string): string | undefined {
   try {
     return compile(text, 0);
@@ -293,7 +293,6 @@ export function checkBound(value: string): BoundProblem | undefined {
   }
 }
 
-/** The 'new' call of a top-level SELECT df.start(...), or a refusal. */
 /** The statement is `SELECT <the call> [AS name]` and nothing else: its result column, or undefined. */
 function soleSelect(stmt: Ast, found: Found): { column: string } | undefined {
   const sel = stmt['SelectStmt'] as Ast | undefined;
@@ -311,6 +310,7 @@ function soleSelect(stmt: Ast, found: Found): { column: string } | undefined {
   return { column: (rt?.['name'] as string | undefined) ?? 'start' };
 }
 
+/** The 'new' call of a top-level SELECT df.start(...), or a refusal. */
 function newCall(stmts: Ast[], found: Found, call: Call, single: boolean): NewCall {
   const at = call.start;
   const shape = single && stmts.length === 1 ? soleSelect(stmts[0] as Ast, found) : undefined;

@@ -25,7 +25,7 @@ import { startOnFailure } from './on-failure.js';
 import { dispatchSql } from './sql-dispatch.js';
 import { Naps } from './naps.js';
 import { ChangeNotices } from './notices.js';
-import { loadParser, planStep } from './sqlcheck.js';
+import { loadParser, planAhead } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
 import { StepPool, isRetryable } from './steps.js';
 import { WakeRequests } from './wake-requests.js';
@@ -172,7 +172,7 @@ export class Executor {
     // While a claim is on its way (the pool writes it on the next tick), check the steps'
     // SQL: cached by text, so the step's own check finds it done
     const steps = started?.steps ?? [];
-    if (steps.length > 0 && this.pumping) setImmediate(() => steps.forEach((s) => planStep(s)));
+    if (steps.length > 0 && this.pumping) setImmediate(() => planAhead(steps));
   }
 
   /** Claims now if a claim is wanted; one claim at a time, the next right after it. */
