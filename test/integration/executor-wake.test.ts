@@ -74,6 +74,7 @@ describe('the proxy names the instances a commit started', () => {
 
   async function wakeOf(sql: string | string[]): Promise<{ ids: string[]; wake: unknown }> {
     wakes.length = 0;
+    steps.length = 0;
     const ids: string[] = [];
     for (const s of Array.isArray(sql) ? sql : [sql]) {
       const r = await p.query<{ id?: string }>(s);
@@ -105,6 +106,19 @@ describe('the proxy names the instances a commit started', () => {
     expect(wakes).toHaveLength(0);
     await p.query('COMMIT');
     expect(wakes).toEqual([[a, b]]);
+  });
+
+  it("the steps' SQL a wake carries stops at 16 KiB per transaction; the ids do not", async () => {
+    const big = `SELECT '${'x'.repeat(10_000)}' AS filler`;
+    const { ids, wake } = await wakeOf([
+      'BEGIN',
+      `SELECT df.start('${big.replace(/'/g, "''")}')`,
+      `SELECT df.start('${big.replace(/'/g, "''")}')`,
+      'COMMIT',
+    ]);
+    expect(ids).toHaveLength(2);
+    expect(wake).toEqual(ids);
+    expect(steps.at(-1)).toEqual([big]);
   });
 
   it('anything else wakes without ids (the general claim)', async () => {

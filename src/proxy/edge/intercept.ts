@@ -97,6 +97,8 @@ interface EdgeMoment {
 }
 
 const TEXT_OID = 25;
+/** The steps' SQL a commit's wake carries, in characters (Started.steps). */
+const STEPS_CHARS_MAX = 16_384;
 const DF_MARKS = ['df.', 'DF.', 'Df.', 'dF.', '"df".'].map((m) => Buffer.from(m));
 const NONCE = /dfgate_edge_([0-9a-f]{12})/;
 
@@ -188,6 +190,20 @@ export class EdgeInterceptor {
     this.startedIds = [];
     this.startedSteps = [];
     this.opts.onDfCommit?.(named ? started : undefined);
+  }
+
+  /**
+   * The steps' SQL for the wake, at most STEPS_CHARS_MAX characters per
+   * transaction: the executor parses it on this event loop while it claims.
+   */
+  private addSteps(steps: readonly string[]): void {
+    let chars = 0;
+    for (const s of this.startedSteps) chars += s.length;
+    for (const s of steps) {
+      chars += s.length;
+      if (chars > STEPS_CHARS_MAX) return;
+      this.startedSteps.push(s);
+    }
   }
 
   /** Must DataRows be seen? Only while a sole df.start's result is due. */
@@ -343,7 +359,7 @@ export class EdgeInterceptor {
         if (e.sole && m.type === 'Query' && this.opts.onDfCommit) {
           this.soleStarts++;
           this.idRow = { after, until: after + 1 };
-          if (this.startedSteps.length < 64) this.startedSteps.push(...e.sole.steps);
+          this.addSteps(e.sole.steps);
         }
         return encodeFrontend(
           m.type === 'Query' ? { type: 'Query', sql: e.text } : { ...m, sql: e.text },
