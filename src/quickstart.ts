@@ -154,7 +154,7 @@ async function main(): Promise<void> {
     maxClientConnections: 1000,
     connectTimeoutMs: 10_000,
     maxMessageSize: 1024 * 1024 * 1024,
-    onDfCommit: () => executor.wake(),
+    onDfCommit: (started) => executor.wake(started),
     edgeValidation: true,
     startNew: (req) => executor.startNew(req),
   });

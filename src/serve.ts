@@ -76,7 +76,7 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
     maxMessageSize: cfg.maxMessageSize,
     tlsCert: cfg.tlsCert,
     tlsKey: cfg.tlsKey,
-    onDfCommit: executor ? () => executor.wake() : undefined,
+    onDfCommit: executor ? (started) => executor.wake(started) : undefined,
     edgeValidation: true,
     startNew: executor ? (req) => executor.startNew(req) : undefined,
     poolMode: cfg.poolMode,

@@ -63,6 +63,8 @@ export type Edge =
       readonly text: string;
       position(p: number): number;
       readonly bound?: readonly number[];
+      /** The text is one `SELECT df.start(...)` alone: its one row's one column is the instance id. */
+      readonly sole?: SoleStart;
     }
   /** A top-level SELECT df.start(..., transaction_mode => 'new'): dfgate runs the start itself. */
   | { readonly kind: 'new'; readonly call: NewCall };
@@ -78,7 +80,14 @@ export type Analysis =
       readonly text: string;
       readonly moved: readonly Move[];
       readonly bound?: readonly number[];
+      readonly sole?: SoleStart;
     };
+
+/** A statement that is one `SELECT df.start(...)` alone, rewritten. */
+export interface SoleStart {
+  /** The SQL of the workflow's steps (some of them), for the executor to check while it claims. */
+  readonly steps: readonly string[];
+}
 
 /** A replaced span: bytes [o0, o1) of the original became bytes [n0, n1) of the rewrite. */
 export interface Move {
@@ -235,6 +244,25 @@ function constantOrFails(ast: unknown): string | null | undefined | typeof FAILS
 /** A 'new' call whose arguments the database must judge: it raises the error first. */
 class LeaveToDatabase extends Error {}
 
+/** The SQL of a compiled graph's steps, leftmost first: at most 8, and 16 KiB in all. */
+function graphSteps(graph: string): string[] {
+  const out: string[] = [];
+  let chars = 0;
+  const walk = (n: unknown): void => {
+    if (out.length >= 8 || n === null || typeof n !== 'object') return;
+    const o = n as Record<string, unknown>;
+    const q = o['query'];
+    if (o['node_type'] === 'SQL' && typeof q === 'string') {
+      chars += q.length;
+      if (chars <= 16_384) out.push(q);
+      return;
+    }
+    for (const v of Object.values(o)) walk(v);
+  };
+  walk(JSON.parse(graph));
+  return out;
+}
+
 /** The start rule's graph of a constant workflow, or undefined when it fails (the database says why). */
 function compileOrLeave(text: string): string | undefined {
   try {
@@ -265,21 +293,28 @@ export function checkBound(value: string): BoundProblem | undefined {
   }
 }
 
-/** The 'new' call of a top-level SELECT df.start(...), or a refusal. */
-function newCall(stmts: Ast[], found: Found, call: Call, single: boolean): NewCall {
-  const at = call.start;
-  const sel = stmts.length === 1 ? (stmts[0]?.['SelectStmt'] as Ast | undefined) : undefined;
+/** The statement is `SELECT <the call> [AS name]` and nothing else: its result column, or undefined. */
+function soleSelect(stmt: Ast, found: Found): { column: string } | undefined {
+  const sel = stmt['SelectStmt'] as Ast | undefined;
   const targets = (sel?.['targetList'] as Ast[] | undefined) ?? [];
   const rt = targets[0]?.['ResTarget'] as Ast | undefined;
   const allowed = new Set(['targetList', 'limitOption', 'op']);
   if (
-    !single ||
     !sel ||
     targets.length !== 1 ||
     (rt?.['val'] as Ast | undefined)?.['FuncCall'] !== found.fc ||
     Object.keys(sel).some((k) => !allowed.has(k)) ||
     sel['op'] !== 'SETOP_NONE'
   )
+    return undefined;
+  return { column: (rt?.['name'] as string | undefined) ?? 'start' };
+}
+
+/** The 'new' call of a top-level SELECT df.start(...), or a refusal. */
+function newCall(stmts: Ast[], found: Found, call: Call, single: boolean): NewCall {
+  const at = call.start;
+  const shape = single && stmts.length === 1 ? soleSelect(stmts[0] as Ast, found) : undefined;
+  if (!shape)
     throw new Refusal(
       SqlState.FeatureNotSupported,
       `${NEW_SHAPE}; here it is part of a larger statement`,
@@ -302,7 +337,7 @@ function newCall(stmts: Ast[], found: Found, call: Call, single: boolean): NewCa
       );
     args.set(name, { value: v });
   }
-  return { args, column: (rt?.['name'] as string | undefined) ?? 'start' };
+  return { args, column: shape.column };
 }
 
 interface Replacement {
@@ -338,6 +373,7 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
   let tokens: ScanToken[] | undefined;
   const reps: Replacement[] = [];
   const bound: number[] = [];
+  let sole: SoleStart | undefined;
   for (let si = 0; si < raw.length; si++) {
     const stmt = stmts[si] as Ast;
     if (!runnable(stmt)) continue;
@@ -403,6 +439,8 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
           `df._start_graph(${literal(graph)}, ${paste('label')}, ${paste('database')}` +
           (opts.length ? `, df._start_options(${opts.join(', ')}))` : ')');
         reps.push({ start: call.start, end: call.end, text });
+        if (raw.length === 1 && found.length === 1 && soleSelect(stmt, f))
+          sole = { steps: graphSteps(graph) };
         if (f.names !== undefined) {
           const at = aliasPoint(f.names, call, tokens);
           if (at !== undefined) reps.push({ start: at, end: at, text: ' AS "start"' });
@@ -445,7 +483,8 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
     at = r.end;
   }
   parts.push(buf.subarray(at));
-  return { kind: 'rewrite', bound, text: Buffer.concat(parts).toString('utf8'), moved };
+  const text = Buffer.concat(parts).toString('utf8');
+  return { kind: 'rewrite', bound, text, moved, ...(sole ? { sole } : {}) };
 }
 
 /** The Edge of an analysis of `sql` (a rewrite gets its position map). */
@@ -457,6 +496,7 @@ export function toEdge(sql: string, a: Analysis): Edge {
     kind: 'rewrite',
     text,
     ...(a.bound ? { bound: a.bound } : {}),
+    ...(a.sole ? { sole: a.sole } : {}),
     position(p: number): number {
       // character position in the rewritten text → byte → original byte → character
       buf ??= Buffer.from(sql, 'utf8');

@@ -11,6 +11,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { WAKE_CHANNEL } from '../contract/channels.js';
 import type { StartNewRequest } from '../contract/start-new.js';
+import type { Started } from '../contract/started.js';
 import { metrics } from '../metrics.js';
 import type { RunnerContext } from './context.js';
 import { runCore, type Action, type RetryPolicy } from './core.js';
@@ -24,9 +25,10 @@ import { startOnFailure } from './on-failure.js';
 import { dispatchSql } from './sql-dispatch.js';
 import { Naps } from './naps.js';
 import { ChangeNotices } from './notices.js';
-import { loadParser } from './sqlcheck.js';
+import { loadParser, planAhead } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
 import { StepPool, isRetryable } from './steps.js';
+import { WakeRequests } from './wake-requests.js';
 import { controlPools, nextCron, type ExecutorOptions } from './options.js';
 import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js';
 
@@ -47,7 +49,8 @@ export class Executor {
   /** Ends every pending nap() (on stop). */
   private readonly naps = new Naps();
   private pumping = false;
-  private pumpAgain = false;
+  /** What the next claim looks for: everything ready, or instances named by their start's commit. */
+  private readonly requests = new WakeRequests();
   /** The last claim may have left ready instances behind (it took all it could, or failed). */
   private backlog = true;
   private timer: NodeJS.Timeout | undefined;
@@ -86,7 +89,7 @@ export class Executor {
     this.store = new ControlStore(this.control, this.owner, opts.leaseMs, this.claimer);
     this.retention = new Retention(this.store, this.log);
     this.notices = new ChangeNotices(this.store);
-    this.starter = new StartNew(this.store, this.steps, () => this.wake());
+    this.starter = new StartNew(this.store, this.steps, (ids) => this.wake({ ids, steps: [] }));
     this.ctx = {
       store: this.store,
       steps: this.steps,
@@ -138,7 +141,10 @@ export class Executor {
       connectionString: this.opts.controlUrl,
       application_name: 'dfgate:listen',
     });
-    c.on('notification', () => this.wake()); // a hint only: state is re-read
+    c.on('notification', (n) => {
+      this.requests.notified(n.payload); // a hint only: state is re-read
+      this.kick();
+    });
     c.on('error', () => undefined);
     c.on('end', () => {
       if (this.stopping) return;
@@ -156,24 +162,31 @@ export class Executor {
     }
   }
 
-  /** Asks the executor to look for work now (from LISTEN, the poll, or the proxy in-process). */
-  wake(): void {
-    if (this.stopping || !this.started) return;
-    if (this.pumping) {
-      this.pumpAgain = true;
-      return;
-    }
+  /**
+   * Asks the executor to look for work now (LISTEN, the poll, the proxy). `started`: instances
+   * whose df.start just committed (a claim by id may do); without it, all that is ready.
+   */
+  wake(started?: Started): void {
+    this.requests.add(started?.ids);
+    this.kick();
+    // While a claim is on its way (the pool writes it on the next tick), check the steps'
+    // SQL: cached by text, so the step's own check finds it done
+    const steps = started?.steps ?? [];
+    if (steps.length > 0 && this.pumping) setImmediate(() => planAhead(steps));
+  }
+
+  /** Claims now if a claim is wanted; one claim at a time, the next right after it. */
+  private kick(): void {
+    if (this.stopping || !this.started || this.pumping || !this.requests.pending) return;
     this.pumping = true;
     void this.pump().finally(() => {
       this.pumping = false;
-      if (this.pumpAgain && !this.stopping) {
-        this.pumpAgain = false;
-        this.wake();
-      }
+      this.kick();
     });
   }
 
   private async pump(): Promise<void> {
+    const want = this.requests.take();
     const capacity = this.opts.maxConcurrentInstances - this.active.size;
     if (capacity <= 0) {
       this.backlog = true; // woken while full: claim again as soon as an instance is done
@@ -186,18 +199,25 @@ export class Executor {
       0,
       Math.min(this.opts.slotReserve ?? 1, this.opts.maxConcurrentInstances - 1),
     );
+    // Only instances whose start just committed, claimed by id, when the general claim would
+    // take exactly those: the last one left nothing ready behind, nothing but commits woke the
+    // executor since, and all of them fit below the reserve (docs/executor.md, "The wake path")
+    const byId = !want.general && !this.backlog && want.started.length <= capacity - reserve;
     let claimed: LoadedInstance[];
     try {
-      claimed = await this.store.claim(capacity, held, reserve);
+      claimed = byId
+        ? await this.store.claimStarted(want.started)
+        : await this.store.claim(capacity, held, reserve);
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'claim failed');
       this.backlog = true;
       return;
     }
+    this.requests.claimed(claimed.map((c) => c.id));
     // fewer than it could take: everything ready was claimed, and what becomes ready later
     // comes with a wake (a commit, LISTEN, a timer, the poll), so a finishing instance need
     // not claim again
-    this.backlog = claimed.length >= capacity - reserve;
+    if (!byId) this.backlog = claimed.length >= capacity - reserve;
     for (const c of claimed) {
       const epoch = Number(c.lease_epoch);
       this.active.set(c.id, { epoch, stepPids: new Set(), role: c.role_oid });

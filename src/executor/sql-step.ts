@@ -46,18 +46,25 @@ export async function sqlStep(
         ? premark
         : undefined;
     const token = pre?.token ?? randomBytes(24).toString('base64url');
-    // The attempt mark travels on the control connection while the slot, the connection and the
-    // statement are taken care of; runSqlStep awaits it before anything commits. False: lease
-    // lost, cancelled, or already recorded (the statement, if it ran, is rolled back).
-    const marked = pre
-      ? Promise.resolve(true)
-      : ctx.store.markAttempt(id, epoch, a, tokenHash(token), stamp, a.attempt);
-    const markedOk = (): Promise<boolean> => marked.catch(() => false);
-    marked.catch(() => undefined); // every path awaits it; this keeps an early return from leaving it unhandled
+    // The attempt mark travels on the control connection while the statement runs: runSqlStep
+    // sends it right after the statement's message (so the statement goes first) and awaits it
+    // before anything commits. False: lease lost, cancelled, or already recorded (the
+    // statement, if it ran, is rolled back).
+    let marking: Promise<boolean> | undefined;
+    const mark = (): Promise<boolean> => {
+      if (!marking) {
+        marking = pre
+          ? Promise.resolve(true)
+          : ctx.store.markAttempt(id, epoch, a, tokenHash(token), stamp, a.attempt);
+        marking.catch(() => undefined); // awaited where it matters; an early return leaves it unhandled
+      }
+      return marking;
+    };
+    const markedOk = (): Promise<boolean> => mark().catch(() => false);
     const slotTimeout = ctx.slotTimeoutMs;
     const slot = await ctx.slots.take(identity.roleOid, slotTimeout);
     if (slot === 'closed') {
-      await markedOk();
+      if (marking) await markedOk();
       return; // stopping: the node is run again by whoever holds the lease next
     }
     if (slot === 'timeout') {
@@ -101,7 +108,7 @@ export async function sqlStep(
           token,
           sql: a.sql,
           stamp,
-          marked,
+          mark,
           ...(hooks.after ? { after: hooks.after } : {}),
         },
         (p) => {

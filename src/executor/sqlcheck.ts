@@ -67,6 +67,20 @@ export function planStep(sql: string): StepPlan {
   return plan;
 }
 
+/**
+ * Checks these statements ahead of their steps (the wake path: while the
+ * claim is on its way), so that a step's own planStep finds them cached.
+ */
+export function planAhead(sqls: readonly string[]): void {
+  for (const sql of sqls) {
+    try {
+      planStep(sql);
+    } catch {
+      // the step's own check meets it again and reports it
+    }
+  }
+}
+
 function planUncached(sql: string): StepPlan {
   let stmts: Array<{ stmt?: Json }>;
   try {

@@ -14,8 +14,8 @@ export class StartNew {
   constructor(
     private readonly store: ControlStore,
     private readonly steps: StepPool,
-    /** Called once the start committed (wakes the executor). */
-    private readonly started: () => void,
+    /** Called once the start committed, with the instance's id (wakes the executor). */
+    private readonly started: (ids: readonly string[]) => void,
   ) {}
 
   async run(req: StartNewRequest): Promise<string> {
@@ -42,7 +42,7 @@ export class StartNew {
       );
       const id = res.rows[0]?.id as string;
       metrics.newModeStarts.inc();
-      this.started();
+      this.started([id]);
       return id;
     } finally {
       await this.steps.release(identity, conn);

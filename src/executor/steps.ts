@@ -233,12 +233,14 @@ export interface StepRequest {
   /** The node's stamp (spec §5.6), written with its final status by the checkpoint. */
   readonly stamp: string;
   /**
-   * The attempt mark, sent on the control connection while the statement
-   * runs: awaited before anything of the step is recorded or committed (and
-   * before a statement that runs outside a transaction). False: the
-   * transaction is rolled back and the step abandoned.
+   * Sends the attempt mark on the control connection (once; later calls
+   * return the same answer): called right after the statement's message is
+   * written, so the mark travels while the statement runs, and awaited
+   * before anything of the step is recorded or committed (and before a
+   * statement that runs outside a transaction). False: the transaction is
+   * rolled back and the step abandoned.
    */
-  readonly marked?: Promise<boolean>;
+  readonly mark?: () => Promise<boolean>;
   /**
    * What the checkpoint of a completed step carries besides its outcome
    * (migration 0020): JSON text for df._complete_step's p_after, computed
@@ -303,7 +305,7 @@ export async function runSqlStep(
     return eventOf(r.rows[0]?.seq, detail);
   };
   /** The attempt mark committed (or there is none to wait for). */
-  const markedOk = async (): Promise<boolean> => (req.marked ? await req.marked : true);
+  const markedOk = async (): Promise<boolean> => (req.mark ? await req.mark() : true);
   const NOT_MARKED: StepOutcome = {
     k: 'abandoned',
     reason: 'the attempt was not marked (lease lost, cancelled, or already recorded)',
@@ -351,7 +353,9 @@ export async function runSqlStep(
         ? ['BEGIN', `SET LOCAL statement_timeout = ${Math.floor(stepTimeoutMs)}`]
         : ['BEGIN'];
     try {
-      result = await readBounded(c, req.sql, maxResultBytes, before);
+      const reading = readBounded(c, req.sql, maxResultBytes, before);
+      void req.mark?.(); // written after the statement: the statement reaches the server first
+      result = await reading;
     } catch (err) {
       // over the cap the connection is gone, and its transaction with it
       if (!(err instanceof ResultTooLargeError)) await c.query('ROLLBACK').catch(() => undefined);

@@ -231,6 +231,36 @@ export class ControlStore {
     ).rows;
   }
 
+  /**
+   * Claims the instances `ids` whose df.start just committed, by primary key,
+   * if each is still what the general claim's fresh source reads (runnable,
+   * unleased, waiting for nothing): the same lease, epoch and row lock as
+   * the general claim, so an instance another executor leased is skipped.
+   * The caller decides when this may stand in for the general claim.
+   */
+  async claimStarted(ids: readonly string[]): Promise<Claimed[]> {
+    return (
+      await this.run<Claimed>(
+        `WITH locked AS (
+           SELECT i.id FROM df.instances i
+            WHERE i.id = ANY ($2::text[])
+              AND i.runnable AND i.status IN ('pending', 'running') AND i.lease_owner IS NULL
+              AND i.wake_at IS NULL AND (i.waiting_signals IS NULL OR i.waiting_signals = '{}')
+            FOR UPDATE OF i SKIP LOCKED)
+         UPDATE df.instances i
+            SET lease_owner = $1, lease_epoch = i.lease_epoch + 1,
+                lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
+                status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
+                updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END
+          -- $2 as well: the generic plan reaches the rows by primary key, whatever the table's size
+          WHERE i.id = ANY ($2::text[]) AND i.id = ANY (ARRAY(SELECT id FROM locked))
+         RETURNING ${CLAIMED_COLUMNS}`,
+        [this.owner, ids, this.leaseMs],
+        this.claimer,
+      )
+    ).rows;
+  }
+
   /** Renews the leases of `ids` held here, in one statement; returns the status of each still held. */
   async renewLeases(ids: readonly string[]): Promise<Map<string, string>> {
     const r = await this.run<{ id: string; status: string }>(

@@ -315,6 +315,7 @@ export class Session extends ClientConnection implements EdgeHost {
     const sink: ServerSink = {
       inspect: (t) =>
         SERVER_INSPECT[t] === 1 ||
+        (t === Backend.DataRow && this.edge.wantsRow) || // a df.start's instance id
         this.conversation.active ||
         (this.lender?.pooled.inspects(t) ?? false),
       message: (t, body) => this.onServerMessage(conn, t, body),
@@ -412,6 +413,9 @@ export class Session extends ClientConnection implements EdgeHost {
       if (r !== undefined) return r;
     }
     switch (type) {
+      case Backend.DataRow:
+        this.edge.dataRow(body);
+        return undefined;
       case Backend.ReadyForQuery:
         return this.onReady(body);
       case Backend.Authentication:

@@ -20,6 +20,7 @@ import { SqlState } from '../db/sqlstate.js';
 import { Session, type SessionContext } from './client-session.js';
 import { ServerPools } from './pool.js';
 import type { UpstreamTarget } from './upstream.js';
+import type { Started } from '../contract/started.js';
 
 export interface ProxyOptions {
   readonly host: string;
@@ -34,7 +35,7 @@ export interface ProxyOptions {
   readonly tlsCert?: string | undefined;
   readonly tlsKey?: string | undefined;
   /** In-process wake of the executor after a client transaction that mentioned df.* ended. */
-  readonly onDfCommit?: (() => void) | undefined;
+  readonly onDfCommit?: ((started?: Started) => void) | undefined;
   /** Validate and compile df.start calls at the edge (DESIGN.md §2 path 2). */
   readonly edgeValidation?: boolean | undefined;
   /** Runs df.start(..., transaction_mode => 'new') on dfgate's own connection (the embedded executor). */

@@ -31,11 +31,17 @@ import { BindRefusal, boundArgs, textParam, type BindMessage } from './bind.js';
 import { errorFields, mixed, nonceName, quoteIdentifier, raiseNonce, refusal } from './errors.js';
 
 import type { StartNewRequest } from '../../contract/start-new.js';
+import type { Started } from '../../contract/started.js';
 export type { StartNewRequest };
 
 export interface EdgeOptions {
-  /** Called when a transaction that mentioned df.* ends (ReadyForQuery back to idle): wakes the executor in-process. */
-  readonly onDfCommit?: (() => void) | undefined;
+  /**
+   * Called when a transaction that mentioned df.* ends (ReadyForQuery back to
+   * idle): wakes the executor in-process. `started`: what its statements
+   * started, when every df.* statement in it was a plain
+   * `SELECT df.start(...)` whose id the edge read; otherwise undefined.
+   */
+  readonly onDfCommit?: ((started?: Started) => void) | undefined;
   /** Validate and compile df.start calls before they reach the database (DESIGN.md §2 path 2). */
   readonly edgeValidation?: boolean | undefined;
   /**
@@ -91,6 +97,8 @@ interface EdgeMoment {
 }
 
 const TEXT_OID = 25;
+/** The steps' SQL a commit's wake carries, in characters (Started.steps). */
+const STEPS_CHARS_MAX = 16_384;
 const DF_MARKS = ['df.', 'DF.', 'Df.', 'dF.', '"df".'].map((m) => Buffer.from(m));
 const NONCE = /dfgate_edge_([0-9a-f]{12})/;
 
@@ -117,6 +125,14 @@ export class EdgeInterceptor {
   }> = [];
   /** The current transaction sent a statement that mentions df.* */
   private sawDf = false;
+  /** Statements of the current transaction that mention df.*, and of those the sole df.start calls. */
+  private dfStatements = 0;
+  private soleStarts = 0;
+  /** Instance ids the current transaction's sole df.start calls returned, and their steps' SQL. */
+  private startedIds: string[] = [];
+  private startedSteps: string[] = [];
+  /** The sole df.start whose result row is next (its ReadyForQuery window, as positionMaps). */
+  private idRow: { readonly after: number; readonly until: number } | undefined;
 
   constructor(
     private readonly host: EdgeHost,
@@ -145,6 +161,7 @@ export class EdgeInterceptor {
     if (type === Frontend.Query) this.statements.delete(''); // as onStatement would
     if (this.statements.size > 0) return true;
     this.sawDf = true;
+    this.dfStatements++;
     return false;
   }
 
@@ -157,13 +174,60 @@ export class EdgeInterceptor {
 
   /** A transaction ended (ReadyForQuery idle): wake the executor if it mentioned df.* */
   transactionEnded(): void {
-    if (!this.sawDf) return;
+    if (!this.sawDf) {
+      // a start answered after the wake of its transaction had gone (a pipelined batch)
+      if (this.startedIds.length > 0 || this.startedSteps.length > 0) {
+        this.startedIds = [];
+        this.startedSteps = [];
+      }
+      return;
+    }
+    const named =
+      this.soleStarts === this.dfStatements && this.startedIds.length === this.soleStarts;
+    const started = { ids: this.startedIds, steps: this.startedSteps };
     this.sawDf = false;
-    this.opts.onDfCommit?.();
+    this.dfStatements = this.soleStarts = 0;
+    this.startedIds = [];
+    this.startedSteps = [];
+    this.opts.onDfCommit?.(named ? started : undefined);
+  }
+
+  /**
+   * The steps' SQL for the wake, at most STEPS_CHARS_MAX characters per
+   * transaction: the executor parses it on this event loop while it claims.
+   */
+  private addSteps(steps: readonly string[]): void {
+    let chars = 0;
+    for (const s of this.startedSteps) chars += s.length;
+    for (const s of steps) {
+      chars += s.length;
+      if (chars > STEPS_CHARS_MAX) return;
+      this.startedSteps.push(s);
+    }
+  }
+
+  /** Must DataRows be seen? Only while a sole df.start's result is due. */
+  get wantsRow(): boolean {
+    return this.idRow !== undefined;
+  }
+
+  /**
+   * A DataRow while a sole `SELECT df.start(...)` is answered: its one
+   * column is the instance id (a hint for the executor's claim, which
+   * re-reads everything).
+   */
+  dataRow(body: Buffer): void {
+    const w = this.idRow;
+    const received = this.host.ledger.received;
+    if (!w || received < w.after || received >= w.until) return;
+    this.idRow = undefined;
+    if (body.length === 14 && body.readInt16BE(0) === 1 && body.readInt32BE(2) === 8)
+      this.startedIds.push(body.toString('latin1', 6, 14));
   }
 
   /** After the n-th ReadyForQuery: forget swaps and position maps of earlier statements. */
   settle(n: number): void {
+    if (this.idRow && this.idRow.until <= n) this.idRow = undefined;
     if (this.positionMaps.length) this.positionMaps = this.positionMaps.filter((m) => m.until > n);
     if (this.swaps.size) for (const [k, v] of this.swaps) if (v.untilRfq <= n) this.swaps.delete(k);
   }
@@ -222,6 +286,7 @@ export class EdgeInterceptor {
     }
     if (!mentionsDf(body)) return undefined;
     this.sawDf = true;
+    this.dfStatements++;
     const params = this.host.serverParams;
     if (
       !this.opts.edgeValidation ||
@@ -291,6 +356,11 @@ export class EdgeInterceptor {
         metrics.edgeRewrites.inc();
         const after = m.type === 'Query' ? at.rfqExpected - 1 : at.rfqExpected;
         this.positionMaps.push({ after, until: after + 1, map: e.position });
+        if (e.sole && m.type === 'Query' && this.opts.onDfCommit) {
+          this.soleStarts++;
+          this.idRow = { after, until: after + 1 };
+          this.addSteps(e.sole.steps);
+        }
         return encodeFrontend(
           m.type === 'Query' ? { type: 'Query', sql: e.text } : { ...m, sql: e.text },
         );
