@@ -258,6 +258,15 @@ export async function parkedBench(
       `'INSERT INTO public.parked_fired (kind) VALUES (''${kind}'')'`;
     await admin.query('SELECT pg_stat_statements_reset()');
     let cpu0 = { node: process.cpuUsage(), pg: clusterCpuSeconds(postmaster, true) };
+    /** Until all `timers` instances labelled `label` have completed (10 minutes at most). */
+    const allCompleted = (label: string): Promise<void> =>
+      waitCount(
+        admin,
+        `SELECT count(*)::int AS n FROM df.instances WHERE label = '${label}' AND status = 'completed'`,
+        timers,
+        600_000,
+        100,
+      );
     const cpuSince = (): { nodeCpu: number; pgCpu: number } => {
       const d = process.cpuUsage(cpu0.node);
       return {
@@ -273,13 +282,7 @@ export async function parkedBench(
     const committed = new Date();
     cpu0 = { node: process.cpuUsage(), pg: clusterCpuSeconds(postmaster, true) };
     await u.query('COMMIT');
-    await waitCount(
-      admin,
-      `SELECT count(*)::int AS n FROM df.instances WHERE label = 'fresh' AND status = 'completed'`,
-      timers,
-      600_000,
-      100,
-    );
+    await allCompleted('fresh');
     const freshCpu = cpuSince();
     const fresh = await fired(admin, 'fresh', 'fresh', committed, timers, freshCpu);
 
@@ -304,13 +307,7 @@ export async function parkedBench(
     await sleep(Math.max(0, due.getTime() - Date.now() - 500));
     await admin.query('SELECT pg_stat_statements_reset()');
     cpu0 = { node: process.cpuUsage(), pg: clusterCpuSeconds(postmaster, true) };
-    await waitCount(
-      admin,
-      `SELECT count(*)::int AS n FROM df.instances WHERE label = 'timer' AND status = 'completed'`,
-      timers,
-      600_000,
-      100,
-    );
+    await allCompleted('timer');
     const timerCpu = cpuSince();
     progress('timers done');
     const timerFigures = await fired(admin, 'timer', 'timer', due, timers, timerCpu);

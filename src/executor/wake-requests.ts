@@ -14,6 +14,8 @@ const INSTANCE_ID = /^[0-9a-f]{8}$/;
 
 /** Ids claimed here lately, so their start notification, arriving after the claim, is dropped. */
 const RECENT_MAX = 4096;
+/** Named instances waiting for one claim at most; more ask for the general claim instead. */
+const STARTED_MAX = 1024;
 
 export class WakeRequests {
   private general = false;
@@ -28,6 +30,11 @@ export class WakeRequests {
     }
     for (const id of started)
       if (INSTANCE_ID.test(id) && !this.recent.has(id)) this.started.add(id);
+    if (this.started.size > STARTED_MAX) {
+      // the general claim finds them all, by its fair ranking; the set stays bounded
+      this.general = true;
+      this.started.clear();
+    }
   }
 
   /** A notification on the wake channel: `start:<id>` names its instance, anything else is general. */

@@ -99,6 +99,11 @@ interface EdgeMoment {
 const TEXT_OID = 25;
 /** The steps' SQL a commit's wake carries, in characters (Started.steps). */
 const STEPS_CHARS_MAX = 16_384;
+/**
+ * The instance ids a commit's wake carries at most: a transaction that starts more (one
+ * Query each) wakes the general claim instead, so what a session holds stays bounded.
+ */
+const STARTED_IDS_MAX = 1_000;
 const DF_MARKS = ['df.', 'DF.', 'Df.', 'dF.', '"df".'].map((m) => Buffer.from(m));
 const NONCE = /dfgate_edge_([0-9a-f]{12})/;
 
@@ -131,6 +136,7 @@ export class EdgeInterceptor {
   /** Instance ids the current transaction's sole df.start calls returned, and their steps' SQL. */
   private startedIds: string[] = [];
   private startedSteps: string[] = [];
+  private stepChars = 0;
   /** The sole df.start whose result row is next (its ReadyForQuery window, as positionMaps). */
   private idRow: { readonly after: number; readonly until: number } | undefined;
 
@@ -179,6 +185,7 @@ export class EdgeInterceptor {
       if (this.startedIds.length > 0 || this.startedSteps.length > 0) {
         this.startedIds = [];
         this.startedSteps = [];
+        this.stepChars = 0;
       }
       return;
     }
@@ -186,7 +193,7 @@ export class EdgeInterceptor {
       this.soleStarts === this.dfStatements && this.startedIds.length === this.soleStarts;
     const started = { ids: this.startedIds, steps: this.startedSteps };
     this.sawDf = false;
-    this.dfStatements = this.soleStarts = 0;
+    this.dfStatements = this.soleStarts = this.stepChars = 0;
     this.startedIds = [];
     this.startedSteps = [];
     this.opts.onDfCommit?.(named ? started : undefined);
@@ -197,11 +204,9 @@ export class EdgeInterceptor {
    * transaction: the executor parses it on this event loop while it claims.
    */
   private addSteps(steps: readonly string[]): void {
-    let chars = 0;
-    for (const s of this.startedSteps) chars += s.length;
     for (const s of steps) {
-      chars += s.length;
-      if (chars > STEPS_CHARS_MAX) return;
+      if (this.stepChars + s.length > STEPS_CHARS_MAX) return;
+      this.stepChars += s.length;
       this.startedSteps.push(s);
     }
   }
@@ -221,6 +226,8 @@ export class EdgeInterceptor {
     const received = this.host.ledger.received;
     if (!w || received < w.after || received >= w.until) return;
     this.idRow = undefined;
+    // past the cap the count no longer matches the starts, and the wake names none
+    if (this.startedIds.length >= STARTED_IDS_MAX) return;
     if (body.length === 14 && body.readInt16BE(0) === 1 && body.readInt32BE(2) === 8)
       this.startedIds.push(body.toString('latin1', 6, 14));
   }
