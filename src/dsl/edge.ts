@@ -2,10 +2,11 @@
  * The proxy's view of a client statement that mentions df. (DESIGN.md §2
  * path 2): every call of df.start is found in PostgreSQL's own parse tree
  * (libpg-query), its constant workflow is evaluated and validated here, and
- * the call, and only it, is replaced by df._start_graph(<graph>, ...) with the
- * other arguments pasted unchanged, so that PostgreSQL converts and checks
- * them exactly as df.start would. Byte offsets are UTF-8, as the parser's.
- * Results are cached per statement text. Pure apart from the cache.
+ * the call, and only it, is replaced by df._start_rows(<its nodes>, label) or
+ * df._start_graph(<graph>, ...) with the other arguments pasted unchanged, so
+ * that PostgreSQL converts and checks them exactly as df.start would. Byte
+ * offsets are UTF-8, as the parser's. Results are cached per statement text.
+ * Pure apart from the cache and the node ids drawn for df._start_rows.
  */
 import { SqlState } from '../db/sqlstate.js';
 import { parseSync, scanSync, type ScanToken } from 'libpg-query';
@@ -13,6 +14,7 @@ import { evaluate, valueText } from './evaluate.js';
 import { asNode, DslError, node } from './nodes.js';
 import { validateGraph } from './validate.js';
 import { withinLimits } from './edge-limits.js';
+import { graphRows } from './edge-rows.js';
 import { aliasPoint, callShape, type Ast, type Call, type StartParam } from './edge-shape.js';
 
 export { START_PARAMS, type StartParam } from './edge-shape.js';
@@ -435,9 +437,12 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
         const opts = (['idempotency_key', 'max_attempts', 'max_backoff', 'on_failure'] as const)
           .filter((p) => call.args.has(p))
           .map((p) => `${p} => ${paste(p)}`);
-        const text =
-          `df._start_graph(${literal(graph)}, ${paste('label')}, ${paste('database')}` +
-          (opts.length ? `, df._start_options(${opts.join(', ')}))` : ')');
+        // the nodes as rows when the call is the workflow and a label alone (edge-rows.ts)
+        const rows = opts.length || call.args.has('database') ? undefined : graphRows(graph);
+        const text = rows
+          ? `df._start_rows(${literal(rows)}, ${paste('label')})`
+          : `df._start_graph(${literal(graph)}, ${paste('label')}, ${paste('database')}` +
+            (opts.length ? `, df._start_options(${opts.join(', ')}))` : ')');
         reps.push({ start: call.start, end: call.end, text });
         if (raw.length === 1 && found.length === 1 && soleSelect(stmt, f))
           sole = { steps: graphSteps(graph) };

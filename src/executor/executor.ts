@@ -28,7 +28,7 @@ import { ChangeNotices } from './notices.js';
 import { loadParser, planAhead } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
 import { StepPool, isRetryable } from './steps.js';
-import { WakeRequests } from './wake-requests.js';
+import { claimKind, WakeRequests } from './wake-requests.js';
 import { controlPools, nextCron, type ExecutorOptions } from './options.js';
 import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js';
 
@@ -199,15 +199,16 @@ export class Executor {
       0,
       Math.min(this.opts.slotReserve ?? 1, this.opts.maxConcurrentInstances - 1),
     );
-    // Only instances whose start just committed, claimed by id, when the general claim would
-    // take exactly those: the last one left nothing ready behind, nothing but commits woke the
-    // executor since, and all of them fit below the reserve (docs/executor.md, "The wake path")
-    const byId = !want.general && !this.backlog && want.started.length <= capacity - reserve;
+    const kind = claimKind(want, this.backlog, capacity, reserve, this.opts.maxConcurrentInstances);
+    if (kind === 'none') return;
     let claimed: LoadedInstance[];
     try {
-      claimed = byId
-        ? await this.store.claimStarted(want.started)
-        : await this.store.claim(capacity, held, reserve);
+      claimed =
+        kind === 'id'
+          ? await this.store.claimStarted(want.started)
+          : kind === 'newcomers'
+            ? await this.store.claimNewcomers(want.started, [...held.keys()], capacity)
+            : await this.store.claim(capacity, held, reserve);
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'claim failed');
       this.backlog = true;
@@ -217,7 +218,7 @@ export class Executor {
     // fewer than it could take: everything ready was claimed, and what becomes ready later
     // comes with a wake (a commit, LISTEN, a timer, the poll), so a finishing instance need
     // not claim again
-    if (!byId) this.backlog = claimed.length >= capacity - reserve;
+    if (kind === 'general') this.backlog = claimed.length >= capacity - reserve;
     for (const c of claimed) {
       const epoch = Number(c.lease_epoch);
       this.active.set(c.id, { epoch, stepPids: new Set(), role: c.role_oid });
@@ -230,7 +231,10 @@ export class Executor {
           this.graphs.delete(c.id);
           this.active.delete(c.id);
           this.finished.delete(p);
-          if (this.backlog) this.wake();
+          if (this.backlog) {
+            this.requests.refill();
+            this.kick();
+          }
         });
       this.finished.add(p);
     }

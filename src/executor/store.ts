@@ -261,6 +261,44 @@ export class ControlStore {
     ).rows;
   }
 
+  /**
+   * Of the started instances `ids`, claims by primary key those of roles
+   * not in `held` (roles holding no lease here), the oldest one of each
+   * role and at most `limit`: what the general claim's reserve would give
+   * them, without ranking everything ready. Same lease, epoch and row lock
+   * as the other claims.
+   */
+  async claimNewcomers(
+    ids: readonly string[],
+    held: readonly number[],
+    limit: number,
+  ): Promise<Claimed[]> {
+    return (
+      await this.run<Claimed>(
+        `WITH locked AS (
+           SELECT i.id, i.submitted_by, i.created_at FROM df.instances i
+            WHERE i.id = ANY ($2::text[])
+              AND i.runnable AND i.status IN ('pending', 'running') AND i.lease_owner IS NULL
+              AND i.wake_at IS NULL AND (i.waiting_signals IS NULL OR i.waiting_signals = '{}')
+              AND i.submitted_by::oid::int <> ALL ($4::int[])
+            FOR UPDATE OF i SKIP LOCKED),
+         picked AS (
+           SELECT id FROM (SELECT DISTINCT ON (submitted_by) id, created_at FROM locked
+                            ORDER BY submitted_by, created_at, id) f
+            ORDER BY created_at, id LIMIT $5)
+         UPDATE df.instances i
+            SET lease_owner = $1, lease_epoch = i.lease_epoch + 1,
+                lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
+                status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
+                updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END
+          WHERE i.id = ANY ($2::text[]) AND i.id = ANY (ARRAY(SELECT id FROM picked))
+         RETURNING ${CLAIMED_COLUMNS}`,
+        [this.owner, ids, this.leaseMs, held, limit],
+        this.claimer,
+      )
+    ).rows;
+  }
+
   /** Renews the leases of `ids` held here, in one statement; returns the status of each still held. */
   async renewLeases(ids: readonly string[]): Promise<Map<string, string>> {
     const r = await this.run<{ id: string; status: string }>(

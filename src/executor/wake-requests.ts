@@ -17,8 +17,19 @@ const RECENT_MAX = 4096;
 /** Named instances waiting for one claim at most; more ask for the general claim instead. */
 const STARTED_MAX = 1024;
 
+/** What one claim is for. */
+export interface Wanted {
+  /** Everything ready: a timer, a signal, the poll, a commit that named nothing. */
+  readonly general: boolean;
+  /** An instance finished under a backlog (see claimKind). */
+  readonly refill: boolean;
+  /** Instances whose start committed. */
+  readonly started: readonly string[];
+}
+
 export class WakeRequests {
   private general = false;
+  private refillWanted = false;
   private readonly started = new Set<string>();
   private readonly recent = new Set<string>();
 
@@ -37,6 +48,11 @@ export class WakeRequests {
     }
   }
 
+  /** An instance finished while ready work was left behind: claim again once leases are free. */
+  refill(): void {
+    this.refillWanted = true;
+  }
+
   /** A notification on the wake channel: `start:<id>` names its instance, anything else is general. */
   notified(payload: string | undefined): void {
     const id = payload?.startsWith('start:') ? payload.slice(6) : undefined;
@@ -45,13 +61,14 @@ export class WakeRequests {
 
   /** Is a claim wanted? */
   get pending(): boolean {
-    return this.general || this.started.size > 0;
+    return this.general || this.refillWanted || this.started.size > 0;
   }
 
   /** What the next claim is for; the requests start over. */
-  take(): { readonly general: boolean; readonly started: readonly string[] } {
-    const out = { general: this.general, started: [...this.started] };
+  take(): Wanted {
+    const out = { general: this.general, refill: this.refillWanted, started: [...this.started] };
     this.general = false;
+    this.refillWanted = false;
     this.started.clear();
     return out;
   }
@@ -68,4 +85,41 @@ export class WakeRequests {
       this.recent.delete(old);
     }
   }
+}
+
+/**
+ * Whether `active` of `max` leases leave enough free to refill a backlog:
+ * half of them, at least one.
+ */
+export function refillDue(max: number, active: number): boolean {
+  return max - active >= Math.max(1, Math.floor(max / 2));
+}
+
+/**
+ * Which claim serves a wake (docs/executor.md, "The wake path"):
+ *   - 'general': everything ready, ranked per role: any wake that names
+ *     nothing but a finished instance, and under a backlog any wake once a
+ *     half of the leases are free (one claim takes several instances,
+ *     instead of one claim per finished instance or per commit);
+ *   - 'id': with nothing left behind, only the instances whose start just
+ *     committed, by primary key, when all of them fit below the reserve;
+ *   - 'newcomers': under a backlog, until half of the leases are free,
+ *     only the named starts of roles that hold none here, one each (the
+ *     reserve's turn);
+ *   - 'none': nothing to claim yet.
+ */
+export function claimKind(
+  want: Wanted,
+  backlog: boolean,
+  capacity: number,
+  reserve: number,
+  max: number,
+): 'id' | 'newcomers' | 'general' | 'none' {
+  if (want.general) return 'general';
+  if (!backlog) {
+    if (want.started.length === 0) return 'none';
+    return want.started.length <= capacity - reserve ? 'id' : 'general';
+  }
+  if (refillDue(max, max - capacity)) return 'general';
+  return want.started.length > 0 ? 'newcomers' : 'none';
 }

@@ -92,12 +92,44 @@ describe('the rewrite', () => {
     expect((await finished(direct, r.start)).status).toBe('completed');
   });
 
+  it('sends a plain workflow as its node rows (df._start_rows): the same rows as a direct connection', async () => {
+    const dsl =
+      `('SELECT 41 AS a' |=> 'first') ~> df.race('SELECT 1', df.sleep(0.05)) |=> 'won'` +
+      ` ~> df.join('SELECT 2' |=> 'two', 'SELECT $first + 1 AS b') ~> df.wait_for_signal('go')` +
+      ` ~> 'SELECT ''tab\tand \\ backslash'' AS c'`;
+    const d = (await direct.query(`SELECT df.start(${dsl}, 'rows') AS id`)).rows[0].id;
+    const r = (await p.query(`SELECT df.start(${dsl}, 'rows'), ${SEEN}`)).rows[0];
+    expect(r.seen).toContain('df._start_rows(E');
+    expect(await shape(r.start)).toEqual(await shape(d));
+    // node ids: eight hex digits, distinct, the root first
+    const ids = (
+      await direct.query<{ id: string; root: boolean }>(
+        `SELECT n.id, n.id = i.root_node AS root FROM df.nodes n JOIN df.instances i ON i.id = n.instance_id
+          WHERE i.id = $1`,
+        [r.start],
+      )
+    ).rows;
+    expect(ids.every((x) => /^[0-9a-f]{8}$/.test(x.id))).toBe(true);
+    expect(new Set(ids.map((x) => x.id)).size).toBe(ids.length);
+    expect(ids.filter((x) => x.root)).toHaveLength(1);
+    await direct.query(`SELECT df.signal($1, 'go')`, [r.start]);
+    const done = await finished(direct, r.start);
+    expect(done.status).toBe('completed');
+    expect(done.result).toBe(`{"rows": [{"c": "tab\\tand \\\\ backslash"}], "row_count": 1}`);
+    // an HTTP step, IF, LOOP, options or database keep the graph form, whose checks they need
+    for (const other of [
+      `SELECT df.start(df.if('SELECT true', 'SELECT 1', 'SELECT 2')), ${SEEN}`,
+      `SELECT df.start('SELECT 1', 'l', idempotency_key => 'rows-k'), ${SEEN}`,
+    ])
+      expect((await p.query(other)).rows[0].seen, other).toContain('df._start_graph(E');
+  });
+
   it('rewrites only the call: non-ASCII text before and inside it survives byte for byte', async () => {
     const sql = `SELECT 'ünïcødé → ✓' AS t, df.start('SELECT ''café ☕'' AS x' ~> 'SELECT ''日本'' AS y', 'lé ✓') AS id, ${SEEN}`;
     const r = (await p.query(sql)).rows[0];
     expect(r.t).toBe('ünïcødé → ✓');
-    expect(r.seen).toContain(`SELECT 'ünïcødé → ✓' AS t, df._start_graph(E'`);
-    expect(r.seen).toContain(`, 'lé ✓', NULL) AS id, (SELECT query`);
+    expect(r.seen).toContain(`SELECT 'ünïcødé → ✓' AS t, df._start_rows(E'`);
+    expect(r.seen).toContain(`, 'lé ✓') AS id, (SELECT query`);
     const s = (await shape(r.id)) as {
       label: string;
       root: { l: { q: string }; r: { q: string } };
@@ -173,7 +205,7 @@ describe('the rewrite', () => {
     expect(q.seen).toContain(`df.start('SELECT ''\\x''')`);
     await l.query(`SET standard_conforming_strings = on`);
     expect((await l.query(`SELECT df.start('SELECT 1') AS id, ${SEEN}`)).rows[0].seen).toContain(
-      '_start_graph',
+      '_start_rows',
     );
     await l.end();
   });
@@ -296,7 +328,7 @@ describe('the extended protocol', () => {
     const r = (
       await p.query(`SELECT df.start('SELECT 1' ~> 'SELECT 2', $1) AS id, ${SEEN}`, ['prm'])
     ).rows[0];
-    expect(r.seen).toContain('df._start_graph(E');
+    expect(r.seen).toContain('df._start_rows(E');
     expect(((await shape(r.id)) as { label: string }).label).toBe('prm');
   });
 });

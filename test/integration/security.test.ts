@@ -229,6 +229,79 @@ describe('row-level security', () => {
   });
 });
 
+describe('df._start_rows called directly (the edge form)', () => {
+  const rows = (r: unknown[]): string => JSON.stringify(r);
+  const nodesLeft = async (): Promise<number> =>
+    (await db.admin.query(`SELECT count(*)::int AS n FROM df.nodes WHERE query LIKE 'SELECT 7%'`))
+      .rows[0].n;
+
+  it('gains nothing over inserting nodes by hand: the checks of df._activate_graph refuse a forged tree', async () => {
+    const before = await nodesLeft();
+    const leaf = (i: string): Record<string, string> => ({ i, t: 'SQL', q: `SELECT 7 -- ${i}` });
+    for (const [why, r, message] of [
+      [
+        'a node with two parents',
+        [{ i: 'aaaa0001', t: 'THEN', l: 'aaaa0002', r: 'aaaa0002' }, leaf('aaaa0002')],
+        'do not form a tree',
+      ],
+      [
+        'a cycle through the root',
+        [{ i: 'aaaa0001', t: 'THEN', l: 'aaaa0002', r: 'aaaa0001' }, leaf('aaaa0002')],
+        'do not form a tree',
+      ],
+      [
+        'a node the root does not reach',
+        [leaf('aaaa0001'), leaf('aaaa0002')],
+        'do not form a tree under its root',
+      ],
+      [
+        'a child that does not exist',
+        [{ i: 'aaaa0001', t: 'THEN', l: 'aaaa0002', r: 'aaaa0003' }, leaf('aaaa0002')],
+        'do not form a tree',
+      ],
+      ['no rows', [], 'Instance not found or access denied'],
+    ] as const)
+      await expect(
+        a.query(`SELECT df._start_rows($1, 'forged')`, [rows([...r])]),
+        why,
+      ).rejects.toThrow(message);
+    await expect(a.query(`SELECT df._start_rows('{"i":"x"}')`)).rejects.toThrow(
+      'cannot call json_to_recordset on an object',
+    );
+    // what a table check refuses is refused as for a hand-written node
+    await expect(
+      a.query(`SELECT df._start_rows($1)`, [rows([{ i: 'aaaa0001', t: 'NOPE', q: 'SELECT 7' }])]),
+    ).rejects.toMatchObject({ code: '23514' });
+    expect(await nodesLeft()).toBe(before);
+  });
+
+  it('an HTTP step still needs the grant; the submitter is the caller; the id is fresh', async () => {
+    const http = {
+      i: 'bbbb0001',
+      t: 'HTTP',
+      q: '{"url":"https://x.example.com","method":"GET","body":null,"headers":null,"timeout_seconds":5}',
+    };
+    await expect(a.query(`SELECT df._start_rows($1)`, [rows([http])])).rejects.toThrow(
+      'permission denied for HTTP steps',
+    );
+    const id = (
+      await a.query(`SELECT df._start_rows($1, 'mine') AS id`, [
+        rows([{ i: 'bbbb0002', t: 'SQL', q: 'SELECT 7 AS seven' }]),
+      ])
+    ).rows[0].id as string;
+    expect(
+      (
+        await db.admin.query(
+          `SELECT i.submitted_by::text AS s, i.runnable, i.label, i.root_node,
+                  (SELECT count(*)::int FROM df.nodes n WHERE n.instance_id = i.id AND n.submitted_by = i.submitted_by) AS nodes
+             FROM df.instances i WHERE i.id = $1`,
+          [id],
+        )
+      ).rows[0],
+    ).toEqual({ s: alice.name, runnable: true, label: 'mine', root_node: 'bbbb0002', nodes: 1 });
+  });
+});
+
 describe('signals and cancellation', () => {
   it('cannot signal or cancel another role’s instance (not found or access denied)', async () => {
     await expect(a.query(`SELECT df.signal($1, 'go')`, [bobInstance])).rejects.toMatchObject({

@@ -16,11 +16,22 @@ beforeAll(async () => {
 });
 
 const G1 = `E'{"node_type":"SQL","query":"SELECT 1"}'`;
+/** The rows of G1 for df._start_rows, its node id written #1 (see rewritten). */
+const R1 = `E'[{"i":"#1","t":"SQL","q":"SELECT 1"}]'`;
+
+/** The node ids df._start_rows gets are random: each distinct one is written #1, #2, ... in order. */
+function sameIds(text: string): string {
+  const seen = new Map<string, string>();
+  return text.replace(/"([ilr])":"([0-9a-f]{8})"/g, (_m, k: string, id: string) => {
+    if (!seen.has(id)) seen.set(id, `#${seen.size + 1}`);
+    return `"${k}":"${seen.get(id)}"`;
+  });
+}
 
 function rewritten(sql: string, extended = false): string {
   const e = analyze(sql, extended);
   if (e.kind !== 'rewrite') throw new Error(`expected a rewrite, got ${JSON.stringify(e)}`);
-  return e.text;
+  return sameIds(e.text);
 }
 
 function refused(sql: string): Extract<Edge, { kind: 'error' }> {
@@ -32,25 +43,25 @@ function refused(sql: string): Extract<Edge, { kind: 'error' }> {
 describe('the rewrite', () => {
   it('replaces only the call and keeps the column name', () => {
     expect(rewritten(`SELECT df.start('SELECT 1')`)).toBe(
-      `SELECT df._start_graph(${G1}, NULL, NULL) AS "start"`,
+      `SELECT df._start_rows(${R1}, NULL) AS "start"`,
     );
     expect(rewritten(`select  DF.START ( 'SELECT 1' , 'l' ) as id ;`)).toBe(
-      `select  df._start_graph(${G1}, 'l', NULL) as id ;`,
+      `select  df._start_rows(${R1}, 'l') as id ;`,
     );
     expect(rewritten(`SELECT "df".start('SELECT 1')::text COLLATE "C" FROM t`)).toBe(
-      `SELECT df._start_graph(${G1}, NULL, NULL)::text COLLATE "C" AS "start" FROM t`,
+      `SELECT df._start_rows(${R1}, NULL)::text COLLATE "C" AS "start" FROM t`,
     );
     expect(rewritten(`SELECT ((df.start('SELECT 1'))), 2`)).toBe(
-      `SELECT ((df._start_graph(${G1}, NULL, NULL))) AS "start", 2`,
+      `SELECT ((df._start_rows(${R1}, NULL))) AS "start", 2`,
     );
     expect(rewritten(`SELECT x FROM (SELECT df.start('SELECT 1')) s`)).toBe(
-      `SELECT x FROM (SELECT df._start_graph(${G1}, NULL, NULL) AS "start") s`,
+      `SELECT x FROM (SELECT df._start_rows(${R1}, NULL) AS "start") s`,
     );
     expect(rewritten(`SELECT df.start('SELECT 1', label => df.start('SELECT 2'))`)).toBe(
-      `SELECT df._start_graph(${G1}, df.start('SELECT 2'), NULL) AS "start"`,
+      `SELECT df._start_rows(${R1}, df.start('SELECT 2')) AS "start"`,
     );
     expect(rewritten(`SELECT coalesce(df.start('SELECT 1'), 'x')`)).toBe(
-      `SELECT coalesce(df._start_graph(${G1}, NULL, NULL), 'x')`,
+      `SELECT coalesce(df._start_rows(${R1}, NULL), 'x')`,
     );
   });
 
@@ -71,7 +82,7 @@ describe('the rewrite', () => {
   it('handles several statements and non-ASCII text before and inside the call', () => {
     const sql = `SELECT 'é→✓'; INSERT INTO t SELECT df.start('SELECT ''日本''', 'ü') RETURNING id`;
     expect(rewritten(sql)).toBe(
-      `SELECT 'é→✓'; INSERT INTO t SELECT df._start_graph(E'{"node_type":"SQL","query":"SELECT ''日本''"}', 'ü', NULL) AS "start" RETURNING id`,
+      `SELECT 'é→✓'; INSERT INTO t SELECT df._start_rows(E'[{"i":"#1","t":"SQL","q":"SELECT ''日本''"}]', 'ü') AS "start" RETURNING id`,
     );
   });
 
@@ -84,7 +95,7 @@ describe('the rewrite', () => {
       [...sql.slice(0, sql.indexOf('nope'))].length + 1,
     );
     // inside the replaced call: the call's start
-    expect(e.position([...e.text.slice(0, e.text.indexOf("E'{"))].length + 1)).toBe(
+    expect(e.position([...e.text.slice(0, e.text.indexOf("E'["))].length + 1)).toBe(
       sql.indexOf('df.start') + 1,
     );
   });
@@ -93,7 +104,7 @@ describe('the rewrite', () => {
     expect(literal(`a'b\\c`)).toBe(`E'a''b\\\\c'`);
     expect(literal(null)).toBe('NULL');
     expect(rewritten(`SELECT df.start($q$SELECT '\\n'$q$)`)).toBe(
-      `SELECT df._start_graph(E'{"node_type":"SQL","query":"SELECT ''\\\\\\\\n''"}', NULL, NULL) AS "start"`,
+      `SELECT df._start_rows(E'[{"i":"#1","t":"SQL","q":"SELECT ''\\\\\\\\n''"}]', NULL) AS "start"`,
     );
   });
 
@@ -109,7 +120,7 @@ describe('the rewrite', () => {
       `SELECT df.signal('abc', 'go')`,
     ])
       expect(analyze(sql, true).kind, sql).toBe('pass');
-    expect(rewritten(`EXPLAIN (ANALYZE) SELECT df.start('SELECT 1')`)).toContain('_start_graph');
+    expect(rewritten(`EXPLAIN (ANALYZE) SELECT df.start('SELECT 1')`)).toContain('_start_rows');
   });
 });
 
@@ -126,7 +137,7 @@ describe('refusals', () => {
       expect(analyze(sql).kind, sql).toBe('pass');
     // other calls of the statement are still compiled; the failing one stays as written
     expect(rewritten(`SELECT df.start('SELECT 1'), df.start(df.slep(1))`)).toBe(
-      `SELECT df._start_graph(${G1}, NULL, NULL) AS "start", df.start(df.slep(1))`,
+      `SELECT df._start_rows(${R1}, NULL) AS "start", df.start(df.slep(1))`,
     );
   });
 
@@ -139,7 +150,7 @@ describe('refusals', () => {
       `SELECT df.start(df.sleep('1.5'::int4))`,
     ])
       expect(analyze(sql).kind, sql).toBe('pass');
-    expect(rewritten(`SELECT df.start('SELECT 1'::varchar)`)).toContain('_start_graph');
+    expect(rewritten(`SELECT df.start('SELECT 1'::varchar)`)).toContain('_start_rows');
   });
 
   it("accept transaction_mode => 'new' only as a statement of its own", () => {
