@@ -77,6 +77,7 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
     tlsCert: cfg.tlsCert,
     tlsKey: cfg.tlsKey,
     onDfCommit: executor ? (started) => executor.wake(started) : undefined,
+    prelease: executor ? () => executor.prelease() : undefined,
     edgeValidation: true,
     startNew: executor ? (req) => executor.startNew(req) : undefined,
     poolMode: cfg.poolMode,

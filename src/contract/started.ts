@@ -11,4 +11,24 @@ export interface Started {
    * them (sqlcheck.ts, cached by text) while its claim is on the way.
    */
   readonly steps: readonly string[];
+  /**
+   * Of those, the ones whose start asked for a lease (Lease): they are born
+   * claimed by this process's executor, which reads and runs them.
+   */
+  readonly leased?: readonly string[];
+  /**
+   * The transaction did more than such starts: the executor also runs its
+   * general claim (ids then lists only leased ones).
+   */
+  readonly general?: boolean;
+}
+
+/**
+ * A lease the executor of this process offers a start through its proxy:
+ * the instance is inserted leased to `owner` for `ms` (df._start_rows), so
+ * the start's commit is its claim.
+ */
+export interface Lease {
+  readonly owner: string;
+  readonly ms: number;
 }

@@ -47,9 +47,14 @@ export function graphRows(graph: string): string | undefined {
     return undefined;
   }
   const ids = new Set<string>();
+  // one draw for all the ids a graph of ROWS_MAX nodes could need, more only on a collision
+  let pool = randomBytes(4 * ROWS_MAX);
+  let next = 0;
   const fresh = (): string => {
     for (;;) {
-      const id = randomBytes(4).toString('hex');
+      if (next + 4 > pool.length) ((pool = randomBytes(4 * ROWS_MAX)), (next = 0));
+      const id = pool.toString('hex', next, next + 4);
+      next += 4;
       if (!ids.has(id)) {
         ids.add(id);
         return id;

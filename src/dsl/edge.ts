@@ -89,6 +89,11 @@ export type Analysis =
 export interface SoleStart {
   /** The SQL of the workflow's steps (some of them), for the executor to check while it claims. */
   readonly steps: readonly string[];
+  /**
+   * The call is df._start_rows(<rows>, <label>): the byte offset of its closing
+   * parenthesis in the rewritten text, where a lease's two arguments may go.
+   */
+  readonly leaseAt?: number;
 }
 
 /** A replaced span: bytes [o0, o1) of the original became bytes [n0, n1) of the rewrite. */
@@ -376,6 +381,8 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
   const reps: Replacement[] = [];
   const bound: number[] = [];
   let sole: SoleStart | undefined;
+  /** The sole start's replacement, when it is the df._start_rows form. */
+  let soleRows: Replacement | undefined;
   for (let si = 0; si < raw.length; si++) {
     const stmt = stmts[si] as Ast;
     if (!runnable(stmt)) continue;
@@ -443,9 +450,12 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
           ? `df._start_rows(${literal(rows)}, ${paste('label')})`
           : `df._start_graph(${literal(graph)}, ${paste('label')}, ${paste('database')}` +
             (opts.length ? `, df._start_options(${opts.join(', ')}))` : ')');
-        reps.push({ start: call.start, end: call.end, text });
-        if (raw.length === 1 && found.length === 1 && soleSelect(stmt, f))
+        const rep: Replacement = { start: call.start, end: call.end, text };
+        reps.push(rep);
+        if (raw.length === 1 && found.length === 1 && soleSelect(stmt, f)) {
           sole = { steps: graphSteps(graph) };
+          if (rows) soleRows = rep;
+        }
         if (f.names !== undefined) {
           const at = aliasPoint(f.names, call, tokens);
           if (at !== undefined) reps.push({ start: at, end: at, text: ' AS "start"' });
@@ -483,6 +493,7 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
     len += r.start - at;
     const t = Buffer.from(r.text, 'utf8');
     moved.push({ o0: r.start, o1: r.end, n0: len, n1: len + t.length });
+    if (r === soleRows && sole) sole = { ...sole, leaseAt: len + t.length - 1 };
     parts.push(t);
     len += t.length;
     at = r.end;

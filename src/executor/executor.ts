@@ -9,9 +9,8 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import type { Logger } from 'pino';
-import { WAKE_CHANNEL } from '../contract/channels.js';
 import type { StartNewRequest } from '../contract/start-new.js';
-import type { Started } from '../contract/started.js';
+import type { Lease, Started } from '../contract/started.js';
 import { metrics } from '../metrics.js';
 import type { RunnerContext } from './context.js';
 import { runCore, type Action, type RetryPolicy } from './core.js';
@@ -28,7 +27,10 @@ import { ChangeNotices } from './notices.js';
 import { loadParser, planAhead } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
 import { StepPool, isRetryable } from './steps.js';
-import { claimKind, WakeRequests } from './wake-requests.js';
+import { claimKind, toClaim, WakeRequests } from './wake-requests.js';
+import { Adoption } from './adopt.js';
+import { WakeListener } from './listen.js';
+import { cancelStepsOf, renewHeld } from './leases.js';
 import { controlPools, nextCron, type ExecutorOptions } from './options.js';
 import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js';
 
@@ -40,7 +42,7 @@ export class Executor {
   private readonly claimer: pg.Pool;
   private readonly steps: StepPool;
   private readonly slots: FairSlots;
-  private listener: pg.Client | undefined;
+  private readonly listener: WakeListener;
   private readonly active = new Map<
     string,
     { epoch: number; stepPids: Set<number>; role: number }
@@ -64,6 +66,9 @@ export class Executor {
   private readonly retention: Retention;
   private readonly notices: ChangeNotices;
   private readonly starter: StartNew;
+  private readonly adoption: Adoption;
+  /** Leases kept for roles that hold none here (the claim's reserve). */
+  private readonly reserve: number;
   private readonly ctx: RunnerContext;
   /** start() ran: only then does the executor claim instances. */
   private started = false;
@@ -89,7 +94,29 @@ export class Executor {
     this.store = new ControlStore(this.control, this.owner, opts.leaseMs, this.claimer);
     this.retention = new Retention(this.store, this.log);
     this.notices = new ChangeNotices(this.store);
+    this.listener = new WakeListener(
+      opts.controlUrl,
+      this.log,
+      (payload) => {
+        this.requests.notified(payload); // a hint only: state is re-read
+        this.kick();
+      },
+      () => this.wake(),
+    );
     this.starter = new StartNew(this.store, this.steps, (ids) => this.wake({ ids, steps: [] }));
+    const max = opts.maxConcurrentInstances;
+    const reserve = (this.reserve = Math.max(0, Math.min(opts.slotReserve ?? 1, max - 1)));
+    this.adoption = new Adoption({
+      store: this.store,
+      log: this.log,
+      leaseMs: opts.leaseMs,
+      leasesFree: () =>
+        this.stopping || !this.started || this.backlog ? 0 : max - reserve - this.active.size,
+      room: () => max - this.active.size,
+      has: (id) => this.active.has(id),
+      run: (claimed) => this.run(claimed),
+      claim: (ids) => this.wake(ids ? { ids, steps: [] } : undefined),
+    });
     this.ctx = {
       store: this.store,
       steps: this.steps,
@@ -124,7 +151,7 @@ export class Executor {
       );
     }
     this.started = true;
-    await this.listen();
+    await this.listener.start();
     this.timer = setInterval(() => this.wake(), this.opts.pollMs);
     this.heartbeat = setInterval(
       () => void this.renewLeases(),
@@ -135,39 +162,13 @@ export class Executor {
     this.wake();
   }
 
-  private async listen(): Promise<void> {
-    if (this.stopping) return;
-    const c = new pg.Client({
-      connectionString: this.opts.controlUrl,
-      application_name: 'dfgate:listen',
-    });
-    c.on('notification', (n) => {
-      this.requests.notified(n.payload); // a hint only: state is re-read
-      this.kick();
-    });
-    c.on('error', () => undefined);
-    c.on('end', () => {
-      if (this.stopping) return;
-      this.log.warn('LISTEN connection lost; reconnecting');
-      setTimeout(() => void this.listen().catch(() => undefined), 500).unref();
-    });
-    try {
-      await c.connect();
-      await c.query(`LISTEN ${WAKE_CHANNEL}`);
-      this.listener = c;
-      this.wake();
-    } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'cannot LISTEN; retrying');
-      setTimeout(() => void this.listen().catch(() => undefined), 1000).unref();
-    }
-  }
-
   /**
    * Asks the executor to look for work now (LISTEN, the poll, the proxy). `started`: instances
    * whose df.start just committed (a claim by id may do); without it, all that is ready.
    */
   wake(started?: Started): void {
-    this.requests.add(started?.ids);
+    if (started?.leased?.length) this.adoption.adopt(started.leased);
+    this.requests.add(toClaim(started));
     this.kick();
     // While a claim is on its way (the pool writes it on the next tick), check the steps'
     // SQL: cached by text, so the step's own check finds it done
@@ -195,30 +196,35 @@ export class Executor {
     // instances leased here per role: the claim's fair share and reserve (docs/executor.md, "Fairness")
     const held = new Map<number, number>();
     for (const a of this.active.values()) held.set(a.role, (held.get(a.role) ?? 0) + 1);
-    const reserve = Math.max(
-      0,
-      Math.min(this.opts.slotReserve ?? 1, this.opts.maxConcurrentInstances - 1),
-    );
-    const kind = claimKind(want, this.backlog, capacity, reserve, this.opts.maxConcurrentInstances);
+    const { reserve, slots } = this;
+    const max = this.opts.maxConcurrentInstances;
+    const kind = claimKind(want, this.backlog, capacity, reserve, max, slots.available() > 0);
     if (kind === 'none') return;
     let claimed: LoadedInstance[];
+    let ready = 0;
     try {
-      claimed =
-        kind === 'id'
-          ? await this.store.claimStarted(want.started)
-          : kind === 'newcomers'
-            ? await this.store.claimNewcomers(want.started, [...held.keys()], capacity)
-            : await this.store.claim(capacity, held, reserve);
+      if (kind === 'general')
+        ({ rows: claimed, ready } = await this.store.claim(capacity, held, reserve));
+      else
+        claimed =
+          kind === 'id'
+            ? await this.store.claimStarted(want.started)
+            : await this.store.claimNewcomers(want.started, [...held.keys()], capacity);
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'claim failed');
       this.backlog = true;
       return;
     }
-    this.requests.claimed(claimed.map((c) => c.id));
     // fewer than it could take: everything ready was claimed, and what becomes ready later
     // comes with a wake (a commit, LISTEN, a timer, the poll), so a finishing instance need
     // not claim again
-    if (kind === 'general') this.backlog = claimed.length >= capacity - reserve;
+    if (kind === 'general') this.backlog = ready > claimed.length;
+    this.run(claimed);
+  }
+
+  /** Drives instances leased here (claimed, or born leased and adopted). */
+  private run(claimed: readonly LoadedInstance[]): void {
+    this.requests.claimed(claimed.map((c) => c.id));
     for (const c of claimed) {
       const epoch = Number(c.lease_epoch);
       this.active.set(c.id, { epoch, stepPids: new Set(), role: c.role_oid });
@@ -240,29 +246,14 @@ export class Executor {
     }
   }
 
-  private async renewLeases(): Promise<void> {
-    if (this.active.size === 0) return;
-    const ids = [...this.active.keys()];
-    try {
-      const held = await this.store.renewLeases(ids);
-      for (const id of ids) {
-        const st = held.get(id);
-        if (st === 'cancelled') await this.cancelSteps(id);
-        if (st === undefined)
-          this.log.debug({ instance: id }, 'lease not renewed (finished, or taken over)');
-      }
-    } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'lease renewal failed');
-    }
+  private renewLeases(): Promise<void> {
+    return renewHeld(this.store, this.active, this.log);
   }
 
-  private async cancelSteps(id: string): Promise<void> {
-    const a = this.active.get(id);
-    if (!a) return;
-    for (const pid of a.stepPids) await this.store.cancelBackend(pid).catch(() => undefined);
+  private cancelSteps(id: string): Promise<void> {
+    return cancelStepsOf(this.store, this.active.get(id));
   }
 
-  /** One round trip per tick: the instance, events newer than the cache holds, and (first time) node statuses. */
   /** The instance as stored now, or as the claim returned it (`claimed`, the first time). */
   private async load(
     id: string,
@@ -546,13 +537,21 @@ export class Executor {
    * `login` (the client session's login role) on a step connection of that
    * role, in a transaction of its own, and wakes the executor once committed.
    */
+  /** A lease for a plain df.start through this process's proxy: born claimed (adopt.ts). */
+  prelease(): Lease | undefined {
+    return this.adoption.lease();
+  }
+
   async startNew(req: StartNewRequest): Promise<string> {
     return await this.starter.run(req);
   }
 
   /** For the admin port: instances driven now, and whether the executor is up (LISTEN connected). */
   stats(): { readonly activeInstances: number; readonly listening: boolean } {
-    return { activeInstances: this.active.size, listening: !this.stopping && !!this.listener };
+    return {
+      activeInstances: this.active.size,
+      listening: !this.stopping && this.listener.listening,
+    };
   }
 
   /**
@@ -591,7 +590,7 @@ export class Executor {
     }
     // hand our leases back so another executor can continue at once
     await this.store.releaseLeases().catch(() => undefined);
-    await this.listener?.end().catch(() => undefined);
+    await this.listener.stop();
     await this.steps.close();
     await this.control.end().catch(() => undefined);
     await this.claimer.end().catch(() => undefined);

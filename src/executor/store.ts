@@ -114,15 +114,16 @@ export class ControlStore {
   /**
    * Claims up to `capacity` runnable instances (docs/executor.md, "Fairness"):
    * `held` are the instances leased here per role; the last `reserve` of
-   * capacity go only to roles that hold none here.
+   * capacity go only to roles that hold none here. `ready`: how many were
+   * ready to claim, so more than it took means work was left behind.
    */
   async claim(
     capacity: number,
     held: ReadonlyMap<number, number>,
     reserve: number,
-  ): Promise<Claimed[]> {
-    return (
-      await this.run<Claimed>(
+  ): Promise<{ readonly rows: Claimed[]; readonly ready: number }> {
+    const rows = (
+      await this.run<Claimed & { ready: number }>(
         // Every ready instance gets a level: the instances its role holds here plus its turn
         // within the role. Claiming the lowest levels first fills roles up evenly (a role
         // alone takes all but the reserve); the last $6 of capacity go only to a role that
@@ -146,10 +147,10 @@ export class ControlStore {
                        WHERE i.submitted_by = roles.r
                          AND i.runnable AND i.status IN ('pending', 'running') AND i.lease_owner IS NULL
                          AND i.wake_at IS NULL AND (i.waiting_signals IS NULL OR i.waiting_signals = '{}')
-                       ORDER BY i.created_at, i.id LIMIT $2) f
+                       ORDER BY i.created_at, i.id LIMIT $2 + 1) f
             WHERE roles.r IS NOT NULL),
          -- due timers per role (instances_due_idx, migration 0021): the roles with timers by a
-         -- skip scan, then at most $2 of each role's earliest due ones, so one role's thousands
+         -- skip scan, then at most $2 + 1 of each role's earliest due ones, so one role's thousands
          -- of due timers never push another role's back, and a claim never reads them all.
          -- statement_timestamp(), not clock_timestamp(): stable, so the index bounds the scan.
          timer_roles(r) AS (
@@ -169,7 +170,7 @@ export class ControlStore {
                          AND i.runnable AND i.wake_at IS NOT NULL AND i.status IN ('pending', 'running')
                          AND i.wake_at <= statement_timestamp()
                          AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())
-                       ORDER BY i.wake_at LIMIT $2) d
+                       ORDER BY i.wake_at LIMIT $2 + 1) d
             WHERE timer_roles.r IS NOT NULL),
          -- No overall LIMIT on signalled and expired: every ready one is ranked per role below.
          -- From the unconsumed signals to their instances by primary key. The status tests here
@@ -216,19 +217,24 @@ export class ControlStore {
             WHERE i.id = ANY (ARRAY(SELECT id FROM picked))
               AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())
               AND i.runnable AND i.status NOT IN ('completed', 'failed', 'cancelled')
-            FOR UPDATE OF i SKIP LOCKED)
-         UPDATE df.instances i
-            SET lease_owner = $1, lease_epoch = i.lease_epoch + 1,
-                lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
-                status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
-                updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END,
-                wake_at = NULL, waiting_signals = NULL
-          WHERE i.id = ANY (ARRAY(SELECT id FROM locked))
-         RETURNING ${CLAIMED_COLUMNS}`,
+            FOR UPDATE OF i SKIP LOCKED),
+         upd AS (
+           UPDATE df.instances i
+              SET lease_owner = $1, lease_epoch = i.lease_epoch + 1,
+                  lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
+                  status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
+                  updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END,
+                  wake_at = NULL, waiting_signals = NULL
+            WHERE i.id = ANY (ARRAY(SELECT id FROM locked))
+           RETURNING ${CLAIMED_COLUMNS})
+         -- and how many were ready, also when it took none (fresh and due read one more per
+         -- role than they may take, so more than it took means work was left behind)
+         SELECT u.*, r.ready FROM (SELECT count(*)::int AS ready FROM ready) r LEFT JOIN upd u ON true`,
         [this.owner, capacity, this.leaseMs, [...held.keys()], [...held.values()], reserve],
         this.claimer,
       )
     ).rows;
+    return { rows: rows.filter((r) => r.id !== null), ready: rows[0]?.ready ?? 0 };
   }
 
   /**
@@ -297,6 +303,33 @@ export class ControlStore {
         this.claimer,
       )
     ).rows;
+  }
+
+  /**
+   * The instances of `ids` born leased here (df._start_rows with this
+   * executor's lease, epoch 1) whose lease holds: read, not written, since
+   * the start's commit was their claim.
+   */
+  async adopt(ids: readonly string[]): Promise<Claimed[]> {
+    return (
+      await this.run<Claimed>(
+        `SELECT ${CLAIMED_COLUMNS} FROM df.instances i
+          WHERE i.id = ANY ($1::text[]) AND i.lease_owner = $2 AND i.lease_epoch = 1
+            AND i.lease_expires_at > clock_timestamp()
+            AND i.runnable AND i.status IN ('pending', 'running')`,
+        [ids, this.owner],
+        this.claimer,
+      )
+    ).rows;
+  }
+
+  /** Gives up leases born here that this executor cannot take now: the claim finds them again. */
+  async handBack(ids: readonly string[]): Promise<void> {
+    await this.run(
+      `UPDATE df.instances SET lease_owner = NULL, lease_expires_at = NULL
+        WHERE id = ANY ($1::text[]) AND lease_owner = $2 AND lease_epoch = 1`,
+      [ids, this.owner],
+    );
   }
 
   /** Renews the leases of `ids` held here, in one statement; returns the status of each still held. */

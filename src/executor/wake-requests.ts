@@ -9,6 +9,8 @@
  * claim re-reads every condition under the row lock.
  */
 
+import type { Started } from '../contract/started.js';
+
 /** An instance id as df.instances stores it. */
 const INSTANCE_ID = /^[0-9a-f]{8}$/;
 
@@ -103,9 +105,9 @@ export function refillDue(max: number, active: number): boolean {
  *     instead of one claim per finished instance or per commit);
  *   - 'id': with nothing left behind, only the instances whose start just
  *     committed, by primary key, when all of them fit below the reserve;
- *   - 'newcomers': under a backlog, until half of the leases are free,
- *     only the named starts of roles that hold none here, one each (the
- *     reserve's turn);
+ *   - 'newcomers': under a backlog, until half of the leases are free (and
+ *     while no step slot is idle), only the named starts of roles that hold
+ *     none here, one each (the reserve's turn);
  *   - 'none': nothing to claim yet.
  */
 export function claimKind(
@@ -114,12 +116,25 @@ export function claimKind(
   capacity: number,
   reserve: number,
   max: number,
+  slotsIdle = false,
 ): 'id' | 'newcomers' | 'general' | 'none' {
   if (want.general) return 'general';
   if (!backlog) {
     if (want.started.length === 0) return 'none';
     return want.started.length <= capacity - reserve ? 'id' : 'general';
   }
-  if (refillDue(max, max - capacity)) return 'general';
+  // step slots free while the instances leased here cannot use them (a role's cap): claim now
+  if (refillDue(max, max - capacity) || slotsIdle) return 'general';
   return want.started.length > 0 ? 'newcomers' : 'none';
+}
+
+/**
+ * What a wake asks the claim for: undefined (the general claim) for a wake
+ * that names nothing or a transaction that did more than plain starts, else
+ * the started ids, less those born leased here (adopt.ts reads those).
+ */
+export function toClaim(started?: Started): readonly string[] | undefined {
+  if (started === undefined || started.general) return undefined;
+  const leased = started.leased ?? [];
+  return leased.length === 0 ? started.ids : started.ids.filter((id) => !leased.includes(id));
 }

@@ -36,6 +36,8 @@ export interface ProxyOptions {
   readonly tlsKey?: string | undefined;
   /** In-process wake of the executor after a client transaction that mentioned df.* ended. */
   readonly onDfCommit?: ((started?: Started) => void) | undefined;
+  /** A lease from the in-process executor for a plain df.start through the proxy (born claimed). */
+  readonly prelease?: SessionContext['prelease'];
   /** Validate and compile df.start calls at the edge (DESIGN.md §2 path 2). */
   readonly edgeValidation?: boolean | undefined;
   /** Runs df.start(..., transaction_mode => 'new') on dfgate's own connection (the embedded executor). */
@@ -118,6 +120,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       tls: secureContext,
       cancels,
       onDfCommit: opts.onDfCommit,
+      prelease: opts.prelease,
       edgeValidation: opts.edgeValidation,
       startNew: opts.startNew,
       pools,

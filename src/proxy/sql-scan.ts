@@ -369,3 +369,11 @@ export class WordWatch {
     return seen;
   }
 }
+
+const DF_MARKS = ['df.', 'DF.', 'Df.', 'dF.', '"df".'].map((m) => Buffer.from(m));
+
+/** Does a Query or Parse body mention df. (any case, or quoted)? Native scans only. */
+export function mentionsDf(body: Buffer): boolean {
+  for (const m of DF_MARKS) if (body.indexOf(m) >= 0) return true;
+  return false;
+}

@@ -201,6 +201,32 @@ describe('the claim by id', () => {
     }
   });
 
+  it('a claim that took all that was ready leaves no backlog: a later start of a role holding leases is claimed at once', async () => {
+    // 4 short and 11 long instances ready before the executor starts; 16 leases, 1 reserved
+    const shorts: string[] = [];
+    for (let i = 0; i < 4; i++) shorts.push(await start(alice, 'SELECT 1'));
+    const longs = (
+      await alice.query<{ id: string }>(
+        `SELECT df.start('SELECT pg_sleep(30)') AS id FROM generate_series(1, 11)`,
+      )
+    ).rows.map((r) => r.id);
+    try {
+      const { ex, byId } = await spiedExecutor({
+        maxConcurrentSteps: 4,
+        maxConcurrentInstances: 16,
+      });
+      ex.wake();
+      for (const id of shorts) expect((await finished(alice, id)).status).toBe('completed');
+      // the first claim took all 15 and nothing is left: alice's next start goes by id, now
+      // (its step then queues for a slot behind her long ones)
+      const next = await start(alice, 'SELECT 2');
+      ex.wake(named(next));
+      await vi.waitFor(async () => expect(await claimedBy(byId)).toContain(next), 3000);
+    } finally {
+      for (const id of longs) await alice.query('SELECT df.cancel($1)', [id]);
+    }
+  });
+
   it('two executors woken with the same id: one claims it, its step runs once', async () => {
     await db.admin.query('CREATE TABLE wake_once (id text)');
     await db.admin.query(`GRANT INSERT ON wake_once TO ${aliceRole.ident}`);
@@ -220,5 +246,147 @@ describe('the claim by id', () => {
       'SELECT count(*)::int AS n, count(DISTINCT id)::int AS d FROM wake_once',
     );
     expect(rows.rows[0]).toEqual({ n: 20, d: 20 });
+  });
+});
+
+describe('born claimed: a plain df.start through the proxy of the same process', () => {
+  let role: TestRole;
+  let direct: pg.Client;
+
+  beforeAll(async () => {
+    role = await db.role('wake_born');
+    direct = await db.connect(role.url);
+  });
+
+  /** A proxy wired to `ex` as dfgate wires its own: the commit's wake and the lease offer. */
+  async function wired(ex: Executor, wake = true): Promise<pg.Client> {
+    const proxy = await startTestProxy(db.url, {
+      edgeValidation: true,
+      onDfCommit: wake ? (started) => ex.wake(started) : () => undefined,
+      prelease: () => ex.prelease(),
+    });
+    return await db.connect(viaPort(role.url, proxy.port));
+  }
+
+  it('the start commits the lease: no claim at all, the instance read and run, once', async () => {
+    const { ex, byId, general } = await spiedExecutor();
+    const adopt = vi.spyOn((ex as unknown as { store: ControlStore }).store, 'adopt');
+    const p = await wired(ex);
+    await db.admin.query('CREATE TABLE born_once (n int)');
+    await db.admin.query(`GRANT INSERT ON born_once TO ${role.ident}`);
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const r = await p.query<{ start: string }>(
+        `SELECT df.start('INSERT INTO born_once VALUES (${i})', 'born')`,
+      );
+      ids.push(r.rows[0]?.start as string);
+    }
+    for (const id of ids) expect((await finished(direct, id)).status).toBe('completed');
+    const rows = await db.admin.query<{ lease_epoch: string; events: number }>(
+      `SELECT i.lease_epoch, (SELECT count(*)::int FROM df.events e WHERE e.instance_id = i.id AND e.kind = 'done') AS events
+         FROM df.instances i WHERE i.id = ANY ($1) ORDER BY i.id`,
+      [ids],
+    );
+    // epoch 1: the lease the start wrote; nobody claimed it again
+    expect(rows.rows.map((r) => r.lease_epoch)).toEqual(ids.map(() => '1'));
+    expect(rows.rows.map((r) => r.events)).toEqual(ids.map(() => 1));
+    expect(
+      (
+        await db.admin.query(
+          'SELECT count(*)::int AS n, count(DISTINCT n)::int AS d FROM born_once',
+        )
+      ).rows[0],
+    ).toEqual({ n: 5, d: 5 });
+    expect(byId).not.toHaveBeenCalled();
+    expect(general).not.toHaveBeenCalled();
+    expect(adopt).toHaveBeenCalledTimes(5);
+  });
+
+  it('no lease while work is left behind, or past the leases below the reserve', async () => {
+    const { ex } = await spiedExecutor({ maxConcurrentInstances: 3, slotReserve: 1 });
+    // two leases below the reserve: two offers, then none until a commit names them
+    expect(ex.prelease()).toMatchObject({ owner: ex.owner });
+    expect(ex.prelease()).toMatchObject({ owner: ex.owner });
+    expect(ex.prelease()).toBeUndefined();
+    ex.wake({ ids: [], steps: [], leased: ['0000000a', '0000000b'] });
+    expect(ex.prelease()).toMatchObject({ owner: ex.owner });
+  });
+
+  it('a start whose commit the executor never hears of runs once its lease expires, once', async () => {
+    const { ex } = await spiedExecutor({ leaseMs: 1500, pollMs: 300 });
+    const p = await wired(ex, false);
+    const id = (await p.query<{ start: string }>(`SELECT df.start('SELECT 42 AS x', 'lost')`))
+      .rows[0]?.start as string;
+    const at = await db.admin.query<{ lease_owner: string; lease_epoch: string }>(
+      'SELECT lease_owner, lease_epoch FROM df.instances WHERE id = $1',
+      [id],
+    );
+    expect(at.rows[0]).toEqual({ lease_owner: ex.owner, lease_epoch: '1' });
+    const done = await finished(direct, id, 20_000);
+    expect(done).toEqual({ status: 'completed', result: '{"rows": [{"x": 42}], "row_count": 1}' });
+    // the poll's claim took it when the lease had expired: a new epoch
+    const after = await db.admin.query<{ lease_epoch: string }>(
+      'SELECT lease_epoch FROM df.instances WHERE id = $1',
+      [id],
+    );
+    expect(Number(after.rows[0]?.lease_epoch)).toBeGreaterThan(1);
+  });
+
+  it('born leased past the free leases: handed back to the claim, each run once', async () => {
+    const { ex } = await spiedExecutor({ maxConcurrentInstances: 1, slotReserve: 0 });
+    const store = (ex as unknown as { store: ControlStore }).store;
+    const handBack = vi.spyOn(store, 'handBack');
+    await db.admin.query('CREATE TABLE born_back (n int)');
+    await db.admin.query(`GRANT INSERT ON born_back TO ${role.ident}`);
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const rows = JSON.stringify([
+        { i: 'cccc0001', t: 'SQL', q: `INSERT INTO born_back VALUES (${i})` },
+      ]);
+      const r = await direct.query<{ id: string }>('SELECT df._start_rows($1, $2, $3, $4) AS id', [
+        rows,
+        'back',
+        ex.owner,
+        30_000,
+      ]);
+      ids.push(r.rows[0]?.id as string);
+    }
+    ex.wake({ ids, steps: [], leased: ids });
+    for (const id of ids) expect((await finished(direct, id)).status).toBe('completed');
+    expect(handBack).toHaveBeenCalledTimes(1);
+    expect(((handBack.mock.calls[0] as unknown[])[0] as string[]).length).toBe(2);
+    expect(
+      (
+        await db.admin.query(
+          'SELECT count(*)::int AS n, count(DISTINCT n)::int AS d FROM born_back',
+        )
+      ).rows[0],
+    ).toEqual({ n: 3, d: 3 });
+  });
+
+  it('a lease asked for by hand must be bounded, and gives the caller nothing', async () => {
+    const rows = JSON.stringify([{ i: 'dddd0001', t: 'SQL', q: 'SELECT 1' }]);
+    for (const [owner, ms] of [
+      ['', 30_000],
+      ['x'.repeat(201), 30_000],
+      ['someone', 999],
+      ['someone', 300_001],
+      ['someone', null],
+    ] as const)
+      await expect(
+        direct.query('SELECT df._start_rows($1, NULL, $2, $3)', [rows, owner, ms]),
+        `${owner.length} ${ms}`,
+      ).rejects.toMatchObject({ code: '22023' });
+    // a lease no executor holds: the instance, the caller's own, waits for the lease to expire
+    const id = (
+      await direct.query<{ id: string }>("SELECT df._start_rows($1, NULL, 'nobody', 1000) AS id", [
+        rows,
+      ])
+    ).rows[0]?.id as string;
+    const r = await db.admin.query<{ s: string; lease_owner: string }>(
+      'SELECT submitted_by::text AS s, lease_owner FROM df.instances WHERE id = $1',
+      [id],
+    );
+    expect(r.rows[0]).toEqual({ s: role.name, lease_owner: 'nobody' });
   });
 });

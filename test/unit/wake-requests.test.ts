@@ -1,6 +1,10 @@
 /** What the executor's next claim looks for (src/executor/wake-requests.ts). */
 import { describe, expect, it } from 'vitest';
-import { claimKind, refillDue, WakeRequests } from '../../src/executor/wake-requests.js';
+import {
+  claimKind,
+  refillDue,
+  WakeRequests,
+} from '../../src/executor/wake-requests.js';
 
 describe('WakeRequests', () => {
   it('a wake with ids asks for those; one without asks for the general claim', () => {
@@ -79,5 +83,11 @@ describe('WakeRequests', () => {
     expect(w.pending).toBe(true);
     expect(w.take()).toEqual({ general: false, refill: true, started: [] });
     expect(w.pending).toBe(false);
+  });
+
+  it('a step slot idle under a backlog claims at once', () => {
+    const named = { general: false, refill: false, started: ['0000000a'] };
+    expect(claimKind(named, true, 5, 1, 40)).toBe('newcomers');
+    expect(claimKind(named, true, 5, 1, 40, true)).toBe('general');
   });
 });

@@ -31,7 +31,9 @@ import { BindRefusal, boundArgs, textParam, type BindMessage } from './bind.js';
 import { errorFields, mixed, nonceName, quoteIdentifier, raiseNonce, refusal } from './errors.js';
 
 import type { StartNewRequest } from '../../contract/start-new.js';
-import type { Started } from '../../contract/started.js';
+import type { Lease, Started } from '../../contract/started.js';
+import { withLease } from './lease.js';
+import { mentionsDf } from '../sql-scan.js';
 export type { StartNewRequest };
 
 export interface EdgeOptions {
@@ -42,6 +44,11 @@ export interface EdgeOptions {
    * `SELECT df.start(...)` whose id the edge read; otherwise undefined.
    */
   readonly onDfCommit?: ((started?: Started) => void) | undefined;
+  /**
+   * A lease from the executor of this process for a plain `SELECT df.start(...)`
+   * rewritten here, or undefined (none now): the instance is born claimed.
+   */
+  readonly prelease?: (() => Lease | undefined) | undefined;
   /** Validate and compile df.start calls before they reach the database (DESIGN.md §2 path 2). */
   readonly edgeValidation?: boolean | undefined;
   /**
@@ -104,14 +111,7 @@ const STEPS_CHARS_MAX = 16_384;
  * Query each) wakes the general claim instead, so what a session holds stays bounded.
  */
 const STARTED_IDS_MAX = 1_000;
-const DF_MARKS = ['df.', 'DF.', 'Df.', 'dF.', '"df".'].map((m) => Buffer.from(m));
 const NONCE = /dfgate_edge_([0-9a-f]{12})/;
-
-/** Does a Query or Parse body mention df. (any case, or quoted)? Native scans only. */
-export function mentionsDf(body: Buffer): boolean {
-  for (const m of DF_MARKS) if (body.indexOf(m) >= 0) return true;
-  return false;
-}
 
 export class EdgeInterceptor {
   /**
@@ -138,7 +138,10 @@ export class EdgeInterceptor {
   private startedSteps: string[] = [];
   private stepChars = 0;
   /** The sole df.start whose result row is next (its ReadyForQuery window, as positionMaps). */
-  private idRow: { readonly after: number; readonly until: number } | undefined;
+  private idRow:
+    { readonly after: number; readonly until: number; readonly leased: boolean } | undefined;
+  /** Of startedIds, those born leased to this process's executor. */
+  private leasedIds: string[] = [];
 
   constructor(
     private readonly host: EdgeHost,
@@ -183,7 +186,9 @@ export class EdgeInterceptor {
     if (!this.sawDf) {
       // a start answered after the wake of its transaction had gone (a pipelined batch)
       if (this.startedIds.length > 0 || this.startedSteps.length > 0) {
+        // (its leased instance is claimed by anyone once its lease expires)
         this.startedIds = [];
+        this.leasedIds = [];
         this.startedSteps = [];
         this.stepChars = 0;
       }
@@ -191,12 +196,18 @@ export class EdgeInterceptor {
     }
     const named =
       this.soleStarts === this.dfStatements && this.startedIds.length === this.soleStarts;
-    const started = { ids: this.startedIds, steps: this.startedSteps };
+    const leased = this.leasedIds;
+    const started = named
+      ? { ids: this.startedIds, steps: this.startedSteps, leased }
+      : leased.length > 0
+        ? { ids: leased, steps: this.startedSteps, leased, general: true }
+        : undefined;
     this.sawDf = false;
     this.dfStatements = this.soleStarts = this.stepChars = 0;
     this.startedIds = [];
+    this.leasedIds = [];
     this.startedSteps = [];
-    this.opts.onDfCommit?.(named ? started : undefined);
+    this.opts.onDfCommit?.(started);
   }
 
   /**
@@ -228,8 +239,11 @@ export class EdgeInterceptor {
     this.idRow = undefined;
     // past the cap the count no longer matches the starts, and the wake names none
     if (this.startedIds.length >= STARTED_IDS_MAX) return;
-    if (body.length === 14 && body.readInt16BE(0) === 1 && body.readInt32BE(2) === 8)
-      this.startedIds.push(body.toString('latin1', 6, 14));
+    if (body.length === 14 && body.readInt16BE(0) === 1 && body.readInt32BE(2) === 8) {
+      const id = body.toString('latin1', 6, 14);
+      this.startedIds.push(id);
+      if (w.leased) this.leasedIds.push(id);
+    }
   }
 
   /** After the n-th ReadyForQuery: forget swaps and position maps of earlier statements. */
@@ -362,14 +376,22 @@ export class EdgeInterceptor {
       case 'rewrite': {
         metrics.edgeRewrites.inc();
         const after = m.type === 'Query' ? at.rfqExpected - 1 : at.rfqExpected;
-        this.positionMaps.push({ after, until: after + 1, map: e.position });
+        let { text, position } = e;
         if (e.sole && m.type === 'Query' && this.opts.onDfCommit) {
           this.soleStarts++;
-          this.idRow = { after, until: after + 1 };
+          // born claimed by this process's executor, when it would claim it by id now
+          const lease =
+            e.sole.leaseAt !== undefined && this.startedIds.length < STARTED_IDS_MAX
+              ? this.opts.prelease?.()
+              : undefined;
+          const leased = lease && withLease(text, position, e.sole.leaseAt ?? -1, lease);
+          if (leased) ({ text, position } = leased);
+          this.idRow = { after, until: after + 1, leased: leased !== undefined };
           this.addSteps(e.sole.steps);
         }
+        this.positionMaps.push({ after, until: after + 1, map: position });
         return encodeFrontend(
-          m.type === 'Query' ? { type: 'Query', sql: e.text } : { ...m, sql: e.text },
+          m.type === 'Query' ? { type: 'Query', sql: text } : { ...m, sql: text },
         );
       }
       case 'error': {
