@@ -1,10 +1,6 @@
 /** What the executor's next claim looks for (src/executor/wake-requests.ts). */
 import { describe, expect, it } from 'vitest';
-import {
-  claimKind,
-  refillDue,
-  WakeRequests,
-} from '../../src/executor/wake-requests.js';
+import { claimKind, refillDue, WakeRequests } from '../../src/executor/wake-requests.js';
 
 describe('WakeRequests', () => {
   it('a wake with ids asks for those; one without asks for the general claim', () => {
