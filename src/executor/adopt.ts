@@ -6,9 +6,10 @@
  * the proxy's wake names those ids, and the executor reads them (`adopt`),
  * which writes nothing, and runs them. The same rule as the claim by id
  * decides when a lease is offered: nothing ready is left behind, and the
- * instances leased here stay below the reserve, counting leases offered in
- * the last few seconds that no commit has named yet. An instance adopted
- * while the leases are full after all is handed back to the claim; one this
+ * instances leased here stay below the reserve, counting leases offered
+ * (within a lease's length) that no commit has named yet. Adopted are at
+ * most as many as that rule allows when the commit comes, the rest is handed
+ * back to the claim, so the reserve stays for roles holding none; one this
  * executor never hears of (the client's connection broke after the commit)
  * is claimed by any executor when its lease expires, as after a crash.
  */
@@ -16,23 +17,21 @@ import type { Logger } from 'pino';
 import type { Lease } from '../contract/started.js';
 import type { ControlStore, LoadedInstance } from './store.js';
 
-/** An offered lease no commit named within this long no longer counts against the leases. */
-const OFFER_MS = 5_000;
-
 export interface AdoptionHost {
   readonly store: ControlStore;
   readonly log: Logger;
   readonly leaseMs: number;
-  /** Leases this executor may take now for named starts (0 under a backlog, stopping, full). */
+  /**
+   * Leases below the reserve this executor may still take now (0 under a
+   * backlog or stopping), less those of a claim on its way.
+   */
   leasesFree(): number;
-  /** Leases free at all, the reserve included. */
-  room(): number;
   /** Whether this executor drives the instance already. */
   has(id: string): boolean;
   /** Drives claimed instances. */
   run(claimed: LoadedInstance[]): void;
-  /** Wakes the claim: by id for `ids`, or the general claim. */
-  claim(ids?: readonly string[]): void;
+  /** Wakes the general claim. */
+  claim(): void;
 }
 
 export class Adoption {
@@ -43,9 +42,11 @@ export class Adoption {
 
   /** A lease for one start, or undefined when this executor would not claim it by id now. */
   lease(): Lease | undefined {
+    // an offer counts until a commit names a start or its lease has expired, whichever is first
     const now = Date.now();
-    if (this.offered.length > 0 && (this.offered[0] as number) < now - OFFER_MS)
-      this.offered = this.offered.filter((t) => t >= now - OFFER_MS);
+    const since = now - this.host.leaseMs;
+    if (this.offered.length > 0 && (this.offered[0] as number) < since)
+      this.offered = this.offered.filter((t) => t >= since);
     if (this.offered.length >= this.host.leasesFree()) return undefined;
     this.offered.push(now);
     return { owner: this.host.store.owner, ms: this.host.leaseMs };
@@ -58,8 +59,9 @@ export class Adoption {
     if (fresh.length === 0) return;
     this.host.store.adopt(fresh).then(
       (rows) => {
+        // as many as the claim by id could take now: the reserve stays for roles holding none
         const mine = rows.filter((r) => !this.host.has(r.id));
-        const keep = mine.slice(0, Math.max(0, this.host.room()));
+        const keep = mine.slice(0, Math.max(0, this.host.leasesFree()));
         const back = mine.slice(keep.length).map((r) => r.id);
         if (back.length > 0)
           this.host.store.handBack(back).then(
@@ -68,11 +70,10 @@ export class Adoption {
               this.host.log.warn({ err: (err as Error).message }, 'lease hand-back failed'),
           );
         this.host.run(keep);
-        // not born leased here after all (a lease that expired in a long transaction):
-        // the claim by id takes what is free
+        // not born leased here after all, or its lease expired in a long transaction: the
+        // general claim takes an expired lease at once
         const got = new Set(rows.map((r) => r.id));
-        const other = fresh.filter((id) => !got.has(id));
-        if (other.length > 0) this.host.claim(other);
+        if (fresh.some((id) => !got.has(id))) this.host.claim();
       },
       (err: unknown) => {
         // their leases expire and any claim takes them then

@@ -69,6 +69,8 @@ export class Executor {
   private readonly adoption: Adoption;
   /** Leases kept for roles that hold none here (the claim's reserve). */
   private readonly reserve: number;
+  /** The capacity of the claim on its way (0: none). */
+  private claiming = 0;
   private readonly ctx: RunnerContext;
   /** start() ran: only then does the executor claim instances. */
   private started = false;
@@ -111,11 +113,12 @@ export class Executor {
       log: this.log,
       leaseMs: opts.leaseMs,
       leasesFree: () =>
-        this.stopping || !this.started || this.backlog ? 0 : max - reserve - this.active.size,
-      room: () => max - this.active.size,
+        this.stopping || !this.started || this.backlog
+          ? 0
+          : max - reserve - this.active.size - this.claiming,
       has: (id) => this.active.has(id),
       run: (claimed) => this.run(claimed),
-      claim: (ids) => this.wake(ids ? { ids, steps: [] } : undefined),
+      claim: () => this.wake(),
     });
     this.ctx = {
       store: this.store,
@@ -202,6 +205,7 @@ export class Executor {
     if (kind === 'none') return;
     let claimed: LoadedInstance[];
     let ready = 0;
+    this.claiming = capacity; // what adopting may not take meanwhile
     try {
       if (kind === 'general')
         ({ rows: claimed, ready } = await this.store.claim(capacity, held, reserve));
@@ -214,6 +218,8 @@ export class Executor {
       this.log.warn({ err: (err as Error).message }, 'claim failed');
       this.backlog = true;
       return;
+    } finally {
+      this.claiming = 0;
     }
     // fewer than it could take: everything ready was claimed, and what becomes ready later
     // comes with a wake (a commit, LISTEN, a timer, the poll), so a finishing instance need
@@ -222,10 +228,11 @@ export class Executor {
     this.run(claimed);
   }
 
-  /** Drives instances leased here (claimed, or born leased and adopted). */
+  /** Drives instances leased here (claimed, or born leased and adopted), each once. */
   private run(claimed: readonly LoadedInstance[]): void {
     this.requests.claimed(claimed.map((c) => c.id));
     for (const c of claimed) {
+      if (this.active.has(c.id)) continue;
       const epoch = Number(c.lease_epoch);
       this.active.set(c.id, { epoch, stepPids: new Set(), role: c.role_oid });
       const p = this.drive(c.id, epoch, c)

@@ -137,9 +137,8 @@ export class EdgeInterceptor {
   private startedIds: string[] = [];
   private startedSteps: string[] = [];
   private stepChars = 0;
-  /** The sole df.start whose result row is next (its ReadyForQuery window, as positionMaps). */
-  private idRow:
-    { readonly after: number; readonly until: number; readonly leased: boolean } | undefined;
+  /** The sole df.start whose result row is next (its ReadyForQuery window), born leased or not. */
+  private idRow: { after: number; until: number; leased: boolean } | undefined;
   /** Of startedIds, those born leased to this process's executor. */
   private leasedIds: string[] = [];
 
@@ -186,7 +185,6 @@ export class EdgeInterceptor {
     if (!this.sawDf) {
       // a start answered after the wake of its transaction had gone (a pipelined batch)
       if (this.startedIds.length > 0 || this.startedSteps.length > 0) {
-        // (its leased instance is claimed by anyone once its lease expires)
         this.startedIds = [];
         this.leasedIds = [];
         this.startedSteps = [];
@@ -377,7 +375,9 @@ export class EdgeInterceptor {
         metrics.edgeRewrites.inc();
         const after = m.type === 'Query' ? at.rfqExpected - 1 : at.rfqExpected;
         let { text, position } = e;
-        if (e.sole && m.type === 'Query' && this.opts.onDfCommit) {
+        // not after an unfinished batch, whose Execute's row could stand in for the id
+        const next = at.prevLen === 0 && !this.host.ledger.unsure && m.type === 'Query';
+        if (e.sole && next && this.opts.onDfCommit) {
           this.soleStarts++;
           // born claimed by this process's executor, when it would claim it by id now
           const lease =
