@@ -28,6 +28,8 @@ import { ChangeNotices } from './notices.js';
 import { loadParser, planAhead } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
 import { StepPool, isRetryable } from './steps.js';
+import { TimerStore } from './timer-store.js';
+import { DEFAULT_TIMER_BATCH, DueTimers } from './timers.js';
 import { WakeRequests } from './wake-requests.js';
 import { controlPools, nextCron, type ExecutorOptions } from './options.js';
 import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js';
@@ -54,8 +56,8 @@ export class Executor {
   /** The last claim may have left ready instances behind (it took all it could, or failed). */
   private backlog = true;
   private timer: NodeJS.Timeout | undefined;
-  /** The one timer for the earliest known wake_at (wakeAt). */
-  private nextWake: { at: number; timer: NodeJS.Timeout } | undefined;
+  /** Due timers fired in batches, and the wake-up timer for the earliest known wake_at. */
+  private readonly timers: DueTimers;
   private heartbeat: NodeJS.Timeout | undefined;
   private readonly graphs = new Map<string, Graph>();
   private readonly log: Logger;
@@ -90,6 +92,18 @@ export class Executor {
     this.retention = new Retention(this.store, this.log);
     this.notices = new ChangeNotices(this.store);
     this.starter = new StartNew(this.store, this.steps, (ids) => this.wake({ ids, steps: [] }));
+    this.timers = new DueTimers(new TimerStore(this.control), {
+      log: this.log,
+      batch: opts.timerBatch ?? DEFAULT_TIMER_BATCH,
+      stallMs: opts.leaseMs,
+      maxLoopIterations: opts.maxLoopIterations,
+      onReady: (ready) => {
+        for (const r of ready) this.notices.touch(r.id, r.role_oid);
+        this.wake();
+      },
+      onDue: () => this.wake(),
+      nextWakeAt: () => this.store.nextWakeAt(),
+    });
     this.ctx = {
       store: this.store,
       steps: this.steps,
@@ -125,7 +139,10 @@ export class Executor {
     }
     this.started = true;
     await this.listen();
-    this.timer = setInterval(() => this.wake(), this.opts.pollMs);
+    this.timer = setInterval(() => {
+      this.wake();
+      this.timers.kick();
+    }, this.opts.pollMs);
     this.heartbeat = setInterval(
       () => void this.renewLeases(),
       Math.max(50, Math.floor(this.opts.leaseMs / 3)),
@@ -133,6 +150,7 @@ export class Executor {
     this.retention.schedule(1000);
     this.log.info({ owner: this.owner, stepAuth: this.opts.stepAuth }, 'executor started');
     this.wake();
+    this.timers.kick(); // timers that came due while no executor ran
   }
 
   private async listen(): Promise<void> {
@@ -290,32 +308,6 @@ export class Executor {
   private announceFinished(id: string, status: 'completed' | 'failed'): void {
     metrics.instancesFinished.inc({ status });
     this.log.info({ instance: id, status }, 'instance finished');
-  }
-
-  /**
-   * A parked timer or retry backoff due soon is claimed when due, not at the
-   * next poll after it (a hint only: any executor may claim it then). One
-   * timer for the earliest due time this process knows of, never one per
-   * instance; when it fires, the next one comes from the wake_at index.
-   */
-  private wakeAt(at: Date): void {
-    const due = at.getTime();
-    if (this.stopping || due - Date.now() > 600_000) return;
-    if (this.nextWake && this.nextWake.at <= due) return;
-    if (this.nextWake) clearTimeout(this.nextWake.timer);
-    const timer = setTimeout(
-      () => {
-        this.nextWake = undefined;
-        this.wake();
-        this.store.nextWakeAt().then(
-          (next) => next && this.wakeAt(next),
-          () => undefined, // the poll is the safety net
-        );
-      },
-      Math.max(0, due - Date.now()) + 5,
-    );
-    timer.unref();
-    this.nextWake = { at: due, timer };
   }
 
   /** Runs one instance while this executor holds its lease. */
@@ -530,7 +522,7 @@ export class Executor {
       }
       await flushStamps(cache);
       await this.store.park(id, epoch, wakeAt, waiting);
-      if (wakeAt) this.wakeAt(wakeAt);
+      if (wakeAt) this.timers.wakeAt(wakeAt);
       // a signal that committed while parking would find the instance leased: look once more
       if (await this.store.hasUnconsumedSignal(id, waiting)) this.wake();
       return;
@@ -560,10 +552,10 @@ export class Executor {
    */
   async stop(timeoutMs = 30_000): Promise<void> {
     this.stopping = true;
+    const timers = this.timers.stop();
     this.retention.stop();
     await this.notices.flush();
     if (this.timer) clearInterval(this.timer);
-    if (this.nextWake) clearTimeout(this.nextWake.timer);
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.slots.close(); // steps waiting for a slot stop waiting; the next lease holder runs them
     this.naps.endAll(); // drivers waiting for a timer look at `stopping` now
@@ -585,6 +577,7 @@ export class Executor {
       await Promise.race([drained, new Promise((r) => (t = setTimeout(r, 5000)))]);
       if (t) clearTimeout(t);
     }
+    await timers; // a batch under way commits or rolls back first
     // hand our leases back so another executor can continue at once
     await this.store.releaseLeases().catch(() => undefined);
     await this.listener?.end().catch(() => undefined);
