@@ -15,7 +15,14 @@ import type { Started } from '../contract/started.js';
 import { metrics } from '../metrics.js';
 import type { RunnerContext } from './context.js';
 import { runCore, type Action, type RetryPolicy } from './core.js';
-import { flushStamps, queueStamps, remember, retryPolicy, type DriveCache } from './drive-cache.js';
+import {
+  claimReadIsCurrent,
+  flushStamps,
+  queueStamps,
+  remember,
+  retryPolicy,
+  type DriveCache,
+} from './drive-cache.js';
 import { buildGraph, type Graph } from './graph.js';
 import { httpStep } from './http-step.js';
 import { Retention } from './retention.js';
@@ -276,15 +283,15 @@ export class Executor {
     for (const pid of a.stepPids) await this.store.cancelBackend(pid).catch(() => undefined);
   }
 
-  /** One round trip per tick: the instance, events newer than the cache holds, and (first time) node statuses. */
   /** The instance as stored now, or as the claim returned it (`claimed`, the first time). */
   private async load(
     id: string,
     cache: DriveCache,
     claimed?: LoadedInstance,
   ): Promise<InstanceRow | undefined> {
+    // a claim's answer that lacks events committed while it ran is read again
     const inst =
-      claimed ??
+      (claimed && claimReadIsCurrent(claimed) ? claimed : undefined) ??
       (await this.store.load(id, cache.lastSeq, cache.stored === undefined, !this.graphs.has(id)));
     if (!inst) return undefined;
     // the graph comes with the first load (one round trip), and is cached while the lease is held

@@ -44,7 +44,7 @@ export interface DueTimerOptions {
 
 /** What one batch did. */
 export interface BatchOutcome {
-  /** Due instances it locked (fewer than the batch size: none are left, or others hold them). */
+  /** Due instances it locked (fewer than the batch size: fewer are due, or others hold them). */
   readonly locked: number;
   readonly ready: readonly MadeReady[];
   /** Timers whose `done` event it recorded. */
@@ -105,9 +105,9 @@ export class DueTimers {
   ) {}
 
   /**
-   * Fires what is due: batch after batch while each one is full, one run at a
-   * time (a kick during a run starts another after it). A run that finds
-   * nothing due costs one cheap read.
+   * Fires what is due: batch after batch until one finds nothing left to
+   * take, one run at a time (a kick during a run starts another after it). A
+   * run that finds nothing due costs one cheap read.
    */
   kick(): void {
     if (this.stopped) return;
@@ -129,8 +129,9 @@ export class DueTimers {
       if (!(await this.store.anyDue())) return;
       while (!this.stopped) {
         const b = await this.fireBatch();
-        if (b.ready.length > 0) this.opts.onReady(b.ready);
-        if (b.locked < this.opts.batch) return;
+        // a batch short of its size may only mean that claims held some of the due ones
+        if (b.ready.length === 0) return;
+        this.opts.onReady(b.ready);
       }
     } catch (err) {
       // the claim's due source still takes them one by one; the next kick tries again

@@ -166,6 +166,13 @@ async function exactlyOnce(ids: readonly string[], timeoutMs = 60_000): Promise<
       GROUP BY instance_id HAVING count(*) <> count(DISTINCT seq) OR max(seq) <> count(*)`,
     [ids],
   );
+  if (gaps.rows.length > 0) {
+    const dump = await db.admin.query(
+      `SELECT instance_id, seq, kind, activation, node_id, created_at, detail FROM df.events WHERE instance_id = ANY ($1) ORDER BY instance_id, seq`,
+      [gaps.rows.map((r) => r.instance_id)],
+    );
+    console.log(JSON.stringify(dump.rows, null, 1));
+  }
   expect(gaps.rows).toEqual([]);
 }
 
