@@ -13,8 +13,10 @@
  *   - timers: BENCH_TIMERS (default 10,000) instances in
  *     df.wait_for_schedule('<m> <h> * * *') ~> one INSERT, all parked by
  *     the executor before that minute, so every one of them is due at the
- *     same instant; the time from that instant until the last INSERT has
- *     committed. Baseline: as many one-step instances of the same INSERT,
+ *     same instant; the time from that instant until the last timer's
+ *     `done` event has committed (the timer fired; track_commit_timestamp,
+ *     set by bench/run.ts) and until the last INSERT has committed (its
+ *     next step). Baseline: as many one-step instances of the same INSERT,
  *     started in one transaction (from its commit until the last INSERT).
  *
  * The instances are started with df.start (batches of 1,000 in one
@@ -51,8 +53,10 @@ export interface FireFigures {
   readonly lastStep: number;
   /** due instant (or commit) → last instance completed, s */
   readonly lastDone: number;
-  /** due instant → the last timer's own completion (its `done` event) committed, s */
+  /** due instant → the last timer's own completion (its `done` event) inserted, s */
   readonly lastTimer: number;
+  /** due instant → the last timer's `done` event committed (track_commit_timestamp), s */
+  readonly lastTimerCommit: number;
   /** due instant → first step committed, s */
   readonly firstStep: number;
   /** process CPU of the executor (s) and of the cluster (s) from the instant to the last instance */
@@ -176,12 +180,20 @@ async function fired(
   n: number,
   cpu: { nodeCpu: number; pgCpu: number },
 ): Promise<FireFigures> {
-  const r = await admin.query<{ first: number; last: number; done: number; timer: number }>(
-    `SELECT extract(epoch FROM (SELECT min(at) FROM public.parked_fired WHERE kind = $1) - $3)::float8 AS first,
-            extract(epoch FROM (SELECT max(e.created_at) FROM df.instances i
-                                  JOIN df.nodes n ON n.instance_id = i.id AND n.node_type IN ('SLEEP', 'WAIT_SCHEDULE')
-                                  JOIN df.events e ON e.instance_id = i.id AND e.node_id = n.id AND e.kind = 'done'
-                                 WHERE i.label = $2) - $3)::float8 AS timer,
+  const r = await admin.query<{
+    first: number;
+    last: number;
+    done: number;
+    timer: number;
+    commit: number | null;
+  }>(
+    `WITH dones AS (SELECT e.created_at, e.xmin FROM df.instances i
+                      JOIN df.nodes n ON n.instance_id = i.id AND n.node_type IN ('SLEEP', 'WAIT_SCHEDULE')
+                      JOIN df.events e ON e.instance_id = i.id AND e.node_id = n.id AND e.kind = 'done'
+                     WHERE i.label = $2)
+     SELECT extract(epoch FROM (SELECT min(at) FROM public.parked_fired WHERE kind = $1) - $3)::float8 AS first,
+            extract(epoch FROM (SELECT max(created_at) FROM dones) - $3)::float8 AS timer,
+            extract(epoch FROM (SELECT max(pg_xact_commit_timestamp(xmin)) FROM dones) - $3)::float8 AS commit,
             extract(epoch FROM (SELECT max(at) FROM public.parked_fired WHERE kind = $1) - $3)::float8 AS last,
             extract(epoch FROM (SELECT max(completed_at) FROM df.instances WHERE label = $2) - $3)::float8 AS done`,
     [kind, label, from],
@@ -193,6 +205,7 @@ async function fired(
     lastStep: row?.last ?? NaN,
     lastDone: row?.done ?? NaN,
     lastTimer: row?.timer ?? NaN,
+    lastTimerCommit: row?.commit ?? NaN,
     ...cpu,
     top: await topStatements(admin),
   };
@@ -343,7 +356,7 @@ export function formatParked(r: ParkedBenchResult): string[] {
     `${r.timers.n} timers due at the same instant (df.wait_for_schedule, ${b.parked} others parked), vs as many one-step instances made runnable by one commit:`,
     `  ${'baseline: commit -> last step committed'.padEnd(48)} ${f(r.fresh.lastStep).padStart(7)} s   (last instance completed ${f(r.fresh.lastDone)} s)`,
     `  ${'timers: due instant -> last step committed'.padEnd(48)} ${f(r.timers.lastStep).padStart(7)} s   ${x(r.timers.lastStep, r.fresh.lastStep)}   (first ${f(r.timers.firstStep)} s, last instance completed ${f(r.timers.lastDone)} s; target <= 10 s: ${pass(r.timers.lastStep <= 10)})`,
-    `  ${'timers: due instant -> last timer fired'.padEnd(48)} ${f(r.timers.lastTimer).padStart(7)} s   (its done event committed; target <= 10 s: ${pass(r.timers.lastTimer <= 10)})`,
+    `  ${'timers: due instant -> last timer fired'.padEnd(48)} ${f(r.timers.lastTimerCommit).padStart(7)} s   (its done event committed; inserted ${f(r.timers.lastTimer)} s; target <= 10 s: ${pass(r.timers.lastTimerCommit <= 10)})`,
     `  CPU per instance: baseline node ${f((r.fresh.nodeCpu * 1000) / r.fresh.n)} ms, PostgreSQL ${f((r.fresh.pgCpu * 1000) / r.fresh.n)} ms; timers node ${f((r.timers.nodeCpu * 1000) / r.timers.n)} ms, PostgreSQL ${f((r.timers.pgCpu * 1000) / r.timers.n)} ms`,
     ...(['fresh', 'timers'] as const).flatMap((k) => [
       `  statements by server time, ${k} (calls, total ms):`,

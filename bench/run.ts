@@ -134,6 +134,8 @@ async function main(): Promise<void> {
       synchronous_commit: process.env['BENCH_SYNCHRONOUS_COMMIT'] === 'on' ? 'on' : 'off',
       max_connections: '300',
       shared_preload_libraries: 'pg_stat_statements',
+      // bench/parked.ts reads when the timers' done events committed
+      track_commit_timestamp: 'on',
       // BENCH_TRACK=all also lists the statements inside functions (df._complete_step's own)
       'pg_stat_statements.track': process.env['BENCH_TRACK'] === 'all' ? 'all' : 'top',
     },

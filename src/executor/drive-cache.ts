@@ -104,6 +104,21 @@ export function stampRows(
   return { ids, statuses, results, stamps: st, extra };
 }
 
+/**
+ * Whether a claim's answer holds every event of the instance. The claim's
+ * UPDATE returns the row as it locked it, but reads the events as of the
+ * statement's start: an instance that a due-timer batch (timers.ts) fired
+ * and made ready in between is locked in its new state with the events from
+ * before (READ COMMITTED re-checks the locked row, not the subqueries). Its
+ * latest event is numbered event_seq (events are deleted only below an
+ * `iter` summary, which stays), so a read that lacks it is stale.
+ */
+export function claimReadIsCurrent(inst: LoadedInstance): boolean {
+  let last = 0;
+  for (const e of inst.events) last = Math.max(last, Number(e.s));
+  return last === Number(inst.event_seq);
+}
+
 /** Takes a load's new events and (first load) node statuses into the cache. */
 export function remember(cache: DriveCache, inst: LoadedInstance): void {
   for (const e of inst.events) {

@@ -14,7 +14,14 @@ import type { Lease, Started } from '../contract/started.js';
 import { metrics } from '../metrics.js';
 import type { RunnerContext } from './context.js';
 import { runCore, type Action, type RetryPolicy } from './core.js';
-import { flushStamps, queueStamps, remember, retryPolicy, type DriveCache } from './drive-cache.js';
+import {
+  claimReadIsCurrent,
+  flushStamps,
+  queueStamps,
+  remember,
+  retryPolicy,
+  type DriveCache,
+} from './drive-cache.js';
 import { buildGraph, type Graph } from './graph.js';
 import { httpStep } from './http-step.js';
 import { Retention } from './retention.js';
@@ -31,6 +38,8 @@ import { claimKind, toClaim, WakeRequests } from './wake-requests.js';
 import { Adoption } from './adopt.js';
 import { WakeListener } from './listen.js';
 import { cancelStepsOf, renewHeld } from './leases.js';
+import { TimerStore } from './timer-store.js';
+import { DEFAULT_TIMER_BATCH, DueTimers } from './timers.js';
 import { controlPools, nextCron, type ExecutorOptions } from './options.js';
 import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js';
 
@@ -56,8 +65,8 @@ export class Executor {
   /** The last claim may have left ready instances behind (it took all it could, or failed). */
   private backlog = true;
   private timer: NodeJS.Timeout | undefined;
-  /** The one timer for the earliest known wake_at (wakeAt). */
-  private nextWake: { at: number; timer: NodeJS.Timeout } | undefined;
+  /** Due timers fired in batches, and the wake-up timer for the earliest known wake_at. */
+  private readonly timers: DueTimers;
   private heartbeat: NodeJS.Timeout | undefined;
   private readonly graphs = new Map<string, Graph>();
   private readonly log: Logger;
@@ -96,15 +105,9 @@ export class Executor {
     this.store = new ControlStore(this.control, this.owner, opts.leaseMs, this.claimer);
     this.retention = new Retention(this.store, this.log);
     this.notices = new ChangeNotices(this.store);
-    this.listener = new WakeListener(
-      opts.controlUrl,
-      this.log,
-      (payload) => {
-        this.requests.notified(payload); // a hint only: state is re-read
-        this.kick();
-      },
-      () => this.wake(),
-    );
+    // a notification is a hint only: state is re-read
+    const notified = (p?: string): void => (this.requests.notified(p), this.kick());
+    this.listener = new WakeListener(opts.controlUrl, this.log, notified, () => this.wake());
     this.starter = new StartNew(this.store, this.steps, (ids) => this.wake({ ids, steps: [] }));
     const max = opts.maxConcurrentInstances;
     const reserve = (this.reserve = Math.max(0, Math.min(opts.slotReserve ?? 1, max - 1)));
@@ -119,6 +122,18 @@ export class Executor {
       has: (id) => this.active.has(id),
       run: (claimed) => this.run(claimed),
       claim: () => this.wake(),
+    });
+    this.timers = new DueTimers(new TimerStore(this.control), {
+      log: this.log,
+      batch: opts.timerBatch ?? DEFAULT_TIMER_BATCH,
+      stallMs: opts.leaseMs,
+      maxLoopIterations: opts.maxLoopIterations,
+      onReady: (ready) => {
+        for (const r of ready) this.notices.touch(r.id, r.role_oid);
+        this.wake();
+      },
+      onDue: () => this.wake(),
+      nextWakeAt: () => this.store.nextWakeAt(),
     });
     this.ctx = {
       store: this.store,
@@ -155,7 +170,10 @@ export class Executor {
     }
     this.started = true;
     await this.listener.start();
-    this.timer = setInterval(() => this.wake(), this.opts.pollMs);
+    this.timer = setInterval(() => {
+      this.wake();
+      this.timers.kick();
+    }, this.opts.pollMs);
     this.heartbeat = setInterval(
       () => void this.renewLeases(),
       Math.max(50, Math.floor(this.opts.leaseMs / 3)),
@@ -163,6 +181,7 @@ export class Executor {
     this.retention.schedule(1000);
     this.log.info({ owner: this.owner, stepAuth: this.opts.stepAuth }, 'executor started');
     this.wake();
+    this.timers.kick(); // timers that came due while no executor ran
   }
 
   /**
@@ -267,8 +286,9 @@ export class Executor {
     cache: DriveCache,
     claimed?: LoadedInstance,
   ): Promise<InstanceRow | undefined> {
+    // a claim's answer that lacks events committed while it ran is read again
     const inst =
-      claimed ??
+      (claimed && claimReadIsCurrent(claimed) ? claimed : undefined) ??
       (await this.store.load(id, cache.lastSeq, cache.stored === undefined, !this.graphs.has(id)));
     if (!inst) return undefined;
     // the graph comes with the first load (one round trip), and is cached while the lease is held
@@ -292,32 +312,6 @@ export class Executor {
   private announceFinished(id: string, status: 'completed' | 'failed'): void {
     metrics.instancesFinished.inc({ status });
     this.log.info({ instance: id, status }, 'instance finished');
-  }
-
-  /**
-   * A parked timer or retry backoff due soon is claimed when due, not at the
-   * next poll after it (a hint only: any executor may claim it then). One
-   * timer for the earliest due time this process knows of, never one per
-   * instance; when it fires, the next one comes from the wake_at index.
-   */
-  private wakeAt(at: Date): void {
-    const due = at.getTime();
-    if (this.stopping || due - Date.now() > 600_000) return;
-    if (this.nextWake && this.nextWake.at <= due) return;
-    if (this.nextWake) clearTimeout(this.nextWake.timer);
-    const timer = setTimeout(
-      () => {
-        this.nextWake = undefined;
-        this.wake();
-        this.store.nextWakeAt().then(
-          (next) => next && this.wakeAt(next),
-          () => undefined, // the poll is the safety net
-        );
-      },
-      Math.max(0, due - Date.now()) + 5,
-    );
-    timer.unref();
-    this.nextWake = { at: due, timer };
   }
 
   /** Runs one instance while this executor holds its lease. */
@@ -532,7 +526,7 @@ export class Executor {
       }
       await flushStamps(cache);
       await this.store.park(id, epoch, wakeAt, waiting);
-      if (wakeAt) this.wakeAt(wakeAt);
+      if (wakeAt) this.timers.wakeAt(wakeAt);
       // a signal that committed while parking would find the instance leased: look once more
       if (await this.store.hasUnconsumedSignal(id, waiting)) this.wake();
       return;
@@ -570,10 +564,10 @@ export class Executor {
    */
   async stop(timeoutMs = 30_000): Promise<void> {
     this.stopping = true;
+    const timers = this.timers.stop();
     this.retention.stop();
     await this.notices.flush();
     if (this.timer) clearInterval(this.timer);
-    if (this.nextWake) clearTimeout(this.nextWake.timer);
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.slots.close(); // steps waiting for a slot stop waiting; the next lease holder runs them
     this.naps.endAll(); // drivers waiting for a timer look at `stopping` now
@@ -595,6 +589,7 @@ export class Executor {
       await Promise.race([drained, new Promise((r) => (t = setTimeout(r, 5000)))]);
       if (t) clearTimeout(t);
     }
+    await timers; // a batch under way commits or rolls back first
     // hand our leases back so another executor can continue at once
     await this.store.releaseLeases().catch(() => undefined);
     await this.listener.stop();

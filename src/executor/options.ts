@@ -33,6 +33,8 @@ export interface ExecutorOptions {
   /** A SQL step's result may take at most this many bytes (its JSON text); over it the step fails. */
   readonly maxResultBytes?: number;
   readonly maxLoopIterations: number;
+  /** Due parked instances locked and fired per batch (src/executor/timers.ts; default 500). */
+  readonly timerBatch?: number;
 }
 
 /** The next time the cron expression matches after `after` (UTC). */

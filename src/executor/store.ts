@@ -21,6 +21,8 @@ export interface InstanceRow {
   readonly rolsuper: boolean | null;
   readonly vars: Record<string, string>;
   readonly lease_epoch: string;
+  /** The number of the instance's latest event (df.instances.event_seq). */
+  readonly event_seq: string;
   /** df.start's options (max_attempts, max_backoff_seconds, on_failure). */
   readonly options: Record<string, unknown> | null;
 }
@@ -53,7 +55,7 @@ export interface StampRows {
 const names = new Map<string, string>();
 
 /** A short stable name for a statement text. */
-function statementName(text: string): string {
+export function statementName(text: string): string {
   let n = names.get(text);
   if (n === undefined) {
     n = `dfgate_${createHash('sha1').update(text).digest('hex').slice(0, 16)}`;
@@ -68,8 +70,8 @@ function statementName(text: string): string {
  * The claim returns the same for what it claimed (events from 0, statuses
  * and graph), so an instance's first step needs no load of its own.
  */
-const instanceColumns = (after: string, nodes: string, graph: string): string =>
-  `i.id, i.label, i.root_node, i.status, i.lease_epoch, i.options, i.vars,
+export const instanceColumns = (after: string, nodes: string, graph: string): string =>
+  `i.id, i.label, i.root_node, i.status, i.lease_epoch, i.event_seq, i.options, i.vars,
    i.submitted_by::oid::int AS role_oid,
    (SELECT r.rolname FROM pg_roles r WHERE r.oid = i.submitted_by) AS role_name,
    (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = i.submitted_by) AS rolsuper,
