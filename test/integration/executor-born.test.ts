@@ -52,6 +52,7 @@ describe('born claimed, attacked', () => {
       maxConcurrentInstances: 4,
       slotReserve: 1,
       maxConcurrentSteps: 4,
+      leaseMs: 30_000,
     });
     const sessions: pg.Client[] = [];
     const ids: string[] = [];
