@@ -355,7 +355,7 @@ export function formatParked(r: ParkedBenchResult): string[] {
     `  ${'statements in the window'.padEnd(40)} ${String(a.statements).padStart(10)} ${String(b.statements).padStart(14)}`,
     `${r.timers.n} timers due at the same instant (df.wait_for_schedule, ${b.parked} others parked), vs as many one-step instances made runnable by one commit:`,
     `  ${'baseline: commit -> last step committed'.padEnd(48)} ${f(r.fresh.lastStep).padStart(7)} s   (last instance completed ${f(r.fresh.lastDone)} s)`,
-    `  ${'timers: due instant -> last step committed'.padEnd(48)} ${f(r.timers.lastStep).padStart(7)} s   ${x(r.timers.lastStep, r.fresh.lastStep)}   (first ${f(r.timers.firstStep)} s, last instance completed ${f(r.timers.lastDone)} s; target <= 10 s: ${pass(r.timers.lastStep <= 10)})`,
+    `  ${'timers: due instant -> last step committed'.padEnd(48)} ${f(r.timers.lastStep).padStart(7)} s   ${x(r.timers.lastStep, r.fresh.lastStep)}   (first ${f(r.timers.firstStep)} s, last instance completed ${f(r.timers.lastDone)} s; bound by step throughput, as the baseline)`,
     `  ${'timers: due instant -> last timer fired'.padEnd(48)} ${f(r.timers.lastTimerCommit).padStart(7)} s   (its done event committed; inserted ${f(r.timers.lastTimer)} s; target <= 10 s: ${pass(r.timers.lastTimerCommit <= 10)})`,
     `  CPU per instance: baseline node ${f((r.fresh.nodeCpu * 1000) / r.fresh.n)} ms, PostgreSQL ${f((r.fresh.pgCpu * 1000) / r.fresh.n)} ms; timers node ${f((r.timers.nodeCpu * 1000) / r.timers.n)} ms, PostgreSQL ${f((r.timers.pgCpu * 1000) / r.timers.n)} ms`,
     ...(['fresh', 'timers'] as const).flatMap((k) => [
