@@ -317,6 +317,9 @@ export class ControlStore {
       await this.run<Claimed>(
         `SELECT ${CLAIMED_COLUMNS} FROM df.instances i
           WHERE i.id = ANY ($1::text[]) AND i.lease_owner = $2 AND i.lease_epoch = 1
+            -- born leased and untouched since (a claim of this executor would have stamped
+            -- updated_at in its own transaction): not one this executor claimed itself
+            AND i.updated_at = i.created_at
             AND i.lease_expires_at > clock_timestamp()
             AND i.runnable AND i.status IN ('pending', 'running')`,
         [ids, this.owner],
@@ -329,7 +332,7 @@ export class ControlStore {
   async handBack(ids: readonly string[]): Promise<void> {
     await this.run(
       `UPDATE df.instances SET lease_owner = NULL, lease_expires_at = NULL
-        WHERE id = ANY ($1::text[]) AND lease_owner = $2 AND lease_epoch = 1`,
+        WHERE id = ANY ($1::text[]) AND lease_owner = $2 AND lease_epoch = 1 AND updated_at = created_at`,
       [ids, this.owner],
     );
   }

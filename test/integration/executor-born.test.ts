@@ -5,9 +5,10 @@
  * real node-postgres, the proxy wired to the executor as dfgate wires them.
  */
 import type pg from 'pg';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Started } from '../../src/contract/started.js';
 import type { Executor, ExecutorOptions } from '../../src/executor/executor.js';
+import type { ControlStore } from '../../src/executor/store.js';
 import { encodeFrontend } from '../../src/proxy/protocol/frontend.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { startTestProxy, viaPort } from '../harness/dfgate.js';
@@ -124,5 +125,50 @@ describe('born claimed, attacked', () => {
     } finally {
       w.sock.destroy();
     }
+  });
+
+  it('a start whose lease expired before its COMMIT runs at once, not at the next poll', async () => {
+    const { port } = await wired({ leaseMs: 1500 });
+    const c = await db.connect(viaPort(alice.url, port));
+    try {
+      await c.query('BEGIN');
+      const id = (await c.query<{ start: string }>(`SELECT df.start('SELECT 5 AS x')`)).rows[0]
+        ?.start as string;
+      await new Promise((r) => setTimeout(r, 2000));
+      await c.query('COMMIT');
+      const a = await db.connect(alice.url);
+      expect(await finished(a, id, 5000)).toEqual({
+        status: 'completed',
+        result: '{"rows": [{"x": 5}], "row_count": 1}',
+      });
+    } finally {
+      await c.end();
+    }
+  });
+
+  it('an instance both claimed and named as born leased is driven once', async () => {
+    const { ex } = await wired({});
+    const store = (ex as unknown as { store: ControlStore }).store;
+    const claimStarted = store.claimStarted.bind(store);
+    // the claim's answer comes late, after the same instance was read as born leased
+    vi.spyOn(store, 'claimStarted').mockImplementation(async (ids) => {
+      const rows = await claimStarted(ids);
+      await new Promise((r) => setTimeout(r, 300));
+      return rows;
+    });
+    const a = await db.connect(alice.url);
+    await db.admin.query('CREATE TABLE born_twice (n int)');
+    await db.admin.query(`GRANT INSERT ON born_twice TO ${alice.ident}`);
+    const id = (
+      await a.query<{ id: string }>(`SELECT df.start('INSERT INTO born_twice VALUES (1)') AS id`)
+    ).rows[0]?.id as string;
+    ex.wake({ ids: [id], steps: [] });
+    await vi.waitFor(async () => {
+      const r = await db.admin.query('SELECT lease_epoch FROM df.instances WHERE id = $1', [id]);
+      expect(r.rows[0]?.lease_epoch).toBe('1');
+    });
+    ex.wake({ ids: [id], steps: [], leased: [id] });
+    expect((await finished(a, id, 10_000)).status).toBe('completed');
+    expect((await db.admin.query('SELECT count(*)::int AS n FROM born_twice')).rows[0].n).toBe(1);
   });
 });
