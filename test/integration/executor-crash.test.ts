@@ -7,7 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import type pg from 'pg';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../../src/pg/cluster.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 
@@ -24,6 +24,10 @@ const rnd = (): number => {
 };
 
 const children = new Set<ChildProcess>();
+// a worker left behind by a failed test (one frozen with SIGSTOP ignores SIGTERM) is killed
+afterAll(() => {
+  for (const p of children) p.kill('SIGKILL');
+});
 
 function worker(name: string, extra: string[] = []): ChildProcess {
   const p = spawn(
