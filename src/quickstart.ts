@@ -155,6 +155,7 @@ async function main(): Promise<void> {
     connectTimeoutMs: 10_000,
     maxMessageSize: 1024 * 1024 * 1024,
     onDfCommit: (started) => executor.wake(started),
+    prelease: () => executor.prelease(),
     edgeValidation: true,
     startNew: (req) => executor.startNew(req),
   });

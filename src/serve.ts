@@ -77,9 +77,7 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
     tlsCert: cfg.tlsCert,
     tlsKey: cfg.tlsKey,
     onDfCommit: executor ? (started) => executor.wake(started) : undefined,
-    // born-claimed starts (docs/executor.md, "The wake path" item 2) stay off until the
-    // chained topology's signal test no longer strands an instance (see docs/executor.md)
-    prelease: undefined,
+    prelease: executor ? () => executor.prelease() : undefined,
     edgeValidation: true,
     startNew: executor ? (req) => executor.startNew(req) : undefined,
     poolMode: cfg.poolMode,

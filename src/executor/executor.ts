@@ -33,14 +33,14 @@ import { Naps } from './naps.js';
 import { ChangeNotices } from './notices.js';
 import { loadParser, planAhead } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
-import { StepPool, isRetryable } from './steps.js';
+import { StepPool } from './steps.js';
 import { claimKind, toClaim, WakeRequests } from './wake-requests.js';
 import { Adoption } from './adopt.js';
 import { WakeListener } from './listen.js';
 import { cancelStepsOf, renewHeld } from './leases.js';
 import { TimerStore } from './timer-store.js';
 import { DEFAULT_TIMER_BATCH, DueTimers } from './timers.js';
-import { controlPools, nextCron, type ExecutorOptions } from './options.js';
+import { controlPools, nextCron, requirePrimary, type ExecutorOptions } from './options.js';
 import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js';
 
 export type { ExecutorOptions } from './options.js';
@@ -69,6 +69,8 @@ export class Executor {
   private readonly timers: DueTimers;
   private heartbeat: NodeJS.Timeout | undefined;
   private readonly graphs = new Map<string, Graph>();
+  /** Claimed anew while the driver of an older lease was still ending: run when it has ended. */
+  private readonly successors = new Map<string, LoadedInstance>();
   private readonly log: Logger;
   private readonly finished = new Set<Promise<void>>();
   private readonly store: ControlStore;
@@ -151,23 +153,7 @@ export class Executor {
 
   async start(): Promise<void> {
     await loadParser();
-    // a connection dropped while starting (a restart, pg_terminate_backend) is retried, not fatal
-    let ro: boolean | undefined;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        ro = await this.store.isStandby();
-        break;
-      } catch (err) {
-        if (!isRetryable(err) || attempt >= 30) throw err;
-        this.log.warn({ err: (err as Error).message }, 'executor start: connection lost; retrying');
-        await new Promise((r) => setTimeout(r, Math.min(100 * attempt, 1000)));
-      }
-    }
-    if (ro) {
-      throw new Error(
-        'the executor URL points at a read-only standby: use the primary (add target_session_attrs=read-write to a multi-host URL)',
-      );
-    }
+    await requirePrimary(this.store, this.log);
     this.started = true;
     await this.listener.start();
     this.timer = setInterval(() => {
@@ -251,8 +237,14 @@ export class Executor {
   private run(claimed: readonly LoadedInstance[]): void {
     this.requests.claimed(claimed.map((c) => c.id));
     for (const c of claimed) {
-      if (this.active.has(c.id)) continue;
       const epoch = Number(c.lease_epoch);
+      const driving = this.active.get(c.id);
+      if (driving) {
+        // a newer lease of an instance whose driver is still ending (it parked and a signal's
+        // claim took it at once; or its lease expired under it): driven when that driver ends
+        if (epoch > driving.epoch) this.successors.set(c.id, c);
+        continue;
+      }
       this.active.set(c.id, { epoch, stepPids: new Set(), role: c.role_oid });
       const p = this.drive(c.id, epoch, c)
         .catch((err: unknown) => this.log.error({ instance: c.id, err }, 'instance driver failed'))
@@ -263,6 +255,11 @@ export class Executor {
           this.graphs.delete(c.id);
           this.active.delete(c.id);
           this.finished.delete(p);
+          const next = this.successors.get(c.id);
+          if (next) {
+            this.successors.delete(c.id);
+            if (!this.stopping) this.run([next]);
+          }
           if (this.backlog) {
             this.requests.refill();
             this.kick();

@@ -2,7 +2,8 @@
 import { Cron } from 'croner';
 import pg from 'pg';
 import type { Logger } from 'pino';
-import type { StepAuth } from './steps.js';
+import type { ControlStore } from './store.js';
+import { isRetryable, type StepAuth } from './steps.js';
 
 export interface ExecutorOptions {
   /** The executor's control login (member of df_executor). */
@@ -67,4 +68,25 @@ export function controlPools(url: string, log: Logger): { control: pg.Pool; clai
   } as pg.PoolConfig);
   claimer.on('error', (err) => log.warn({ err: err.message }, 'claim connection error'));
   return { control, claimer };
+}
+
+/** Refuses a read-only standby as the control URL; a connection dropped meanwhile is retried. */
+export async function requirePrimary(store: ControlStore, log: Logger): Promise<void> {
+  // a connection dropped while starting (a restart, pg_terminate_backend) is retried, not fatal
+  let ro: boolean | undefined;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      ro = await store.isStandby();
+      break;
+    } catch (err) {
+      if (!isRetryable(err) || attempt >= 30) throw err;
+      log.warn({ err: (err as Error).message }, 'executor start: connection lost; retrying');
+      await new Promise((r) => setTimeout(r, Math.min(100 * attempt, 1000)));
+    }
+  }
+  if (ro) {
+    throw new Error(
+      'the executor URL points at a read-only standby: use the primary (add target_session_attrs=read-write to a multi-host URL)',
+    );
+  }
 }

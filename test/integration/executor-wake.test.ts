@@ -390,3 +390,51 @@ describe('born claimed: a plain df.start through the proxy of the same process',
     expect(r.rows[0]).toEqual({ s: role.name, lease_owner: 'nobody' });
   });
 });
+
+describe('claimed again here while the driver of its older lease is still ending', () => {
+  it('a lease that expired under a running step, claimed again by this executor: driven as soon as the old driver ends', async () => {
+    // a long lease: without a successor, the new lease would sit undriven until it expired
+    const { ex } = await spiedExecutor({ leaseMs: 60_000 });
+    const role = await db.role('wake_again');
+    const c = await db.connect(role.url);
+    const id = (
+      await c.query<{ id: string }>(
+        `SELECT df.start('SELECT pg_sleep(1.5)' ~> 'SELECT 2', 'again') AS id`,
+      )
+    ).rows[0]?.id as string;
+    ex.wake(named(id));
+    // the first step is running under epoch 1 ...
+    for (let i = 0; ; i++) {
+      const r = await db.admin.query(
+        `SELECT 1 FROM pg_stat_activity WHERE application_name = 'dfgate:step' AND query = 'SELECT pg_sleep(1.5)' AND state = 'active'`,
+      );
+      if (r.rowCount) break;
+      if (i > 200) throw new Error('the first step never ran');
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    // ... when its lease expires (as under a stalled event loop) and this executor's claim takes it
+    await db.admin.query(
+      `UPDATE df.instances SET lease_expires_at = clock_timestamp() - interval '1 second' WHERE id = $1`,
+      [id],
+    );
+    const t0 = Date.now();
+    ex.wake();
+    for (let i = 0; ; i++) {
+      const r = await db.admin.query<{ e: string }>(
+        'SELECT lease_epoch::text AS e FROM df.instances WHERE id = $1',
+        [id],
+      );
+      if (r.rows[0]?.e === '2') break;
+      if (i > 200) throw new Error('never claimed again');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    // epoch 1's checkpoint is refused; epoch 2 runs both steps once its driver has ended
+    expect(await finished(c, id, 30_000)).toMatchObject({ status: 'completed' });
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    const done = await db.admin.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM df.events WHERE instance_id = $1 AND kind = 'done'`,
+      [id],
+    );
+    expect(done.rows[0]?.n).toBe(2);
+  });
+});
