@@ -15,6 +15,7 @@ import {
   analyze,
   ANALYZE_MAX,
   cachedEdge,
+  MESSAGE_MAX,
   checkBound,
   rememberEdge,
   toEdge,
@@ -57,6 +58,8 @@ class Slot {
     private readonly url: URL,
     private readonly next: () => Job | undefined,
     private readonly failed: () => void,
+    /** Jobs queued (shared with every worker): a batch gives way to them (edge-limits.ts). */
+    private readonly waiting: Int32Array,
   ) {}
 
   get busy(): boolean {
@@ -64,7 +67,7 @@ class Slot {
   }
 
   private spawn(): Worker {
-    const w = new Worker(this.url);
+    const w = new Worker(this.url, { workerData: { waiting: this.waiting } });
     this.ready = false;
     w.on('message', (m: EdgeAnswer | 'ready') => {
       if (m === 'ready') {
@@ -129,19 +132,32 @@ class Pool {
   private nextId = 1;
   /** Consecutive worker deaths; past a few the pool stops trying and compiles inline. */
   private deaths = 0;
+  /** queue.length, where the workers can read it while they compile. */
+  private readonly waiting = new Int32Array(new SharedArrayBuffer(4));
 
   constructor(url: URL, size: number) {
     for (let i = 0; i < size; i++)
       this.slots.push(
         new Slot(
           url,
-          () => this.queue.shift(),
+          () => {
+            const job = this.queue.shift();
+            Atomics.store(this.waiting, 0, this.queue.length);
+            return job;
+          },
           () => {
             if (++this.deaths > 5) this.broken = true;
             this.kick();
           },
+          this.waiting,
         ),
       );
+  }
+
+  private push(job: Job): void {
+    this.queue.push(job);
+    Atomics.store(this.waiting, 0, this.queue.length);
+    this.kick();
   }
 
   broken = false;
@@ -149,7 +165,7 @@ class Pool {
   run(sql: string, extended: boolean): Promise<Edge> {
     return new Promise((resolve) => {
       const id = this.nextId++;
-      this.queue.push({
+      this.push({
         id,
         send: { id, sql, extended },
         answered: (m) => {
@@ -160,20 +176,18 @@ class Pool {
         },
         abandoned: () => resolve(PASS),
       });
-      this.kick();
     });
   }
 
   check(bound: readonly string[]): Promise<BoundProblem | undefined> {
     return new Promise((resolve) => {
       const id = this.nextId++;
-      this.queue.push({
+      this.push({
         id,
         send: { id, bound },
         answered: (m) => resolve('problem' in m ? (m.problem ?? undefined) : undefined),
         abandoned: () => resolve(undefined), // the in-database df.start checks it
       });
-      this.kick();
     });
   }
 
@@ -203,11 +217,13 @@ function thePool(): Pool | undefined {
  */
 export function analyzeSoon(sql: string, extended: boolean): Edge | Promise<Edge> {
   // only O(1) checks here: the scan of withinLimits runs in the worker too
-  if (sql.length > ANALYZE_MAX) return PASS;
+  if (sql.length > (extended ? ANALYZE_MAX : MESSAGE_MAX)) return PASS;
   const hit = cachedEdge(sql, extended);
   if (hit) return hit;
   const p = thePool();
-  return p ? p.run(sql, extended) : analyze(sql, extended);
+  if (p) return p.run(sql, extended);
+  // without workers a batch longer than one statement's limit would hold the event loop
+  return sql.length > ANALYZE_MAX ? PASS : analyze(sql, extended);
 }
 
 /** Bound values up to this many characters in all are checked on the calling thread (well under 0.1 ms). */

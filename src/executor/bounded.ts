@@ -119,8 +119,13 @@ export async function readBounded(
   const guard = new WireGuard(wireLimit(cap), () => sock.destroy());
   // ahead of node-postgres' own parser, so a huge message is seen at its header
   sock.prependListener('data', guard.scan);
-  // written before node-postgres writes the statement's own messages (the client is idle here)
-  if (before.length > 0) sock.write(Buffer.concat(before.map(extendedMessages)));
+  // written before node-postgres writes the statement's own messages (the client is idle here),
+  // and corked until they are written too: one segment, one wake-up of the backend
+  const corked = before.length > 0;
+  if (corked) {
+    sock.cork();
+    sock.write(Buffer.concat(before.map(extendedMessages)));
+  }
   const frame = RESULT_HEAD.length + resultTail(0).length;
   let enc: RowEncoder | undefined;
   const parts: string[] = [];
@@ -149,7 +154,11 @@ export async function readBounded(
       });
       q.on('end', () => resolve());
       q.on('error', reject);
-      c.query(q);
+      try {
+        c.query(q);
+      } finally {
+        if (corked) sock.uncork();
+      }
     });
   } catch (err) {
     if (guard.tripped !== undefined) throw new ResultTooLargeError(cap, guard.tripped);

@@ -75,7 +75,10 @@ describe('documentation examples', () => {
         expect((err as Error).message.startsWith(ex.expect.slice(7))).toBe(true);
         return;
       }
-      const r = await c.query({ text: ex.sql, rowMode: 'array' });
+      const all = (await c.query({ text: ex.sql, rowMode: 'array' })) as unknown as
+        pg.QueryResult | pg.QueryResult[];
+      // several statements: the last one's answer
+      const r = Array.isArray(all) ? (all[all.length - 1] as pg.QueryResult) : all;
       const v = (r.rows[0] as unknown[] | undefined)?.[0];
       const got = v === null || v === undefined ? '' : String(v);
       if (ex.expect.startsWith('~')) expect(got).toMatch(new RegExp(`^(?:${ex.expect.slice(1)})$`));
