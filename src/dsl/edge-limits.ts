@@ -5,37 +5,19 @@
  * over any limit goes to the database unchanged, where the in-database
  * df.start does the same work and raises the same errors.
  */
-/** Longer statements (UTF-16 code units) are left to the database. */
+/** Longer statement texts (UTF-16 code units) are left to the database. */
 export const ANALYZE_MAX = 16 * 1024;
 /** UTF-8 bytes of the longest statement text the proxy hands to the edge (4 per code unit, generously). */
 export const ANALYZE_BYTES_MAX = ANALYZE_MAX * 4;
 /**
- * A simple Query of several statements (a batch of starts, 100 to a message)
- * is compiled statement by statement, each within the limits of one; the
- * whole message up to this many characters and UTF-8 bytes, and up to
- * STATEMENTS_MAX statements. Longer than one statement's limit, it is
- * compiled only while no other session's compile waits: the compile worker
- * gives it up between two statements as soon as one does, and the database
- * runs it as written (edge-pool.ts).
- */
-export const MESSAGE_MAX = 256 * 1024;
-export const STATEMENTS_MAX = 128;
-/**
  * Is a Query or Parse message body of this length (bytes) one the edge never
- * compiles? Then the proxy streams it through unassembled. A Parse body (one
- * statement) also holds the statement name (allowed up to 64 KiB here;
- * PostgreSQL truncates names to 63 bytes) and up to 65,535 parameter type OIDs.
+ * compiles? Then the proxy streams it through unassembled. A Parse body also
+ * holds the statement name (allowed up to 64 KiB here; PostgreSQL truncates
+ * names to 63 bytes) and up to 65,535 parameter type OIDs.
  */
 export function edgeSkips(parse: boolean, bodyLength: number): boolean {
-  const max = parse
-    ? ANALYZE_BYTES_MAX + 1 + 64 * 1024 + 1 + 2 + 4 * 65535
-    : Math.max(ANALYZE_BYTES_MAX, MESSAGE_MAX) + 1;
+  const max = ANALYZE_BYTES_MAX + 1 + (parse ? 64 * 1024 + 1 + 2 + 4 * 65535 : 0);
   return bodyLength > max;
-}
-
-/** The most UTF-8 bytes of statement text the edge compiles: one statement (Parse) or a message (Query). */
-export function textBytesMax(query: boolean): number {
-  return query ? Math.max(ANALYZE_BYTES_MAX, MESSAGE_MAX) : ANALYZE_BYTES_MAX;
 }
 /** Deeper nesting of parentheses and brackets (outside literals and comments) is left to the database. */
 export const DEPTH_MAX = 16;
@@ -68,27 +50,18 @@ const NODE_CHARS = new Set([
 ]);
 
 /**
- * Is a text within the edge's limits, each of its statements within one
- * statement's and the whole within a message's? One pass over the text that
- * skips string literals ('…', E'…', $tag$…$tag$), quoted identifiers and
- * comments; a semicolon outside them ends a statement.
+ * Is a statement within the edge's limits? One pass over the text that skips
+ * string literals ('…', E'…', $tag$…$tag$), quoted identifiers and comments.
  */
 export function withinLimits(sql: string): boolean {
   const n = sql.length;
-  if (n > MESSAGE_MAX) return false;
+  if (n > ANALYZE_MAX) return false;
   let depth = 0;
   let nodes = 0;
   let i = 0;
-  let from = 0;
-  let statements = 1;
   while (i < n) {
     const c = sql[i] as string;
-    if (c === ';') {
-      if (i - from > ANALYZE_MAX || ++statements > STATEMENTS_MAX) return false;
-      depth = 0;
-      nodes = 0;
-      from = ++i;
-    } else if (c === '(' || c === '[') {
+    if (c === '(' || c === '[') {
       if (++depth > DEPTH_MAX || ++nodes > NODES_MAX) return false;
       i++;
     } else if (c === ')' || c === ']') {
@@ -136,5 +109,44 @@ export function withinLimits(sql: string): boolean {
       i++;
     }
   }
-  return n - from <= ANALYZE_MAX;
+  return true;
+}
+
+/** A token of libpg-query's scanner: byte offsets and text. */
+interface Token {
+  readonly start: number;
+  readonly text: string;
+}
+
+const OPERATOR = /^[+\-*/<>=~!@#%^&|?]+$/;
+
+/**
+ * The limits once more, on PostgreSQL's own tokens of the statement at bytes
+ * [from, to) (`tokens` sorted by offset): nesting, and parentheses, brackets,
+ * commas and operators. withinLimits' quick scan can be misled where its
+ * lexing differs from PostgreSQL's (a comment that ends at a carriage
+ * return, a dollar quote that is really part of an identifier), hiding
+ * operators that then cost the compile worker seconds; these tokens cannot.
+ */
+export function tokensWithinLimits(tokens: readonly Token[], from: number, to: number): boolean {
+  let lo = 0;
+  let hi = tokens.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if ((tokens[mid] as Token).start < from) lo = mid + 1;
+    else hi = mid;
+  }
+  let depth = 0;
+  let nodes = 0;
+  for (let i = lo; i < tokens.length; i++) {
+    const t = tokens[i] as Token;
+    if (t.start >= to) break;
+    const x = t.text;
+    if (x === '(' || x === '[') {
+      if (++depth > DEPTH_MAX || ++nodes > NODES_MAX) return false;
+    } else if (x === ')' || x === ']') {
+      if (depth > 0) depth--;
+    } else if ((x === ',' || OPERATOR.test(x)) && ++nodes > NODES_MAX) return false;
+  }
+  return true;
 }

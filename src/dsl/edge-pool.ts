@@ -15,7 +15,6 @@ import {
   analyze,
   ANALYZE_MAX,
   cachedEdge,
-  MESSAGE_MAX,
   checkBound,
   rememberEdge,
   toEdge,
@@ -58,8 +57,6 @@ class Slot {
     private readonly url: URL,
     private readonly next: () => Job | undefined,
     private readonly failed: () => void,
-    /** Jobs queued (shared with every worker): a batch gives way to them (edge-limits.ts). */
-    private readonly waiting: Int32Array,
   ) {}
 
   get busy(): boolean {
@@ -67,7 +64,7 @@ class Slot {
   }
 
   private spawn(): Worker {
-    const w = new Worker(this.url, { workerData: { waiting: this.waiting } });
+    const w = new Worker(this.url);
     this.ready = false;
     w.on('message', (m: EdgeAnswer | 'ready') => {
       if (m === 'ready') {
@@ -132,32 +129,19 @@ class Pool {
   private nextId = 1;
   /** Consecutive worker deaths; past a few the pool stops trying and compiles inline. */
   private deaths = 0;
-  /** queue.length, where the workers can read it while they compile. */
-  private readonly waiting = new Int32Array(new SharedArrayBuffer(4));
 
   constructor(url: URL, size: number) {
     for (let i = 0; i < size; i++)
       this.slots.push(
         new Slot(
           url,
-          () => {
-            const job = this.queue.shift();
-            Atomics.store(this.waiting, 0, this.queue.length);
-            return job;
-          },
+          () => this.queue.shift(),
           () => {
             if (++this.deaths > 5) this.broken = true;
             this.kick();
           },
-          this.waiting,
         ),
       );
-  }
-
-  private push(job: Job): void {
-    this.queue.push(job);
-    Atomics.store(this.waiting, 0, this.queue.length);
-    this.kick();
   }
 
   broken = false;
@@ -165,7 +149,7 @@ class Pool {
   run(sql: string, extended: boolean): Promise<Edge> {
     return new Promise((resolve) => {
       const id = this.nextId++;
-      this.push({
+      this.queue.push({
         id,
         send: { id, sql, extended },
         answered: (m) => {
@@ -176,18 +160,20 @@ class Pool {
         },
         abandoned: () => resolve(PASS),
       });
+      this.kick();
     });
   }
 
   check(bound: readonly string[]): Promise<BoundProblem | undefined> {
     return new Promise((resolve) => {
       const id = this.nextId++;
-      this.push({
+      this.queue.push({
         id,
         send: { id, bound },
         answered: (m) => resolve('problem' in m ? (m.problem ?? undefined) : undefined),
         abandoned: () => resolve(undefined), // the in-database df.start checks it
       });
+      this.kick();
     });
   }
 
@@ -217,13 +203,11 @@ function thePool(): Pool | undefined {
  */
 export function analyzeSoon(sql: string, extended: boolean): Edge | Promise<Edge> {
   // only O(1) checks here: the scan of withinLimits runs in the worker too
-  if (sql.length > (extended ? ANALYZE_MAX : MESSAGE_MAX)) return PASS;
+  if (sql.length > ANALYZE_MAX) return PASS;
   const hit = cachedEdge(sql, extended);
   if (hit) return hit;
   const p = thePool();
-  if (p) return p.run(sql, extended);
-  // without workers a batch longer than one statement's limit would hold the event loop
-  return sql.length > ANALYZE_MAX ? PASS : analyze(sql, extended);
+  return p ? p.run(sql, extended) : analyze(sql, extended);
 }
 
 /** Bound values up to this many characters in all are checked on the calling thread (well under 0.1 ms). */

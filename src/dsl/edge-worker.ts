@@ -5,7 +5,7 @@
  */
 import { readlinkSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { analyzeText, checkBound, type Analysis, type BoundProblem } from './edge.js';
 import { loadParser } from './parser.js';
 
@@ -45,10 +45,6 @@ function firstProblem(values: readonly string[]): BoundProblem | undefined {
   return undefined;
 }
 
-/** Jobs queued in the pool (edge-pool.ts), read between the statements of a batch. */
-const waiting = (workerData as { waiting?: Int32Array } | null)?.waiting;
-const othersWait = (): boolean => waiting !== undefined && Atomics.load(waiting, 0) > 0;
-
 const port = parentPort;
 if (port) {
   lowerPriority();
@@ -57,7 +53,7 @@ if (port) {
     const answer: EdgeAnswer =
       'bound' in job
         ? { id: job.id, problem: firstProblem(job.bound) ?? null }
-        : { id: job.id, analysis: analyzeText(job.sql, job.extended, othersWait) };
+        : { id: job.id, analysis: analyzeText(job.sql, job.extended) };
     port.postMessage(answer);
   });
   port.postMessage('ready');

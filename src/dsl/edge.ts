@@ -13,7 +13,7 @@ import { parseSync, scanSync, type ScanToken } from 'libpg-query';
 import { evaluate, valueText } from './evaluate.js';
 import { asNode, DslError, node } from './nodes.js';
 import { validateGraph } from './validate.js';
-import { ANALYZE_MAX, withinLimits } from './edge-limits.js';
+import { tokensWithinLimits, withinLimits } from './edge-limits.js';
 import { graphRows } from './edge-rows.js';
 import { aliasPoint, callShape, type Ast, type Call, type StartParam } from './edge-shape.js';
 
@@ -24,10 +24,7 @@ export {
   ANALYZE_MAX,
   DEPTH_MAX,
   edgeSkips,
-  MESSAGE_MAX,
   NODES_MAX,
-  STATEMENTS_MAX,
-  textBytesMax,
   withinLimits,
 } from './edge-limits.js';
 
@@ -360,22 +357,17 @@ function charPosition(buf: Buffer, byte: number): number {
   return [...buf.subarray(0, byte).toString('utf8')].length + 1;
 }
 
-/**
- * What to do with a statement, as plain data (the part that runs in the
- * compile worker). `othersWait`: whether another session's compile waits; a
- * text longer than one statement's limit (a batch of starts) is then given
- * up between two statements and left to the database.
- */
-export function analyzeText(sql: string, extended: boolean, othersWait?: () => boolean): Analysis {
-  if (!withinLimits(sql) || (extended && sql.length > ANALYZE_MAX)) return { kind: 'pass' };
+/** What to do with a statement, as plain data (the part that runs in the compile worker). */
+export function analyzeText(sql: string, extended: boolean): Analysis {
+  if (!withinLimits(sql)) return { kind: 'pass' };
   try {
-    return analyzeUncached(sql, extended, sql.length > ANALYZE_MAX ? othersWait : undefined);
+    return analyzeUncached(sql, extended);
   } catch {
     return { kind: 'pass' }; // anything unexpected: PostgreSQL judges the statement itself
   }
 }
 
-function analyzeUncached(sql: string, extended: boolean, othersWait?: () => boolean): Analysis {
+function analyzeUncached(sql: string, extended: boolean): Analysis {
   let ast: { stmts?: Ast[] };
   try {
     ast = parseSync(sql) as unknown as { stmts?: Ast[] };
@@ -397,11 +389,12 @@ function analyzeUncached(sql: string, extended: boolean, othersWait?: () => bool
     const found: Found[] = [];
     walk(stmt, undefined, false, found);
     if (found.length === 0) continue;
-    if (othersWait?.()) return { kind: 'pass' };
     tokens ??= scanSync(sql).tokens;
     const sStart = (raw[si]?.['stmt_location'] as number | undefined) ?? 0;
     const sLen = raw[si]?.['stmt_len'] as number | undefined;
     const sEnd = sLen ? sStart + sLen : buf.length;
+    // the limits on PostgreSQL's own tokens, before anything is evaluated
+    if (!tokensWithinLimits(tokens, sStart, sEnd)) return { kind: 'pass' };
     try {
       for (const f of found) {
         const call = callShape(f.fc, tokens);

@@ -206,7 +206,7 @@ export class Executor {
     for (const a of this.active.values()) held.set(a.role, (held.get(a.role) ?? 0) + 1);
     const { reserve, slots } = this;
     const max = this.opts.maxConcurrentInstances;
-    const kind = claimKind(want, this.backlog, capacity, reserve, max, slots.available() > 0);
+    const kind = claimKind(want, this.backlog, capacity, reserve, max, slots.spare() > 0);
     if (kind === 'none') return;
     let claimed: LoadedInstance[];
     let ready = 0;

@@ -92,6 +92,15 @@ export class FairSlots {
   }
 
   /**
+   * Free slots beyond the reserve: ones a role already holding a slot could
+   * take. The reserve's last free slots wait for a role that holds none, so
+   * they are idle by design, not for want of work.
+   */
+  spare(): number {
+    return Math.max(0, this.free - this.reserve);
+  }
+
+  /**
    * Waits for a slot for a step of `role`: 'taken' once held (give it back
    * with give(role)), 'timeout' under the timeout rule, 'closed' after close().
    */

@@ -262,47 +262,6 @@ describe('invalid calls: the database raises its own error', () => {
     expect((await direct.query(`SELECT count(*)::int AS n FROM edge_marks`)).rows[0].n).toBe(2);
   });
 
-  it('a batch of 100 starts in one message, longer than one statement’s limit, is compiled start by start', async () => {
-    const step = (i: number): string => `'SELECT ${i} AS n, ''${'p'.repeat(120)}'' AS pad'`;
-    const start = (i: number): string =>
-      `SELECT df.start(${step(i)} ~> ${step(i + 1)}, 'batch-${i}')`;
-    const starts = Array.from({ length: 100 }, (_, i) => start(i));
-    expect(starts.join('; ').length).toBeGreaterThan(16 * 1024);
-    // which functions ran, counted in the message's own (implicit) transaction
-    await db.admin.query(`ALTER ROLE ${role.ident} SET track_functions = 'all'`);
-    const tracked = await db.connect(viaPort(role.url, proxy.port));
-    await db.admin.query(`ALTER ROLE ${role.ident} RESET track_functions`);
-    const rs = (await tracked.query(
-      `${starts.join('; ')}; SELECT funcname::text, calls::int FROM pg_stat_xact_user_functions
-        WHERE schemaname = 'df' AND funcname IN ('start', '_start_rows', '_start_graph') ORDER BY 1`,
-    )) as unknown as pg.QueryResult[];
-    expect(rs[100]?.rows).toEqual([{ funcname: '_start_rows', calls: 100 }]);
-    const ids = rs.slice(0, 100).map((r) => r.rows[0].start as string);
-    const d = (await direct.query(`${start(7)}`)).rows[0].start as string;
-    expect(await shape(ids[7] as string)).toEqual(await shape(d));
-    const labels = await direct.query<{ label: string }>(
-      `SELECT label FROM df.instances WHERE id = ANY ($1) ORDER BY created_at, id`,
-      [ids],
-    );
-    expect(new Set(labels.rows.map((r) => r.label))).toEqual(
-      new Set(starts.map((_, i) => `batch-${i}`)),
-    );
-    // an invalid start at the 60th statement: the database's error and position, nothing started
-    const bad = [
-      ...starts.slice(0, 59),
-      `SELECT df.start('SELECT 1' ~> df.sleep(-1), 'bad')`,
-      ...starts.slice(60),
-    ];
-    const before = (await direct.query(`SELECT count(*)::int AS n FROM df.instances`)).rows[0].n;
-    const viaDirect = await direct.query(bad.join('; ')).catch((e: unknown) => e);
-    const viaProxy = await p.query(bad.join('; ')).catch((e: unknown) => e);
-    expect(fieldsOf(viaDirect)).toMatchObject({ message: 'Sleep duration must be non-negative' });
-    expect(fieldsOf(viaProxy)).toEqual(fieldsOf(viaDirect));
-    expect((await direct.query(`SELECT count(*)::int AS n FROM df.instances`)).rows[0].n).toBe(
-      before,
-    );
-  });
-
   it('an invalid call in a Parse fails as on a direct connection and the connection stays usable', async () => {
     const q = { text: `SELECT $1::text AS x, df.start('SELECT 1' ~> df.slep(2))`, values: ['v'] };
     const viaDirect = await direct.query(q).catch((e: unknown) => e);

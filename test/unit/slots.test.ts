@@ -131,6 +131,8 @@ describe('reserve', () => {
     await flush();
     expect(a.filter((t) => t.result === 'taken')).toHaveLength(3);
     expect(s.available()).toBe(1);
+    // the reserve's free slot is no spare one: alice's waiting steps cannot take it
+    expect(s.spare()).toBe(0);
     const b1 = track(s, BOB);
     const b2 = track(s, BOB);
     await flush();
@@ -140,6 +142,16 @@ describe('reserve', () => {
     s.give(BOB);
     await flush();
     expect(b2.result).toBe('taken');
+  });
+
+  it('spare slots are the free ones beyond the reserve', async () => {
+    const s = slots({ slots: 4, reserve: 1, perRoleCap: 2 });
+    expect(s.spare()).toBe(3);
+    const a = Array.from({ length: 5 }, () => track(s, ALICE));
+    await flush();
+    // alice at her cap: two slots free beyond the reserve, which only other work can use
+    expect(a.filter((t) => t.result === 'taken')).toHaveLength(2);
+    expect([s.available(), s.spare()]).toEqual([2, 1]);
   });
 
   it('is clamped so that one slot always remains usable', async () => {

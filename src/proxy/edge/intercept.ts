@@ -12,8 +12,8 @@ import { isUtf8 } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
 import { SqlState } from '../../db/sqlstate.js';
 import {
+  ANALYZE_BYTES_MAX,
   edgeSkips,
-  textBytesMax,
   type BoundProblem,
   literal,
   type Edge,
@@ -316,7 +316,7 @@ export class EdgeInterceptor {
     // Invalid UTF-8 goes to the server unchanged, which refuses it (22021) exactly as
     // on a direct connection; decoding it here would turn it into U+FFFD.
     const text = statementBytes(type, body);
-    if (!text || text.length > textBytesMax(isQuery) || !isUtf8(text)) return undefined;
+    if (!text || text.length > ANALYZE_BYTES_MAX || !isUtf8(text)) return undefined;
     const m = decodeFrontend(type, body);
     if (m.type !== 'Query' && m.type !== 'Parse') return undefined;
     // what the outcome depends on, as of this message (later messages move the counters)
