@@ -317,7 +317,8 @@ export class ControlStore {
       await this.run<Claimed>(
         `SELECT ${CLAIMED_COLUMNS} FROM df.instances i
           WHERE i.id = ANY ($1::text[]) AND i.lease_owner = $2 AND i.lease_epoch = 1
-            -- born leased and untouched since (a claim of this executor would have stamped
+            -- born leased (epoch 1: any claim of a born instance makes it 2 or more) and
+            -- untouched since (a claim at epoch 1 took a pending instance, and stamped
             -- updated_at in its own transaction): not one this executor claimed itself
             AND i.updated_at = i.created_at
             AND i.lease_expires_at > clock_timestamp()

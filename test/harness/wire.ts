@@ -1,7 +1,7 @@
 /** A raw protocol client for tests that need exact messages: connect, log in, read what comes back. */
 import net from 'node:net';
 import { decodeErrorFields } from '../../src/proxy/protocol/backend.js';
-import { encodeStartup } from '../../src/proxy/protocol/frontend.js';
+import { encodeFrontend, encodeStartup } from '../../src/proxy/protocol/frontend.js';
 
 export interface Raw {
   readonly sock: net.Socket;
@@ -147,4 +147,20 @@ export function render(bytes: Buffer): string {
   }
   if (pos !== bytes.length) out.push(`<${bytes.length - pos} trailing bytes>`);
   return out.join('\n');
+}
+
+/** Parse, Bind and Execute of `sql` as the unnamed statement and portal (no parameters), without a Sync. */
+export function unnamedExecute(sql: string): Buffer {
+  return Buffer.concat([
+    encodeFrontend({ type: 'Parse', name: '', sql, paramTypes: [] }),
+    encodeFrontend({
+      type: 'Bind',
+      portal: '',
+      statement: '',
+      paramFormats: [],
+      params: [],
+      resultFormats: [],
+    }),
+    encodeFrontend({ type: 'Execute', portal: '', maxRows: 0 }),
+  ]);
 }

@@ -13,7 +13,7 @@ import { encodeFrontend } from '../../src/proxy/protocol/frontend.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { startTestProxy, viaPort } from '../harness/dfgate.js';
 import { finished, startTestExecutor } from '../harness/executor.js';
-import { loggedIn } from '../harness/wire.js';
+import { loggedIn, unnamedExecute } from '../harness/wire.js';
 
 const db = useTestDatabase();
 const executors: Executor[] = [];
@@ -92,21 +92,7 @@ describe('born claimed, attacked', () => {
     try {
       w.sock.write(
         Buffer.concat([
-          encodeFrontend({
-            type: 'Parse',
-            name: '',
-            sql: `SELECT 'abcd1234'::text FROM pg_sleep(0.2)`,
-            paramTypes: [],
-          }),
-          encodeFrontend({
-            type: 'Bind',
-            portal: '',
-            statement: '',
-            paramFormats: [],
-            params: [],
-            resultFormats: [],
-          }),
-          encodeFrontend({ type: 'Execute', portal: '', maxRows: 0 }),
+          unnamedExecute(`SELECT 'abcd1234'::text FROM pg_sleep(0.2)`),
           encodeFrontend({ type: 'Query', sql: `SELECT df.start('SELECT 1', 'cover')` }),
         ]),
       );

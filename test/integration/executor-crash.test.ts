@@ -4,12 +4,12 @@
  * effect must happen exactly once and every instance must complete.
  * DFGATE_CRASH_SEED=<n> replays a run.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import type pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../../src/pg/cluster.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
+import { spawnWorker } from '../harness/worker.js';
 
 const db = useTestDatabase();
 let role: TestRole;
@@ -23,45 +23,16 @@ const rnd = (): number => {
   return (x >>> 0) / 4294967296;
 };
 
-const children = new Set<ChildProcess>();
-// a worker left behind by a failed test (one frozen with SIGSTOP ignores SIGTERM) is killed
-afterAll(() => {
-  for (const p of children) p.kill('SIGKILL');
-});
-
 function worker(name: string, extra: string[] = []): ChildProcess {
-  const p = spawn(
-    process.execPath,
-    [
-      path.resolve('dist/src/cli.js'),
-      'worker',
-      '--upstream',
-      `${db.url}?sslmode=disable`,
-      '--no-migrate',
-      '--lease-seconds',
-      '1',
-      '--poll-interval',
-      '0.2',
-      '--log-level',
-      'warn',
-      ...extra,
-    ],
-    {
-      env: { ...process.env, DFGATE_STEP_SECRET: 'crash-test-secret' },
-      stdio: ['ignore', 'ignore', 'pipe'],
+  return spawnWorker(db.url, 'crash-test-secret', {
+    extra,
+    onExit: (code, sig, err) => {
+      if (code && code !== 0)
+        process.stderr.write(
+          `[crash] worker ${name} exited ${code} ${sig ?? ''}: ${err.slice(-2000)}\n`,
+        );
     },
-  );
-  let err = '';
-  p.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-  p.once('exit', (code, sig) => {
-    children.delete(p);
-    if (code && code !== 0)
-      process.stderr.write(
-        `[crash] worker ${name} exited ${code} ${sig ?? ''}: ${err.slice(-2000)}\n`,
-      );
   });
-  children.add(p);
-  return p;
 }
 
 async function startN(instances: number, steps: number, stepSeconds = 0.03): Promise<string[]> {

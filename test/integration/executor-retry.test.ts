@@ -6,13 +6,13 @@
  * A failed step's transaction is rolled back, so attempts are counted with a
  * sequence (nextval is not rolled back) and timed by their df.events rows.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backoffMs } from '../../src/executor/core.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { finished, startTestExecutor } from '../harness/executor.js';
+import { spawnWorker } from '../harness/worker.js';
 import type { Executor } from '../../src/executor/executor.js';
 
 const db = useTestDatabase();
@@ -238,35 +238,7 @@ describe('retries in process', () => {
 });
 
 describe('retries across a crash', () => {
-  const children = new Set<ChildProcess>();
-  afterAll(() => {
-    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
-  });
-  function worker(): ChildProcess {
-    const p = spawn(
-      process.execPath,
-      [
-        path.resolve('dist/src/cli.js'),
-        'worker',
-        '--upstream',
-        `${db.url}?sslmode=disable`,
-        '--no-migrate',
-        '--lease-seconds',
-        '1',
-        '--poll-interval',
-        '0.2',
-        '--log-level',
-        'warn',
-      ],
-      {
-        env: { ...process.env, DFGATE_STEP_SECRET: 'retry-test-secret' },
-        stdio: ['ignore', 'ignore', 'ignore'],
-      },
-    );
-    children.add(p);
-    p.once('exit', () => children.delete(p));
-    return p;
-  }
+  const worker = (): ChildProcess => spawnWorker(db.url, 'retry-test-secret');
 
   it('SIGKILL during a backoff, restart: the attempt count continues, nothing runs twice', async () => {
     const f = await flaky(3);

@@ -6,8 +6,7 @@
  * transaction holds nothing for long; two executors share the work and every
  * next step runs once; SIGKILL during the bursts loses and repeats nothing.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import pg from 'pg';
 import pino from 'pino';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -16,6 +15,7 @@ import { TimerStore, type ReadyInstance } from '../../src/executor/timer-store.j
 import { DueTimers, dueTimers, type BatchOutcome } from '../../src/executor/timers.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { startTestExecutor } from '../harness/executor.js';
+import { spawnWorker } from '../harness/worker.js';
 
 const db = useTestDatabase();
 let alice: TestRole;
@@ -380,26 +380,7 @@ describe('SIGKILL during due-timer bursts', () => {
     return (x >>> 0) / 4294967296;
   };
 
-  function worker(): ChildProcess {
-    const p = spawn(
-      process.execPath,
-      [
-        path.resolve('dist/src/cli.js'),
-        'worker',
-        '--upstream',
-        `${db.url}?sslmode=disable`,
-        '--no-migrate',
-        '--lease-seconds',
-        '1',
-        '--poll-interval',
-        '0.2',
-        '--log-level',
-        'warn',
-      ],
-      { env: { ...process.env, DFGATE_STEP_SECRET: 'timers-test-secret' }, stdio: 'ignore' },
-    );
-    return p;
-  }
+  const worker = (): ChildProcess => spawnWorker(db.url, 'timers-test-secret');
 
   it('workers killed at random moments while timers fire: every timer fires once, every step runs once', async () => {
     process.stdout.write(`[timers] seed ${seed} (DFGATE_CRASH_SEED=${seed} to replay)\n`);

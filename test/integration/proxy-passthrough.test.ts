@@ -7,7 +7,7 @@ import pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { encodeFrontend, encodeStartup } from '../../src/proxy/protocol/frontend.js';
-import { loggedIn } from '../harness/wire.js';
+import { loggedIn, unnamedExecute } from '../harness/wire.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import {
   POOLED,
@@ -98,21 +98,7 @@ describe('pass-through with node-postgres', () => {
       const msgs = [];
       for (let i = 0; i < 3; i++) {
         msgs.push(
-          encodeFrontend({
-            type: 'Parse',
-            name: '',
-            sql: i === 1 ? 'SELECT 1/0' : `SELECT ${i}`,
-            paramTypes: [],
-          }),
-          encodeFrontend({
-            type: 'Bind',
-            portal: '',
-            statement: '',
-            paramFormats: [],
-            params: [],
-            resultFormats: [],
-          }),
-          encodeFrontend({ type: 'Execute', portal: '', maxRows: 0 }),
+          unnamedExecute(i === 1 ? 'SELECT 1/0' : `SELECT ${i}`),
           encodeFrontend({ type: 'Sync' }),
         );
       }

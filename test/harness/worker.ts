@@ -1,0 +1,54 @@
+/**
+ * `dfgate worker` processes (the executor alone, from dist/) for the crash
+ * tests: 1 s leases and a 0.2 s poll, so that a killed worker's instances
+ * are taken over quickly. Any left running when the file ends (a failed
+ * test, one frozen with SIGSTOP that ignored SIGTERM) is SIGKILLed.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { afterAll } from 'vitest';
+
+const children = new Set<ChildProcess>();
+afterAll(() => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+});
+
+export interface WorkerOptions {
+  /** More command-line options. */
+  readonly extra?: readonly string[];
+  /** Collect stderr (then handed to `onExit`) instead of ignoring it. */
+  readonly onExit?: (code: number | null, signal: NodeJS.Signals | null, stderr: string) => void;
+}
+
+/** Starts `dfgate worker` against `url` (a superuser's, migrated) with the step secret `secret`. */
+export function spawnWorker(url: string, secret: string, opts: WorkerOptions = {}): ChildProcess {
+  const p = spawn(
+    process.execPath,
+    [
+      path.resolve('dist/src/cli.js'),
+      'worker',
+      '--upstream',
+      `${url}?sslmode=disable`,
+      '--no-migrate',
+      '--lease-seconds',
+      '1',
+      '--poll-interval',
+      '0.2',
+      '--log-level',
+      'warn',
+      ...(opts.extra ?? []),
+    ],
+    {
+      env: { ...process.env, DFGATE_STEP_SECRET: secret },
+      stdio: ['ignore', 'ignore', opts.onExit ? 'pipe' : 'ignore'],
+    },
+  );
+  let err = '';
+  p.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  children.add(p);
+  p.once('exit', (code, sig) => {
+    children.delete(p);
+    opts.onExit?.(code, sig, err);
+  });
+  return p;
+}
