@@ -13,10 +13,9 @@
  * start next. A failure (retries, on_failure), timers, signals, HTTP steps
  * and loop summaries are left to the driver.
  */
-import { randomBytes } from 'node:crypto';
 import { runCore, type CoreInput, type EventKind, type StoredEvent } from './core.js';
 import { stampRows, type StoredStamp } from './drive-cache.js';
-import { tokenHash } from './token.js';
+import { newToken, tokenHash } from './token.js';
 
 /** A next step's attempt, already marked by the checkpoint that carried it. */
 export interface Premark {
@@ -71,7 +70,7 @@ export function carry(input: CarryInput): Carried | undefined {
     const marks: unknown[] = [];
     for (const a of next) {
       const stamp = core.stamps.get(a.node)?.stamp ?? `${input.core.instanceId}::1`;
-      const token = randomBytes(24).toString('base64url');
+      const token = newToken();
       premarks.set(a.key, { token, stamp, attempt: a.attempt });
       marks.push({
         node: a.node,

@@ -6,7 +6,6 @@
  * errors run the step again; a failure its step connection could not
  * checkpoint is recorded through the control connection.
  */
-import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { metrics } from '../metrics.js';
 import type { Action } from './core.js';
@@ -14,7 +13,7 @@ import type { RunnerContext } from './context.js';
 import { runSqlStep, isRetryable, type RecordedEvent, type StepIdentity } from './steps.js';
 import type { InstanceRow } from './store.js';
 import type { Premark } from './carry.js';
-import { tokenHash } from './token.js';
+import { newToken, tokenHash } from './token.js';
 
 export interface StepHooks {
   /** The step's outcome committed, with its event. */
@@ -45,7 +44,7 @@ export async function sqlStep(
       attempt === 1 && premark?.stamp === stamp && premark.attempt === a.attempt
         ? premark
         : undefined;
-    const token = pre?.token ?? randomBytes(24).toString('base64url');
+    const token = pre?.token ?? newToken();
     // The attempt mark travels on the control connection while the statement runs: runSqlStep
     // sends it right after the statement's message (so the statement goes first) and awaits it
     // before anything commits. False: lease lost, cancelled, or already recorded (the

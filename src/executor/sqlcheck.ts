@@ -46,23 +46,46 @@ function findRoleChange(node: Json): string | undefined {
   return undefined;
 }
 
-/** Plans of recently seen step texts (a step of a chain or loop repeats its text): at most PLAN_CACHE_MAX, each up to PLAN_CACHE_TEXT_MAX characters. */
+/**
+ * Plans of recently seen step texts, by planKey: at most PLAN_CACHE_MAX,
+ * each up to PLAN_CACHE_TEXT_MAX characters. A step of a chain or loop
+ * repeats its text, and the steps of many instances of one workflow differ
+ * only in the numbers substituted into them.
+ */
 const planCache = new Map<string, StepPlan>();
 const PLAN_CACHE_MAX = 1000;
 const PLAN_CACHE_TEXT_MAX = 16 * 1024;
 
+/** A standalone run of digits: no letter, digit, underscore, dollar or non-ASCII character on either side. */
+const NUMBER = /(?<![A-Za-z0-9_$\u0080-\uffff])[0-9]+(?![A-Za-z0-9_$\u0080-\uffff])/g;
+
+/**
+ * The text a step's plan is cached under: every standalone run of digits
+ * made 0. A plan never depends on a number: it depends on statement types,
+ * setting names, cursor options and set_config's first argument, none of
+ * which such a run can be part of, and a number stays a number (in a
+ * string or a comment, any digits do). Only escapes read digits as
+ * characters (E'\101', U&'\0041', UESCAPE): a text with a backslash or a
+ * Unicode string or identifier is its own key.
+ */
+export function planKey(sql: string): string {
+  if (sql.includes('\\') || /[uU]&/.test(sql)) return sql;
+  return sql.replace(NUMBER, '0');
+}
+
 export function planStep(sql: string): StepPlan {
-  const hit = planCache.get(sql);
+  const key = planKey(sql);
+  const hit = planCache.get(key);
   if (hit) {
     // most recently used last: the oldest entry goes first when full
-    planCache.delete(sql);
-    planCache.set(sql, hit);
+    planCache.delete(key);
+    planCache.set(key, hit);
     return hit;
   }
   const plan = planUncached(sql);
-  if (sql.length <= PLAN_CACHE_TEXT_MAX) {
+  if (key.length <= PLAN_CACHE_TEXT_MAX) {
     if (planCache.size >= PLAN_CACHE_MAX) planCache.delete(planCache.keys().next().value as string);
-    planCache.set(sql, plan);
+    planCache.set(key, plan);
   }
   return plan;
 }
@@ -81,7 +104,8 @@ export function planAhead(sqls: readonly string[]): void {
   }
 }
 
-function planUncached(sql: string): StepPlan {
+/** The plan of one text, from its parse tree (exported for the tests). */
+export function planUncached(sql: string): StepPlan {
   let stmts: Array<{ stmt?: Json }>;
   try {
     stmts = (parseSync(sql) as unknown as { stmts?: Array<{ stmt?: Json }> }).stmts ?? [];

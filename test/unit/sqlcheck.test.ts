@@ -1,0 +1,88 @@
+/** src/executor/sqlcheck.ts: a step's plan, and the key it is cached under. */
+import { beforeAll, describe, expect, it } from 'vitest';
+import { loadParser, planKey, planStep, planUncached } from '../../src/executor/sqlcheck.js';
+
+beforeAll(async () => {
+  await loadParser();
+});
+
+describe('planKey', () => {
+  it('makes every standalone number 0, so the steps of many instances share one plan', () => {
+    const a = planKey(
+      'WITH s AS (INSERT INTO step_log (wf, k, started_at) VALUES (17, 3, clock_timestamp())) UPDATE counters SET n = n + 1 WHERE id = 17',
+    );
+    const b = planKey(
+      'WITH s AS (INSERT INTO step_log (wf, k, started_at) VALUES (4711, 10, clock_timestamp())) UPDATE counters SET n = n + 1 WHERE id = 4711',
+    );
+    expect(a).toBe(b);
+    expect(a).toContain('VALUES (0, 0, clock_timestamp())');
+    expect(planKey("SELECT 1.5e3, '42', x FROM t LIMIT 10")).toBe(
+      "SELECT 0.5e3, '0', x FROM t LIMIT 0",
+    );
+  });
+
+  it('leaves digits that are part of a name, a parameter, a dollar quote tag or a prefixed number', () => {
+    const sql = 'SELECT t1.c2, $1, $q1$ 7 $q1$, 0x1F, 1_000, 12abc FROM t1';
+    expect(planKey(sql)).toBe('SELECT t1.c2, $1, $q1$ 0 $q1$, 0x1F, 1_000, 12abc FROM t1');
+  });
+
+  it('keeps a text with escapes (backslash, U& strings and identifiers, UESCAPE) as its own key', () => {
+    for (const sql of [
+      "SELECT E'\\101' FROM t WHERE id = 5",
+      "SELECT U&'\\0041' WHERE 1 = 1",
+      "SELECT U&'!0041' UESCAPE '!' WHERE 1 = 1",
+      'SELECT u&"d!0061t" UESCAPE \'!\' FROM t WHERE 1 = 1',
+    ]) {
+      expect(planKey(sql)).toBe(sql);
+    }
+  });
+
+  it('never gives two texts of one key different plans', () => {
+    // texts whose plan is decided by what surrounds the numbers; each with its numbers changed
+    const corpus = [
+      'SELECT 1',
+      'SET ROLE app; SELECT 1',
+      "SELECT set_config('role', 'x1', false), 2",
+      "SELECT set_config('role1', 'x', false), 2",
+      "SELECT pg_catalog.set_config('session_authorization', '7', true) FROM generate_series(1, 10)",
+      'BEGIN; UPDATE t SET n = 1; COMMIT',
+      'SAVEPOINT s1; SELECT 2',
+      'DECLARE c1 CURSOR WITH HOLD FOR SELECT 1',
+      'DECLARE c1 CURSOR FOR SELECT 1',
+      'VACUUM (PARALLEL 2) t1',
+      'CREATE INDEX CONCURRENTLY i1 ON t1 (c2) WITH (fillfactor = 70)',
+      'REINDEX (CONCURRENTLY, VERBOSE 1) TABLE t1',
+      'CREATE DATABASE d1 CONNECTION LIMIT 5',
+      'ALTER SYSTEM SET work_mem = 64',
+      "SELECT 'BEGIN; SET ROLE x', 12 -- SET ROLE 3\n",
+      'SELECT $$; SET ROLE x; 1$$, 5',
+      'SELECT 1 /* 2 */ + 3',
+      "SELECT B'0101', X'1F', 1e5, .5, 5., 99999999999999999999999",
+      "SELECT CAST(x AS varchar(10)), interval(3) '1 day' FROM t",
+      'SELECT 1 2 3', // not parseable either way
+      'SELECT 12abc, 3', // trailing junk: left alone
+    ];
+    // every standalone number (as planKey finds them) made another, longer one
+    const change = (s: string): string =>
+      s.replace(/(?<![A-Za-z0-9_$\u0080-\uffff])[0-9]+(?![A-Za-z0-9_$\u0080-\uffff])/g, (d) =>
+        String(Number(d.slice(-1)) * 7 + 123),
+      );
+    for (const sql of corpus) {
+      expect(change(sql), sql).not.toBe(sql);
+      expect(planKey(change(sql)), sql).toBe(planKey(sql));
+      expect(planUncached(change(sql)), sql).toEqual(planUncached(sql));
+      expect(planUncached(planKey(sql)), sql).toEqual(planUncached(sql));
+    }
+    expect(planUncached('DROP INDEX CONCURRENTLY i1')).toEqual(
+      planUncached(planKey('DROP INDEX CONCURRENTLY i1')),
+    );
+  });
+
+  it('serves a refusal from the cache to a text that differs only in its numbers', () => {
+    const first = planStep('SELECT 1; SET ROLE other; SELECT 2');
+    expect(first.kind).toBe('refuse');
+    expect(planStep('SELECT 10; SET ROLE other; SELECT 20')).toEqual(first);
+    expect(planStep('SELECT 10; SET ROLE other1; SELECT 20').kind).toBe('refuse');
+    expect(planStep('SELECT 10; SELECT 20').kind).toBe('transaction');
+  });
+});
