@@ -95,6 +95,7 @@ export class Executor {
         auth: opts.stepAuth,
         secret: opts.stepSecret,
         maxIdle: Math.max(8, opts.maxConcurrentSteps),
+        log: this.log,
       },
       this.control,
     );

@@ -7,6 +7,7 @@
  * settings again), so nothing a step leaves behind reaches the next one.
  */
 import pg from 'pg';
+import type { Logger } from 'pino';
 import { readBounded, ResultTooLargeError, DEFAULT_MAX_RESULT_BYTES } from './bounded.js';
 import { EncodeError } from './encode.js';
 import { ensureStepLogin, quoteIdent, stepLoginName, stepPassword } from './identity.js';
@@ -53,6 +54,7 @@ export interface StepPoolOptions {
    * may run at once, so a busy role never pays a new login per step.
    */
   readonly maxIdle?: number;
+  readonly log?: Logger;
 }
 
 /**
@@ -95,14 +97,30 @@ export class StepPool {
   ) {}
 
   private async settingsFor(id: StepIdentity): Promise<string> {
-    // R's role-level settings (role-wide and for this database), applied as if R had logged in
-    const r = await this.control.query<{ cfg: string }>(
-      `SELECT unnest(setconfig) AS cfg FROM pg_db_role_setting
-        WHERE setrole = $1 AND setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
-        ORDER BY setdatabase`,
+    // R's role-level settings (role-wide and for this database), applied as if R had logged in.
+    // A superuser may have set one that R may not SET itself (log_statement, say): PostgreSQL
+    // applies it at R's own login, but the step session sets it as R and would fail every step,
+    // so it is left out, with a warning (docs/executor.md, "Identity").
+    const r = await this.control.query<{ cfg: string; settable: boolean }>(
+      `SELECT s.cfg, NOT EXISTS (SELECT 1 FROM pg_settings p
+                                  WHERE p.name = lower(split_part(s.cfg, '=', 1)) AND p.context <> 'user'
+                                    AND NOT (p.context = 'superuser' AND has_parameter_privilege($1::oid, p.name, 'SET'))
+                                ) AS settable
+         FROM pg_db_role_setting d, unnest(d.setconfig) WITH ORDINALITY AS s(cfg, n)
+        WHERE d.setrole = $1 AND d.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+        ORDER BY d.setdatabase, s.n`,
       [id.roleOid],
     );
+    const skipped = r.rows
+      .filter((x) => !x.settable)
+      .map((x) => x.cfg.slice(0, x.cfg.indexOf('=')));
+    if (skipped.length > 0)
+      this.opts.log?.warn(
+        { role: id.roleName, settings: skipped },
+        'role settings the role may not set itself are not applied to its steps',
+      );
     return r.rows
+      .filter((x) => x.settable)
       .map((x) => {
         const eq = x.cfg.indexOf('=');
         const name = x.cfg.slice(0, eq);

@@ -70,6 +70,11 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
   if (opts.edgeValidation) await loadParser();
   const sessions = new Set<Session>();
   const cancels = new CancelRegistry(log, opts.connectTimeoutMs);
+  // The wake is seen while the server's ReadyForQuery is being framed; it runs
+  // once that chunk is relayed, so the client's answer never waits for a claim.
+  const onDfCommit = opts.onDfCommit;
+  const wakeAfterRelay =
+    onDfCommit && ((started?: Started) => queueMicrotask(() => onDfCommit(started)));
   const pools =
     opts.poolMode === 'transaction'
       ? new ServerPools({
@@ -119,7 +124,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
       maxMessageSize: opts.maxMessageSize,
       tls: secureContext,
       cancels,
-      onDfCommit: opts.onDfCommit,
+      onDfCommit: wakeAfterRelay,
       prelease: opts.prelease,
       edgeValidation: opts.edgeValidation,
       startNew: opts.startNew,

@@ -129,6 +129,25 @@ describe('steps run as the submitter and cannot escape', () => {
     expect(row.no_temp).toBe(true);
   });
 
+  it('the role’s own settings apply to its steps; one only a superuser may set is left out, not fatal', async () => {
+    const carol = await db.role('carol');
+    // log_min_duration_statement: a superuser-only parameter, set for carol by a superuser
+    await db.admin.query(
+      `ALTER ROLE ${carol.ident} SET work_mem = '7MB'; ALTER ROLE ${carol.ident} SET log_min_duration_statement = -1; ALTER ROLE ${carol.ident} SET lock_timeout = '9s'`,
+    );
+    const c = await db.connect(carol.url);
+    const id = (
+      await c.query(
+        `SELECT df.start($$SELECT current_setting('work_mem') AS wm, current_setting('lock_timeout') AS lt$$) AS id`,
+      )
+    ).rows[0].id;
+    const r = await finished(c, id);
+    expect(r.status).toBe('completed');
+    const row = JSON.parse(r.result as string).rows[0];
+    expect(row).toEqual({ wm: '7MB', lt: '9s' });
+    await c.end();
+  });
+
   it('the control tables stay out of reach', async () => {
     const r = await step(`UPDATE df.instances SET runnable = true`);
     expect(r.status).toBe('failed');
