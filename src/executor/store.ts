@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto';
 import pg from 'pg';
 import type { EventKind } from './core.js';
 import type { NodeRow } from './graph.js';
+import { AttemptMarks } from './marks.js';
 
 export interface InstanceRow {
   readonly id: string;
@@ -94,7 +95,11 @@ export class ControlStore {
     private readonly leaseMs: number,
     /** Where claims run (a connection that keeps generic plans); the control pool by default. */
     private readonly claimer: pg.Pool = pool,
-  ) {}
+  ) {
+    this.marks = new AttemptMarks(pool, owner);
+  }
+
+  readonly marks: AttemptMarks;
 
   /**
    * Every statement goes out as a named prepared statement (one per text):
@@ -507,12 +512,11 @@ export class ControlStore {
   }
 
   /**
-   * Marks a SQL node's attempt before its step runs: the activation, the
-   * attempt token's hash, attempts + 1 and the running stamp; only while this
-   * executor holds the lease and the activation has no outcome. False: lease
-   * lost, cancelled, or already recorded.
+   * Marks a SQL node's attempt before its step runs (marks.ts, batched with
+   * the marks of the steps starting with it). False: lease lost, cancelled,
+   * or already recorded.
    */
-  async markAttempt(
+  markAttempt(
     id: string,
     epoch: number,
     a: ActivationRef,
@@ -520,16 +524,7 @@ export class ControlStore {
     stamp: string,
     attempt: number,
   ): Promise<boolean> {
-    const marked = await this.run(
-      `UPDATE df.nodes n SET activation = $3, attempt_token = $4, attempts = $8,
-              status = 'running', result = NULL, status_details = jsonb_build_object('execution_id', $7::text), updated_at = now()
-        WHERE n.instance_id = $1 AND n.id = $2
-          AND EXISTS (SELECT 1 FROM df.instances i WHERE i.id = $1 AND i.lease_epoch = $5 AND i.lease_owner = $6
-                        AND i.status IN ('pending', 'running'))
-          AND NOT EXISTS (SELECT 1 FROM df.events e WHERE e.instance_id = $1 AND e.activation = $3 AND e.kind IN ('done', 'failed'))`,
-      [id, a.node, a.key, tokenHash, epoch, this.owner, stamp, attempt],
-    );
-    return (marked.rowCount ?? 0) > 0;
+    return this.marks.mark({ id, epoch, a, tokenHash, stamp, attempt });
   }
 
   /** Records a step failure through the control connection, lease-checked and only if the activation has no outcome yet. */
