@@ -15,7 +15,7 @@
  * makes) stays a df._start_graph call. The database trusts neither form:
  * df._activate_graph checks the rows the caller inserted either way.
  */
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 
 /** Node types whose rows are the graph's own fields (no condition or extra nodes, no HTTP checks). */
 const LEAVES = new Set(['SQL', 'SLEEP', 'WAIT_SCHEDULE', 'SIGNAL']);
@@ -37,6 +37,20 @@ interface Row {
 const isObject = (v: unknown): v is Record<string, unknown> =>
   typeof v === 'object' && v !== null && !Array.isArray(v);
 
+/** Random bytes for 1,024 node ids at a time: one call to the CSPRNG for many compiles; each byte is used once. */
+const idPool = Buffer.alloc(4 * 1024);
+let idNext = idPool.length;
+
+function drawId(): string {
+  if (idNext + 4 > idPool.length) {
+    randomFillSync(idPool);
+    idNext = 0;
+  }
+  const id = idPool.toString('hex', idNext, idNext + 4);
+  idNext += 4;
+  return id;
+}
+
 /** The rows of `graph` (node JSON text) as JSON text for df._start_rows, or undefined to keep df._start_graph. */
 export function graphRows(graph: string): string | undefined {
   if (graph.includes('\\u')) return undefined;
@@ -47,14 +61,9 @@ export function graphRows(graph: string): string | undefined {
     return undefined;
   }
   const ids = new Set<string>();
-  // one draw for all the ids a graph of ROWS_MAX nodes could need, more only on a collision
-  let pool = randomBytes(4 * ROWS_MAX);
-  let next = 0;
   const fresh = (): string => {
     for (;;) {
-      if (next + 4 > pool.length) ((pool = randomBytes(4 * ROWS_MAX)), (next = 0));
-      const id = pool.toString('hex', next, next + 4);
-      next += 4;
+      const id = drawId();
       if (!ids.has(id)) {
         ids.add(id);
         return id;
