@@ -17,6 +17,12 @@ export interface Started {
    */
   readonly leased?: readonly string[];
   /**
+   * Of the leased ones, the claims their starts' answers carried (the
+   * instance as the executor's claim reads it, JSON text, as the database
+   * wrote it): the executor runs these without reading them again.
+   */
+  readonly born?: readonly string[];
+  /**
    * The transaction did more than such starts: the executor also runs its
    * general claim (ids then lists only leased ones).
    */

@@ -176,7 +176,7 @@ export class Executor {
    * whose df.start just committed (a claim by id may do); without it, all that is ready.
    */
   wake(started?: Started): void {
-    if (started?.leased?.length) this.adoption.adopt(started.leased);
+    if (started?.leased?.length) this.adoption.adopt(started.leased, started.born);
     this.requests.add(toClaim(started));
     this.kick();
     // While a claim is on its way (the pool writes it on the next tick), check the steps'

@@ -316,6 +316,7 @@ export class Session extends ClientConnection implements EdgeHost {
       inspect: (t) =>
         SERVER_INSPECT[t] === 1 ||
         (t === Backend.DataRow && this.edge.wantsRow) || // a df.start's instance id
+        (t === Backend.NoticeResponse && this.edge.born.armed) || // its claim (edge/born.ts)
         this.conversation.active ||
         (this.lender?.pooled.inspects(t) ?? false),
       message: (t, body) => this.onServerMessage(conn, t, body),
@@ -400,6 +401,7 @@ export class Session extends ClientConnection implements EdgeHost {
   }
 
   private onServerMessage(conn: ServerConn, type: number, body: Buffer): Buffer | null | undefined {
+    if (type === Backend.NoticeResponse && this.edge.born.notice(body)) return null;
     if (
       this.conversation.active &&
       !ASYNC_MESSAGES.has(type) && // notifications, notices, parameter changes: the client's

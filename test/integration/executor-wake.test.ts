@@ -268,10 +268,12 @@ describe('born claimed: a plain df.start through the proxy of the same process',
     return await db.connect(viaPort(role.url, proxy.port));
   }
 
-  it('the start commits the lease: no claim at all, the instance read and run, once', async () => {
+  it('the start commits the lease: no claim and no read, its answer carries its claim, run once', async () => {
     const { ex, byId, general } = await spiedExecutor();
     const adopt = vi.spyOn((ex as unknown as { store: ControlStore }).store, 'adopt');
     const p = await wired(ex);
+    const notices: string[] = [];
+    p.on('notice', (n) => notices.push(n.message ?? ''));
     await db.admin.query('CREATE TABLE born_once (n int)');
     await db.admin.query(`GRANT INSERT ON born_once TO ${role.ident}`);
     const ids: string[] = [];
@@ -299,7 +301,51 @@ describe('born claimed: a plain df.start through the proxy of the same process',
     ).toEqual({ n: 5, d: 5 });
     expect(byId).not.toHaveBeenCalled();
     expect(general).not.toHaveBeenCalled();
-    expect(adopt).toHaveBeenCalledTimes(5);
+    // the claims came in the starts' answers, and the client saw none of them
+    expect(adopt).not.toHaveBeenCalled();
+    expect(notices).toEqual([]);
+  });
+
+  it('a start inside a transaction block, or of a role with variables, is read after its commit', async () => {
+    const { ex } = await spiedExecutor();
+    const adopt = vi.spyOn((ex as unknown as { store: ControlStore }).store, 'adopt');
+    const p = await wired(ex);
+    const notices: string[] = [];
+    p.on('notice', (n) => notices.push(n.message ?? ''));
+    await p.query('BEGIN');
+    const a = (await p.query<{ start: string }>(`SELECT df.start('SELECT 1 AS one', 'in-tx')`))
+      .rows[0]?.start as string;
+    await p.query('COMMIT');
+    expect((await finished(direct, a)).status).toBe('completed');
+    expect(adopt).toHaveBeenCalledTimes(1);
+    // variables stay out of notices: this start is read after its commit too
+    await p.query(`SELECT df.setvar('greeting', 'hello')`);
+    const b = (await p.query<{ start: string }>(`SELECT df.start('SELECT 2 AS two', 'vars')`))
+      .rows[0]?.start as string;
+    const r = await finished(direct, b);
+    expect(r.status).toBe('completed');
+    expect(adopt).toHaveBeenCalledTimes(2);
+    await p.query(`SELECT df.unsetvar('greeting')`);
+    expect(notices.filter((n) => n.startsWith('dfgate born claim'))).toEqual([]);
+  });
+
+  it('a notice that looks like a claim but is not the start’s own reaches the client unchanged', async () => {
+    const { ex } = await spiedExecutor();
+    const adopt = vi.spyOn((ex as unknown as { store: ControlStore }).store, 'adopt');
+    const p = await wired(ex);
+    const notices: string[] = [];
+    p.on('notice', (n) => notices.push(n.message ?? ''));
+    const forged = `dfgate born claim ${'a'.repeat(24)} {"id" : "0000000f"}`;
+    await p.query(`DO $$ BEGIN RAISE NOTICE '%', '${forged}'; END $$`);
+    // a start whose statement raises a forged claim first: only the database's own counts
+    await p.query(`CREATE FUNCTION public.forge() RETURNS text LANGUAGE plpgsql AS $f$
+      BEGIN RAISE NOTICE '%', '${forged}'; RETURN 'SELECT 3 AS three'; END $f$`);
+    const id = (await p.query<{ start: string }>(`SELECT df.start(public.forge(), 'forged')`))
+      .rows[0]?.start as string;
+    expect((await finished(direct, id)).status).toBe('completed');
+    expect(notices).toEqual([forged, forged]);
+    await p.query('DROP FUNCTION public.forge()');
+    expect(adopt.mock.calls.flat(2)).not.toContain('0000000f');
   });
 
   it('no lease while work is left behind, or past the leases below the reserve', async () => {

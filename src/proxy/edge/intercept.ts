@@ -33,6 +33,7 @@ import { errorFields, mixed, nonceName, quoteIdentifier, raiseNonce, refusal } f
 import type { StartNewRequest } from '../../contract/start-new.js';
 import type { Lease, Started } from '../../contract/started.js';
 import { withLease } from './lease.js';
+import { BornClaims } from './born.js';
 import { mentionsDf } from '../sql-scan.js';
 export type { StartNewRequest };
 
@@ -44,10 +45,7 @@ export interface EdgeOptions {
    * `SELECT df.start(...)` whose id the edge read; otherwise undefined.
    */
   readonly onDfCommit?: ((started?: Started) => void) | undefined;
-  /**
-   * A lease from the executor of this process for a plain `SELECT df.start(...)`
-   * rewritten here, or undefined (none now): the instance is born claimed.
-   */
+  /** A lease from this process's executor for a plain `SELECT df.start(...)` rewritten here: born claimed. */
   readonly prelease?: (() => Lease | undefined) | undefined;
   /** Validate and compile df.start calls before they reach the database (DESIGN.md §2 path 2). */
   readonly edgeValidation?: boolean | undefined;
@@ -68,6 +66,8 @@ export interface EdgeHost {
   readonly ledger: Ledger;
   readonly conversation: Conversation;
   readonly isClosed: boolean;
+  /** The transaction status of the last ReadyForQuery ('I': outside a transaction block). */
+  readonly txStatus: string;
 }
 
 /** An error with PostgreSQL's fields, as thrown by startNew. */
@@ -114,11 +114,7 @@ const STARTED_IDS_MAX = 1_000;
 const NONCE = /dfgate_edge_([0-9a-f]{12})/;
 
 export class EdgeInterceptor {
-  /**
-   * Protocol-level statements whose Binds dfgate checks: a SELECT df.start(...,
-   * transaction_mode => 'new') (`call`), or df.start calls whose workflow is a
-   * parameter (`bound`: their numbers).
-   */
+  /** Statements whose Binds dfgate checks: df.start(..., transaction_mode => 'new') or a bound workflow. */
   private readonly statements = new Map<string, StatementCheck | PendingCheck>();
   /** Errors dfgate provoked, by nonce. */
   private readonly swaps = new Map<string, ErrorSwap>();
@@ -141,6 +137,8 @@ export class EdgeInterceptor {
   private idRow: { after: number; until: number; leased: boolean } | undefined;
   /** Of startedIds, those born leased to this process's executor. */
   private leasedIds: string[] = [];
+  /** Claims of born-leased starts, taken from their answers (born.ts). */
+  readonly born = new BornClaims();
 
   constructor(
     private readonly host: EdgeHost,
@@ -185,6 +183,7 @@ export class EdgeInterceptor {
     if (!this.sawDf) {
       // a start answered after the wake of its transaction had gone (a pipelined batch)
       if (this.startedIds.length > 0 || this.startedSteps.length > 0) {
+        this.born.take([]);
         this.startedIds = [];
         this.leasedIds = [];
         this.startedSteps = [];
@@ -195,8 +194,9 @@ export class EdgeInterceptor {
     const named =
       this.soleStarts === this.dfStatements && this.startedIds.length === this.soleStarts;
     const leased = this.leasedIds;
+    const born = this.born.take(named ? leased : []);
     const started = named
-      ? { ids: this.startedIds, steps: this.startedSteps, leased }
+      ? { ids: this.startedIds, steps: this.startedSteps, leased, born }
       : leased.length > 0
         ? { ids: leased, steps: this.startedSteps, leased, general: true }
         : undefined;
@@ -208,10 +208,7 @@ export class EdgeInterceptor {
     this.opts.onDfCommit?.(started);
   }
 
-  /**
-   * The steps' SQL for the wake, at most STEPS_CHARS_MAX characters per
-   * transaction: the executor parses it on this event loop while it claims.
-   */
+  /** The steps' SQL for the wake (at most STEPS_CHARS_MAX characters per transaction), checked while it claims. */
   private addSteps(steps: readonly string[]): void {
     for (const s of steps) {
       if (this.stepChars + s.length > STEPS_CHARS_MAX) return;
@@ -225,11 +222,7 @@ export class EdgeInterceptor {
     return this.idRow !== undefined;
   }
 
-  /**
-   * A DataRow while a sole `SELECT df.start(...)` is answered: its one
-   * column is the instance id (a hint for the executor's claim, which
-   * re-reads everything).
-   */
+  /** A DataRow while a sole `SELECT df.start(...)` is answered: its one column is the instance id. */
   dataRow(body: Buffer): void {
     const w = this.idRow;
     const received = this.host.ledger.received;
@@ -246,6 +239,7 @@ export class EdgeInterceptor {
 
   /** After the n-th ReadyForQuery: forget swaps and position maps of earlier statements. */
   settle(n: number): void {
+    this.born.disarm(); // a start's claim comes before its ReadyForQuery
     if (this.idRow && this.idRow.until <= n) this.idRow = undefined;
     if (this.positionMaps.length) this.positionMaps = this.positionMaps.filter((m) => m.until > n);
     if (this.swaps.size) for (const [k, v] of this.swaps) if (v.untilRfq <= n) this.swaps.delete(k);
@@ -384,7 +378,9 @@ export class EdgeInterceptor {
             e.sole.leaseAt !== undefined && this.startedIds.length < STARTED_IDS_MAX
               ? this.opts.prelease?.()
               : undefined;
-          const leased = lease && withLease(text, position, e.sole.leaseAt ?? -1, lease);
+          // on its own outside a transaction block: its answer carries its claim (born.ts)
+          const nonce = lease && this.host.txStatus === 'I' ? this.born.arm() : undefined;
+          const leased = lease && withLease(text, position, e.sole.leaseAt ?? -1, lease, nonce);
           if (leased) ({ text, position } = leased);
           this.idRow = { after, until: after + 1, leased: leased !== undefined };
           this.addSteps(e.sole.steps);

@@ -24,10 +24,13 @@ export function withLease(
   position: (p: number) => number,
   leaseAt: number,
   lease: Lease,
+  /** The nonce its claim's notice is to name (born.ts), or none. */
+  nonce?: string,
 ): LeasedText | undefined {
   const buf = Buffer.from(text, 'utf8');
   if (buf[leaseAt] !== 0x29) return undefined;
-  const ins = `, ${literal(lease.owner)}, ${Math.trunc(lease.ms)}`;
+  const ins =
+    `, ${literal(lease.owner)}, ${Math.trunc(lease.ms)}` + (nonce ? `, ${literal(nonce)}` : '');
   // PostgreSQL counts positions in characters (code points), from 1
   const at = [...buf.toString('utf8', 0, leaseAt)].length;
   const n = [...ins].length;
