@@ -329,6 +329,40 @@ describe('born claimed: a plain df.start through the proxy of the same process',
     expect(notices.filter((n) => n.startsWith('dfgate born claim'))).toEqual([]);
   });
 
+  it('a start whose commit fails hands over no claim: nothing of it runs, not even once rolled back', async () => {
+    const { ex } = await spiedExecutor();
+    const adopt = vi.spyOn((ex as unknown as { store: ControlStore }).store, 'adopt');
+    const p = await wired(ex);
+    // the commit fails after the answer (and its claim) went out: a deferred trigger, for this test only
+    await db.admin
+      .query(`CREATE SEQUENCE public.born_seq; GRANT USAGE ON SEQUENCE public.born_seq TO ${role.ident};
+      CREATE FUNCTION public.fail_commit() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN RAISE EXCEPTION 'refused at commit'; END $f$;
+      CREATE CONSTRAINT TRIGGER fail_commit AFTER INSERT ON df.instances DEFERRABLE INITIALLY DEFERRED
+        FOR EACH ROW WHEN (NEW.label = 'fail-at-commit') EXECUTE FUNCTION public.fail_commit()`);
+    try {
+      await expect(
+        p.query(`SELECT df.start('SELECT nextval(''public.born_seq'')', 'fail-at-commit')`),
+      ).rejects.toThrow(/refused at commit/);
+      await new Promise((r) => setTimeout(r, 500));
+      // not run from a claim it never had: the sequence (not rolled back by anything) is untouched
+      const seq = await db.admin.query('SELECT is_called FROM public.born_seq');
+      expect(seq.rows[0]?.is_called).toBe(false);
+      expect(adopt).toHaveBeenCalledTimes(1); // read instead, and found nothing
+      expect(
+        (
+          await db.admin.query(
+            `SELECT count(*)::int AS n FROM df.instances WHERE label = 'fail-at-commit'`,
+          )
+        ).rows[0]?.n,
+      ).toBe(0);
+    } finally {
+      await db.admin.query(
+        'DROP TRIGGER fail_commit ON df.instances; DROP FUNCTION public.fail_commit()',
+      );
+    }
+  });
+
   it('a notice that looks like a claim but is not the start’s own reaches the client unchanged', async () => {
     const { ex } = await spiedExecutor();
     const adopt = vi.spyOn((ex as unknown as { store: ControlStore }).store, 'adopt');

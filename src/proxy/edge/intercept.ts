@@ -247,6 +247,7 @@ export class EdgeInterceptor {
 
   /** A server ErrorResponse: dfgate's own error instead (or null: hide it), or undefined to relay it. */
   serverError(body: Buffer): { replace: Buffer | null } | Map<string, string> {
+    this.born.take([]); // a start whose transaction failed (at its commit, say) hands over no claim
     const fields = decodeErrorFields(body);
     const nonce = NONCE.exec(fields.get('M') ?? '')?.[1];
     const swap = nonce === undefined ? undefined : this.swaps.get(nonce);
