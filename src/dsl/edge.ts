@@ -456,7 +456,9 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
         reps.push(rep);
         if (raw.length === 1 && found.length === 1 && soleSelect(stmt, f)) {
           sole = { steps: graphSteps(graph) };
-          if (rows) soleRows = rep;
+          // born leased only with a constant label: no code of the caller's runs in the start
+          const label = call.args.get('label');
+          if (rows && (!label || constant(label.ast) !== undefined)) soleRows = rep;
         }
         if (f.names !== undefined) {
           const at = aliasPoint(f.names, call, tokens);

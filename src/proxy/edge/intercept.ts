@@ -228,6 +228,7 @@ export class EdgeInterceptor {
     const received = this.host.ledger.received;
     if (!w || received < w.after || received >= w.until) return;
     this.idRow = undefined;
+    this.born.disarm(); // its claim came before its row, if at all
     // past the cap the count no longer matches the starts, and the wake names none
     if (this.startedIds.length >= STARTED_IDS_MAX) return;
     if (body.length === 14 && body.readInt16BE(0) === 1 && body.readInt32BE(2) === 8) {
@@ -247,7 +248,6 @@ export class EdgeInterceptor {
 
   /** A server ErrorResponse: dfgate's own error instead (or null: hide it), or undefined to relay it. */
   serverError(body: Buffer): { replace: Buffer | null } | Map<string, string> {
-    this.born.take([]); // a start whose transaction failed (at its commit, say) hands over no claim
     const fields = decodeErrorFields(body);
     const nonce = NONCE.exec(fields.get('M') ?? '')?.[1];
     const swap = nonce === undefined ? undefined : this.swaps.get(nonce);
@@ -380,7 +380,8 @@ export class EdgeInterceptor {
               ? this.opts.prelease?.()
               : undefined;
           // on its own outside a transaction block: its answer carries its claim (born.ts)
-          const nonce = lease && this.host.txStatus === 'I' ? this.born.arm() : undefined;
+          const alone = this.host.txStatus === 'I' && this.host.ledger.received === after;
+          const nonce = lease && alone ? this.born.arm() : undefined;
           const leased = lease && withLease(text, position, e.sole.leaseAt ?? -1, lease, nonce);
           if (leased) ({ text, position } = leased);
           this.idRow = { after, until: after + 1, leased: leased !== undefined };
