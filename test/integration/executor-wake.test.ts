@@ -7,7 +7,7 @@
  * leases below the reserve). Real PostgreSQL, real node-postgres.
  */
 import type pg from 'pg';
-import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Started } from '../../src/contract/started.js';
 import type { Executor, ExecutorOptions } from '../../src/executor/executor.js';
 import type { ControlStore } from '../../src/executor/store.js';
@@ -74,6 +74,18 @@ describe('the proxy names the instances a commit started', () => {
       },
     });
     p = await db.connect(viaPort(role.url, proxy.port));
+  });
+
+  // no executor ran these starts: cancelled, so the later tests' claims find only their own
+  afterAll(async () => {
+    const own = await db.connect(role.url);
+    await own.query(
+      `SELECT df.cancel(id) FROM df.instances WHERE status NOT IN ('completed', 'failed', 'cancelled')`,
+    );
+    const left = await db.admin.query(
+      `SELECT count(*)::int AS n FROM df.instances WHERE status NOT IN ('completed', 'failed', 'cancelled')`,
+    );
+    expect(left.rows[0]).toEqual({ n: 0 });
   });
 
   async function wakeOf(sql: string | string[]): Promise<{ ids: string[]; wake: unknown }> {
