@@ -99,7 +99,7 @@ export class ControlStore {
     this.marks = new AttemptMarks(pool, owner);
   }
 
-  readonly marks: AttemptMarks;
+  private readonly marks: AttemptMarks;
 
   /**
    * Every statement goes out as a named prepared statement (one per text):

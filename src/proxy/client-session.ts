@@ -403,7 +403,7 @@ export class Session extends ClientConnection implements EdgeHost {
   private onServerMessage(conn: ServerConn, type: number, body: Buffer): Buffer | null | undefined {
     if (type === Backend.NoticeResponse && this.edge.born.notice(body)) return null;
     // a start whose transaction failed (at its commit, say) hands over no claim
-    if (type === Backend.ErrorResponse) this.edge.born.take([]);
+    if (type === Backend.ErrorResponse && this.edge.born.holding) this.edge.born.take([]);
     if (
       this.conversation.active &&
       !ASYNC_MESSAGES.has(type) && // notifications, notices, parameter changes: the client's

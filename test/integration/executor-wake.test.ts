@@ -398,6 +398,81 @@ describe('born claimed: a plain df.start through the proxy of the same process',
     }
   });
 
+  it('a start whose commit comes after half of its lease hands over no claim: it is read, then run once', async () => {
+    // the test executor's lease is 3 s: a commit 1.7 s after the call is past half of it
+    const { ex } = await spiedExecutor();
+    const adopt = vi.spyOn((ex as unknown as { store: ControlStore }).store, 'adopt');
+    const wakes = vi.spyOn(ex, 'wake');
+    const p = await wired(ex);
+    await db.admin
+      .query(`CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN PERFORM pg_sleep(1.7); RETURN NULL; END $f$;
+      CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON df.instances DEFERRABLE INITIALLY DEFERRED
+        FOR EACH ROW WHEN (NEW.label = 'slow-commit') EXECUTE FUNCTION public.slow_commit()`);
+    try {
+      const id = (
+        await p.query<{ start: string }>(`SELECT df.start('SELECT 4 AS four', 'slow-commit')`)
+      ).rows[0]?.start as string;
+      expect((await finished(direct, id)).status).toBe('completed');
+      const w = wakes.mock.calls.map((c) => c[0]).find((s) => s?.ids[0] === id);
+      expect(w?.leased).toEqual([id]);
+      expect(w?.born).toEqual([]);
+      expect(adopt.mock.calls.flat(2)).toContain(id);
+      const r = await db.admin.query(
+        `SELECT i.lease_epoch, (SELECT count(*)::int FROM df.events e WHERE e.instance_id = i.id AND e.kind = 'done') AS done
+           FROM df.instances i WHERE i.id = $1`,
+        [id],
+      );
+      expect(r.rows[0]).toEqual({ lease_epoch: '1', done: 1 });
+    } finally {
+      await db.admin.query(
+        'DROP TRIGGER slow_commit ON df.instances; DROP FUNCTION public.slow_commit()',
+      );
+    }
+  });
+
+  it('the claim a start hands over is what the executor would read for it', async () => {
+    const { ex } = await spiedExecutor();
+    const store = (ex as unknown as { store: ControlStore }).store;
+    // the commit's wake is held back: the instance stays as the start left it, leased here
+    const held: Started[] = [];
+    const proxy = await startTestProxy(db.url, {
+      edgeValidation: true,
+      onDfCommit: (started) => {
+        if (started) held.push(started);
+      },
+      prelease: () => ex.prelease(),
+    });
+    const p = await db.connect(viaPort(role.url, proxy.port));
+    // a chain with a result name (a start with options is not born leased)
+    const id = (
+      await p.query<{ start: string }>(
+        `SELECT df.start('SELECT 5 AS five' |=> 'f' ~> 'SELECT 6', 'same-read')`,
+      )
+    ).rows[0]?.start as string;
+    const w = held.find((s) => s.ids[0] === id);
+    expect(w?.born).toHaveLength(1);
+    const claim = JSON.parse(w?.born?.[0] as string) as Record<string, unknown>;
+    const [read] = JSON.parse(JSON.stringify(await store.adopt([id]))) as Array<
+      Record<string, unknown>
+    >;
+    const sorted = (v: unknown): unknown =>
+      Array.isArray(v)
+        ? [...v].sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)))
+        : v;
+    const norm = (o: Record<string, unknown>) =>
+      Object.fromEntries(
+        Object.keys(o)
+          .sort()
+          .map((k) => [k, sorted(o[k])]),
+      );
+    expect(Object.keys(claim).sort()).toEqual(Object.keys(read ?? {}).sort());
+    expect(norm(claim)).toEqual(norm(read as Record<string, unknown>));
+    // and run from the claim, once
+    ex.wake(w);
+    expect((await finished(direct, id)).status).toBe('completed');
+  });
+
   it('a notice that looks like a claim but is not the start’s own reaches the client unchanged', async () => {
     const { ex } = await spiedExecutor();
     const adopt = vi.spyOn((ex as unknown as { store: ControlStore }).store, 'adopt');

@@ -20,7 +20,7 @@ describe('BornClaims', () => {
     expect(b.notice(notice(`dfgate born claim ${'0'.repeat(24)} ${claim('0000000a')}`))).toBe(
       false,
     );
-    const nonce = b.arm();
+    const nonce = b.arm(30_000);
     expect(nonce).toMatch(/^[0-9a-f]{24}$/);
     expect(b.armed).toBe(true);
     expect(b.notice(notice(`dfgate born claim ${'0'.repeat(24)} ${claim('0000000a')}`))).toBe(
@@ -33,7 +33,7 @@ describe('BornClaims', () => {
     expect(b.notice(notice(`dfgate born claim ${nonce} ${claim('0000000b')}`))).toBe(false);
     expect(b.take(['0000000c'])).toEqual([]);
     // take forgets the rest
-    const n2 = b.arm();
+    const n2 = b.arm(30_000);
     b.notice(notice(`dfgate born claim ${n2} ${claim('0000000d')}`));
     expect(b.take(['0000000d'])).toEqual([claim('0000000d')]);
     expect(b.take(['0000000d'])).toEqual([]);
@@ -41,8 +41,8 @@ describe('BornClaims', () => {
 
   it('a new nonce per start; a disarmed one takes nothing', () => {
     const b = new BornClaims();
-    const a = b.arm();
-    const c = b.arm();
+    const a = b.arm(30_000);
+    const c = b.arm(30_000);
     expect(a).not.toBe(c);
     expect(b.notice(notice(`dfgate born claim ${a} ${claim('0000000e')}`))).toBe(false);
     b.disarm();
@@ -52,8 +52,21 @@ describe('BornClaims', () => {
 
   it('a matching notice without an instance id is taken from the client but hands over nothing', () => {
     const b = new BornClaims();
-    const n = b.arm();
+    const n = b.arm(30_000);
     expect(b.notice(notice(`dfgate born claim ${n} not json`))).toBe(true);
     expect(b.take(['0000000a'])).toEqual([]);
+  });
+
+  it('a claim whose commit comes after half of its lease is not handed over (the executor reads it)', () => {
+    const b = new BornClaims();
+    const t0 = performance.now();
+    const n = b.arm(1000);
+    expect(b.notice(notice(`dfgate born claim ${n} ${claim('0000000f')}`))).toBe(true);
+    expect(b.holding).toBe(true);
+    expect(b.take(['0000000f'], t0 + 501)).toEqual([]);
+    expect(b.holding).toBe(false);
+    const m = b.arm(1000);
+    b.notice(notice(`dfgate born claim ${m} ${claim('0000000f')}`));
+    expect(b.take(['0000000f'], performance.now() + 400)).toEqual([claim('0000000f')]);
   });
 });

@@ -381,7 +381,7 @@ export class EdgeInterceptor {
               : undefined;
           // on its own outside a transaction block: its answer carries its claim (born.ts)
           const alone = this.host.txStatus === 'I' && this.host.ledger.received === after;
-          const nonce = lease && alone ? this.born.arm() : undefined;
+          const nonce = lease && alone ? this.born.arm(lease.ms) : undefined;
           const leased = lease && withLease(text, position, e.sole.leaseAt ?? -1, lease, nonce);
           if (leased) ({ text, position } = leased);
           this.idRow = { after, until: after + 1, leased: leased !== undefined };
