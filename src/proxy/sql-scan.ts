@@ -219,14 +219,15 @@ function lex(
       i++;
     } else {
       // $ inside a name opens nothing (ident_cont takes $: `a$q$` is one name); after a
-      // number or a parameter it does (`1$q$…` and `$1$q$…` open a dollar quote). The
-      // name or number it ends started after codeFrom, and goes back to the last $ at most.
+      // number or a parameter it does (`1$q$…` and `$1$q$…` open a dollar quote), unless a
+      // letter follows the digits: `1e$q$` and `$1E$q$` are one token of trailing junk, as
+      // PostgreSQL's lexer reads them (an error, but no dollar quote). The name or number it
+      // ends started after codeFrom, and goes back to the last $ at most.
       let k = i - 1;
       while (k >= codeFrom && k > lastDollar && isIdentCont(sql.charCodeAt(k))) k--;
-      const inName: boolean =
-        k >= codeFrom && k === lastDollar
-          ? lastDollarInName
-          : k + 1 < i && isIdentStart(sql.charCodeAt(k + 1));
+      let letter = false;
+      for (let j = k + 1; j < i && !letter; j++) letter = isIdentStart(sql.charCodeAt(j));
+      const inName: boolean = letter || (k >= codeFrom && k === lastDollar && lastDollarInName);
       const t = inName ? -1 : dollarTagEnd(sql, i);
       if (t < 0) {
         lastDollar = i;

@@ -48,6 +48,9 @@ describe('scanStatements (transaction mode checks)', () => {
       // a number or a parameter before $ leaves it free to open a dollar quote
       [`SELECT 1$q$; LISTEN x; $q$`, 1],
       [`SELECT $1$q$; LISTEN x; $q$`, 1],
+      // ... unless a letter follows its digits: trailing junk takes the name and its $ (found
+      // by the differential test below, seed 919825)
+      [`SELECT $11E$$q$; LISTEN x; $(x`, 3],
       // a tag longer than 64 characters is still a tag
       [`SELECT $${'t'.repeat(80)}$'$${'t'.repeat(80)}$; LISTEN x; --'`, 3],
       // after a comment or a literal, a new token starts
