@@ -453,8 +453,10 @@ describe('log lines', () => {
         `${db.url}?sslmode=disable`,
         '--no-migrate',
         '--no-executor',
+        // long enough that the two half-open connections below still count when the third
+        // client comes, on a loaded machine too (1 s was not, once)
         '--startup-timeout',
-        '1',
+        '4',
         '--max-client-connections',
         '3',
       ],
