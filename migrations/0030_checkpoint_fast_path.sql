@@ -29,6 +29,7 @@ DECLARE
   v_marks jsonb := CASE WHEN jsonb_typeof(p_after -> 'marks') = 'array' THEN p_after -> 'marks' ELSE '[]' END;
   v_mark jsonb := v_marks -> 0;
   v_m_node text;
+  v_m_attempt int;
   -- the statement that joins stamps and marks: for stamps, more than one mark, or a mark that
   -- is not an object (jsonb_to_recordset refuses it, as before)
   v_joined boolean := CASE WHEN jsonb_typeof(p_after -> 'stamps') = 'array'
@@ -121,11 +122,14 @@ BEGIN
     IF v_m_node = p_node THEN
       v_m_node := NULL;
     END IF;
+    -- the attempt is read whether or not the mark applies, as the joined statement reads
+    -- every mark: one that is not a whole number is refused either way
+    v_m_attempt := (v_mark ->> 'attempt')::int;
     WITH upd AS (
       UPDATE df.nodes n
          SET activation = CASE WHEN n.id = p_node THEN n.activation ELSE v_mark ->> 'activation' END,
              attempt_token = CASE WHEN n.id = p_node THEN NULL ELSE v_mark ->> 'token_hash' END,
-             attempts = CASE WHEN n.id = p_node THEN n.attempts ELSE (v_mark ->> 'attempt')::int END,
+             attempts = CASE WHEN n.id = p_node THEN n.attempts ELSE v_m_attempt END,
              status = CASE WHEN n.id <> p_node THEN 'running'
                            WHEN p_kind = 'done' THEN 'completed' ELSE 'failed' END,
              result = CASE WHEN n.id <> p_node THEN NULL
