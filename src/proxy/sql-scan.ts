@@ -224,9 +224,11 @@ function lex(
       // PostgreSQL's lexer reads them (an error, but no dollar quote). The name or number it
       // ends started after codeFrom, and goes back to the last $ at most.
       let k = i - 1;
-      while (k >= codeFrom && k > lastDollar && isIdentCont(sql.charCodeAt(k))) k--;
       let letter = false;
-      for (let j = k + 1; j < i && !letter; j++) letter = isIdentStart(sql.charCodeAt(j));
+      for (let ch = sql.charCodeAt(k); k >= codeFrom && k > lastDollar && isIdentCont(ch);) {
+        letter ||= isIdentStart(ch);
+        ch = sql.charCodeAt(--k);
+      }
       const inName: boolean = letter || (k >= codeFrom && k === lastDollar && lastDollarInName);
       const t = inName ? -1 : dollarTagEnd(sql, i);
       if (t < 0) {

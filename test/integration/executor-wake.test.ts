@@ -274,11 +274,22 @@ describe('born claimed: a plain df.start through the proxy of the same process',
     direct = await db.connect(role.url);
   });
 
-  /** A proxy wired to `ex` as dfgate wires its own: the commit's wake and the lease offer. */
-  async function wired(ex: Executor, wake = true): Promise<pg.Client> {
+  /**
+   * A proxy wired to `ex` as dfgate wires its own: the commit's wake and the lease offer.
+   * `onCommit` replaces the wake (false: the executor never hears of the commit).
+   */
+  async function wired(
+    ex: Executor,
+    onCommit: boolean | ((started: Started | undefined) => void) = true,
+  ): Promise<pg.Client> {
     const proxy = await startTestProxy(db.url, {
       edgeValidation: true,
-      onDfCommit: wake ? (started) => ex.wake(started) : () => undefined,
+      onDfCommit:
+        typeof onCommit === 'function'
+          ? onCommit
+          : onCommit
+            ? (started) => ex.wake(started)
+            : () => undefined,
       prelease: () => ex.prelease(),
     });
     return await db.connect(viaPort(role.url, proxy.port));
@@ -436,14 +447,9 @@ describe('born claimed: a plain df.start through the proxy of the same process',
     const store = (ex as unknown as { store: ControlStore }).store;
     // the commit's wake is held back: the instance stays as the start left it, leased here
     const held: Started[] = [];
-    const proxy = await startTestProxy(db.url, {
-      edgeValidation: true,
-      onDfCommit: (started) => {
-        if (started) held.push(started);
-      },
-      prelease: () => ex.prelease(),
+    const p = await wired(ex, (started) => {
+      if (started) held.push(started);
     });
-    const p = await db.connect(viaPort(role.url, proxy.port));
     // a chain with a result name (a start with options is not born leased)
     const id = (
       await p.query<{ start: string }>(
