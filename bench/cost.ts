@@ -8,7 +8,8 @@
  *
  * Workloads: W steps = N instances × K chained `UPDATE counters` steps run by
  * one executor with 10 step slots (the peers' W1 shape); starts = M
- * `df.start` calls in one statement, direct and through dfgate's edge.
+ * `df.start` calls in one statement, and M in messages of 100 statements,
+ * direct and through dfgate's edge.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -264,6 +265,24 @@ export async function costBench(
       await c.query(`SELECT df.start(${one} ~> ${one}) FROM generate_series(1, ${m})`);
       const b = await snapshot(admin, pid, relay);
       rows.push(diff(what, m, a, b, 0, 1));
+      await c.end();
+    }
+    // 100 statements in one message, as a bulk enqueue sends them (docs/proxy.md, "Starts in one message")
+    const message = Array.from(
+      { length: 100 },
+      (_, i) => `SELECT df.start(${one} ~> ${one}, 'bulk-${i}')`,
+    ).join(';');
+    for (const [what, url] of [
+      ['per df.start, direct, 100 statements in one message', userUrl],
+      ['per df.start through dfgate, 100 statements in one message (one batch)', proxyUrl],
+    ] as Array<[string, string]>) {
+      const c = new pg.Client({ connectionString: url });
+      await c.connect();
+      await c.query(message);
+      const a = await snapshot(admin, pid, relay);
+      for (let k = 0; k < m / 100; k++) await c.query(message);
+      const b = await snapshot(admin, pid, relay);
+      rows.push(diff(what, m, a, b, 0, m / 100));
       await c.end();
     }
     const a = await snapshot(admin, pid, relay);

@@ -101,6 +101,43 @@ async function startBench(url: string, adminUrl: string): Promise<string[]> {
       ),
     ],
   ];
+  // bulk enqueue (issue 12 item 3): one-step workflows, starts per second
+  const step = `'UPDATE public.plain SET label = label WHERE false'`;
+  const message = Array.from(
+    { length: 100 },
+    (_, i) => `SELECT df.start(${step}, 'bulk-${i}')`,
+  ).join(';');
+  const perSecond = async (reps: number, per: number, fn: () => Promise<unknown>) => {
+    await fn();
+    return (1000 * per) / (await timeIt(reps, async () => void (await fn())));
+  };
+  const series = `SELECT df.start(${step}, 'bulk') FROM generate_series(1, 1000)`;
+  const bulk: Array<[string, number]> = [
+    [
+      'INSERT of the graph text, 1,000 rows in one statement, direct',
+      await perSecond(20, 1000, () =>
+        d.query(
+          `INSERT INTO public.plain SELECT md5(g::text), ${step}, 'x' FROM generate_series(1, 1000) g`,
+        ),
+      ),
+    ],
+    [
+      'df.start x 1,000 in one statement (generate_series), direct',
+      await perSecond(5, 1000, () => d.query(series)),
+    ],
+    [
+      'the same statement through dfgate (edge-compiled)',
+      await perSecond(5, 1000, () => g.query(series)),
+    ],
+    [
+      '100 SELECT df.start statements in one message, direct',
+      await perSecond(20, 100, () => d.query(message)),
+    ],
+    [
+      'the same message through dfgate (one batch)',
+      await perSecond(50, 100, () => g.query(message)),
+    ],
+  ];
   await d.end();
   await g.end();
   await proxy.shutdown(1000);
@@ -119,6 +156,8 @@ async function startBench(url: string, adminUrl: string): Promise<string[]> {
         `  ${what.padEnd(68)} ${ms.toFixed(3)} ms   (${(ms / base).toFixed(2)}x INSERT direct)`,
     ),
     `  time df.start adds through dfgate over the same INSERT through dfgate: ${((rows[3]?.[1] as number) - viaInsert).toFixed(3)} ms (cached text), ${((rows[4]?.[1] as number) - viaInsert).toFixed(3)} ms (new text)`,
+    'bulk starts of a one-step workflow on one connection (target >= 5000 starts/s):',
+    ...bulk.map(([what, perS]) => `  ${what.padEnd(68)} ${perS.toFixed(0).padStart(8)} /s`),
   ];
 }
 

@@ -51,6 +51,10 @@ export const metrics = {
     'dfgate_edge_rewrites_total',
     'Statements whose df.start calls dfgate compiled into df._start_graph.',
   ),
+  edgeBatches: new Counter(
+    'dfgate_edge_batches_total',
+    'Messages of many df.start statements sent as one df._start_batch call, by outcome (started, replayed, error).',
+  ),
   edgeRefusals: new Counter(
     'dfgate_edge_refusals_total',
     'Statements and Binds dfgate refused before they ran, by SQLSTATE.',

@@ -5,10 +5,22 @@
  * over any limit goes to the database unchanged, where the in-database
  * df.start does the same work and raises the same errors.
  */
-/** Longer statement texts (UTF-16 code units) are left to the database. */
+/** Longer statements (UTF-16 code units) are left to the database. */
 export const ANALYZE_MAX = 16 * 1024;
-/** UTF-8 bytes of the longest statement text the proxy hands to the edge (4 per code unit, generously). */
+/** UTF-8 bytes of the longest statement the proxy hands to the edge (4 per code unit, generously). */
 export const ANALYZE_BYTES_MAX = ANALYZE_MAX * 4;
+/**
+ * Longer texts of several statements (a simple Query) are left to the
+ * database: many starts in one message are compiled together (docs/proxy.md,
+ * "Starts in one message"), each statement within the limits of one.
+ */
+export const BATCH_MAX = 256 * 1024;
+/** UTF-8 bytes of the longest Query text the proxy hands to the edge. */
+export const BATCH_BYTES_MAX = BATCH_MAX * 4;
+/** The longest text (UTF-8 bytes) of a Query (several statements) or a Parse (one) the edge compiles. */
+export function textBytesMax(parse: boolean): number {
+  return parse ? ANALYZE_BYTES_MAX : BATCH_BYTES_MAX;
+}
 /**
  * Is a Query or Parse message body of this length (bytes) one the edge never
  * compiles? Then the proxy streams it through unassembled. A Parse body also
@@ -16,7 +28,7 @@ export const ANALYZE_BYTES_MAX = ANALYZE_MAX * 4;
  * names to 63 bytes) and up to 65,535 parameter type OIDs.
  */
 export function edgeSkips(parse: boolean, bodyLength: number): boolean {
-  const max = ANALYZE_BYTES_MAX + 1 + (parse ? 64 * 1024 + 1 + 2 + 4 * 65535 : 0);
+  const max = textBytesMax(parse) + 1 + (parse ? 64 * 1024 + 1 + 2 + 4 * 65535 : 0);
   return bodyLength > max;
 }
 /** Deeper nesting of parentheses and brackets (outside literals and comments) is left to the database. */
@@ -50,18 +62,25 @@ const NODE_CHARS = new Set([
 ]);
 
 /**
- * Is a statement within the edge's limits? One pass over the text that skips
- * string literals ('…', E'…', $tag$…$tag$), quoted identifiers and comments.
+ * Is a text within the edge's limits? One pass over it that skips string
+ * literals ('…', E'…', $tag$…$tag$), quoted identifiers and comments; the
+ * limits of one statement apply to each statement between top-level
+ * semicolons, and the whole text is at most BATCH_MAX long.
  */
 export function withinLimits(sql: string): boolean {
   const n = sql.length;
-  if (n > ANALYZE_MAX) return false;
+  if (n > BATCH_MAX) return false;
   let depth = 0;
   let nodes = 0;
+  let from = 0;
   let i = 0;
   while (i < n) {
     const c = sql[i] as string;
-    if (c === '(' || c === '[') {
+    if (c === ';' && depth === 0) {
+      if (i - from > ANALYZE_MAX) return false;
+      nodes = 0;
+      from = ++i;
+    } else if (c === '(' || c === '[') {
       if (++depth > DEPTH_MAX || ++nodes > NODES_MAX) return false;
       i++;
     } else if (c === ')' || c === ']') {
@@ -109,7 +128,7 @@ export function withinLimits(sql: string): boolean {
       i++;
     }
   }
-  return true;
+  return n - from <= ANALYZE_MAX;
 }
 
 /** A token of libpg-query's scanner: byte offsets and text. */

@@ -14,6 +14,7 @@ import { Worker } from 'node:worker_threads';
 import {
   analyze,
   ANALYZE_MAX,
+  BATCH_MAX,
   cachedEdge,
   checkBound,
   rememberEdge,
@@ -203,7 +204,7 @@ function thePool(): Pool | undefined {
  */
 export function analyzeSoon(sql: string, extended: boolean): Edge | Promise<Edge> {
   // only O(1) checks here: the scan of withinLimits runs in the worker too
-  if (sql.length > ANALYZE_MAX) return PASS;
+  if (sql.length > BATCH_MAX) return PASS;
   const hit = cachedEdge(sql, extended);
   if (hit) return hit;
   const p = thePool();

@@ -16,14 +16,18 @@ import { validateGraph } from './validate.js';
 import { tokensWithinLimits, withinLimits } from './edge-limits.js';
 import { graphRows } from './edge-rows.js';
 import { aliasPoint, callShape, type Ast, type Call, type StartParam } from './edge-shape.js';
+import { batchLabel, startBatch, type BatchPart, type StartBatch } from './edge-batch.js';
 
 export { START_PARAMS, type StartParam } from './edge-shape.js';
+export type { StartBatch } from './edge-batch.js';
 
 export {
   ANALYZE_BYTES_MAX,
   ANALYZE_MAX,
+  BATCH_MAX,
   DEPTH_MAX,
   edgeSkips,
+  textBytesMax,
   NODES_MAX,
   withinLimits,
 } from './edge-limits.js';
@@ -67,6 +71,8 @@ export type Edge =
       readonly bound?: readonly number[];
       /** The text is one `SELECT df.start(...)` alone: its one row's one column is the instance id. */
       readonly sole?: SoleStart;
+      /** Every statement of the text is a start that can go in one df._start_batch call (edge-batch.ts). */
+      readonly batch?: StartBatch;
     }
   /** A top-level SELECT df.start(..., transaction_mode => 'new'): dfgate runs the start itself. */
   | { readonly kind: 'new'; readonly call: NewCall };
@@ -83,6 +89,7 @@ export type Analysis =
       readonly moved: readonly Move[];
       readonly bound?: readonly number[];
       readonly sole?: SoleStart;
+      readonly batch?: StartBatch;
     };
 
 /** A statement that is one `SELECT df.start(...)` alone, rewritten. */
@@ -383,6 +390,8 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
   let sole: SoleStart | undefined;
   /** The sole start's replacement, when it is the df._start_rows form. */
   let soleRows: Replacement | undefined;
+  /** Statements that could go in one df._start_batch call. */
+  const starts: BatchPart[] = [];
   for (let si = 0; si < raw.length; si++) {
     const stmt = stmts[si] as Ast;
     if (!runnable(stmt)) continue;
@@ -454,6 +463,12 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
             (opts.length ? `, df._start_options(${opts.join(', ')}))` : ')');
         const rep: Replacement = { start: call.start, end: call.end, text };
         reps.push(rep);
+        if (raw.length > 1 && found.length === 1 && rows) {
+          const column = soleSelect(stmt, f)?.column;
+          const label = batchLabel(call);
+          if (column !== undefined && label)
+            starts.push({ rows, label: label.label, column, steps: graphSteps(graph) });
+        }
         if (raw.length === 1 && found.length === 1 && soleSelect(stmt, f)) {
           sole = { steps: graphSteps(graph) };
           // born leased only with a constant label: no code of the caller's runs in the start
@@ -504,7 +519,15 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
   }
   parts.push(buf.subarray(at));
   const text = Buffer.concat(parts).toString('utf8');
-  return { kind: 'rewrite', bound, text, moved, ...(sole ? { sole } : {}) };
+  const batch = startBatch(starts, raw.length, literal);
+  return {
+    kind: 'rewrite',
+    bound,
+    text,
+    moved,
+    ...(sole ? { sole } : {}),
+    ...(batch ? { batch } : {}),
+  };
 }
 
 /** The Edge of an analysis of `sql` (a rewrite gets its position map). */
@@ -517,6 +540,7 @@ export function toEdge(sql: string, a: Analysis): Edge {
     text,
     ...(a.bound ? { bound: a.bound } : {}),
     ...(a.sole ? { sole: a.sole } : {}),
+    ...(a.batch ? { batch: a.batch } : {}),
     position(p: number): number {
       // character position in the rewritten text → byte → original byte → character
       buf ??= Buffer.from(sql, 'utf8');

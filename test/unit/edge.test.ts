@@ -4,6 +4,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import {
   analyze,
   ANALYZE_MAX,
+  BATCH_MAX,
   DEPTH_MAX,
   literal,
   NODES_MAX,
@@ -221,5 +222,73 @@ describe('limits', () => {
     expect(analyze(chain(NODES_MAX * 2)).kind).toBe('pass');
     const calls = Array.from({ length: NODES_MAX + 1 }, () => `df.start('SELECT 1')`).join(', ');
     expect(analyze(`SELECT ${calls}`).kind).toBe('pass');
+  });
+});
+
+describe('many starts in one message (edge-batch.ts)', () => {
+  const start = (i: number, label = `'wf-${i}'`): string =>
+    `SELECT df.start('SELECT ${i}' ~> 'SELECT ${i + 1}', ${label})`;
+  const batchOf = (text: string) => {
+    const e = analyze(text);
+    return e.kind === 'rewrite' ? e.batch : undefined;
+  };
+
+  it('one df._start_batch call for every statement, in order, with each result column', () => {
+    const b = batchOf(
+      `${start(1)}; SELECT df.start('SELECT 9') AS "Id"; select df.start('SELECT 8', NULL) as x;` +
+        ` SELECT df.start('SELECT 7', E'a''b\\u00e9')`,
+    );
+    expect(b?.columns).toEqual(['start', 'Id', 'x', 'start']);
+    expect(b?.steps).toEqual(['SELECT 1', 'SELECT 2', 'SELECT 9', 'SELECT 8', 'SELECT 7']);
+    const m = /^SELECT df\._start_batch\(E'(.*)'\)$/s.exec(b?.sql ?? '');
+    expect(m).not.toBeNull();
+    const json = JSON.parse((m?.[1] ?? '').replace(/''/g, "'").replace(/\\\\/g, '\\'));
+    expect(json.map((s: { l: string | null }) => s.l)).toEqual(['wf-1', null, null, "a'bé"]);
+    expect(json[0].r.map((r: { t: string; q?: string }) => [r.t, r.q])).toEqual([
+      ['THEN', undefined],
+      ['SQL', 'SELECT 1'],
+      ['SQL', 'SELECT 2'],
+    ]);
+  });
+
+  it('not when any statement is something else, or a start the database must judge', () => {
+    const others = [
+      `${start(1)}; SELECT 1`,
+      `BEGIN; ${start(1)}; ${start(2)}`,
+      `${start(1)}; ${start(2, `'wf-' || 2`)}`, // a label PostgreSQL computes
+      `${start(1)}; ${start(2, `2`)}`, // a label PostgreSQL converts, or refuses
+      `${start(1)}; SELECT df.start('SELECT 2', 'x', idempotency_key => 'k')`,
+      `${start(1)}; SELECT df.start('SELECT 2', 'x', transaction_mode => 'caller')`,
+      `${start(1)}; SELECT df.start('SELECT 2'), 1`,
+      `${start(1)}; SELECT * FROM df.start('SELECT 2')`,
+      `${start(1)}; SELECT df.start('SELECT 2', df.start('SELECT 3'))`,
+      `${start(1)}; SELECT df.start($1)`,
+      `${start(1)}; SELECT df.start(${G1.replace('SQL', 'SLEEPY')})`,
+    ];
+    for (const text of others) expect(batchOf(text), text).toBeUndefined();
+    expect(batchOf(start(1)), 'one statement').toBeUndefined();
+  });
+
+  it('the limits of one statement apply to each; the whole text may be up to BATCH_MAX', () => {
+    const hundred = Array.from({ length: 100 }, (_, i) => start(i)).join('; ');
+    expect(withinLimits(hundred)).toBe(true);
+    expect(batchOf(hundred)?.columns).toHaveLength(100);
+    const long = Array.from({ length: 1001 }, (_, i) => start(i)).join(';');
+    expect(analyze(long).kind).toBe('rewrite');
+    expect(batchOf(long), 'over 1,000 starts').toBeUndefined();
+    const chain = (n: number): string =>
+      `SELECT df.start(${Array.from({ length: n }, (_, i) => `'SELECT ${i}'`).join(' ~> ')})`;
+    expect(analyze(`${start(1)}; ${chain(NODES_MAX * 2)}`).kind).toBe('pass');
+    const big = `${start(1)}; SELECT df.start('SELECT 1', '${'x'.repeat(ANALYZE_MAX)}')`;
+    expect(withinLimits(big)).toBe(false);
+    const huge = Array.from(
+      { length: BATCH_MAX / 28 + 1 },
+      () => `SELECT df.start('SELECT 1')`,
+    ).join(';');
+    expect(huge.length).toBeGreaterThan(BATCH_MAX);
+    expect(withinLimits(huge)).toBe(false);
+    // a semicolon inside a literal, a comment or parentheses does not end a statement
+    const hidden = `SELECT df.start('SELECT 1; ${'x'.repeat(ANALYZE_MAX)}')`;
+    expect(withinLimits(hidden)).toBe(false);
   });
 });

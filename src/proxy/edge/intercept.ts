@@ -12,12 +12,13 @@ import { isUtf8 } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
 import { SqlState } from '../../db/sqlstate.js';
 import {
-  ANALYZE_BYTES_MAX,
   edgeSkips,
+  textBytesMax,
   type BoundProblem,
   literal,
   type Edge,
   type NewCall,
+  type StartBatch,
   type StartParam,
 } from '../../dsl/edge.js';
 import { analyzeSoon, checkBoundSoon } from '../../dsl/edge-pool.js';
@@ -34,6 +35,8 @@ import type { StartNewRequest } from '../../contract/start-new.js';
 import type { Lease, Started } from '../../contract/started.js';
 import { withLease } from './lease.js';
 import { BornClaims } from './born.js';
+import { answerIds, runBatch } from './batch.js';
+import { runNew } from './start-new.js';
 import { mentionsDf } from '../sql-scan.js';
 export type { StartNewRequest };
 
@@ -68,14 +71,6 @@ export interface EdgeHost {
   readonly isClosed: boolean;
   /** The transaction status of the last ReadyForQuery ('I': outside a transaction block). */
   readonly txStatus: string;
-}
-
-/** An error with PostgreSQL's fields, as thrown by startNew. */
-interface PgErrorLike {
-  readonly code?: string;
-  readonly message: string;
-  readonly hint?: string;
-  readonly detail?: string;
 }
 
 /** A server ErrorResponse dfgate provoked (it names the nonce) and what the client sees instead. */
@@ -311,7 +306,7 @@ export class EdgeInterceptor {
     // Invalid UTF-8 goes to the server unchanged, which refuses it (22021) exactly as
     // on a direct connection; decoding it here would turn it into U+FFFD.
     const text = statementBytes(type, body);
-    if (!text || text.length > ANALYZE_BYTES_MAX || !isUtf8(text)) return undefined;
+    if (!text || text.length > textBytesMax(!isQuery) || !isUtf8(text)) return undefined;
     const m = decodeFrontend(type, body);
     if (m.type !== 'Query' && m.type !== 'Parse') return undefined;
     // what the outcome depends on, as of this message (later messages move the counters)
@@ -370,6 +365,10 @@ export class EdgeInterceptor {
         metrics.edgeRewrites.inc();
         const after = m.type === 'Query' ? at.rfqExpected - 1 : at.rfqExpected;
         let { text, position } = e;
+        if (e.batch && m.type === 'Query') {
+          this.positionMaps.push({ after, until: after + 1, map: position });
+          return this.batchPiece(e.batch, encodeFrontend({ type: 'Query', sql: text }), after);
+        }
         // not after an unfinished batch, whose Execute's row could stand in for the id
         const next = at.prevLen === 0 && !this.host.ledger.unsure && m.type === 'Query';
         if (e.sole && next && this.opts.onDfCommit) {
@@ -418,6 +417,31 @@ export class EdgeInterceptor {
     }
   }
 
+  /** Many starts in one Query (batch.ts): one df._start_batch, outside a transaction block only. */
+  private batchPiece(batch: StartBatch, oneByOne: Buffer, after: number): Deferred {
+    const host = this.host;
+    return async () => {
+      await host.ledger.wait(after, host.isClosed);
+      const alone = host.txStatus === 'I' && host.ledger.received === after;
+      if (host.isClosed || host.ledger.unsure || !alone) return [oneByOne];
+      const r = await runBatch(host.conversation, batch);
+      metrics.edgeBatches.inc({
+        outcome: r === 'replay' ? 'replayed' : 'error' in r ? 'error' : 'started',
+      });
+      if (r === 'replay') return [oneByOne];
+      if ('error' in r)
+        return [
+          encodeFrontend({ type: 'Query', sql: raiseNonce(this.provoke(r.error, after + 1)) }),
+        ];
+      this.dfStatements += r.ids.length - 1; // the message counted once
+      this.soleStarts += r.ids.length;
+      for (const id of r.ids)
+        if (this.startedIds.length < STARTED_IDS_MAX) this.startedIds.push(id);
+      this.addSteps(batch.steps);
+      return [encodeFrontend({ type: 'Query', sql: answerIds(batch, r.ids) })];
+    };
+  }
+
   /** SELECT df.start(<constants>, transaction_mode => 'new') as a simple Query. */
   private newQuery(call: NewCall, raw: Buffer, at: EdgeMoment): Deferred {
     const before = at.rfqExpected - 1;
@@ -438,7 +462,7 @@ export class EdgeInterceptor {
       const args = new Map<StartParam, string | null>();
       for (const [k, a] of call.args)
         if (k !== 'transaction_mode' && 'value' in a) args.set(k, a.value);
-      const r = await this.runNew(args);
+      const r = await runNew(this.host, this.opts.startNew, args);
       if (r.error) return r.error === 'server' ? [raw] : refuse(r.error);
       return [
         encodeFrontend({
@@ -522,7 +546,7 @@ export class EdgeInterceptor {
         if (err instanceof BindRefusal) return err.server ? [raw] : refuse(err.fields);
         throw err;
       }
-      const r = await this.runNew(args);
+      const r = await runNew(this.host, this.opts.startNew, args);
       if (r.error) return r.error === 'server' ? [raw] : refuse(r.error);
       const helper = '__dfgate_new';
       await host.conversation.prepareHelper(
@@ -542,39 +566,6 @@ export class EdgeInterceptor {
         }),
       ];
     };
-  }
-
-  /** Checks the session's role, then starts the instance on dfgate's own connection. */
-  private async runNew(
-    args: Map<StartParam, string | null>,
-  ): Promise<
-    { id: string; error?: undefined } | { error: 'server' | ReadonlyMap<string, string> }
-  > {
-    if (!this.opts.startNew)
-      return {
-        error: refusal(
-          SqlState.FeatureNotSupported,
-          "df.start(..., transaction_mode => 'new') needs dfgate's executor, which this dfgate runs without",
-        ),
-      };
-    const user = this.host.user;
-    const who = await this.host.conversation.whoAmI();
-    if (who === undefined) return { error: 'server' }; // e.g. an aborted transaction: the server says so
-    if (who !== user)
-      return {
-        error: refusal(
-          SqlState.InsufficientPrivilege,
-          `df.start(..., transaction_mode => 'new') starts the instance as the session's login role "${user}", but this session has switched to role "${who}"`,
-          "RESET ROLE first, or use transaction_mode => 'caller' to start as the current role inside your transaction.",
-        ),
-      };
-    try {
-      const id = await this.opts.startNew({ login: user, database: this.host.database, args });
-      return { id };
-    } catch (err) {
-      const e = err as PgErrorLike;
-      return { error: refusal(e.code ?? SqlState.InternalError, e.message, e.hint) };
-    }
   }
 }
 
