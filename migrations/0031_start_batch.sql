@@ -172,3 +172,43 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION df._start_batch(json) IS
   'internal: the proxy''s form of many compiled starts in one message: inserts every start''s node rows as the caller (row-level security, the submitted_by trigger), then df._activate_graphs; returns the instance ids in order';
+
+-- A start per row (docs/proxy.md, "A start per row"): the proxy rewrites
+-- `SELECT df.start(<constant workflow>, <label>) FROM ...` into one call of
+-- df._start_set with the workflow's node rows and the labels of every row,
+-- gathered by the statement's own FROM, WHERE, ORDER BY and LIMIT. The
+-- starts go 1,000 at a time through the steps of df._start_batch; one id
+-- per label comes back, in the labels' order.
+CREATE FUNCTION df._start_set(p_rows json, p_labels text[]) RETURNS SETOF text
+  LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+  AS $$
+DECLARE
+  v_n int := coalesce(cardinality(p_labels), 0);
+  v_root text := p_rows -> 0 ->> 'i';
+  v_ids text[];
+  v_at int := 1;
+  v_k int;
+BEGIN
+  IF array_ndims(p_labels) > 1 THEN
+    RAISE EXCEPTION 'df._start_set: one label per start' USING ERRCODE = '22023';
+  END IF;
+  WHILE v_at <= v_n LOOP
+    v_k := least(1000, v_n - v_at + 1);
+    v_ids := df._free_instance_ids(v_k);
+    INSERT INTO df.nodes (id, instance_id, node_type, query, result_name, left_node, right_node, database)
+    SELECT r.i, b.iid, r.t, r.q, r.n, r.l, r.r, NULL
+      FROM unnest(v_ids) AS b(iid), json_to_recordset(p_rows) AS r(i text, t text, q text, n text, l text, r text);
+    RETURN QUERY SELECT unnest(df._activate_graphs(v_ids, array_fill(v_root, ARRAY[v_k]),
+                                                   p_labels[v_at : v_at + v_k - 1]));
+    v_at := v_at + v_k;
+  END LOOP;
+END $$;
+COMMENT ON FUNCTION df._start_set(json, text[]) IS
+  'internal: the proxy''s form of a start per row of a statement (one compiled workflow, many labels): inserts its node rows under new ids as the caller, 1,000 starts at a time, each batch checked and activated by df._activate_graphs; returns the ids in label order';
+
+-- The label of such a start, resolved as df.start resolves its label argument (text).
+CREATE FUNCTION df._start_label(p_label text) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+  AS $$ SELECT p_label $$;
+COMMENT ON FUNCTION df._start_label(text) IS
+  'internal: a start''s label in the proxy''s df._start_set form, converted to text as df.start''s label argument is';

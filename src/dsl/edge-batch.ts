@@ -65,3 +65,61 @@ export function startBatch(
     steps,
   };
 }
+
+/**
+ * A start per row (docs/proxy.md, "A start per row"): `SELECT df.start(<workflow>
+ * [, <label>]) [AS name] FROM ...`, the call the statement's only result column,
+ * with a constant workflow the edge compiled to node rows. The statement
+ * becomes one df._start_set call over the labels its own FROM, WHERE,
+ * GROUP BY, ORDER BY and LIMIT produce: the text before the call, the
+ * label (through df._start_label, converted as df.start converts it), and
+ * the text after it. Undefined: the statement stays a df._start_rows call per row.
+ */
+export function startSet(
+  stmt: Ast,
+  fc: Ast,
+  call: Call,
+  rows: string,
+  literal: (s: string) => string,
+  paste: (span: { start: number; end: number }) => string,
+): { readonly before: string; readonly call: string; readonly after: string } | undefined {
+  const sel = stmt['SelectStmt'] as Ast | undefined;
+  const targets = (sel?.['targetList'] as Ast[] | undefined) ?? [];
+  const rt = targets[0]?.['ResTarget'] as Ast | undefined;
+  const ctes = ((sel?.['withClause'] as Ast | undefined)?.['ctes'] as Ast[] | undefined) ?? [];
+  if (
+    !sel ||
+    targets.length !== 1 ||
+    (rt?.['val'] as Ast | undefined)?.['FuncCall'] !== fc ||
+    !(sel['fromClause'] as unknown[] | undefined)?.length ||
+    sel['op'] !== 'SETOP_NONE' ||
+    sel['distinctClause'] ||
+    sel['intoClause'] ||
+    // a data-modifying WITH must stay at the top level
+    ctes.some(
+      (c) => !((c['CommonTableExpr'] as Ast | undefined)?.['ctequery'] as Ast)?.['SelectStmt'],
+    )
+  )
+    return undefined;
+  const column = (rt?.['name'] as string | undefined) ?? 'start';
+  // GROUP BY or ORDER BY the result column (by name or position) would group or sort by the label
+  const byResult = (item: Ast): boolean => {
+    const e = ((item['SortBy'] as Ast | undefined)?.['node'] as Ast | undefined) ?? item;
+    const fields = (e['ColumnRef'] as Ast | undefined)?.['fields'] as Ast[] | undefined;
+    const name = (fields?.[0]?.['String'] as Ast | undefined)?.['sval'];
+    return e['A_Const'] !== undefined || (fields?.length === 1 && name === column);
+  };
+  if (
+    ((sel['sortClause'] as Ast[] | undefined) ?? []).some(byResult) ||
+    ((sel['groupClause'] as Ast[] | undefined) ?? []).some(byResult)
+  )
+    return undefined;
+  for (const k of call.args.keys()) if (k !== 'fut' && k !== 'label') return undefined;
+  const label = call.args.get('label');
+  return {
+    before: `SELECT df._start_set(${literal(rows)}, ARRAY(`,
+    call: `df._start_label(${label ? paste(label) : 'NULL'})`,
+    // on a line of its own: the statement may end in a -- comment
+    after: `\n)) AS "${column.replace(/"/g, '""')}"`,
+  };
+}

@@ -100,3 +100,22 @@ export function graphRows(graph: string): string | undefined {
   }
   return JSON.stringify(rows);
 }
+
+/** The SQL of a compiled graph's steps, leftmost first: at most 8, and 16 KiB in all. */
+export function graphSteps(graph: string): string[] {
+  const out: string[] = [];
+  let chars = 0;
+  const walk = (n: unknown): void => {
+    if (out.length >= 8 || n === null || typeof n !== 'object') return;
+    const o = n as Record<string, unknown>;
+    const q = o['query'];
+    if (o['node_type'] === 'SQL' && typeof q === 'string') {
+      chars += q.length;
+      if (chars <= 16_384) out.push(q);
+      return;
+    }
+    for (const v of Object.values(o)) walk(v);
+  };
+  walk(JSON.parse(graph));
+  return out;
+}

@@ -14,9 +14,9 @@ import { evaluate, valueText } from './evaluate.js';
 import { asNode, DslError, node } from './nodes.js';
 import { validateGraph } from './validate.js';
 import { tokensWithinLimits, withinLimits } from './edge-limits.js';
-import { graphRows } from './edge-rows.js';
+import { graphRows, graphSteps } from './edge-rows.js';
 import { aliasPoint, callShape, type Ast, type Call, type StartParam } from './edge-shape.js';
-import { batchLabel, startBatch, type BatchPart, type StartBatch } from './edge-batch.js';
+import { batchLabel, startBatch, startSet, type BatchPart, type StartBatch } from './edge-batch.js';
 
 export { START_PARAMS, type StartParam } from './edge-shape.js';
 export type { StartBatch } from './edge-batch.js';
@@ -258,25 +258,6 @@ function constantOrFails(ast: unknown): string | null | undefined | typeof FAILS
 /** A 'new' call whose arguments the database must judge: it raises the error first. */
 class LeaveToDatabase extends Error {}
 
-/** The SQL of a compiled graph's steps, leftmost first: at most 8, and 16 KiB in all. */
-function graphSteps(graph: string): string[] {
-  const out: string[] = [];
-  let chars = 0;
-  const walk = (n: unknown): void => {
-    if (out.length >= 8 || n === null || typeof n !== 'object') return;
-    const o = n as Record<string, unknown>;
-    const q = o['query'];
-    if (o['node_type'] === 'SQL' && typeof q === 'string') {
-      chars += q.length;
-      if (chars <= 16_384) out.push(q);
-      return;
-    }
-    for (const v of Object.values(o)) walk(v);
-  };
-  walk(JSON.parse(graph));
-  return out;
-}
-
 /** The start rule's graph of a constant workflow, or undefined when it fails (the database says why). */
 function compileOrLeave(text: string): string | undefined {
   try {
@@ -448,9 +429,11 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
         if (fut === undefined || fut === null) continue; // left to the in-database df.start
         const graph = compileOrLeave(fut);
         if (graph === undefined || f.inFrom) continue; // validated; the column naming of FROM df.start(...) stays PostgreSQL's
+        const pasteSpan = (a: { start: number; end: number }): string =>
+          buf.toString('utf8', a.start, a.end);
         const paste = (p: StartParam): string => {
           const a = call.args.get(p);
-          return a ? buf.toString('utf8', a.start, a.end) : 'NULL';
+          return a ? pasteSpan(a) : 'NULL';
         };
         const opts = (['idempotency_key', 'max_attempts', 'max_backoff', 'on_failure'] as const)
           .filter((p) => call.args.has(p))
@@ -461,6 +444,18 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
           ? `df._start_rows(${literal(rows)}, ${paste('label')})`
           : `df._start_graph(${literal(graph)}, ${paste('label')}, ${paste('database')}` +
             (opts.length ? `, df._start_options(${opts.join(', ')}))` : ')');
+        const set =
+          rows && found.length === 1
+            ? startSet(stmt, f.fc, call, rows, literal, pasteSpan)
+            : undefined;
+        if (set) {
+          reps.push(
+            { start: sStart, end: sStart, text: set.before },
+            { start: call.start, end: call.end, text: set.call },
+            { start: sEnd, end: sEnd, text: set.after },
+          );
+          continue;
+        }
         const rep: Replacement = { start: call.start, end: call.end, text };
         reps.push(rep);
         if (raw.length > 1 && found.length === 1 && rows) {

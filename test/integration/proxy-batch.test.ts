@@ -212,6 +212,114 @@ describe('many starts in one message', () => {
   });
 });
 
+describe('a start per row of a statement', () => {
+  it('goes as one df._start_set call: one id per row, in order, each stored as a direct start', async () => {
+    const sql = `SELECT df.start('INSERT INTO batch_log VALUES (''per-row'')', 'row-' || g) AS id
+                   FROM generate_series(1, 2500) g WHERE g % 1 = 0 ORDER BY g`;
+    const rs = await p.query(sql);
+    expect(rs.fields.map((f) => [f.name, f.dataTypeID])).toEqual([['id', 25]]);
+    expect(rs.rows).toHaveLength(2500);
+    const ids = rs.rows.map((r) => r.id as string);
+    expect(new Set(ids).size).toBe(2500);
+    const labels = new Map(
+      (
+        await db.admin.query(`SELECT id, label FROM df.instances WHERE id = ANY ($1)`, [ids])
+      ).rows.map((r) => [r.id, r.label]),
+    );
+    ids.forEach((id, i) => expect(labels.get(id)).toBe(`row-${i + 1}`));
+    // the same workflow as a start on a direct connection, and it runs once per row
+    const one = (
+      await direct.query(
+        `SELECT df.start('INSERT INTO batch_log VALUES (''per-row'')', 'row-1') AS id`,
+      )
+    ).rows[0].id as string;
+    expect(await stored(ids[0] as string)).toEqual(await stored(one));
+    for (const id of [ids[0], ids[2499], one])
+      expect((await finished(direct, id as string)).status).toBe('completed');
+    await expect
+      .poll(
+        async () =>
+          (await db.admin.query(`SELECT count(*)::int AS n FROM batch_log WHERE k = 'per-row'`))
+            .rows[0].n,
+        { timeout: 60_000, interval: 200 },
+      )
+      .toBe(2501);
+  });
+
+  it('keeps WHERE, LIMIT, no rows, comments and the column name; answers as a direct connection does', async () => {
+    const shapes = [
+      `SELECT df.start('SELECT 1', 'lim') FROM generate_series(1, 10) g WHERE g % 2 = 0 LIMIT 3`,
+      `SELECT df.start('SELECT 1') FROM generate_series(1, 3) WHERE false`,
+      `SELECT df.start('SELECT 1', label => 'named') AS "Od""d" FROM generate_series(1, 2) -- a comment`,
+      `SELECT df.start('SELECT 1', 'x') FROM (VALUES (1), (2)) v(k) ORDER BY k DESC`,
+    ];
+    for (const sql of shapes) {
+      const a = await p.query(sql);
+      const b = await direct.query(sql);
+      expect(
+        a.fields.map((f) => [f.name, f.dataTypeID]),
+        sql,
+      ).toEqual(b.fields.map((f) => [f.name, f.dataTypeID]));
+      expect(a.rowCount, sql).toBe(b.rowCount);
+      for (const r of a.rows) expect(Object.values(r)[0], sql).toMatch(/^[0-9a-f]{8}$/);
+    }
+  });
+
+  it('a label df.start would not take, or a start the database refuses: the same SQLSTATE, nothing started', async () => {
+    const code = async (c: pg.Client, sql: string): Promise<string | undefined> =>
+      await c.query(sql).then(
+        () => undefined,
+        (e: pg.DatabaseError) => e.code,
+      );
+    const wrongType = `SELECT df.start('SELECT 1', g) FROM generate_series(1, 2) g`;
+    expect(await code(p, wrongType)).toBe(await code(direct, wrongType));
+    expect(await code(p, wrongType)).toBe('42883');
+    const nologin = await db.role('batch_set_nologin', { login: false, grant: true });
+    await db.admin.query(`GRANT ${nologin.ident} TO ${role.ident}`);
+    const refused = `SELECT df.start('SELECT 1', 'set-nl') FROM generate_series(1, 3)`;
+    for (const c of [p, direct]) {
+      await c.query(`SET ROLE ${nologin.ident}`);
+      try {
+        expect(await code(c, refused)).toBe('42501');
+      } finally {
+        await c.query('RESET ROLE');
+      }
+    }
+    // rolled back with the transaction that holds them
+    await p.query('BEGIN');
+    expect(
+      (await p.query(`SELECT df.start('SELECT 1', 'set-rb') FROM generate_series(1, 5)`)).rowCount,
+    ).toBe(5);
+    await p.query('ROLLBACK');
+    expect(
+      (
+        await db.admin.query(
+          `SELECT count(*)::int AS n FROM df.instances WHERE label IN ('set-nl', 'set-rb')`,
+        )
+      ).rows[0].n,
+    ).toBe(0);
+  });
+
+  it('df._start_set called directly gains nothing: the checks of df._activate_graph apply', async () => {
+    // a tree that is not one: two roots
+    await expect(
+      direct.query(
+        `SELECT df._start_set('[{"i":"aaaaaaaa","t":"SQL","q":"SELECT 1"},{"i":"bbbbbbbb","t":"SQL","q":"SELECT 2"}]', ARRAY['f'])`,
+      ),
+    ).rejects.toMatchObject({ code: '22023' });
+    await expect(direct.query(`SELECT df._start_set('[]', ARRAY['f'])`)).rejects.toMatchObject({
+      code: 'P0002',
+    });
+    await expect(
+      direct.query(`SELECT df._start_set('[{"i":"aaaaaaaa","t":"SQL","q":"SELECT 1"}]', ARRAY[['f']])`),
+    ).rejects.toMatchObject({ code: '22023' });
+    expect(
+      (await direct.query(`SELECT df._start_set('[{"i":"aaaaaaaa","t":"SQL","q":"SELECT 1"}]', '{}')`))
+        .rowCount,
+    ).toBe(0);
+  });
+});
+
 describe('df._start_batch and df._activate_graphs called directly', () => {
   const start = (rows: unknown[], label: string | null = 'forged') => ({ r: rows, l: label });
   const leaf = (i: string, q = 'SELECT 7'): Record<string, string> => ({ i, t: 'SQL', q });
