@@ -311,11 +311,16 @@ describe('a start per row of a statement', () => {
       code: 'P0002',
     });
     await expect(
-      direct.query(`SELECT df._start_set('[{"i":"aaaaaaaa","t":"SQL","q":"SELECT 1"}]', ARRAY[['f']])`),
+      direct.query(
+        `SELECT df._start_set('[{"i":"aaaaaaaa","t":"SQL","q":"SELECT 1"}]', ARRAY[['f']])`,
+      ),
     ).rejects.toMatchObject({ code: '22023' });
     expect(
-      (await direct.query(`SELECT df._start_set('[{"i":"aaaaaaaa","t":"SQL","q":"SELECT 1"}]', '{}')`))
-        .rowCount,
+      (
+        await direct.query(
+          `SELECT df._start_set('[{"i":"aaaaaaaa","t":"SQL","q":"SELECT 1"}]', '{}')`,
+        )
+      ).rowCount,
     ).toBe(0);
   });
 });
