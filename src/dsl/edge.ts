@@ -15,6 +15,9 @@ import { asNode, DslError, node } from './nodes.js';
 import { validateGraph } from './validate.js';
 import { tokensWithinLimits, withinLimits } from './edge-limits.js';
 import { graphRows, graphSteps } from './edge-rows.js';
+import { cachedEdge, rememberEdge } from './edge-cache.js';
+
+export { cachedEdge, rememberEdge } from './edge-cache.js';
 import { aliasPoint, callShape, type Ast, type Call, type StartParam } from './edge-shape.js';
 import { batchLabel, startBatch, startSet, type BatchPart, type StartBatch } from './edge-batch.js';
 
@@ -549,26 +552,6 @@ export function toEdge(sql: string, a: Analysis): Edge {
       return charPosition(buf, Math.min(buf.length, nb + shift));
     },
   };
-}
-
-const cache = new Map<string, Edge>();
-const CACHE_MAX = 1000;
-/** Longer texts are not cached (the cache stays under 16 MiB). */
-const CACHE_TEXT_MAX = 16 * 1024;
-
-function cacheKey(sql: string, extended: boolean): string {
-  return (extended ? 'E' : 'Q') + sql;
-}
-
-/** A cached Edge of this statement, if any. */
-export function cachedEdge(sql: string, extended: boolean): Edge | undefined {
-  return sql.length > CACHE_TEXT_MAX ? undefined : cache.get(cacheKey(sql, extended));
-}
-
-export function rememberEdge(sql: string, extended: boolean, e: Edge): void {
-  if (sql.length > CACHE_TEXT_MAX) return;
-  if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value as string);
-  cache.set(cacheKey(sql, extended), e);
 }
 
 /**

@@ -11,6 +11,31 @@ import type { Logger } from 'pino';
 import { encodeStartup } from './protocol/frontend.js';
 import { connectUpstream, type UpstreamTarget } from './upstream.js';
 
+/** Cancel requests forwarded by this process so far (a batch tells a statement timeout from a cancel). */
+let forwardedCount = 0;
+export function cancelsForwarded(): number {
+  return forwardedCount;
+}
+
+/**
+ * Client cancel pids whose cancels are dropped for now: a message whose
+ * starts committed as one batch and whose answers dfgate is still relaying
+ * (edge/batch.ts). On a direct connection the message has finished, and a
+ * cancel that arrives then cancels nothing.
+ */
+const shielded = new Map<number, number>();
+export function shieldCancels(pid: number): () => void {
+  shielded.set(pid, (shielded.get(pid) ?? 0) + 1);
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    const n = (shielded.get(pid) ?? 1) - 1;
+    if (n > 0) shielded.set(pid, n);
+    else shielded.delete(pid);
+  };
+}
+
 function keyOf(pid: number, key: Buffer): string {
   return `${pid}:${key.toString('hex')}`;
 }
@@ -53,6 +78,10 @@ export class CancelRegistry {
   /** Forwards a cancel request if the key is one dfgate relayed; silently ignores it otherwise. */
   async forward(pid: number, key: Buffer): Promise<boolean> {
     const k = keyOf(pid, key);
+    if (shielded.has(pid) && (this.resolvers.has(k) || this.keys.has(k))) {
+      this.log.debug({ pid }, 'cancel request for a message already finished ignored');
+      return false;
+    }
     const resolver = this.resolvers.get(k);
     if (resolver) {
       const to = resolver();
@@ -91,6 +120,7 @@ export class CancelRegistry {
         });
       });
       socket.resume();
+      forwardedCount++;
       socket.write(encodeStartup({ type: 'CancelRequest', pid, key }));
       this.log.info({ pid }, 'cancel request forwarded');
       await closed;

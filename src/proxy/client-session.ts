@@ -83,6 +83,8 @@ export class Session extends ClientConnection implements EdgeHost {
   private clientFramer: Framer | undefined;
   private readonly auth = new AuthRelay();
   private unregisterKey: (() => void) | undefined;
+  /** The pid of the cancel key the client holds (EdgeHost). */
+  cancelPid = 0;
   private readonly pendingClient: Buffer[] = [];
   private readonly pump: ClientPump;
   /** A ReadyForQuery was relayed: see whether the connection can go back to its pool. */
@@ -472,11 +474,13 @@ export class Session extends ClientConnection implements EdgeHost {
   private onBackendKey(conn: ServerConn): Buffer | undefined | null {
     this.unregisterKey?.();
     if (!this.lender) {
+      this.cancelPid = conn.pid;
       this.unregisterKey = this.ctx.cancels.add(conn.pid, conn.key as Buffer, this.ctx.upstream);
       return undefined;
     }
     if (this.unregisterKey) return null; // one key per client
     const own = ownBackendKey();
+    this.cancelPid = own.pid;
     this.unregisterKey = this.ctx.cancels.addResolver(own.pid, own.key, () => {
       const s = this.server;
       return s && s.key ? { pid: s.pid, key: s.key, target: this.ctx.upstream } : undefined;

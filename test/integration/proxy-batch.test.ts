@@ -212,6 +212,115 @@ describe('many starts in one message', () => {
   });
 });
 
+describe('starts in one message: what the session set, and timeouts', () => {
+  it('a type named "text" on the search_path does not change the answers', async () => {
+    const c = await db.connect(viaPort(role.url, proxy.port));
+    const d = await db.connect(role.url);
+    try {
+      for (const x of [c, d]) {
+        await x.query(`CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (VALUE IS NULL)`);
+        await x.query(`SET search_path = pg_temp, pg_catalog, public`);
+      }
+      const text = `SELECT df.start('SELECT 1', 'dom'); SELECT df.start('SELECT 2', 'dom')`;
+      const viaProxy = (await c.query(text)) as unknown as pg.QueryResult[];
+      const viaDirect = (await d.query(text)) as unknown as pg.QueryResult[];
+      expect(viaProxy.map(answer)).toEqual(viaDirect.map(answer));
+      expect(viaProxy.map((r) => r.rows[0].start)).toEqual([
+        expect.stringMatching(/^[0-9a-f]{8}$/),
+        expect.stringMatching(/^[0-9a-f]{8}$/),
+      ]);
+    } finally {
+      await c.end();
+      await d.end();
+    }
+  });
+
+  it('statement_timeout applies to each statement: a batch that runs out of it goes one by one', async () => {
+    const c = await db.connect(viaPort(role.url, proxy.port));
+    const holder = await db.connect(db.url);
+    const pid = (await c.query(`SELECT pg_backend_pid() AS pid`)).rows[0].pid as number;
+    const waiting = async (like: string): Promise<void> => {
+      await expect
+        .poll(
+          async () =>
+            (
+              await db.admin.query(
+                `SELECT count(*)::int AS n FROM pg_stat_activity
+                  WHERE pid = $1 AND wait_event_type = 'Lock' AND query LIKE $2`,
+                [pid, like],
+              )
+            ).rows[0].n,
+          { timeout: 20_000, interval: 5 },
+        )
+        .toBe(1);
+    };
+    const replayed = batches('replayed');
+    try {
+      await holder.query('BEGIN');
+      await holder.query('LOCK TABLE df.instances IN EXCLUSIVE MODE');
+      await c.query(`SET statement_timeout = '1500ms'`);
+      const sent = c.query(
+        `SELECT df.start('SELECT 1', 'st-1'); SELECT df.start('SELECT 2', 'st-2')`,
+      ) as unknown as Promise<pg.QueryResult[]>;
+      // the batch waits for the lock and runs out of time; the first statement alone then waits
+      await waiting('%_start_batch%');
+      await waiting('%_start_rows%');
+      await holder.query('ROLLBACK');
+      const rs = await sent;
+      expect(rs.map((r) => r.rows[0].start)).toEqual([
+        expect.stringMatching(/^[0-9a-f]{8}$/),
+        expect.stringMatching(/^[0-9a-f]{8}$/),
+      ]);
+    } finally {
+      await holder.query('ROLLBACK').catch(() => undefined);
+      await holder.end();
+      await c.end();
+    }
+    expect(batches('replayed')).toBe(replayed + 1);
+  });
+
+  it('a cancel while the batch runs: reported as it came, nothing started', async () => {
+    const c = await db.connect(viaPort(role.url, proxy.port));
+    const holder = await db.connect(db.url);
+    try {
+      await holder.query('BEGIN');
+      await holder.query('LOCK TABLE df.instances IN EXCLUSIVE MODE');
+      const sent = c.query(
+        `SELECT df.start('SELECT 1', 'cx-1'); SELECT df.start('SELECT 2', 'cx-2')`,
+      );
+      const outcome = sent.then(
+        () => 'no error',
+        (e: pg.DatabaseError) => e.code,
+      );
+      await expect
+        .poll(
+          async () =>
+            (
+              await db.admin.query(
+                `SELECT count(*)::int AS n FROM pg_stat_activity
+                  WHERE wait_event_type = 'Lock' AND query LIKE '%_start_batch%'`,
+              )
+            ).rows[0].n,
+          { timeout: 20_000, interval: 5 },
+        )
+        .toBe(1);
+      // a cancel (here an administrator's) meets the batch while it waits
+      await db.admin.query(
+        `SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%_start_batch%' AND pid <> pg_backend_pid()`,
+      );
+      expect(await outcome).toBe('57014');
+    } finally {
+      await holder.query('ROLLBACK').catch(() => undefined);
+      await holder.end();
+      await c.end();
+    }
+    expect(
+      (await db.admin.query(`SELECT count(*)::int AS n FROM df.instances WHERE label LIKE 'cx-%'`))
+        .rows[0].n,
+    ).toBe(0);
+  });
+});
+
 describe('a start per row of a statement', () => {
   it('goes as one df._start_set call: one id per row, in order, each stored as a direct start', async () => {
     const sql = `SELECT df.start('INSERT INTO batch_log VALUES (''per-row'')', 'row-' || g) AS id

@@ -332,3 +332,28 @@ describe('a start per row (edge-batch.ts startSet)', () => {
     for (const sql of others) expect(rewritten(sql) ?? '', sql).not.toContain('_start_set');
   });
 });
+
+describe('the edge cache (edge-cache.ts)', () => {
+  it('holds at most 1,000 entries and 8 Mi characters of keys and rewrites, newest kept', async () => {
+    const { rememberEdge, cachedEdge, edgeCacheSize } = await import('../../src/dsl/edge-cache.js');
+    const big = 'x'.repeat(100_000);
+    for (let i = 0; i < 300; i++)
+      rememberEdge(`SELECT ${i}`, false, {
+        kind: 'rewrite',
+        text: big,
+        position: (p: number) => p,
+      });
+    expect(edgeCacheSize().chars).toBeLessThanOrEqual(8 * 1024 * 1024);
+    expect(cachedEdge('SELECT 299', false)).toBeDefined();
+    expect(cachedEdge('SELECT 0', false)).toBeUndefined();
+    // one rewrite over a 64th of the budget is not cached at all
+    rememberEdge('SELECT huge', false, {
+      kind: 'rewrite',
+      text: 'y'.repeat(200_000),
+      position: (p: number) => p,
+    });
+    expect(cachedEdge('SELECT huge', false)).toBeUndefined();
+    for (let i = 0; i < 1500; i++) rememberEdge(`SELECT small ${i}`, false, { kind: 'pass' });
+    expect(edgeCacheSize().entries).toBe(1000);
+  });
+});

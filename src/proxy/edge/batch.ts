@@ -15,6 +15,7 @@ import { decodeErrorFields } from '../protocol/backend.js';
 import { Backend } from '../protocol/codes.js';
 import type { Conversation } from '../conversation.js';
 import { quoteIdentifier } from './errors.js';
+import { cancelsForwarded } from '../cancel.js';
 
 const INSTANCE_ID = /^[0-9a-f]{8}$/;
 /** SQLSTATE classes of errors that say nothing about the statements: reported, never replayed. */
@@ -24,11 +25,44 @@ const INTERRUPTIONS = new Set(['08', '40', '53', '55', '57', '58']);
 export type BatchOutcome =
   { readonly ids: readonly string[] } | { readonly error: ReadonlyMap<string, string> } | 'replay';
 
+/** The client's error when the batch's outcome cannot be told (never replayed: it may have committed). */
+function unknownOutcome(why: string): ReadonlyMap<string, string> {
+  return new Map([
+    ['S', 'ERROR'],
+    ['V', 'ERROR'],
+    ['C', why === 'lost' ? '08006' : 'XX000'],
+    [
+      'M',
+      why === 'lost'
+        ? 'dfgate: the server connection was lost while the starts of this message ran; whether they committed is unknown'
+        : 'dfgate: the starts of this message committed, but their ids could not be read',
+    ],
+  ]);
+}
+
+/**
+ * A statement timeout, not a cancel: statement_timeout applies to each
+ * statement of a simple Query, and the batch is one statement where the
+ * client sent many, so the statements go one by one instead. A cancel
+ * (dfgate forwarded one meanwhile, or the server says it was a user's) is
+ * reported as it came.
+ */
+function timedOut(error: ReadonlyMap<string, string>, cancels: number): boolean {
+  return (
+    error.get('C') === '57014' &&
+    cancelsForwarded() === cancels &&
+    !/user request/.test(error.get('M') ?? '')
+  );
+}
+
 /** Runs the batch's statement on the session's connection, its answers kept from the client. */
 export async function runBatch(conv: Conversation, batch: StartBatch): Promise<BatchOutcome> {
+  let sent = false;
+  const cancels = cancelsForwarded();
   const out = await conv.talk<BatchOutcome | undefined>(
     [{ type: 'Query', sql: batch.sql }],
     (done) => {
+      sent = true;
       let ids: string[] | undefined;
       let error: Map<string, string> | undefined;
       return (t, body) => {
@@ -36,22 +70,34 @@ export async function runBatch(conv: Conversation, batch: StartBatch): Promise<B
         else if (t === Backend.ErrorResponse) error ??= decodeErrorFields(body);
         else if (t === Backend.ReadyForQuery) {
           if (error)
-            done(INTERRUPTIONS.has((error.get('C') ?? '').slice(0, 2)) ? { error } : 'replay');
-          else done(body[0] === 0x49 && ids ? { ids } : 'replay');
+            done(
+              INTERRUPTIONS.has((error.get('C') ?? '').slice(0, 2)) && !timedOut(error, cancels)
+                ? { error }
+                : 'replay',
+            );
+          // committed: never replayed, whatever the answer looks like
+          else if (body[0] !== 0x49) done({ error: unknownOutcome('ids') });
+          else done(ids ? { ids } : { error: unknownOutcome('ids') });
         }
         return 'swallow';
       };
     },
   );
-  if (out === undefined) return 'replay'; // the connection went: the statements meet the same fate
-  if (out !== 'replay' && 'ids' in out && out.ids.length !== batch.columns.length) return 'replay';
+  // no server to send it to: the statements meet the same fate; sent and lost: unknown
+  if (out === undefined) return sent ? { error: unknownOutcome('lost') } : 'replay';
+  if (out !== 'replay' && 'ids' in out && out.ids.length !== batch.columns.length)
+    return { error: unknownOutcome('ids') };
   return out;
 }
 
 /** The Query that answers each statement of the batch with its instance id. */
 export function answerIds(batch: StartBatch, ids: readonly string[]): string {
+  // pg_catalog.text: the session's search_path could name another type "text"
   return ids
-    .map((id, i) => `SELECT '${id}'::text AS ${quoteIdentifier(batch.columns[i] ?? 'start')}`)
+    .map(
+      (id, i) =>
+        `SELECT '${id}'::pg_catalog.text AS ${quoteIdentifier(batch.columns[i] ?? 'start')}`,
+    )
     .join(';');
 }
 

@@ -36,6 +36,7 @@ import type { Lease, Started } from '../../contract/started.js';
 import { withLease } from './lease.js';
 import { BornClaims } from './born.js';
 import { answerIds, runBatch } from './batch.js';
+import { shieldCancels } from '../cancel.js';
 import { runNew } from './start-new.js';
 import { mentionsDf } from '../sql-scan.js';
 export type { StartNewRequest };
@@ -71,6 +72,8 @@ export interface EdgeHost {
   readonly isClosed: boolean;
   /** The transaction status of the last ReadyForQuery ('I': outside a transaction block). */
   readonly txStatus: string;
+  /** The pid of the cancel key the client holds (the backend's, or dfgate's own in transaction mode). */
+  readonly cancelPid: number;
 }
 
 /** A server ErrorResponse dfgate provoked (it names the nonce) and what the client sees instead. */
@@ -438,6 +441,9 @@ export class EdgeInterceptor {
       for (const id of r.ids)
         if (this.startedIds.length < STARTED_IDS_MAX) this.startedIds.push(id);
       this.addSteps(batch.steps);
+      // the message has finished: a cancel from now on until its answers are out cancels nothing
+      const release = shieldCancels(host.cancelPid);
+      void host.ledger.wait(after + 1, host.isClosed).finally(release);
       return [encodeFrontend({ type: 'Query', sql: answerIds(batch, r.ids) })];
     };
   }
@@ -467,7 +473,7 @@ export class EdgeInterceptor {
       return [
         encodeFrontend({
           type: 'Query',
-          sql: `SELECT ${literal(r.id)}::text AS ${quoteIdentifier(call.column)}`,
+          sql: `SELECT ${literal(r.id)}::pg_catalog.text AS ${quoteIdentifier(call.column)}`,
         }),
       ];
     };
