@@ -19,7 +19,7 @@ import { cachedEdge, rememberEdge } from './edge-cache.js';
 
 export { cachedEdge, rememberEdge } from './edge-cache.js';
 import { aliasPoint, callShape, type Ast, type Call, type StartParam } from './edge-shape.js';
-import { batchLabel, startBatch, startSet, type BatchPart, type StartBatch } from './edge-batch.js';
+import { batchLabel, startBatch, type BatchPart, type StartBatch } from './edge-batch.js';
 
 export { START_PARAMS, type StartParam } from './edge-shape.js';
 export type { StartBatch } from './edge-batch.js';
@@ -432,11 +432,9 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
         if (fut === undefined || fut === null) continue; // left to the in-database df.start
         const graph = compileOrLeave(fut);
         if (graph === undefined || f.inFrom) continue; // validated; the column naming of FROM df.start(...) stays PostgreSQL's
-        const pasteSpan = (a: { start: number; end: number }): string =>
-          buf.toString('utf8', a.start, a.end);
         const paste = (p: StartParam): string => {
           const a = call.args.get(p);
-          return a ? pasteSpan(a) : 'NULL';
+          return a ? buf.toString('utf8', a.start, a.end) : 'NULL';
         };
         const opts = (['idempotency_key', 'max_attempts', 'max_backoff', 'on_failure'] as const)
           .filter((p) => call.args.has(p))
@@ -447,18 +445,6 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
           ? `df._start_rows(${literal(rows)}, ${paste('label')})`
           : `df._start_graph(${literal(graph)}, ${paste('label')}, ${paste('database')}` +
             (opts.length ? `, df._start_options(${opts.join(', ')}))` : ')');
-        const set =
-          rows && found.length === 1
-            ? startSet(stmt, f.fc, call, rows, literal, pasteSpan)
-            : undefined;
-        if (set) {
-          reps.push(
-            { start: sStart, end: sStart, text: set.before },
-            { start: call.start, end: call.end, text: set.call },
-            { start: sEnd, end: sEnd, text: set.after },
-          );
-          continue;
-        }
         const rep: Replacement = { start: call.start, end: call.end, text };
         reps.push(rep);
         if (raw.length > 1 && found.length === 1 && rows) {

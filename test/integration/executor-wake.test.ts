@@ -124,6 +124,19 @@ describe('the proxy names the instances a commit started', () => {
     expect(wakes).toEqual([[a, b]]);
   });
 
+  it('starts in one message (one batch): every id', async () => {
+    wakes.length = 0;
+    const rs = (await p.query(
+      `SELECT df.start('SELECT 1'); SELECT df.start('SELECT 2')`,
+    )) as unknown as Array<pg.QueryResult<{ start: string }>>;
+    const ids = rs.map((r) => r.rows[0]?.start);
+    expect(ids).toEqual([
+      expect.stringMatching(/^[0-9a-f]{8}$/),
+      expect.stringMatching(/^[0-9a-f]{8}$/),
+    ]);
+    expect(wakes).toEqual([ids]);
+  });
+
   it("the steps' SQL a wake carries stops at 16 KiB per transaction; the ids do not", async () => {
     const big = `SELECT '${'x'.repeat(10_000)}' AS filler`;
     const { ids, wake } = await wakeOf([
@@ -141,7 +154,6 @@ describe('the proxy names the instances a commit started', () => {
     for (const sql of [
       `SELECT df.start('SELECT 1'), 1`,
       `SELECT df.start('SELECT 1') FROM generate_series(1, 2)`,
-      `SELECT df.start('SELECT 1'); SELECT df.start('SELECT 2')`,
       `SELECT df.status('00000000')`,
     ])
       expect((await wakeOf(sql)).wake, sql).toBeUndefined();

@@ -293,46 +293,6 @@ describe('many starts in one message (edge-batch.ts)', () => {
   });
 });
 
-describe('a start per row (edge-batch.ts startSet)', () => {
-  const rewritten = (sql: string): string | undefined => {
-    const e = analyze(sql);
-    return e.kind === 'rewrite' ? e.text : undefined;
-  };
-  it('one df._start_set call over the labels of the statement’s own rows', () => {
-    const text = rewritten(
-      `SELECT df.start('SELECT 1', 'wf-' || g) AS id FROM generate_series(1, 3) g WHERE g > 1 ORDER BY g LIMIT 2 -- end`,
-    );
-    expect(text).toMatch(
-      /^SELECT df\._start_set\(E'\[\{"i":"[0-9a-f]{8}","t":"SQL","q":"SELECT 1"\}\]', ARRAY\(SELECT df\._start_label\('wf-' \|\| g\) AS id FROM generate_series\(1, 3\) g WHERE g > 1 ORDER BY g LIMIT 2 -- end\n\)\) AS "id"$/,
-    );
-    expect(rewritten(`SELECT df.start('SELECT 1') AS "a""b" FROM t; SELECT 2`)).toMatch(
-      /ARRAY\(SELECT df\._start_label\(NULL\) AS "a""b" FROM t\n\)\) AS "a""b"; SELECT 2$/,
-    );
-    expect(
-      rewritten(`WITH x AS (SELECT 1 AS k) SELECT df.start('SELECT 1', label => 'n') FROM x`),
-    ).toMatch(
-      /^SELECT df\._start_set\(.*ARRAY\(WITH x AS .* df\._start_label\('n'\) FROM x\n\)\) AS "start"$/,
-    );
-  });
-
-  it('not when rows would be grouped, ordered or made distinct by the result, or the call is not alone', () => {
-    const others = [
-      `SELECT df.start('SELECT 1') s FROM t ORDER BY s`,
-      `SELECT df.start('SELECT 1') FROM t ORDER BY 1`,
-      `SELECT df.start('SELECT 1') FROM t GROUP BY 1`,
-      `SELECT DISTINCT df.start('SELECT 1') FROM t`,
-      `SELECT df.start('SELECT 1'), k FROM t`,
-      `SELECT df.start('SELECT 1')::text FROM t`,
-      `WITH x AS (DELETE FROM t RETURNING *) SELECT df.start('SELECT 1') FROM x`,
-      `SELECT df.start('SELECT 1', 'x', max_attempts => 3) FROM t`,
-      `SELECT df.start('SELECT 1') FROM t UNION ALL SELECT 'x'`,
-      `INSERT INTO t SELECT df.start('SELECT 1') FROM u`,
-      `SELECT df.start('SELECT 1')`,
-    ];
-    for (const sql of others) expect(rewritten(sql) ?? '', sql).not.toContain('_start_set');
-  });
-});
-
 describe('the edge cache (edge-cache.ts)', () => {
   it('holds at most 1,000 entries and 8 Mi characters of keys and rewrites, newest kept', async () => {
     const { rememberEdge, cachedEdge, edgeCacheSize } = await import('../../src/dsl/edge-cache.js');
