@@ -42,9 +42,9 @@ import { TimerStore } from './timer-store.js';
 import { DEFAULT_TIMER_BATCH, DueTimers } from './timers.js';
 import { controlPools, nextCron, requirePrimary, type ExecutorOptions } from './options.js';
 import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js';
+import { TableStatistics } from './statistics.js';
 
 export type { ExecutorOptions } from './options.js';
-
 export class Executor {
   readonly owner = `${process.pid}-${randomBytes(4).toString('hex')}`;
   private readonly control: pg.Pool;
@@ -74,6 +74,7 @@ export class Executor {
   private readonly log: Logger;
   private readonly finished = new Set<Promise<void>>();
   private readonly store: ControlStore;
+  private readonly statistics: TableStatistics;
   private readonly retention: Retention;
   private readonly notices: ChangeNotices;
   private readonly starter: StartNew;
@@ -106,6 +107,7 @@ export class Executor {
       timeoutMs: opts.slotTimeoutMs ?? 30_000,
     });
     this.store = new ControlStore(this.control, this.owner, opts.leaseMs, this.claimer);
+    this.statistics = new TableStatistics(this.control, this.log);
     this.retention = new Retention(this.store, this.log);
     this.notices = new ChangeNotices(this.store);
     // a notification is a hint only: state is re-read
@@ -212,6 +214,7 @@ export class Executor {
     let claimed: LoadedInstance[];
     let ready = 0;
     this.claiming = capacity; // what adopting may not take meanwhile
+    this.statistics.check(); // plans made on a small table are remade when it has grown
     try {
       if (kind === 'general')
         ({ rows: claimed, ready } = await this.store.claim(capacity, held, reserve));
@@ -531,26 +534,24 @@ export class Executor {
     }
   }
 
-  /**
-   * df.start(..., transaction_mode => 'new') for the proxy: runs df.start as
-   * `login` (the client session's login role) on a step connection of that
-   * role, in a transaction of its own, and wakes the executor once committed.
-   */
   /** A lease for a plain df.start through this process's proxy: born claimed (adopt.ts). */
   prelease(): Lease | undefined {
     return this.adoption.lease();
   }
 
+  /**
+   * df.start(..., transaction_mode => 'new') for the proxy: runs df.start as `login` (the
+   * client session's login role) on a step connection of that role, in a transaction of its
+   * own, and wakes the executor once committed.
+   */
   async startNew(req: StartNewRequest): Promise<string> {
     return await this.starter.run(req);
   }
 
   /** For the admin port: instances driven now, and whether the executor is up (LISTEN connected). */
   stats(): { readonly activeInstances: number; readonly listening: boolean } {
-    return {
-      activeInstances: this.active.size,
-      listening: !this.stopping && this.listener.listening,
-    };
+    const listening = !this.stopping && this.listener.listening;
+    return { activeInstances: this.active.size, listening };
   }
 
   /**

@@ -52,6 +52,8 @@ export function nextCron(expr: string, after: Date): Date {
  * generic plan is estimated dearer than the custom ones, which take ~1 ms to
  * plan and 0.1 ms to run); claims run one at a time. Only there: the other
  * statements (retention's, those inside functions) keep custom plans.
+ * A generic plan made while df.instances was small is remade when the
+ * table has grown (statistics.ts).
  */
 export function controlPools(url: string, log: Logger): { control: pg.Pool; claimer: pg.Pool } {
   const control = new pg.Pool({

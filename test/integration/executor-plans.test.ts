@@ -1,0 +1,171 @@
+/**
+ * The executor's claims keep their generic plans (options.ts, controlPools),
+ * made once, often while df.instances is nearly empty. Such a plan must still
+ * reach the instances a claim takes through the index it was written for
+ * when the table has grown: here each claim statement is prepared on a
+ * table of one instance exactly as the claim connection prepares it, the
+ * table then gets 3,000 ready instances, the executor's statistics check
+ * (statistics.ts) runs, and the plan the statement has then is run (EXPLAIN
+ * ANALYZE, rolled back) and read node by node.
+ */
+import pg from 'pg';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { controlPools } from '../../src/executor/options.js';
+import { TableStatistics } from '../../src/executor/statistics.js';
+import { ControlStore } from '../../src/executor/store.js';
+import { useTestDatabase } from '../harness/db.js';
+
+const db = useTestDatabase();
+let pools: { control: pg.Pool; claimer: pg.Pool };
+let store: ControlStore;
+/** The claim connection's statements, as the store sends them. */
+const sent = new Map<string, { text: string; values: unknown[] }>();
+
+interface PlanNode {
+  'Node Type': string;
+  'Relation Name'?: string;
+  'Index Name'?: string;
+  'Rows Removed by Filter'?: number;
+  'Rows Removed by Index Recheck'?: number;
+  Plans?: PlanNode[];
+}
+
+function nodes(plan: PlanNode): PlanNode[] {
+  return [plan, ...(plan.Plans ?? []).flatMap(nodes)];
+}
+
+beforeAll(async () => {
+  pools = controlPools(db.url, pino({ level: 'silent' }));
+  store = new ControlStore(pools.control, 'plans-test', 30_000, pools.claimer);
+  const query = pools.claimer.query.bind(pools.claimer) as (...a: unknown[]) => unknown;
+  vi.spyOn(pools.claimer, 'query').mockImplementation(((config: {
+    name: string;
+    text: string;
+    values: unknown[];
+  }) => {
+    sent.set(config.name, { text: config.text, values: config.values });
+    return query(config);
+  }) as never);
+  const role = await db.role('plans_app');
+  const app = await db.connect(role.url);
+  // a table with one instance, analyzed (as autovacuum leaves a young one): the claim
+  // connection makes its generic plans now, from these statistics
+  await app.query(`SELECT df.start('SELECT 1', 'first')`);
+  await pools.control.query('ANALYZE df.instances');
+  await store.claim(10, new Map(), 1);
+  await store.claimStarted(['nothing1']);
+  await store.claimNewcomers(['nothing1'], [], 1);
+  await store.adopt(['nothing1']);
+  expect(sent.size).toBe(4);
+  await app.query(`SELECT df.start('SELECT 1', 'p') FROM generate_series(1, 3000)`);
+  await app.end();
+  // what the executor does before a claim, at most once a second (statistics.ts)
+  const statistics = new TableStatistics(pools.control, pino({ level: 'silent' }));
+  expect(await statistics.refresh()).toEqual(expect.arrayContaining(['instances', 'nodes']));
+  // analyzed: nothing to do until a table doubles again
+  expect(await statistics.refresh()).toEqual([]);
+});
+
+afterAll(async () => {
+  await pools.control.end();
+  await pools.claimer.end();
+});
+
+/**
+ * The plan the claim connection keeps for `name`, run on the grown table
+ * with `values` (rolled back): its scans of df.instances and its indexes.
+ */
+async function grownPlan(name: string, values: unknown[]): Promise<PlanNode[]> {
+  const stmt = sent.get(name);
+  if (!stmt) throw new Error(`no statement ${name}`);
+  const client = await pools.claimer.connect();
+  try {
+    await client.query('BEGIN');
+    // the statement as prepared on the empty table, by the same connection: its plan is kept
+    // (EXECUTE takes no bind parameters: literals, each of the prepared parameter's type)
+    const params = values
+      .map((v) =>
+        typeof v === 'number'
+          ? String(v)
+          : client.escapeLiteral(Array.isArray(v) ? `{${v.join(',')}}` : String(v)),
+      )
+      .join(', ');
+    const explained = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
+      `EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE ${client.escapeIdentifier(name)}(${params})`,
+    );
+    return nodes(
+      (explained.rows[0] as { 'QUERY PLAN': Array<{ Plan: PlanNode }> })['QUERY PLAN'][0]!.Plan,
+    ).filter(
+      (n) =>
+        n['Node Type'].endsWith('Scan') &&
+        (n['Relation Name'] === 'instances' || (n['Index Name'] ?? '').startsWith('instances_')),
+    );
+  } finally {
+    await client.query('ROLLBACK');
+    client.release();
+  }
+}
+
+function named(fragment: string): string {
+  const hit = [...sent.entries()].find(([, s]) => s.text.includes(fragment));
+  if (!hit) throw new Error(`no statement with ${fragment}`);
+  return hit[0];
+}
+
+async function someIds(n: number): Promise<string[]> {
+  const { rows } = await pools.control.query<{ id: string }>(
+    'SELECT id FROM df.instances ORDER BY created_at DESC LIMIT $1',
+    [n],
+  );
+  return rows.map((r) => r.id);
+}
+
+describe('claims prepared on a table of one instance, run on 3,000 ready instances', () => {
+  it('the claim by id reads the started ids by primary key', async () => {
+    const ids = await someIds(5);
+    const name = named('AND i.id = ANY (ARRAY(SELECT id FROM locked))');
+    const read = await grownPlan(name, [store.owner, ids, 30_000]);
+    expect(read.length).toBeGreaterThan(0);
+    for (const n of read) {
+      expect(n['Node Type']).not.toBe('Seq Scan');
+      if (n['Index Name'])
+        expect(['instances_pkey', 'instances_id_submitted_by_key']).toContain(n['Index Name']);
+      expect(n['Rows Removed by Filter'] ?? 0).toBeLessThan(50);
+    }
+  });
+
+  it('the newcomers claim reads the started ids by primary key', async () => {
+    const ids = await someIds(5);
+    const name = named('DISTINCT ON (submitted_by)');
+    const read = await grownPlan(name, [store.owner, ids, 30_000, [], 5]);
+    expect(read.length).toBeGreaterThan(0);
+    for (const n of read) {
+      expect(n['Node Type']).not.toBe('Seq Scan');
+      if (n['Index Name'])
+        expect(['instances_pkey', 'instances_id_submitted_by_key']).toContain(n['Index Name']);
+      expect(n['Rows Removed by Filter'] ?? 0).toBeLessThan(50);
+    }
+  });
+
+  it('the general claim reads no instance it does not need', async () => {
+    const name = named('WITH RECURSIVE');
+    const read = await grownPlan(name, [store.owner, 10, 30_000, [], [], 1]);
+    expect(read.length).toBeGreaterThan(0);
+    for (const n of read) {
+      expect(n['Node Type']).not.toBe('Seq Scan');
+      expect(n['Rows Removed by Filter'] ?? 0).toBeLessThan(50);
+      expect(n['Rows Removed by Index Recheck'] ?? 0).toBeLessThan(50);
+    }
+  });
+
+  it('the read of born-leased starts goes by primary key', async () => {
+    const ids = await someIds(5);
+    const read = await grownPlan(named('i.lease_epoch = 1'), [ids, store.owner]);
+    expect(read.length).toBeGreaterThan(0);
+    for (const n of read) {
+      expect(n['Node Type']).not.toBe('Seq Scan');
+      expect(n['Rows Removed by Filter'] ?? 0).toBeLessThan(50);
+    }
+  });
+});
