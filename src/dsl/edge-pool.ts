@@ -5,7 +5,9 @@
  * over the edge's limits, cached ones and statements that cannot be sent to a
  * worker are answered at once. A job that runs past its budget ends its
  * worker (a new one starts) and the statement is left to the database, where
- * the in-database df.start does the same work.
+ * the in-database df.start does the same work. Jobs wait in turns by owner
+ * (the client's role): one role's many costly statements hold back another
+ * role's at most by the one job running.
  */
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -23,6 +25,7 @@ import {
   type Edge,
 } from './edge.js';
 import type { EdgeAnswer, EdgeJob } from './edge-worker.js';
+import { FairQueue } from './fair-queue.js';
 
 /** A compile job running longer than this is abandoned: the statement goes to the database unchanged. */
 export const COMPILE_BUDGET_MS = 2000;
@@ -125,7 +128,7 @@ class Slot {
 }
 
 class Pool {
-  private readonly queue: Job[] = [];
+  private readonly queue = new FairQueue<Job>();
   private readonly slots: Slot[] = [];
   private nextId = 1;
   /** Consecutive worker deaths; past a few the pool stops trying and compiles inline. */
@@ -147,10 +150,10 @@ class Pool {
 
   broken = false;
 
-  run(sql: string, extended: boolean): Promise<Edge> {
+  run(sql: string, extended: boolean, owner: string): Promise<Edge> {
     return new Promise((resolve) => {
       const id = this.nextId++;
-      this.queue.push({
+      this.queue.push(owner, {
         id,
         send: { id, sql, extended },
         answered: (m) => {
@@ -165,10 +168,10 @@ class Pool {
     });
   }
 
-  check(bound: readonly string[]): Promise<BoundProblem | undefined> {
+  check(bound: readonly string[], owner: string): Promise<BoundProblem | undefined> {
     return new Promise((resolve) => {
       const id = this.nextId++;
-      this.queue.push({
+      this.queue.push(owner, {
         id,
         send: { id, bound },
         answered: (m) => resolve('problem' in m ? (m.problem ?? undefined) : undefined),
@@ -200,15 +203,16 @@ function thePool(): Pool | undefined {
 
 /**
  * What the proxy does with a statement that mentions df.: at once when the
- * answer needs no compiling (over the limits, or cached), else from the pool.
+ * answer needs no compiling (over the limits, or cached), else from the pool,
+ * in `owner`'s turn.
  */
-export function analyzeSoon(sql: string, extended: boolean): Edge | Promise<Edge> {
+export function analyzeSoon(sql: string, extended: boolean, owner: string): Edge | Promise<Edge> {
   // only O(1) checks here: the scan of withinLimits runs in the worker too
   if (sql.length > BATCH_MAX) return PASS;
   const hit = cachedEdge(sql, extended);
   if (hit) return hit;
   const p = thePool();
-  return p ? p.run(sql, extended) : analyze(sql, extended);
+  return p ? p.run(sql, extended, owner) : analyze(sql, extended);
 }
 
 /** Bound values up to this many characters in all are checked on the calling thread (well under 0.1 ms). */
@@ -222,11 +226,12 @@ const BOUND_INLINE_MAX = 512;
  */
 export function checkBoundSoon(
   values: ReadonlyArray<string | undefined>,
+  owner: string,
 ): BoundProblem | undefined | Promise<BoundProblem | undefined> {
   const todo = values.filter((v): v is string => v !== undefined && v.length <= ANALYZE_MAX);
   if (todo.length === 0) return undefined;
   const p = todo.reduce((n, v) => n + v.length, 0) > BOUND_INLINE_MAX ? thePool() : undefined;
-  if (p) return p.check(todo);
+  if (p) return p.check(todo, owner);
   for (const v of todo) {
     const problem = checkBound(v);
     if (problem) return problem;

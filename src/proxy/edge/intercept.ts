@@ -314,7 +314,7 @@ export class EdgeInterceptor {
     if (m.type !== 'Query' && m.type !== 'Parse') return undefined;
     // what the outcome depends on, as of this message (later messages move the counters)
     const at = this.moment();
-    const e = analyzeSoon(m.sql, !isQuery);
+    const e = analyzeSoon(m.sql, !isQuery, this.host.user);
     if (!(e instanceof Promise)) return this.applyEdge(m, e, raw, at);
     // Compiled in a worker: this message and everything after it wait in order
     // (the pump pauses the client); a Bind of this statement waits for the check.
@@ -521,7 +521,7 @@ export class EdgeInterceptor {
       // df.start($n): the bound value is a workflow by the start rule, checked by the
       // compile worker unless short (very long ones by the in-database df.start)
       const values = (st.bound ?? []).map((n) => textParam(m, n - 1, st.paramTypes));
-      const verdict = checkBoundSoon(values);
+      const verdict = checkBoundSoon(values, this.host.user);
       const piece = (p: BoundProblem | undefined): Buffer | undefined =>
         p && refuseNow(refusal(p.code, p.message));
       if (!(verdict instanceof Promise)) return piece(verdict);
