@@ -68,7 +68,24 @@ export function node(
   if (o.extras && o.extras.length > 0) s += `,"extra_nodes":[${o.extras.join(',')}]`;
   if (o.query !== undefined) s += `,"query":${jstr(o.query)}`;
   if (o.name !== undefined) s += `,"result_name":${jstr(o.name)}`;
-  return s + '}';
+  s += '}';
+  if ((VALID_TYPES as readonly string[]).includes(type)) made(s);
+  return s;
+}
+
+/**
+ * The node texts node() wrote last (of a valid type): already canonical, so
+ * asNode takes them as they are. Without this a chain `a ~> b ~> c ~> …`
+ * parsed the whole graph so far again at every `~>` (quadratic in its
+ * length); the left side of a `~>` is almost always one of the last few
+ * written. Compared by identity first, so nothing is hashed.
+ */
+const RECENT: string[] = [];
+let recentAt = 0;
+
+function made(s: string): void {
+  RECENT[recentAt] = s;
+  recentAt = (recentAt + 1) % 16;
 }
 
 // ---- a JSON reader that keeps raw slices of values (like PostgreSQL's json type) ----
@@ -228,6 +245,7 @@ export function withName(nodeText: string, name: string): string {
 
 /** The node text of a graph value, or undefined when it should be wrapped as SQL. */
 export function asNode(s: string, start: boolean): string | undefined {
+  if (RECENT.includes(s)) return s; // canonical(parseRawObject(s)) would give it back unchanged
   if (!s.replace(/^[ \t\n\r]+/, '').startsWith('{')) return undefined;
   const o = parseRawObject(s);
   if (!o) return undefined;
