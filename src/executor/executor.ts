@@ -45,6 +45,7 @@ import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js'
 import { TableStatistics } from './statistics.js';
 
 export type { ExecutorOptions } from './options.js';
+
 export class Executor {
   readonly owner = `${process.pid}-${randomBytes(4).toString('hex')}`;
   private readonly control: pg.Pool;
