@@ -1,13 +1,14 @@
 /**
- * df._complete_step writes a checkpoint without stamps by primary key, one
- * with stamps through one statement that joins them (migration 0030). It
- * must leave the same rows as the function it replaced (migration 0028) and
- * raise the same errors, for every p_after, well formed or not. The test
- * loads 0028's function under another name, runs each case on two
- * instances of the same workflow (one through each function, and once more
- * with a stamp of a node no instance has, which sends the new function down
- * its joined statement and writes nothing), and compares the instance, its
- * events and its nodes column by column. Both plan-cache modes: a generic
+ * df._complete_step writes a checkpoint without stamps (migration 0030) or
+ * with one stamp on a third node (migration 0032) by primary key, any other
+ * through one statement that joins stamps and marks. It must leave the same
+ * rows as the function that always joined (migration 0028) and raise the
+ * same errors, for every p_after, well formed or not. The test loads 0028's
+ * function under another name, runs each case on instances of the same
+ * workflow (one through each function, and once more with two stamps of
+ * nodes no instance has, which send the new function down its joined
+ * statement and write nothing), and compares the instance, its events and
+ * its nodes column by column. Both plan-cache modes: a generic
  * plan does not fold what a custom plan folds. Real PostgreSQL, the
  * submitting role's session.
  */
@@ -33,19 +34,18 @@ beforeAll(async () => {
 });
 
 const TOKEN_HASH = `encode(sha256('tok'::bytea), 'hex')`;
-/** A stamp of a node id no instance has: it sends the checkpoint down the joined path. */
-const NOWHERE = {
-  id: 'ffffffff',
-  status: 'completed',
-  result: null,
-  stamp: 'x::1',
-  extra: null,
-};
+/** Stamps of node ids no instance has: two of them send the checkpoint down the joined path. */
+const NOWHERE = [
+  { id: 'ffffffff', status: 'completed', result: null, stamp: 'x::1', extra: null },
+  { id: 'fffffffe', status: 'failed', result: '"x"', stamp: 'x::2', extra: '{"attempt":2}' },
+];
 
 interface Chain {
   id: string;
   /** The SQL nodes in order. */
   steps: string[];
+  /** The THEN nodes: the inner one (steps 1 and 2), then the root. */
+  thens: string[];
 }
 
 /** A chain of three SQL steps, its first attempt of step 1 in flight (epoch 3, activation k1, token 'tok'). */
@@ -61,6 +61,13 @@ async function chain(): Promise<Chain> {
       [id],
     )
   ).rows.map((r) => r.id);
+  const thens = (
+    await db.admin.query<{ id: string }>(
+      `SELECT id FROM df.nodes WHERE instance_id = $1 AND node_type = 'THEN'
+        ORDER BY left_node = $2 DESC`,
+      [id, steps[0]],
+    )
+  ).rows.map((r) => r.id);
   await db.admin.query(
     `UPDATE df.instances SET lease_epoch = 3, status = 'running', lease_owner = 'test',
             lease_expires_at = now() + interval '1 minute' WHERE id = $1`,
@@ -71,7 +78,7 @@ async function chain(): Promise<Chain> {
       WHERE instance_id = $1 AND id = $2`,
     [id, steps[0]],
   );
-  return { id, steps };
+  return { id, steps, thens };
 }
 
 /** The rows a checkpoint leaves, without what differs between two instances by construction. */
@@ -84,8 +91,9 @@ async function state(ch: Chain): Promise<unknown> {
   const nodes = await db.admin.query(
     `SELECT node_type, query, status, result, attempts, attempt_token,
             replace(activation, $1, 'I') AS activation,
-            replace(status_details::text, $1, 'I') AS details
-       FROM df.nodes WHERE instance_id = $1 ORDER BY node_type, query`,
+            replace(status_details::text, $1, 'I') AS details,
+            (SELECT l.node_type FROM df.nodes l WHERE l.instance_id = n.instance_id AND l.id = n.left_node) AS left_type
+       FROM df.nodes n WHERE instance_id = $1 ORDER BY node_type, query, 9`,
     [ch.id],
   );
   const events = await db.admin.query(
@@ -114,9 +122,9 @@ async function checkpoint(
     way !== 'joined'
       ? a
       : a !== null && typeof a === 'object' && !Array.isArray(a)
-        ? { ...a, stamps: [...(Array.isArray(a['stamps']) ? (a['stamps'] as []) : []), NOWHERE] }
+        ? { ...a, stamps: [...(Array.isArray(a['stamps']) ? (a['stamps'] as []) : []), ...NOWHERE] }
         : a === null
-          ? { stamps: [NOWHERE] }
+          ? { stamps: NOWHERE }
           : a;
   const fn = way === 'old' ? 'df._complete_step_0028' : 'df._complete_step';
   try {
@@ -144,6 +152,16 @@ const mark = (ch: Chain, node: string, activation: string) => ({
   token_hash: 'a'.repeat(64),
   stamp: `${ch.id}::1`,
   attempt: 1,
+});
+
+/** The inner THEN node completes with step 1's result (as in a chain of SQL steps), plus `fields`. */
+const stamp = (ch: Chain, fields: Record<string, unknown> = {}) => ({
+  id: ch.thens[0],
+  status: 'completed',
+  result: '{"rows":[{"a":1}]}',
+  stamp: `${ch.id}::1`,
+  extra: null,
+  ...fields,
 });
 
 const bad = (ch: Chain, node: string | null, attempt: unknown) => ({
@@ -248,6 +266,160 @@ describe('a checkpoint writes the same rows and raises the same errors as before
       name: 'a stale token with malformed marks (DF002)',
       after: () => ({ marks: [5] }),
       token: 'x',
+    },
+    // one stamp (migration 0032's primary-key path, unless it names the step or the marked node)
+    {
+      name: "a stamp and the next step's mark (a chain of SQL steps)",
+      after: (ch) => ({ stamps: [stamp(ch)], marks: [mark(ch, ch.steps[1] as string, 'k2')] }),
+    },
+    { name: 'a stamp alone', after: (ch) => ({ stamps: [stamp(ch)] }) },
+    {
+      name: 'a stamp of the root and the completion',
+      after: (ch) => ({
+        stamps: [stamp(ch, { id: ch.thens[1] })],
+        finish: { output: '{"rows":[{"a":1}]}' },
+      }),
+    },
+    {
+      name: 'a stamp and a mark with a failure',
+      after: (ch) => ({ stamps: [stamp(ch)], marks: [mark(ch, ch.steps[1] as string, 'k2')] }),
+      kind: 'failed',
+    },
+    {
+      name: 'a running stamp without a result',
+      after: (ch) => ({
+        stamps: [stamp(ch, { id: ch.thens[1], status: 'running', result: null })],
+        marks: [mark(ch, ch.steps[2] as string, 'k3')],
+      }),
+    },
+    {
+      name: 'a failed stamp with a retry policy extra',
+      after: (ch) => ({
+        stamps: [
+          stamp(ch, {
+            status: 'failed',
+            result: '"boom"',
+            extra: '{"attempt":3,"last_error":"boom","next_attempt_at":"2026-12-05"}',
+          }),
+        ],
+        marks: [mark(ch, ch.steps[1] as string, 'k2')],
+      }),
+    },
+    ...(['null', '[1,2]', '"s"', '{"attempt":null}', '{}', '{"attempt":"4"}'] as const).map(
+      (extra) => ({
+        name: `a stamp whose extra is ${extra}`,
+        after: (ch: Chain) => ({ stamps: [stamp(ch, { extra })] }),
+      }),
+    ),
+    {
+      name: 'a stamp whose result is not JSON text (refused)',
+      after: (ch) => ({ stamps: [stamp(ch, { result: 'not json' })] }),
+    },
+    {
+      name: 'a stamp whose extra is not JSON text (refused)',
+      after: (ch) => ({ stamps: [stamp(ch, { extra: '{' })] }),
+    },
+    ...(['"x"', '1.5', '99999999999', 'true', '{"a":1}'] as const).map((attempt) => ({
+      name: `a stamp whose extra's attempt is ${attempt} (refused)`,
+      after: (ch: Chain) => ({ stamps: [stamp(ch, { extra: `{"attempt":${attempt}}` })] }),
+    })),
+    {
+      name: "a stamp with a bad result, extra and attempt (refused: the first one's error)",
+      after: (ch) => ({ stamps: [stamp(ch, { result: '{', extra: '{"attempt":99999999999}' })] }),
+    },
+    {
+      name: "a stamp with a bad extra's attempt and result (refused: the first one's error)",
+      after: (ch) => ({ stamps: [stamp(ch, { result: 'x', extra: '{"attempt":99999999999}' })] }),
+    },
+    {
+      name: 'a stamp with a status the table refuses (refused)',
+      after: (ch) => ({ stamps: [stamp(ch, { status: 'sideways' })] }),
+    },
+    {
+      name: 'a stamp whose status is not text (refused)',
+      after: (ch) => ({ stamps: [stamp(ch, { status: 5 })] }),
+    },
+    {
+      name: 'a stamp whose fields are JSON values other than text',
+      after: (ch) => ({
+        stamps: [stamp(ch, { result: { rows: [1, 2.5] }, stamp: 7, extra: { attempt: 2 } })],
+      }),
+    },
+    {
+      name: 'a stamp of a node the instance does not have, with bad fields (nothing converted)',
+      after: (ch) => ({
+        stamps: [stamp(ch, { id: 'eeeeeeee', result: 'x', extra: '{"attempt":"y"}' })],
+        marks: [mark(ch, ch.steps[1] as string, 'k2')],
+      }),
+    },
+    {
+      name: 'a stamp of a node id with a trailing space',
+      after: (ch) => ({ stamps: [stamp(ch, { id: `${ch.thens[0] as string} ` })] }),
+    },
+    {
+      name: 'a stamp of the step itself (joined)',
+      after: (ch) => ({
+        stamps: [stamp(ch, { id: ch.steps[0], extra: '{"attempt":2}' })],
+        marks: [mark(ch, ch.steps[1] as string, 'k2')],
+      }),
+    },
+    {
+      name: 'a stamp of the marked node (joined)',
+      after: (ch) => ({
+        stamps: [stamp(ch, { id: ch.steps[1] })],
+        marks: [mark(ch, ch.steps[1] as string, 'k2')],
+      }),
+    },
+    {
+      name: 'a stamp of the node of a mark that names the step itself',
+      after: (ch) => ({
+        stamps: [stamp(ch)],
+        marks: [mark(ch, ch.steps[0] as string, 'k1b')],
+      }),
+    },
+    {
+      name: 'a stamp and a mark whose activation has an outcome already (skipped)',
+      after: (ch) => ({ stamps: [stamp(ch)], marks: [mark(ch, ch.steps[1] as string, 'k2')] }),
+      setup: async (ch) => {
+        await db.admin.query(
+          `INSERT INTO df.events (instance_id, submitted_by, node_id, kind, detail, seq, activation)
+           SELECT $1::text, submitted_by, $2::text, 'done', '{"result":"x"}', 1, 'k2'
+             FROM df.instances WHERE id = $1::text`,
+          [ch.id, ch.steps[1]],
+        );
+        await db.admin.query(`UPDATE df.instances SET event_seq = 1 WHERE id = $1`, [ch.id]);
+      },
+    },
+    {
+      name: 'a stamp and two marks (joined)',
+      after: (ch) => ({
+        stamps: [stamp(ch)],
+        marks: [mark(ch, ch.steps[1] as string, 'k2'), mark(ch, ch.steps[2] as string, 'k3')],
+      }),
+    },
+    {
+      name: 'a stamp and a mark that is not an object (refused)',
+      after: (ch) => ({ stamps: [stamp(ch)], marks: [5] }),
+    },
+    {
+      name: 'a stamp and a mark without an attempt (refused)',
+      after: (ch) => ({
+        stamps: [stamp(ch)],
+        marks: [{ node: ch.steps[1], activation: 'k2', stamp: 's' }],
+      }),
+    },
+    ...([5, null, 'x', [1]] as unknown[]).map((s) => ({
+      name: `a stamp that is ${JSON.stringify(s)}`,
+      after: () => ({ stamps: [s] }),
+    })),
+    ...([5, null, { a: 1 }] as unknown[]).map((id) => ({
+      name: `a stamp whose id is ${JSON.stringify(id)}`,
+      after: (ch: Chain) => ({ stamps: [stamp(ch, { id })] }),
+    })),
+    {
+      name: 'a stamp with a stale token (DF002)',
+      after: (ch) => ({ stamps: [stamp(ch, { result: 'x' })] }),
+      token: 'other',
     },
     ...(['x', 1.5, 99999999999, true, { a: 1 }] as unknown[]).flatMap((attempt) => [
       {
