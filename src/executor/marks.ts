@@ -40,8 +40,8 @@ const MARK = `UPDATE df.nodes n SET activation = m.key, attempt_token = m.hash, 
   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[])
        AS m(id, node, key, hash, epoch, stamp, attempt)
  WHERE n.instance_id = m.id AND n.id = m.node
-   AND EXISTS (SELECT 1 FROM df.instances i WHERE i.id = m.id AND i.lease_epoch = m.epoch AND i.lease_owner = $8
-                 AND i.status IN ('pending', 'running'))
+   AND (SELECT i.lease_epoch = m.epoch AND i.lease_owner = $8 AND i.status IN ('pending', 'running')
+          FROM df.instances i WHERE i.id = m.id)
    AND NOT EXISTS (SELECT 1 FROM df.events e WHERE e.instance_id = m.id AND e.activation = m.key
                       AND e.kind IN ('done', 'failed'))
 RETURNING n.instance_id AS id, n.id AS node`;
