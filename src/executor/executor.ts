@@ -182,8 +182,7 @@ export class Executor {
     if (started?.leased?.length) this.adoption.adopt(started.leased, started.born);
     this.requests.add(toClaim(started));
     this.kick();
-    // While a claim is on its way (the pool writes it on the next tick), check the steps'
-    // SQL: cached by text, so the step's own check finds it done
+    // while the claim is on its way (written next tick), check the steps' SQL (cached by text)
     const steps = started?.steps ?? [];
     if (steps.length > 0 && this.pumping) setImmediate(() => planAhead(steps));
   }
@@ -313,7 +312,8 @@ export class Executor {
 
   private announceFinished(id: string, status: 'completed' | 'failed'): void {
     metrics.instancesFinished.inc({ status });
-    this.log.info({ instance: id, status }, 'instance finished');
+    const level = status === 'completed' ? 'debug' : 'info'; // docs/operations.md, "Logs"
+    this.log[level]({ instance: id, status }, 'instance finished');
   }
 
   /** Runs one instance while this executor holds its lease. */

@@ -90,6 +90,32 @@ describe('dfgate roles', () => {
   });
 });
 
+describe('logs', () => {
+  it('a failed instance is logged at info, a completed one only at debug (docs/operations.md)', async () => {
+    const lines = async (level: 'info' | 'debug'): Promise<Array<Record<string, unknown>>> => {
+      const out: string[] = [];
+      const dest = { write: (s: string) => void out.push(s) };
+      const ex = await startTestExecutor(db.url, { log: pino({ level }, dest) });
+      const ok = (await c.query(`SELECT df.start('SELECT 1') AS id`)).rows[0].id;
+      const bad = (await c.query(`SELECT df.start('SELECT 1/0') AS id`)).rows[0].id;
+      expect((await finished(c, ok)).status).toBe('completed');
+      expect((await finished(c, bad)).status).toBe('failed');
+      await ex.stop();
+      return out
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .filter((l) => l['msg'] === 'instance finished' && [ok, bad].includes(l['instance']))
+        .map(({ level: n, instance, status }) => ({ level: n, ok: instance === ok, status }));
+    };
+    expect(await lines('info')).toEqual([{ level: 30, ok: false, status: 'failed' }]);
+    expect(await lines('debug')).toEqual(
+      expect.arrayContaining([
+        { level: 30, ok: false, status: 'failed' },
+        { level: 20, ok: true, status: 'completed' },
+      ]),
+    );
+  });
+});
+
 describe('the proxy wakes the executor in-process', () => {
   it('after a transaction that mentioned df.* ends, not before', async () => {
     let wakes = 0;
