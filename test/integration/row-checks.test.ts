@@ -54,7 +54,7 @@ beforeAll(async () => {
         `SELECT pg_get_constraintdef(oid) AS d FROM pg_constraint WHERE conname = $1`,
         [name],
       )
-    ).rows[0]?.d as string;
+    ).rows[0]?.d.replace(/ NOT VALID$/, '') as string;
   await db.admin.query(`
     CREATE SCHEMA oracle; CREATE SCHEMA fresh;
     CREATE TABLE oracle.nodes (${NODE_COLUMNS}, ${nodeChecks.join(', ')});
@@ -151,6 +151,49 @@ describe('the row check of df.nodes (migration 0034)', () => {
       schema: 'df',
       message: 'new row for relation "nodes" violates check constraint "nodes_structure_check"',
     });
+  });
+});
+
+describe('the row checks and the caller’s search_path', () => {
+  it('answer the same when the caller’s own operators ~ and = say yes to everything', async () => {
+    await db.admin.query(`
+      CREATE SCHEMA evil;
+      CREATE FUNCTION evil.yes(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+      CREATE OPERATOR evil.~ (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.yes);
+      CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.yes);
+      GRANT USAGE ON SCHEMA evil, fresh TO ${role.name};
+      GRANT INSERT ON fresh.nodes, fresh.instances TO ${role.name};`);
+    const t = await db.connect(role.url);
+    await t.query(`SET search_path = evil, pg_catalog`);
+    expect((await t.query(`SELECT 'a' ~ 'b' AS m, 'a' = 'b' AS e`)).rows[0]).toEqual({
+      m: true,
+      e: true,
+    });
+    const refused = async (sql: string): Promise<unknown> =>
+      (await t.query(sql).then(
+        () => ({}),
+        (e: { code?: string; constraint?: string }) => ({ code: e.code, constraint: e.constraint }),
+      )) as unknown;
+    const node = (id: string, type: string, left: string | null, query: string | null): string =>
+      `INSERT INTO fresh.nodes (id, instance_id, node_type, left_node, query) VALUES (${[id, 'bbbb0001', type, left, query].map(lit).join(', ')})`;
+    expect(await refused(node('nothex!!', 'SQL', null, 'x'))).toEqual({
+      code: '23514',
+      constraint: 'nodes_id_check',
+    });
+    expect(await refused(node('aaaa0001', 'NOPE', null, 'x'))).toEqual({
+      code: '23514',
+      constraint: 'nodes_node_type_check',
+    });
+    expect(await refused(node('aaaa0001', 'THEN', 'cccc0001', 'x'))).toEqual({
+      code: '23514',
+      constraint: 'nodes_structure_check',
+    });
+    expect(
+      await refused(
+        `INSERT INTO fresh.instances (id, root_node, status) VALUES ('aaaa0001', 'bbbb0001', 'gone')`,
+      ),
+    ).toEqual({ code: '23514', constraint: 'instances_status_check' });
+    expect(await refused(node('aaaa0002', 'SQL', null, 'x'))).toEqual({});
   });
 });
 
