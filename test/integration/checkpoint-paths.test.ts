@@ -34,6 +34,17 @@ beforeAll(async () => {
 });
 
 const TOKEN_HASH = `encode(sha256('tok'::bytea), 'hex')`;
+/** Step 2's activation k2 has its outcome recorded already: a mark of it is skipped. */
+async function recordStep2(ch: Chain): Promise<void> {
+  await db.admin.query(
+    `INSERT INTO df.events (instance_id, submitted_by, node_id, kind, detail, seq, activation)
+     SELECT $1::text, submitted_by, $2::text, 'done', '{"result":"x"}', 1, 'k2'
+       FROM df.instances WHERE id = $1::text`,
+    [ch.id, ch.steps[1]],
+  );
+  await db.admin.query(`UPDATE df.instances SET event_seq = 1 WHERE id = $1`, [ch.id]);
+}
+
 /** Stamps of node ids no instance has: two of them send the checkpoint down the joined path. */
 const NOWHERE = [
   { id: 'ffffffff', status: 'completed', result: null, stamp: 'x::1', extra: null },
@@ -220,15 +231,7 @@ describe('a checkpoint writes the same rows and raises the same errors as before
     {
       name: 'a mark whose activation has an outcome already (skipped)',
       after: (ch) => ({ marks: [mark(ch, ch.steps[1] as string, 'k2')] }),
-      setup: async (ch) => {
-        await db.admin.query(
-          `INSERT INTO df.events (instance_id, submitted_by, node_id, kind, detail, seq, activation)
-           SELECT $1::text, submitted_by, $2::text, 'done', '{"result":"x"}', 1, 'k2'
-             FROM df.instances WHERE id = $1::text`,
-          [ch.id, ch.steps[1]],
-        );
-        await db.admin.query(`UPDATE df.instances SET event_seq = 1 WHERE id = $1`, [ch.id]);
-      },
+      setup: recordStep2,
     },
     { name: 'a mark that is not an object (refused)', after: () => ({ marks: [5] }) },
     { name: 'a mark that is null', after: () => ({ marks: [null] }) },
@@ -380,15 +383,7 @@ describe('a checkpoint writes the same rows and raises the same errors as before
     {
       name: 'a stamp and a mark whose activation has an outcome already (skipped)',
       after: (ch) => ({ stamps: [stamp(ch)], marks: [mark(ch, ch.steps[1] as string, 'k2')] }),
-      setup: async (ch) => {
-        await db.admin.query(
-          `INSERT INTO df.events (instance_id, submitted_by, node_id, kind, detail, seq, activation)
-           SELECT $1::text, submitted_by, $2::text, 'done', '{"result":"x"}', 1, 'k2'
-             FROM df.instances WHERE id = $1::text`,
-          [ch.id, ch.steps[1]],
-        );
-        await db.admin.query(`UPDATE df.instances SET event_seq = 1 WHERE id = $1`, [ch.id]);
-      },
+      setup: recordStep2,
     },
     {
       name: 'a stamp and two marks (joined)',
