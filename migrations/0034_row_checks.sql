@@ -8,7 +8,7 @@
 -- checks of df.nodes are 12 KB of node text, the four of df.instances 2.8 KB,
 -- and every checkpoint, attempt mark, claim and start writes these tables
 -- with statements of one or a few rows: a one-row UPDATE of df.nodes cost
--- 0.073 ms with its checks and 0.018 ms without them (docs/benchmarks.md,
+-- 0.038 ms with its checks and 0.018 ms with this one (docs/benchmarks.md,
 -- "Row checks"). A check that calls a PL/pgSQL function is read back as one
 -- short call, and the function is compiled once per session.
 --
@@ -43,7 +43,8 @@ BEGIN
     v_broken := 'nodes_instance_id_check';
   ELSIF NOT (p_left_node OPERATOR(pg_catalog.~) '^[0-9a-f]{8}$') THEN
     v_broken := 'nodes_left_node_check';
-  ELSIF NOT (p_node_type OPERATOR(pg_catalog.=) ANY ('{SQL,THEN,IF,JOIN,LOOP,BREAK,RACE,SLEEP,WAIT_SCHEDULE,HTTP,HTTP_MULTIPART,SIGNAL}'::pg_catalog.text[])) THEN
+  -- the DSL's own list (migration 0002); inlined and folded when the statement is planned
+  ELSIF NOT (p_node_type OPERATOR(pg_catalog.=) ANY (df._valid_types())) THEN
     v_broken := 'nodes_node_type_check';
   ELSIF NOT (p_result_name OPERATOR(pg_catalog.~) '^[A-Za-z_][A-Za-z0-9_]*$') THEN
     v_broken := 'nodes_result_name_check';
