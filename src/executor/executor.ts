@@ -40,7 +40,8 @@ import { WakeListener } from './listen.js';
 import { cancelStepsOf, renewHeld } from './leases.js';
 import { TimerStore } from './timer-store.js';
 import { DEFAULT_TIMER_BATCH, DueTimers } from './timers.js';
-import { controlPools, nextCron, requirePrimary, type ExecutorOptions } from './options.js';
+import { controlPools, nextCron, requirePrimary } from './options.js';
+import type { ControlPools, ExecutorOptions } from './options.js';
 import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js';
 import { TableStatistics } from './statistics.js';
 
@@ -49,7 +50,7 @@ export type { ExecutorOptions } from './options.js';
 export class Executor {
   readonly owner = `${process.pid}-${randomBytes(4).toString('hex')}`;
   private readonly control: pg.Pool;
-  private readonly claimer: pg.Pool;
+  private readonly pools: ControlPools;
   private readonly steps: StepPool;
   private readonly slots: FairSlots;
   private readonly listener: WakeListener;
@@ -90,7 +91,7 @@ export class Executor {
 
   constructor(private readonly opts: ExecutorOptions) {
     this.log = opts.log;
-    ({ control: this.control, claimer: this.claimer } = controlPools(opts.controlUrl, this.log));
+    this.control = (this.pools = controlPools(opts.controlUrl, this.log)).control;
     this.steps = new StepPool(
       {
         controlUrl: opts.controlUrl,
@@ -107,7 +108,7 @@ export class Executor {
       perRoleCap: opts.maxStepsPerRole ?? 0,
       timeoutMs: opts.slotTimeoutMs ?? 30_000,
     });
-    this.store = new ControlStore(this.control, this.owner, opts.leaseMs, this.claimer);
+    this.store = new ControlStore(this.pools, this.owner, opts.leaseMs);
     this.statistics = new TableStatistics(this.control, this.log);
     this.retention = new Retention(this.store, this.log);
     this.notices = new ChangeNotices(this.store);
@@ -594,7 +595,6 @@ export class Executor {
     await this.store.releaseLeases().catch(() => undefined);
     await this.listener.stop();
     await this.steps.close();
-    await this.control.end().catch(() => undefined);
-    await this.claimer.end().catch(() => undefined);
+    await this.pools.end();
   }
 }

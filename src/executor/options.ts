@@ -46,36 +46,61 @@ export function nextCron(expr: string, after: Date): Date {
 }
 
 const GENERIC_PLANS = '-c plan_cache_mode=force_generic_plan';
+/**
+ * Claims and attempt marks commit without waiting for their WAL flush
+ * (docs/executor.md, "Commits that do not wait"): whatever depends on them
+ * commits later and its own flush carries theirs, since WAL is flushed in
+ * order; one lost in a crash took nothing with it that another write relies on.
+ */
+const NO_FLUSH_WAIT = `${GENERIC_PLANS} -c synchronous_commit=off`;
+
+/** The executor's connections to the database, besides the step connections. */
+export interface ControlPools {
+  /** Every control statement but the two below (each commit waits for its flush). */
+  readonly control: pg.Pool;
+  /** The claims, one at a time. */
+  readonly claimer: pg.Pool;
+  /** The attempt marks, one batch at a time (marks.ts). */
+  readonly marker: pg.Pool;
+  end(): Promise<void>;
+}
 
 /**
  * The executor's control connections: a pool for every control statement,
- * and one connection for the claim (claims run one at a time). Both keep
- * the generic plans of their prepared statements: left to itself,
- * PostgreSQL re-plans the claim at every call (its generic plan is
- * estimated dearer than the custom ones, which take ~1 ms to plan and
- * 0.1 ms to run), and the attempt marks at 70% of the calls (0.24 ms to
+ * one connection for the claim (claims run one at a time) and one for the
+ * attempt marks. All keep the generic plans of their prepared statements:
+ * left to itself, PostgreSQL re-plans the claim at every call (its generic
+ * plan is estimated dearer than the custom ones, which take ~1 ms to plan
+ * and 0.1 ms to run), and the attempt marks at 70% of the calls (0.24 ms to
  * plan, as long as running them: an array of a few rows looks cheaper than
  * the ten a generic plan assumes). Every control statement reaches its rows
  * by key or through a partial index, whatever the values. A generic plan made
  * while df.instances was small is remade when the table has grown
- * (statistics.ts).
+ * (statistics.ts). The claim and mark connections do not wait for their
+ * commits' WAL flush (NO_FLUSH_WAIT).
  */
-export function controlPools(url: string, log: Logger): { control: pg.Pool; claimer: pg.Pool } {
-  const control = new pg.Pool({
-    connectionString: url,
-    max: 6,
-    application_name: 'dfgate:executor',
-    options: GENERIC_PLANS,
-  } as pg.PoolConfig);
-  control.on('error', (err) => log.warn({ err: err.message }, 'control connection error'));
-  const claimer = new pg.Pool({
-    connectionString: url,
-    max: 1,
-    application_name: 'dfgate:executor',
-    options: GENERIC_PLANS,
-  } as pg.PoolConfig);
-  claimer.on('error', (err) => log.warn({ err: err.message }, 'claim connection error'));
-  return { control, claimer };
+export function controlPools(url: string, log: Logger): ControlPools {
+  const pool = (max: number, options: string, what: string): pg.Pool => {
+    const p = new pg.Pool({
+      connectionString: url,
+      max,
+      application_name: 'dfgate:executor',
+      options,
+    } as pg.PoolConfig);
+    p.on('error', (err) => log.warn({ err: err.message }, `${what} connection error`));
+    return p;
+  };
+  const control = pool(6, GENERIC_PLANS, 'control');
+  const claimer = pool(1, NO_FLUSH_WAIT, 'claim');
+  const marker = pool(1, NO_FLUSH_WAIT, 'attempt mark');
+  return {
+    control,
+    claimer,
+    marker,
+    async end() {
+      await Promise.all([control, claimer, marker].map((p) => p.end().catch(() => undefined)));
+    },
+  };
 }
 
 /** Refuses a read-only standby as the control URL; a connection dropped meanwhile is retried. */

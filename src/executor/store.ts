@@ -11,6 +11,7 @@ import pg from 'pg';
 import type { EventKind } from './core.js';
 import type { NodeRow } from './graph.js';
 import { AttemptMarks } from './marks.js';
+import type { ControlPools } from './options.js';
 
 export interface InstanceRow {
   readonly id: string;
@@ -89,14 +90,18 @@ const CLAIMED_COLUMNS = instanceColumns('0', 'true', 'true');
 const RECORD_EVENT = 'SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)';
 
 export class ControlStore {
+  readonly pool: pg.Pool;
+  /** Where claims run (options.ts: generic plans, no wait for the commit's flush). */
+  private readonly claimer: pg.Pool;
+
   constructor(
-    readonly pool: pg.Pool,
+    pools: Pick<ControlPools, 'control' | 'claimer' | 'marker'>,
     readonly owner: string,
     private readonly leaseMs: number,
-    /** Where claims run (a connection that keeps generic plans); the control pool by default. */
-    private readonly claimer: pg.Pool = pool,
   ) {
-    this.marks = new AttemptMarks(pool, owner);
+    this.pool = pools.control;
+    this.claimer = pools.claimer;
+    this.marks = new AttemptMarks(pools.marker, owner);
   }
 
   private readonly marks: AttemptMarks;

@@ -8,16 +8,15 @@
  * (statistics.ts) runs, and the plan the statement has then is run (EXPLAIN
  * ANALYZE, rolled back) and read node by node.
  */
-import pg from 'pg';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { controlPools } from '../../src/executor/options.js';
+import { controlPools, type ControlPools } from '../../src/executor/options.js';
 import { TableStatistics } from '../../src/executor/statistics.js';
 import { ControlStore } from '../../src/executor/store.js';
 import { useTestDatabase } from '../harness/db.js';
 
 const db = useTestDatabase();
-let pools: { control: pg.Pool; claimer: pg.Pool };
+let pools: ControlPools;
 let store: ControlStore;
 /** The claim connection's statements, as the store sends them. */
 const sent = new Map<string, { text: string; values: unknown[] }>();
@@ -37,7 +36,7 @@ function nodes(plan: PlanNode): PlanNode[] {
 
 beforeAll(async () => {
   pools = controlPools(db.url, pino({ level: 'silent' }));
-  store = new ControlStore(pools.control, 'plans-test', 30_000, pools.claimer);
+  store = new ControlStore(pools, 'plans-test', 30_000);
   const query = pools.claimer.query.bind(pools.claimer) as (...a: unknown[]) => unknown;
   vi.spyOn(pools.claimer, 'query').mockImplementation(((config: {
     name: string;
@@ -68,8 +67,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await pools.control.end();
-  await pools.claimer.end();
+  await pools.end();
 });
 
 /**
@@ -166,5 +164,35 @@ describe('claims prepared on a table of one instance, run on 3,000 ready instanc
       expect(n['Node Type']).not.toBe('Seq Scan');
       expect(n['Rows Removed by Filter'] ?? 0).toBeLessThan(50);
     }
+  });
+});
+
+describe('commits that do not wait for their flush (docs/executor.md)', () => {
+  it("the claim and mark connections set synchronous_commit off; the control pool keeps the server's", async () => {
+    const setting = async (p: ControlPools['control']) =>
+      (
+        await p.query<{ setting: string; source: string }>(
+          `SELECT setting, source FROM pg_settings WHERE name = 'synchronous_commit'`,
+        )
+      ).rows[0];
+    expect(await setting(pools.claimer)).toEqual({ setting: 'off', source: 'client' });
+    expect(await setting(pools.marker)).toEqual({ setting: 'off', source: 'client' });
+    expect((await setting(pools.control))?.source).not.toBe('client');
+  });
+
+  it('attempt marks go through the mark connection, claims through the claim connection', async () => {
+    const marker = vi.spyOn(pools.marker, 'query');
+    const control = vi.spyOn(pools.control, 'query');
+    const claimer = vi.mocked(pools.claimer.query);
+    const claims = claimer.mock.calls.length;
+    // an instance this store holds no lease of: refused, but written (and judged) on the mark connection
+    const a = { node: 'n0000001', key: 'k' };
+    expect(await store.markAttempt('nothing1', 1, a, 'h', 's', 1)).toBe(false);
+    expect(marker).toHaveBeenCalledTimes(1);
+    expect(control).not.toHaveBeenCalled();
+    await store.claimStarted(['nothing1']);
+    expect(claimer.mock.calls.length).toBe(claims + 1);
+    marker.mockRestore();
+    control.mockRestore();
   });
 });
