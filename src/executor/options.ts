@@ -47,20 +47,22 @@ export function nextCron(expr: string, after: Date): Date {
 
 const GENERIC_PLANS = '-c plan_cache_mode=force_generic_plan';
 /**
- * Claims and attempt marks commit without waiting for their WAL flush
- * (docs/executor.md, "Commits that do not wait"): whatever depends on them
- * commits later and its own flush carries theirs, since WAL is flushed in
- * order; one lost in a crash took nothing with it that another write relies on.
+ * Attempt marks commit without waiting for their WAL flush (docs/executor.md,
+ * "Commits that do not wait"): the checkpoint that depends on a mark commits
+ * later and its own flush carries the mark's, since WAL is flushed in order;
+ * a mark lost in a crash took nothing with it that another write relies on.
+ * Claims wait: a claim lost in a crash would let another executor claim the
+ * instance at the same lease epoch, which the lost claimer's writes still fence by.
  */
 const NO_FLUSH_WAIT = `${GENERIC_PLANS} -c synchronous_commit=off`;
 
 /** The executor's connections to the database, besides the step connections. */
 export interface ControlPools {
-  /** Every control statement but the two below (each commit waits for its flush). */
+  /** Every control statement but the two below. */
   readonly control: pg.Pool;
   /** The claims, one at a time. */
   readonly claimer: pg.Pool;
-  /** The attempt marks, one batch at a time (marks.ts). */
+  /** The attempt marks, one batch at a time (marks.ts); the only commits that do not wait for their flush. */
   readonly marker: pg.Pool;
   end(): Promise<void>;
 }
@@ -76,8 +78,8 @@ export interface ControlPools {
  * the ten a generic plan assumes). Every control statement reaches its rows
  * by key or through a partial index, whatever the values. A generic plan made
  * while df.instances was small is remade when the table has grown
- * (statistics.ts). The claim and mark connections do not wait for their
- * commits' WAL flush (NO_FLUSH_WAIT).
+ * (statistics.ts). The mark connection does not wait for its commits' WAL
+ * flush (NO_FLUSH_WAIT).
  */
 export function controlPools(url: string, log: Logger): ControlPools {
   const pool = (max: number, options: string, what: string): pg.Pool => {
@@ -91,7 +93,7 @@ export function controlPools(url: string, log: Logger): ControlPools {
     return p;
   };
   const control = pool(6, GENERIC_PLANS, 'control');
-  const claimer = pool(1, NO_FLUSH_WAIT, 'claim');
+  const claimer = pool(1, GENERIC_PLANS, 'claim');
   const marker = pool(1, NO_FLUSH_WAIT, 'attempt mark');
   return {
     control,

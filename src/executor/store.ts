@@ -91,7 +91,7 @@ const RECORD_EVENT = 'SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)';
 
 export class ControlStore {
   readonly pool: pg.Pool;
-  /** Where claims run (options.ts: generic plans, no wait for the commit's flush). */
+  /** Where claims run (options.ts: generic plans, one at a time). */
   private readonly claimer: pg.Pool;
 
   constructor(
