@@ -40,7 +40,7 @@ export function wireLimit(cap: number): number {
 }
 
 /** Scans the server-to-client byte stream for message headers (type byte, int32 length). */
-class WireGuard {
+export class WireGuard {
   private skip = 0;
   private readonly header = Buffer.alloc(5);
   private have = 0;

@@ -8,7 +8,15 @@ import { parseSync } from 'libpg-query';
 export { loadParser } from '../dsl/parser.js';
 
 export type StepPlan =
-  | { readonly kind: 'transaction' }
+  | {
+      readonly kind: 'transaction';
+      /**
+       * One INSERT, UPDATE, DELETE or MERGE without RETURNING: its result is
+       * known before it runs (no rows), so its checkpoint can go out with it
+       * in one Query message (steps.ts).
+       */
+      readonly rowless?: true;
+    }
   | { readonly kind: 'autocommit'; readonly why: string }
   | { readonly kind: 'refuse'; readonly error: string };
 
@@ -104,6 +112,25 @@ export function planAhead(sqls: readonly string[]): void {
   }
 }
 
+const DML = new Set(['InsertStmt', 'UpdateStmt', 'DeleteStmt', 'MergeStmt']);
+
+/**
+ * A DML statement that returns no rows, which its step may send with its
+ * checkpoint in one simple Query message (steps.ts): only a text PostgreSQL
+ * reads there as exactly the one statement parsed here. No backslash (with
+ * standard_conforming_strings off, a role's setting, a backslash escapes a
+ * quote, and the string would run on into what follows), no NUL (it ends a
+ * message's text), no parameter (`$1` fails with the words of the extended
+ * protocol in the other path, and must fail the same way). Data-modifying
+ * WITH parts return nothing either.
+ */
+function isRowless(sql: string, type: string, body: { [k: string]: Json }): boolean {
+  if (!DML.has(type) || /[\\\0]/.test(sql)) return false;
+  // returningClause in this parser (PostgreSQL 18), returningList before it
+  if (Object.keys(body).some((k) => /^returning/i.test(k))) return false;
+  return !JSON.stringify(body).includes('"ParamRef"');
+}
+
 /** The plan of one text, from its parse tree (exported for the tests). */
 export function planUncached(sql: string): StepPlan {
   let stmts: Array<{ stmt?: Json }>;
@@ -148,6 +175,7 @@ export function planUncached(sql: string): StepPlan {
   if (stmts.length === 1) {
     const stmt = (stmts[0]?.stmt ?? {}) as { [k: string]: { [k: string]: Json } };
     const [type, body] = Object.entries(stmt)[0] ?? ['', {}];
+    if (isRowless(sql, type, body)) return { kind: 'transaction', rowless: true };
     const params = JSON.stringify(body);
     if (type === 'VacuumStmt') return { kind: 'autocommit', why: 'VACUUM/ANALYZE' };
     if (type === 'IndexStmt' && body['concurrent'])

@@ -11,7 +11,9 @@ import type { Logger } from 'pino';
 import { readBounded, ResultTooLargeError, DEFAULT_MAX_RESULT_BYTES } from './bounded.js';
 import { EncodeError } from './encode.js';
 import { ensureStepLogin, quoteIdent, stepLoginName, stepPassword } from './identity.js';
-import { planStep } from './sqlcheck.js';
+import { runTrip } from './one-trip.js';
+import { planKey, planStep } from './sqlcheck.js';
+import { RESULT_HEAD, resultTail } from './encode.js';
 
 /** Infrastructure errors: roll back and run the step again (DESIGN.md §4 "Errors"). */
 export const RETRYABLE = new Set([
@@ -31,7 +33,9 @@ export const RETRYABLE = new Set([
 
 export function isRetryable(err: unknown): boolean {
   const code = (err as { code?: string }).code;
-  if (typeof code === 'string') return RETRYABLE.has(code) || code.startsWith('08');
+  // 08P01 (protocol violation) is what a stray $1 in a step gets: a step error, not a lost connection
+  if (typeof code === 'string')
+    return code !== '08P01' && (RETRYABLE.has(code) || code.startsWith('08'));
   // a lost connection surfaces without a SQLSTATE
   return /Connection terminated|not queryable|ECONNRESET|ECONNREFUSED|EPIPE|connection.*(lost|closed)/i.test(
     String((err as Error).message),
@@ -64,7 +68,7 @@ export interface StepPoolOptions {
  * revalidates itself) survive, so the checkpoint function is not re-planned
  * after every step.
  */
-const RESET_SESSION = [
+const RESET_STATEMENTS = [
   'CLOSE ALL',
   'SET SESSION AUTHORIZATION DEFAULT',
   'RESET ALL',
@@ -73,12 +77,15 @@ const RESET_SESSION = [
   'SELECT pg_advisory_unlock_all()',
   'DISCARD TEMP',
   'DISCARD SEQUENCES',
-].join('; ');
+];
+const RESET_SESSION = RESET_STATEMENTS.join('; ');
 
 const rawText = { getTypeParser: () => (v: string) => v } as unknown as pg.CustomTypesConfig;
 
 interface StepConn {
   readonly client: pg.Client;
+  /** The role and its settings again after the session reset: its statements, one by one. */
+  readonly resets: readonly string[];
   readonly reset: string;
   broken: boolean;
   /** The session was already reset after the step's commit, in the commit's own message. */
@@ -96,7 +103,7 @@ export class StepPool {
     private readonly control: pg.Pool,
   ) {}
 
-  private async settingsFor(id: StepIdentity): Promise<string> {
+  private async settingsFor(id: StepIdentity): Promise<string[]> {
     // R's role-level settings (role-wide and for this database), applied as if R had logged in.
     // A superuser may have set one that R may not SET itself (log_statement, say): PostgreSQL
     // applies it at R's own login, but the step session sets it as R and would fail every step,
@@ -126,8 +133,7 @@ export class StepPool {
         const name = x.cfg.slice(0, eq);
         const value = x.cfg.slice(eq + 1);
         return `SELECT set_config('${name.replace(/'/g, "''")}', '${value.replace(/'/g, "''")}', false)`;
-      })
-      .join('; ');
+      });
   }
 
   private async open(id: StepIdentity): Promise<StepConn> {
@@ -164,11 +170,14 @@ export class StepPool {
       client = await connect();
     }
     const settings = await this.settingsFor(id);
-    const reset = [`SET ROLE ${quoteIdent(id.roleName)}`, settings, `SET df.in_workflow = 'true'`]
-      .filter(Boolean)
-      .join('; ');
+    const resets = [
+      `SET ROLE ${quoteIdent(id.roleName)}`,
+      ...settings,
+      `SET df.in_workflow = 'true'`,
+    ];
+    const reset = resets.join('; ');
     await client.query(reset);
-    return { client, reset, broken: false, clean: false, ready: Promise.resolve(true) };
+    return { client, resets, reset, broken: false, clean: false, ready: Promise.resolve(true) };
   }
 
   private async provision(id: StepIdentity): Promise<string> {
@@ -370,6 +379,12 @@ export async function runSqlStep(
       stepTimeoutMs > 0
         ? ['BEGIN', `SET LOCAL statement_timeout = ${Math.floor(stepTimeoutMs)}`]
         : ['BEGIN'];
+    if (plan.rowless && !twoTrips.has(planKey(req.sql))) {
+      // its result is known: the statement, its checkpoint and COMMIT go out together
+      if (!(await markedOk())) return NOT_MARKED;
+      const out = await oneTrip(conn, req, before, maxResultBytes);
+      return out.k === 'failed-statement' ? await failed(out.err) : out;
+    }
     try {
       const reading = readBounded(c, req.sql, maxResultBytes, before);
       void req.mark?.(); // written after the statement: the statement reaches the server first
@@ -385,10 +400,8 @@ export async function runSqlStep(
       return NOT_MARKED;
     }
     // deferred constraints fire now, as the submitter; then the checkpoint and COMMIT, in one round trip
-    const lit = (v: string | number): string =>
-      typeof v === 'number' ? String(v) : c.escapeLiteral(v);
     const carried = req.after ? await req.after(result).catch(() => undefined) : undefined;
-    const complete = `SELECT df._complete_step(${[req.instance, req.node, req.key, req.epoch, req.token, 'done', JSON.stringify({ result })].map(lit).join(', ')}::jsonb, ${lit(req.stamp)}${carried === undefined ? '' : `, ${lit(carried)}::jsonb`}) AS seq`;
+    const complete = completeStatement(c, req, result, carried);
     let event: RecordedEvent | undefined;
     // the session reset follows the COMMIT in the same message: the next step finds a clean
     // session without a round trip of its own. An error after the COMMIT (from the reset) leaves
@@ -438,6 +451,89 @@ export async function runSqlStep(
       error: `SQL execution failed: the step's outcome could not be recorded: ${msg}`,
     };
   }
+}
+
+/**
+ * Step texts whose one-trip message met a message over the result cap (the
+ * rows of a table's rule, which the prepared statement of the other path
+ * never receives): they take two round trips, at most 1,000 of them kept.
+ */
+const twoTrips = new Set<string>();
+
+/**
+ * A step whose statement returns no rows (sqlcheck.ts, rowless), in one
+ * round trip (docs/executor.md, "One round trip per step"): BEGIN, the
+ * statement, the checkpoint with the empty result, COMMIT and the session
+ * reset in one Query message, stopped by PostgreSQL at the first error.
+ * Outcomes as runSqlStep's; 'failed-statement': rolled back, the caller
+ * fails or retries it as any statement error; a refused or interrupted
+ * checkpoint is thrown.
+ *
+ * The one thing a Query message does otherwise than the prepared statement
+ * of the other path: a rule's SELECT (`DO INSTEAD SELECT`, `DO ALSO SELECT`)
+ * sends its rows, which a prepared statement never returns. They are read
+ * and dropped; the recorded result is the prepared statement's, no rows.
+ * Rows that pass the result cap cut the connection and the step runs again
+ * the other way.
+ */
+async function oneTrip(
+  conn: StepConn,
+  req: StepRequest,
+  before: readonly string[],
+  cap: number,
+): Promise<StepOutcome | { readonly k: 'failed-statement'; readonly err: unknown }> {
+  const c = conn.client;
+  const result = RESULT_HEAD + resultTail(0);
+  const carried = req.after ? await req.after(result).catch(() => undefined) : undefined;
+  const statements = [
+    ...before,
+    req.sql,
+    'SET CONSTRAINTS ALL IMMEDIATE',
+    completeStatement(c, req, result, carried),
+    'COMMIT',
+    ...RESET_STATEMENTS,
+    ...conn.resets,
+  ];
+  const step = before.length;
+  const complete = step + 2;
+  const commit = step + 3;
+  const t = await runTrip(c, statements, cap);
+  const event = (): RecordedEvent | undefined => eventOf(t.firstValue.get(complete), { result });
+  if (t.failedAt === -1) {
+    conn.clean = true;
+    return { k: 'done', event: event() };
+  }
+  if (t.failedAt > commit) {
+    // committed; the session reset failed: the connection is not used again
+    conn.broken = true;
+    return { k: 'done', event: event() };
+  }
+  const err = t.error;
+  if (err instanceof ResultTooLargeError && t.failedAt <= commit) {
+    // nothing committed (the connection is gone); the other way never receives those rows
+    conn.broken = true;
+    twoTrips.add(planKey(req.sql));
+    if (twoTrips.size > 1000) twoTrips.delete(twoTrips.values().next().value as string);
+    return { k: 'retry', err };
+  }
+  await c.query('ROLLBACK').catch(() => undefined);
+  if (t.failedAt <= step) return { k: 'failed-statement', err };
+  // the checkpoint: refused (DF001–DF003), interrupted, or an error of its own
+  if (/^dfgate: /.test((err as Error).message) || isRetryable(err)) throw err;
+  return { k: 'failed-statement', err };
+}
+
+/** The checkpoint of a completed step, its values inlined (literals). */
+function completeStatement(
+  c: pg.Client,
+  req: StepRequest,
+  result: string,
+  carried: string | undefined,
+): string {
+  const lit = (v: string | number): string =>
+    typeof v === 'number' ? String(v) : c.escapeLiteral(v);
+  const args = [req.instance, req.node, req.key, req.epoch, req.token, 'done'].map(lit).join(', ');
+  return `SELECT df._complete_step(${args}, ${lit(JSON.stringify({ result }))}::jsonb, ${lit(req.stamp)}${carried === undefined ? '' : `, ${lit(carried)}::jsonb`}) AS seq`;
 }
 
 function eventOf(

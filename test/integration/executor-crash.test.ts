@@ -35,12 +35,23 @@ function worker(name: string, extra: string[] = []): ChildProcess {
   });
 }
 
-async function startN(instances: number, steps: number, stepSeconds = 0.03): Promise<string[]> {
+/**
+ * Starts instances of `steps` chained INSERTs. Without RETURNING each step's
+ * checkpoint goes out with its statement (one round trip); with it, the
+ * checkpoint is sent when the statement's rows have come back, so a worker
+ * frozen meanwhile sends it late.
+ */
+async function startN(
+  instances: number,
+  steps: number,
+  stepSeconds = 0.03,
+  returning = false,
+): Promise<string[]> {
   // each step takes a little while, so that kills land in the middle of steps
   const seq = Array.from(
     { length: steps },
     (_, k) =>
-      `INSERT INTO effects SELECT '{sys_instance_id}', ${k + 1} FROM pg_sleep(${stepSeconds})`,
+      `INSERT INTO effects SELECT '{sys_instance_id}', ${k + 1} FROM pg_sleep(${stepSeconds})${returning ? ' RETURNING step' : ''}`,
   );
   const graph = seq.map((s) => `'${s.replace(/'/g, "''")}'`).join(' ~> ');
   const ids: string[] = [];
@@ -138,7 +149,7 @@ describe('exactly once under crashes', () => {
   }, 240_000);
 
   it('a worker frozen mid-step past its lease is taken over; its late checkpoint is refused; no effect runs twice', async () => {
-    const ids = await startN(20, 10, 0.3);
+    const ids = await startN(20, 10, 0.3, true);
     const adminPort = await freePort();
     const a = worker('a', ['--admin-listen', `127.0.0.1:${adminPort}`]);
     // freeze a while one of its steps is running: that step can only commit after SIGCONT

@@ -66,6 +66,7 @@ describe('class DF SQLSTATEs', () => {
     const c = await db.connect(bob.url);
     const conn = {
       client: c,
+      resets: [],
       reset: '',
       broken: false,
       clean: false,

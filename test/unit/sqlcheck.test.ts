@@ -61,6 +61,10 @@ describe('planKey', () => {
       "SELECT CAST(x AS varchar(10)), interval(3) '1 day' FROM t",
       'SELECT 1 2 3', // not parseable either way
       'SELECT 12abc, 3', // trailing junk: left alone
+      'UPDATE counters SET n = n + 1 WHERE id = 17',
+      'INSERT INTO "t 1" VALUES (2)', // a table whose name has a standalone number: not named
+      'DELETE FROM s1."2" WHERE x = 3',
+      'INSERT INTO t1 VALUES (4) RETURNING 5',
     ];
     // every standalone number (as planKey finds them) made another, longer one
     const change = (s: string): string =>
@@ -84,5 +88,44 @@ describe('planKey', () => {
     expect(planStep('SELECT 10; SET ROLE other; SELECT 20')).toEqual(first);
     expect(planStep('SELECT 10; SET ROLE other1; SELECT 20').kind).toBe('refuse');
     expect(planStep('SELECT 10; SELECT 20').kind).toBe('transaction');
+  });
+});
+
+describe('rowless: statements whose result is known before they run', () => {
+  const rowless = (sql: string): boolean =>
+    (planUncached(sql) as { rowless?: boolean }).rowless === true;
+
+  it('one INSERT, UPDATE, DELETE or MERGE without RETURNING', () => {
+    for (const sql of [
+      'UPDATE counters SET n = n + 1 WHERE id = 5',
+      'WITH s AS (INSERT INTO log VALUES (1)) UPDATE app.counters SET n = n + 1',
+      'INSERT INTO "Mixed Case" SELECT 1 ON CONFLICT DO NOTHING',
+      'INSERT INTO "t 1" VALUES (2) -- a comment to the end',
+      'DELETE FROM t2;',
+      'MERGE INTO t USING s ON t.a = s.a WHEN MATCHED THEN DELETE',
+      "UPDATE t SET a = 'it''s; fine', b = $$x; y$$",
+    ])
+      expect(rowless(sql), sql).toBe(true);
+  });
+
+  it('not a statement with rows, several statements, a backslash, a NUL or a parameter', () => {
+    for (const sql of [
+      'INSERT INTO t VALUES (1) RETURNING *',
+      'UPDATE t SET a = 1 RETURNING a',
+      'DELETE FROM t RETURNING 1',
+      'MERGE INTO t USING s ON t.a = s.a WHEN MATCHED THEN DELETE RETURNING 1',
+      'WITH d AS (DELETE FROM t RETURNING 1) SELECT * FROM d',
+      'SELECT 1',
+      'UPDATE t SET a = 1; UPDATE t SET a = 2',
+      'EXPLAIN ANALYZE UPDATE t SET a = 1',
+      'CALL p()',
+      'COPY t FROM STDIN',
+      'UPDATE t SET a = 1 WHERE b = $1',
+      "INSERT INTO t VALUES ('a\\')", // read otherwise with standard_conforming_strings off
+      "INSERT INTO t VALUES (E'\\n')",
+      'INSERT INTO t VALUES (1)\0',
+      'UPDATE t SET', // not parseable
+    ])
+      expect(rowless(sql), sql).toBe(false);
   });
 });
