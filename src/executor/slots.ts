@@ -86,6 +86,11 @@ export class FairSlots {
     return this.roles.get(role)?.queue.length ?? 0;
   }
 
+  /** Slots held now, by every role. */
+  inUse(): number {
+    return this.opts.slots - this.free;
+  }
+
   /** Free slots now. */
   available(): number {
     return this.free;

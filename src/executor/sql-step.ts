@@ -108,6 +108,8 @@ export async function sqlStep(
           sql: a.sql,
           stamp,
           mark,
+          // alone and not yet marked, the statement goes at once, its mark on the way (steps.ts)
+          oneTrip: pre !== undefined || ctx.slots.inUse() > 1,
           ...(hooks.after ? { after: hooks.after } : {}),
         },
         (p) => {

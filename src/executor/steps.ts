@@ -269,6 +269,15 @@ export interface StepRequest {
    */
   readonly mark?: () => Promise<boolean>;
   /**
+   * May a statement that returns no rows wait for its attempt mark and go out
+   * with its checkpoint in one round trip (docs/executor.md, "One round trip
+   * per step")? Default yes. The caller says no when the mark is still on its
+   * way and no other step is running: alone, the statement starts sooner
+   * sent at once, while its mark travels; among others, one round trip
+   * costs the database less.
+   */
+  readonly oneTrip?: boolean;
+  /**
    * What the checkpoint of a completed step carries besides its outcome
    * (migration 0020): JSON text for df._complete_step's p_after, computed
    * from the result; undefined carries nothing.
@@ -379,7 +388,7 @@ export async function runSqlStep(
       stepTimeoutMs > 0
         ? ['BEGIN', `SET LOCAL statement_timeout = ${Math.floor(stepTimeoutMs)}`]
         : ['BEGIN'];
-    if (plan.rowless && !twoTrips.has(planKey(req.sql))) {
+    if (plan.rowless && req.oneTrip !== false && !twoTrips.has(planKey(req.sql))) {
       // its result is known: the statement, its checkpoint and COMMIT go out together
       if (!(await markedOk())) return NOT_MARKED;
       const out = await oneTrip(conn, req, before, maxResultBytes);

@@ -65,7 +65,7 @@ interface Run {
   readonly event: { kind: string; detail: { result?: string; error?: string } } | undefined;
 }
 
-async function step(sql: string, c: pg.Client, stepTimeoutMs = 0): Promise<Run> {
+async function step(sql: string, c: pg.Client, stepTimeoutMs = 0, oneTrip?: boolean): Promise<Run> {
   const { instance, node } = await inFlight();
   const conn = {
     client: c,
@@ -82,7 +82,16 @@ async function step(sql: string, c: pg.Client, stepTimeoutMs = 0): Promise<Run> 
   try {
     const out = await runSqlStep(
       conn,
-      { instance, node, key: 'k1', epoch: 7, token: 'tok', sql, stamp: 's' },
+      {
+        instance,
+        node,
+        key: 'k1',
+        epoch: 7,
+        token: 'tok',
+        sql,
+        stamp: 's',
+        ...(oneTrip === undefined ? {} : { oneTrip }),
+      },
       undefined,
       stepTimeoutMs,
     );
@@ -116,6 +125,14 @@ describe('one round trip per step', () => {
     // the same text again (its plan cached): one round trip again
     expect((await step('INSERT INTO effects VALUES (2)', c)).trips).toBe(1);
     expect(await count('effects')).toBe(2);
+    await c.end();
+  });
+
+  it('asked not to (alone, its mark still on the way), an INSERT takes two, with the same outcome', async () => {
+    const c = await db.connect(bob.url);
+    const r = await step('INSERT INTO effects VALUES (3)', c, 0, false);
+    expect(r.trips).toBe(2);
+    expect(r.event).toEqual({ kind: 'done', detail: { result: '{"rows":[],"row_count":0}' } });
     await c.end();
   });
 
