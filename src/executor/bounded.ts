@@ -50,6 +50,8 @@ export class WireGuard {
   constructor(
     private readonly limit: number,
     private readonly onTrip: () => void,
+    /** Rows are kept (counted together), or dropped as they come (each message alone). */
+    private readonly countRows = true,
   ) {}
 
   readonly scan = (chunk: Buffer): void => {
@@ -66,7 +68,7 @@ export class WireGuard {
       this.have = 0;
       const len = this.header.readInt32BE(1);
       this.skip = len - 4;
-      if (this.header[0] === 0x44 /* DataRow */) this.rowBytes += len + 1;
+      if (this.header[0] === 0x44 /* DataRow */ && this.countRows) this.rowBytes += len + 1;
       if (len > this.limit) this.trip(this.header[0] === 0x44 ? 'result' : 'message');
       else if (this.rowBytes > this.limit) this.trip('result');
     }

@@ -4,9 +4,9 @@
  * order and stops at the first error; statements after a COMMIT that an
  * error skipped never run. Written as a node-postgres submittable, so the
  * client routes every answer here and queues its next query until the
- * message's ReadyForQuery. The connection receives at most `wireLimit(cap)`
- * bytes per message and of rows (bounded.ts); past it the connection is
- * destroyed. Each statement must be complete on its own (sqlcheck.ts decides
+ * message's ReadyForQuery. A message over `wireLimit(cap)` bytes (bounded.ts)
+ * destroys the connection; rows are dropped as they come, so their total is
+ * not bounded. Each statement must be complete on its own (sqlcheck.ts decides
  * which step texts may be one of them); a newline ends each, so a trailing
  * `--` comment ends there.
  */
@@ -31,7 +31,8 @@ export function runTrip(
 ): Promise<TripOutcome> {
   return new Promise<TripOutcome>((resolve) => {
     const sock = (c as unknown as { connection: { stream: Socket } }).connection.stream;
-    const guard = new WireGuard(wireLimit(cap), () => sock.destroy());
+    // rows of a trip are dropped as they come (a rule's): only each message's size is bounded
+    const guard = new WireGuard(wireLimit(cap), () => sock.destroy(), false);
     const firstValue = new Map<number, string | null>();
     let index = 0;
     let ended = false;

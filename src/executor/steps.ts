@@ -33,9 +33,10 @@ export const RETRYABLE = new Set([
 
 export function isRetryable(err: unknown): boolean {
   const code = (err as { code?: string }).code;
-  // 08P01 (protocol violation) is what a stray $1 in a step gets: a step error, not a lost connection
-  if (typeof code === 'string')
-    return code !== '08P01' && (RETRYABLE.has(code) || code.startsWith('08'));
+  // a stray $1 in a step: 08P01 (protocol violation) from the Bind, a step error, not a lost connection
+  if (code === '08P01' && /^bind message supplies /.test(String((err as Error).message)))
+    return false;
+  if (typeof code === 'string') return RETRYABLE.has(code) || code.startsWith('08');
   // a lost connection surfaces without a SQLSTATE
   return /Connection terminated|not queryable|ECONNRESET|ECONNREFUSED|EPIPE|connection.*(lost|closed)/i.test(
     String((err as Error).message),
@@ -79,6 +80,17 @@ const RESET_STATEMENTS = [
   'DISCARD SEQUENCES',
 ];
 const RESET_SESSION = RESET_STATEMENTS.join('; ');
+
+/**
+ * A string literal read the same whatever standard_conforming_strings is: a
+ * role may set it off for its sessions, and then a backslash in a plain
+ * literal escapes the closing quote. With a backslash, an E'' literal
+ * (backslashes doubled), which reads backslashes as escapes either way.
+ */
+export function sqlLiteral(v: string): string {
+  const quoted = v.replace(/'/g, "''");
+  return v.includes('\\') ? ` E'${quoted.replace(/\\/g, '\\\\')}'` : `'${quoted}'`;
+}
 
 const rawText = { getTypeParser: () => (v: string) => v } as unknown as pg.CustomTypesConfig;
 
@@ -132,7 +144,7 @@ export class StepPool {
         const eq = x.cfg.indexOf('=');
         const name = x.cfg.slice(0, eq);
         const value = x.cfg.slice(eq + 1);
-        return `SELECT set_config('${name.replace(/'/g, "''")}', '${value.replace(/'/g, "''")}', false)`;
+        return `SELECT set_config(${sqlLiteral(name)}, ${sqlLiteral(value)}, false)`;
       });
   }
 
@@ -463,9 +475,9 @@ export async function runSqlStep(
 }
 
 /**
- * Step texts whose one-trip message met a message over the result cap (the
- * rows of a table's rule, which the prepared statement of the other path
- * never receives): they take two round trips, at most 1,000 of them kept.
+ * Step texts whose one-trip message got a message over the result cap (a
+ * notice, an error or one row of a rule's): they take two round trips, at
+ * most 1,000 of them kept.
  */
 const twoTrips = new Set<string>();
 
@@ -482,8 +494,13 @@ const twoTrips = new Set<string>();
  * of the other path: a rule's SELECT (`DO INSTEAD SELECT`, `DO ALSO SELECT`)
  * sends its rows, which a prepared statement never returns. They are read
  * and dropped; the recorded result is the prepared statement's, no rows.
- * Rows that pass the result cap cut the connection and the step runs again
- * the other way.
+ *
+ * A message over the cap cuts the connection, as in the other path; but the
+ * server has the whole message, and if what it wrote before fits in the
+ * sockets' buffers it may still commit. So the cut is retried, not failed:
+ * the next attempt's mark finds a committed outcome and the step stands
+ * done, or finds none and the text runs the other way, where the same
+ * message fails the step.
  */
 async function oneTrip(
   conn: StepConn,
@@ -518,8 +535,8 @@ async function oneTrip(
     return { k: 'done', event: event() };
   }
   const err = t.error;
-  if (err instanceof ResultTooLargeError && t.failedAt <= commit) {
-    // nothing committed (the connection is gone); the other way never receives those rows
+  if (err instanceof ResultTooLargeError) {
+    // the connection is gone; whether COMMIT ran is for the next attempt's mark to find out
     conn.broken = true;
     twoTrips.add(planKey(req.sql));
     if (twoTrips.size > 1000) twoTrips.delete(twoTrips.values().next().value as string);
