@@ -9,11 +9,10 @@
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { readBounded, ResultTooLargeError, DEFAULT_MAX_RESULT_BYTES } from './bounded.js';
-import { EncodeError } from './encode.js';
+import { EncodeError, RESULT_HEAD, resultTail } from './encode.js';
 import { ensureStepLogin, quoteIdent, stepLoginName, stepPassword } from './identity.js';
 import { runTrip } from './one-trip.js';
 import { planKey, planStep } from './sqlcheck.js';
-import { RESULT_HEAD, resultTail } from './encode.js';
 
 /** Infrastructure errors: roll back and run the step again (DESIGN.md §4 "Errors"). */
 export const RETRYABLE = new Set([
@@ -79,17 +78,10 @@ const RESET_STATEMENTS = [
   'DISCARD TEMP',
   'DISCARD SEQUENCES',
 ];
-const RESET_SESSION = RESET_STATEMENTS.join('; ');
 
-/**
- * A string literal read the same whatever standard_conforming_strings is: a
- * role may set it off for its sessions, and then a backslash in a plain
- * literal escapes the closing quote. With a backslash, an E'' literal
- * (backslashes doubled), which reads backslashes as escapes either way.
- */
-export function sqlLiteral(v: string): string {
-  const quoted = v.replace(/'/g, "''");
-  return v.includes('\\') ? ` E'${quoted.replace(/\\/g, '\\\\')}'` : `'${quoted}'`;
+/** The session reset and the role's own statements after it, as one message's text. */
+function sessionReset(conn: StepConn): string {
+  return [...RESET_STATEMENTS, ...conn.resets].join('; ');
 }
 
 const rawText = { getTypeParser: () => (v: string) => v } as unknown as pg.CustomTypesConfig;
@@ -98,7 +90,6 @@ interface StepConn {
   readonly client: pg.Client;
   /** The role and its settings again after the session reset: its statements, one by one. */
   readonly resets: readonly string[];
-  readonly reset: string;
   broken: boolean;
   /** The session was already reset after the step's commit, in the commit's own message. */
   clean: boolean;
@@ -144,7 +135,9 @@ export class StepPool {
         const eq = x.cfg.indexOf('=');
         const name = x.cfg.slice(0, eq);
         const value = x.cfg.slice(eq + 1);
-        return `SELECT set_config(${sqlLiteral(name)}, ${sqlLiteral(value)}, false)`;
+        // pg.escapeLiteral writes an E'' literal when the text has a backslash: it reads the same
+        // whether or not the role sets standard_conforming_strings off for its sessions
+        return `SELECT set_config(${pg.escapeLiteral(name)}, ${pg.escapeLiteral(value)}, false)`;
       });
   }
 
@@ -187,9 +180,8 @@ export class StepPool {
       ...settings,
       `SET df.in_workflow = 'true'`,
     ];
-    const reset = resets.join('; ');
-    await client.query(reset);
-    return { client, resets, reset, broken: false, clean: false, ready: Promise.resolve(true) };
+    await client.query(resets.join('; '));
+    return { client, resets, broken: false, clean: false, ready: Promise.resolve(true) };
   }
 
   private async provision(id: StepIdentity): Promise<string> {
@@ -238,7 +230,7 @@ export class StepPool {
       conn.clean = false;
       conn.ready = Promise.resolve(true);
     } else
-      conn.ready = conn.client.query(`${RESET_SESSION}; ${conn.reset}`).then(
+      conn.ready = conn.client.query(sessionReset(conn)).then(
         () => true,
         () => {
           conn.broken = true;
@@ -421,8 +413,7 @@ export async function runSqlStep(
       return NOT_MARKED;
     }
     // deferred constraints fire now, as the submitter; then the checkpoint and COMMIT, in one round trip
-    const carried = req.after ? await req.after(result).catch(() => undefined) : undefined;
-    const complete = completeStatement(c, req, result, carried);
+    const complete = await checkpointStatement(req, result);
     let event: RecordedEvent | undefined;
     // the session reset follows the COMMIT in the same message: the next step finds a clean
     // session without a round trip of its own. An error after the COMMIT (from the reset) leaves
@@ -435,7 +426,7 @@ export async function runSqlStep(
     con.on('commandComplete', onComplete);
     try {
       const rs = (await c.query(
-        `SET CONSTRAINTS ALL IMMEDIATE; ${complete}; COMMIT; ${RESET_SESSION}; ${conn.reset}`,
+        `SET CONSTRAINTS ALL IMMEDIATE; ${complete}; COMMIT; ${sessionReset(conn)}`,
       )) as unknown as Array<pg.QueryResult<{ seq: string | null }>>;
       event = eventOf(rs[1]?.rows[0]?.seq, { result });
       conn.clean = true;
@@ -510,12 +501,11 @@ async function oneTrip(
 ): Promise<StepOutcome | { readonly k: 'failed-statement'; readonly err: unknown }> {
   const c = conn.client;
   const result = RESULT_HEAD + resultTail(0);
-  const carried = req.after ? await req.after(result).catch(() => undefined) : undefined;
   const statements = [
     ...before,
     req.sql,
     'SET CONSTRAINTS ALL IMMEDIATE',
-    completeStatement(c, req, result, carried),
+    await checkpointStatement(req, result),
     'COMMIT',
     ...RESET_STATEMENTS,
     ...conn.resets,
@@ -549,15 +539,11 @@ async function oneTrip(
   return { k: 'failed-statement', err };
 }
 
-/** The checkpoint of a completed step, its values inlined (literals). */
-function completeStatement(
-  c: pg.Client,
-  req: StepRequest,
-  result: string,
-  carried: string | undefined,
-): string {
+/** The checkpoint of a completed step with what it carries (req.after), its values inlined (literals). */
+async function checkpointStatement(req: StepRequest, result: string): Promise<string> {
+  const carried = req.after ? await req.after(result).catch(() => undefined) : undefined;
   const lit = (v: string | number): string =>
-    typeof v === 'number' ? String(v) : c.escapeLiteral(v);
+    typeof v === 'number' ? String(v) : pg.escapeLiteral(v);
   const args = [req.instance, req.node, req.key, req.epoch, req.token, 'done'].map(lit).join(', ');
   return `SELECT df._complete_step(${args}, ${lit(JSON.stringify({ result }))}::jsonb, ${lit(req.stamp)}${carried === undefined ? '' : `, ${lit(carried)}::jsonb`}) AS seq`;
 }

@@ -49,3 +49,26 @@ export async function finished(
     await new Promise((res) => setTimeout(res, 25));
   }
 }
+
+/** A step connection for runSqlStep (steps.ts) on a session of the tests' own: no role settings to restore. */
+export function stepConn(client: pg.Client): {
+  client: pg.Client;
+  resets: string[];
+  broken: boolean;
+  clean: boolean;
+  ready: Promise<boolean>;
+} {
+  return { client, resets: [], broken: false, clean: false, ready: Promise.resolve(true) };
+}
+
+/** Counts the ReadyForQuery messages `client` receives from now on: one per round trip. */
+export function countTrips(client: pg.Client): { readonly n: number; stop(): void } {
+  const con = (client as unknown as { connection: NodeJS.EventEmitter }).connection;
+  const counter = {
+    n: 0,
+    stop: () => con.off('readyForQuery', count),
+  };
+  const count = (): void => void counter.n++;
+  con.on('readyForQuery', count);
+  return counter;
+}

@@ -9,6 +9,7 @@ import type pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { runSqlStep, type StepOutcome } from '../../src/executor/steps.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
+import { countTrips, stepConn } from '../harness/executor.js';
 
 const db = useTestDatabase();
 let bob: TestRole;
@@ -67,18 +68,8 @@ interface Run {
 
 async function step(sql: string, c: pg.Client, stepTimeoutMs = 0, oneTrip?: boolean): Promise<Run> {
   const { instance, node } = await inFlight();
-  const conn = {
-    client: c,
-    resets: [],
-    reset: '',
-    broken: false,
-    clean: false,
-    ready: Promise.resolve(true),
-  };
-  const con = (c as unknown as { connection: NodeJS.EventEmitter }).connection;
-  let trips = 0;
-  const count = (): void => void trips++;
-  con.on('readyForQuery', count);
+  const conn = stepConn(c);
+  const trips = countTrips(c);
   try {
     const out = await runSqlStep(
       conn,
@@ -101,9 +92,9 @@ async function step(sql: string, c: pg.Client, stepTimeoutMs = 0, oneTrip?: bool
         [instance],
       )
     ).rows[0];
-    return { out, trips, conn, event };
+    return { out, trips: trips.n, conn, event };
   } finally {
-    con.off('readyForQuery', count);
+    trips.stop();
   }
 }
 
@@ -170,14 +161,7 @@ describe('one round trip per step', () => {
     );
     await b.query(`INSERT INTO many_rows VALUES (1)`);
     const { instance, node } = await inFlight();
-    const conn = {
-      client: c,
-      resets: [],
-      reset: '',
-      broken: false,
-      clean: false,
-      ready: Promise.resolve(true),
-    };
+    const conn = stepConn(c);
     const req = { instance, node, key: 'k1', epoch: 7, token: 'tok', stamp: 's' };
     // 5 MB of rows against a cap of 100 kB: dropped, the step done in one round trip
     expect(
@@ -209,14 +193,12 @@ describe('one round trip per step', () => {
       await new Promise((r) => setTimeout(r, 50));
     }
     const c2 = await db.connect(bob.url);
-    const conn2 = { ...conn, client: c2, broken: false };
-    const con = (c2 as unknown as { connection: NodeJS.EventEmitter }).connection;
-    let trips = 0;
-    con.on('readyForQuery', () => trips++);
+    const conn2 = stepConn(c2);
+    const trips = countTrips(c2);
     const again = await runSqlStep(conn2, req2, undefined, 0, 100_000);
     // done now, or refused because the first attempt's COMMIT ran (its outcome stands): once either way
     expect(['done', 'abandoned']).toContain(again.k);
-    expect(trips).toBeGreaterThanOrEqual(2);
+    expect(trips.n).toBeGreaterThanOrEqual(2);
     expect((await db.admin.query(`SELECT n FROM big_row`)).rows).toEqual([{ n: 2 }]);
     const events = await db.admin.query(
       `SELECT kind FROM df.events WHERE instance_id = $1 AND activation = 'k1'`,

@@ -3,6 +3,7 @@ import type pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { runSqlStep } from '../../src/executor/steps.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
+import { stepConn } from '../harness/executor.js';
 
 const db = useTestDatabase();
 let bob: TestRole;
@@ -64,14 +65,7 @@ describe('class DF SQLSTATEs', () => {
       [id2],
     );
     const c = await db.connect(bob.url);
-    const conn = {
-      client: c,
-      resets: [],
-      reset: '',
-      broken: false,
-      clean: false,
-      ready: Promise.resolve(true),
-    };
+    const conn = stepConn(c);
     const req = {
       instance: id2,
       node: node2,
