@@ -171,6 +171,17 @@ describe('row-level security', () => {
       `SELECT df._activate_graph('00000051', '00000059', NULL, '{}')`,
       'do not form a tree under its root',
     );
+    // one node is checked as a tree too unless it is the root and names no other node (migration 0035)
+    await refused(
+      `('00000062', '00000061', 'LOOP', NULL, '00000062')`,
+      `SELECT df._activate_graph('00000061', '00000062', NULL, '{}')`,
+      'do not form a tree',
+    );
+    await refused(
+      `('00000062', '00000061', 'SQL', 'SELECT 1', NULL)`,
+      `SELECT df._activate_graph('00000061', NULL, NULL, '{}')`,
+      'do not form a tree under its root',
+    );
     // an instance's nodes that another transaction committed: the answer for an unknown id
     const id = (await a.query(`SELECT df.start('SELECT 1') AS id`)).rows[0].id as string;
     const root = (await a.query(`SELECT root_node FROM df.instances WHERE id = $1`, [id])).rows[0]
