@@ -329,7 +329,7 @@ export class Executor {
       fresh: false,
       dirty: false,
       stamps: undefined,
-      premarks: new Map(),
+      premarks: new Map(claimed?.premark ? [[claimed.premark.key, claimed.premark]] : []),
       finished: false,
     };
     for (;;) {

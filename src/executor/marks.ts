@@ -14,7 +14,7 @@
  */
 import type pg from 'pg';
 import type { ActivationRef } from './store.js';
-import { statementName } from './store.js';
+import { statementName } from './claim-sql.js';
 
 export interface MarkRequest {
   readonly id: string;

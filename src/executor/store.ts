@@ -6,8 +6,14 @@
  * control login (a member of df_executor); the lease-checked ones name the
  * lease owner and epoch so a stale executor changes nothing.
  */
-import { createHash } from 'node:crypto';
 import pg from 'pg';
+import {
+  FirstMarkTokens,
+  firstMarks,
+  instanceColumns,
+  statementName,
+  type FirstMark,
+} from './claim-sql.js';
 import type { EventKind } from './core.js';
 import type { NodeRow } from './graph.js';
 import { AttemptMarks } from './marks.js';
@@ -33,6 +39,8 @@ export interface LoadedInstance extends InstanceRow {
   readonly events: Array<{ a: string; k: EventKind; d: Record<string, unknown>; s: number }>;
   readonly nodes: Array<{ id: string; st: string; sd: string | null }> | null;
   readonly graph: NodeRow[] | null;
+  /** Its first step, marked by the claim that returned it (claim-sql.ts). */
+  readonly premark?: FirstMark;
 }
 
 /** A claimed instance, with what its first load would read (events, node statuses, graph). */
@@ -54,36 +62,6 @@ export interface StampRows {
   readonly extra: Array<string | null>;
 }
 
-const names = new Map<string, string>();
-
-/** A short stable name for a statement text. */
-export function statementName(text: string): string {
-  let n = names.get(text);
-  if (n === undefined) {
-    n = `dfgate_${createHash('sha1').update(text).digest('hex').slice(0, 16)}`;
-    names.set(text, n);
-  }
-  return n;
-}
-
-/**
- * An instance as the driver reads it: the row, its role, its events after
- * $2 (a sequence number), and when $3 / $4 its node statuses / its graph.
- * The claim returns the same for what it claimed (events from 0, statuses
- * and graph), so an instance's first step needs no load of its own.
- */
-export const instanceColumns = (after: string, nodes: string, graph: string): string =>
-  `i.id, i.label, i.root_node, i.status, i.lease_epoch, i.event_seq, i.options, i.vars,
-   i.submitted_by::oid::int AS role_oid,
-   (SELECT r.rolname FROM pg_roles r WHERE r.oid = i.submitted_by) AS role_name,
-   (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = i.submitted_by) AS rolsuper,
-   (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
-      FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > ${after}) AS events,
-   CASE WHEN ${nodes} THEN (SELECT json_agg(json_build_object('id', n.id, 'st', n.status, 'sd', n.status_details ->> 'execution_id'))
-                        FROM df.nodes n WHERE n.instance_id = i.id) END AS nodes,
-   CASE WHEN ${graph} THEN (SELECT json_agg(json_build_object('id', n.id, 'node_type', n.node_type, 'query', n.query,
-                        'result_name', n.result_name, 'left_node', n.left_node, 'right_node', n.right_node))
-                        FROM df.nodes n WHERE n.instance_id = i.id) END AS graph`;
 const INSTANCE_COLUMNS = instanceColumns('$2', '$3', '$4');
 const CLAIMED_COLUMNS = instanceColumns('0', 'true', 'true');
 
@@ -134,6 +112,7 @@ export class ControlStore {
     held: ReadonlyMap<number, number>,
     reserve: number,
   ): Promise<{ readonly rows: Claimed[]; readonly ready: number }> {
+    const tokens = new FirstMarkTokens(capacity);
     const rows = (
       await this.run<Claimed & { ready: number }>(
         // Every ready instance gets a level: the instances its role holds here plus its turn
@@ -238,15 +217,28 @@ export class ControlStore {
                   updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END,
                   wake_at = NULL, waiting_signals = NULL
             WHERE i.id = ANY (ARRAY(SELECT id FROM locked))
-           RETURNING ${CLAIMED_COLUMNS})
+           RETURNING ${CLAIMED_COLUMNS}),
+         ${firstMarks('$7')}
          -- and how many were ready, also when it took none (fresh and due read one more per
          -- role than they may take, so more than it took means work was left behind)
-         SELECT u.*, r.ready FROM (SELECT count(*)::int AS ready FROM ready) r LEFT JOIN upd u ON true`,
-        [this.owner, capacity, this.leaseMs, [...held.keys()], [...held.values()], reserve],
+         SELECT u.*, m.k AS first_mark, r.ready FROM (SELECT count(*)::int AS ready FROM ready) r
+           LEFT JOIN upd u ON true LEFT JOIN marked m ON m.id = u.id`,
+        [
+          this.owner,
+          capacity,
+          this.leaseMs,
+          [...held.keys()],
+          [...held.values()],
+          reserve,
+          tokens.hashes(),
+        ],
         this.claimer,
       )
     ).rows;
-    return { rows: rows.filter((r) => r.id !== null), ready: rows[0]?.ready ?? 0 };
+    return {
+      rows: rows.filter((r) => r.id !== null).map((r) => tokens.attach(r)),
+      ready: rows[0]?.ready ?? 0,
+    };
   }
 
   /**
@@ -257,6 +249,7 @@ export class ControlStore {
    * The caller decides when this may stand in for the general claim.
    */
   async claimStarted(ids: readonly string[]): Promise<Claimed[]> {
+    const tokens = new FirstMarkTokens(ids.length);
     return (
       await this.run<Claimed>(
         `WITH locked AS (
@@ -264,19 +257,22 @@ export class ControlStore {
             WHERE i.id = ANY ($2::text[])
               AND i.runnable AND i.status IN ('pending', 'running') AND i.lease_owner IS NULL
               AND i.wake_at IS NULL AND (i.waiting_signals IS NULL OR i.waiting_signals = '{}')
-            FOR UPDATE OF i SKIP LOCKED)
-         UPDATE df.instances i
-            SET lease_owner = $1, lease_epoch = i.lease_epoch + 1,
-                lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
-                status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
-                updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END
-          -- $2 as well: the generic plan reaches the rows by primary key, whatever the table's size
-          WHERE i.id = ANY ($2::text[]) AND i.id = ANY (ARRAY(SELECT id FROM locked))
-         RETURNING ${CLAIMED_COLUMNS}`,
-        [this.owner, ids, this.leaseMs],
+            FOR UPDATE OF i SKIP LOCKED),
+         upd AS (
+           UPDATE df.instances i
+              SET lease_owner = $1, lease_epoch = i.lease_epoch + 1,
+                  lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
+                  status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
+                  updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END
+            -- $2 as well: the generic plan reaches the rows by primary key, whatever the table's size
+            WHERE i.id = ANY ($2::text[]) AND i.id = ANY (ARRAY(SELECT id FROM locked))
+           RETURNING ${CLAIMED_COLUMNS}),
+         ${firstMarks('$4')}
+         SELECT u.*, m.k AS first_mark FROM upd u LEFT JOIN marked m ON m.id = u.id`,
+        [this.owner, ids, this.leaseMs, tokens.hashes()],
         this.claimer,
       )
-    ).rows;
+    ).rows.map((r) => tokens.attach(r));
   }
 
   /**
@@ -291,6 +287,7 @@ export class ControlStore {
     held: readonly number[],
     limit: number,
   ): Promise<Claimed[]> {
+    const tokens = new FirstMarkTokens(limit);
     return (
       await this.run<Claimed>(
         `WITH locked AS (
@@ -303,18 +300,21 @@ export class ControlStore {
          picked AS (
            SELECT id FROM (SELECT DISTINCT ON (submitted_by) id, created_at FROM locked
                             ORDER BY submitted_by, created_at, id) f
-            ORDER BY created_at, id LIMIT $5)
-         UPDATE df.instances i
-            SET lease_owner = $1, lease_epoch = i.lease_epoch + 1,
-                lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
-                status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
-                updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END
-          WHERE i.id = ANY ($2::text[]) AND i.id = ANY (ARRAY(SELECT id FROM picked))
-         RETURNING ${CLAIMED_COLUMNS}`,
-        [this.owner, ids, this.leaseMs, held, limit],
+            ORDER BY created_at, id LIMIT $5),
+         upd AS (
+           UPDATE df.instances i
+              SET lease_owner = $1, lease_epoch = i.lease_epoch + 1,
+                  lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000),
+                  status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
+                  updated_at = CASE WHEN i.status = 'pending' THEN now() ELSE i.updated_at END
+            WHERE i.id = ANY ($2::text[]) AND i.id = ANY (ARRAY(SELECT id FROM picked))
+           RETURNING ${CLAIMED_COLUMNS}),
+         ${firstMarks('$6')}
+         SELECT u.*, m.k AS first_mark FROM upd u LEFT JOIN marked m ON m.id = u.id`,
+        [this.owner, ids, this.leaseMs, held, limit, tokens.hashes()],
         this.claimer,
       )
-    ).rows;
+    ).rows.map((r) => tokens.attach(r));
   }
 
   /**

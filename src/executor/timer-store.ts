@@ -10,7 +10,7 @@
  */
 import type pg from 'pg';
 import type { LoadedInstance } from './store.js';
-import { instanceColumns, statementName } from './store.js';
+import { instanceColumns, statementName } from './claim-sql.js';
 
 /** A locked due instance as the batch reads it: what the driver's first load reads, and its event count. */
 export interface DueInstance extends LoadedInstance {

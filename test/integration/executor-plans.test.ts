@@ -97,7 +97,8 @@ async function grownPlan(name: string, values: unknown[]): Promise<PlanNode[]> {
     ).filter(
       (n) =>
         n['Node Type'].endsWith('Scan') &&
-        (n['Relation Name'] === 'instances' || (n['Index Name'] ?? '').startsWith('instances_')),
+        (['instances', 'nodes'].includes(n['Relation Name'] ?? '') ||
+          /^(instances|nodes)_/.test(n['Index Name'] ?? '')),
     );
   } finally {
     await client.query('ROLLBACK');
@@ -119,13 +120,19 @@ async function someIds(n: number): Promise<string[]> {
   return rows.map((r) => r.id);
 }
 
+/** Token hashes for a claim's first marks (claim-sql.ts). */
+const hashes = (n: number): string[] =>
+  Array.from({ length: n }, (_, i) => `${i}`.repeat(64).slice(0, 64));
+
 /** The scans of a claim by id: no sequential scan, only the primary keys, few rows passed over. */
 function expectByPrimaryKey(read: PlanNode[]): void {
   expect(read.length).toBeGreaterThan(0);
   for (const n of read) {
     expect(n['Node Type']).not.toBe('Seq Scan');
     if (n['Index Name'])
-      expect(['instances_pkey', 'instances_id_submitted_by_key']).toContain(n['Index Name']);
+      expect(['instances_pkey', 'instances_id_submitted_by_key', 'nodes_pkey']).toContain(
+        n['Index Name'],
+      );
     expect(n['Rows Removed by Filter'] ?? 0).toBeLessThan(50);
   }
 }
@@ -134,20 +141,20 @@ describe('claims prepared on a table of one instance, run on 3,000 ready instanc
   it('the claim by id reads the started ids by primary key', async () => {
     const ids = await someIds(5);
     const name = named('AND i.id = ANY (ARRAY(SELECT id FROM locked))');
-    const read = await grownPlan(name, [store.owner, ids, 30_000]);
+    const read = await grownPlan(name, [store.owner, ids, 30_000, hashes(5)]);
     expectByPrimaryKey(read);
   });
 
   it('the newcomers claim reads the started ids by primary key', async () => {
     const ids = await someIds(5);
     const name = named('DISTINCT ON (submitted_by)');
-    const read = await grownPlan(name, [store.owner, ids, 30_000, [], 5]);
+    const read = await grownPlan(name, [store.owner, ids, 30_000, [], 5, hashes(5)]);
     expectByPrimaryKey(read);
   });
 
   it('the general claim reads no instance it does not need', async () => {
     const name = named('WITH RECURSIVE');
-    const read = await grownPlan(name, [store.owner, 10, 30_000, [], [], 1]);
+    const read = await grownPlan(name, [store.owner, 10, 30_000, [], [], 1, hashes(10)]);
     expect(read.length).toBeGreaterThan(0);
     for (const n of read) {
       expect(n['Node Type']).not.toBe('Seq Scan');

@@ -1,0 +1,102 @@
+/**
+ * What the claims (store.ts, timer-store.ts) share: statement names, the
+ * columns an instance is read with, and the first attempt mark a claim
+ * writes with its lease (docs/executor.md, "First marks with the claim").
+ */
+import { createHash } from 'node:crypto';
+import type { Premark } from './carry.js';
+import { newToken, tokenHash } from './token.js';
+
+const names = new Map<string, string>();
+
+/** A short stable name for a statement text. */
+export function statementName(text: string): string {
+  let n = names.get(text);
+  if (n === undefined) {
+    n = `dfgate_${createHash('sha1').update(text).digest('hex').slice(0, 16)}`;
+    names.set(text, n);
+  }
+  return n;
+}
+
+/**
+ * An instance as the driver reads it: the row, its role, its events after
+ * `after` (a sequence number), and when `nodes` / `graph` its node statuses /
+ * its graph. A claim returns the same for what it claimed (events from 0,
+ * statuses and graph), so an instance's first step needs no load of its own.
+ */
+export const instanceColumns = (after: string, nodes: string, graph: string): string =>
+  `i.id, i.label, i.root_node, i.status, i.lease_epoch, i.event_seq, i.options, i.vars,
+   i.submitted_by::oid::int AS role_oid,
+   (SELECT r.rolname FROM pg_roles r WHERE r.oid = i.submitted_by) AS role_name,
+   (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = i.submitted_by) AS rolsuper,
+   (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
+      FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > ${after}) AS events,
+   CASE WHEN ${nodes} THEN (SELECT json_agg(json_build_object('id', n.id, 'st', n.status, 'sd', n.status_details ->> 'execution_id'))
+                        FROM df.nodes n WHERE n.instance_id = i.id) END AS nodes,
+   CASE WHEN ${graph} THEN (SELECT json_agg(json_build_object('id', n.id, 'node_type', n.node_type, 'query', n.query,
+                        'result_name', n.result_name, 'left_node', n.left_node, 'right_node', n.right_node))
+                        FROM df.nodes n WHERE n.instance_id = i.id) END AS graph`;
+
+/**
+ * The first marks of a claim, as a CTE named `marked` after the claim's own
+ * `upd` (which returns the claimed rows): an instance that has never run
+ * (no event) and whose root is a SQL step never marked gets that step's
+ * first attempt mark in the claim's own transaction, exactly what the
+ * driver's mark would write (marks.ts): activation `<id>::1/<root>`, the
+ * hash of a token drawn here, attempt 1, running, stamp `<id>::1`. The
+ * claim holds the lease it writes the mark under, and no outcome can exist
+ * yet, so the mark's checks hold by construction. Not for a superuser's
+ * instance or one whose role is gone: the driver fails those without
+ * running a step, and their node must not read as running. `hashes` is the
+ * parameter with the token hashes; the k-th such instance (by id) takes the
+ * k-th, and one past their number is left for the driver to mark.
+ */
+export function firstMarks(hashes: string): string {
+  return `marked AS (
+           UPDATE df.nodes n
+              SET activation = u.id || '::1/' || n.id, attempt_token = (${hashes}::text[])[u.k], attempts = 1,
+                  status = 'running', result = NULL, status_details = jsonb_build_object('execution_id', u.id || '::1'),
+                  updated_at = now()
+             FROM (SELECT c.id, c.root_node, row_number() OVER (ORDER BY c.id) AS k FROM upd c
+                    WHERE c.event_seq = 0 AND c.rolsuper IS FALSE) u
+            WHERE n.instance_id = u.id AND n.id = u.root_node AND u.k <= cardinality(${hashes}::text[])
+              AND n.node_type = 'SQL' AND n.status = 'pending' AND n.attempts = 0 AND n.attempt_token IS NULL
+           RETURNING n.instance_id AS id, u.k)`;
+}
+
+/** A claimed row as the claim returns it: `first_mark`, the index of its mark's token, or null. */
+export interface FirstMarkRow {
+  readonly id: string;
+  readonly root_node: string;
+  readonly first_mark?: string | number | null;
+}
+
+/** The tokens of a claim's first marks: drawn before it, their hashes sent with it. */
+export class FirstMarkTokens {
+  private readonly tokens: string[];
+
+  constructor(n: number) {
+    this.tokens = Array.from({ length: Math.max(0, Math.min(n, 1000)) }, () => newToken());
+  }
+
+  hashes(): string[] {
+    return this.tokens.map(tokenHash);
+  }
+
+  /** The claimed row with the premark of its first step when the claim marked it. */
+  attach<R extends FirstMarkRow>(row: R): R & { readonly premark?: FirstMark } {
+    const k = row.first_mark === null || row.first_mark === undefined ? 0 : Number(row.first_mark);
+    const token = k >= 1 ? this.tokens[k - 1] : undefined;
+    if (token === undefined) return row;
+    return {
+      ...row,
+      premark: { key: `${row.id}::1/${row.root_node}`, token, stamp: `${row.id}::1`, attempt: 1 },
+    };
+  }
+}
+
+/** A first step marked by its instance's claim: its activation key and the premark (carry.ts). */
+export interface FirstMark extends Premark {
+  readonly key: string;
+}
