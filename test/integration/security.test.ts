@@ -557,6 +557,65 @@ describe('grants', () => {
       x.query(`UPDATE df.config SET value = 'true' WHERE key = 'enable_superuser_instances'`),
     ).rejects.toMatchObject({ code: '42501' });
   });
+
+  // migration 0036: the triggers decide in their WHEN condition; what passes and what is refused
+  // is what the trigger functions decided before
+  it('the df_executor group cannot change a finished status or write rows in another role’s name', async () => {
+    const exec = await db.role('exec2', { grant: false });
+    await db.admin.query(`GRANT df_executor TO ${exec.ident}`);
+    const x = await db.connect(exec.url);
+    const id = (await a.query(`SELECT df.start('SELECT 1') AS id`)).rows[0].id;
+    await x.query(`UPDATE df.instances SET status = 'running' WHERE id = $1`, [id]);
+    await x.query(`UPDATE df.instances SET status = 'completed' WHERE id = $1`, [id]);
+    await expect(
+      x.query(`UPDATE df.instances SET status = 'running' WHERE id = $1`, [id]),
+    ).rejects.toMatchObject({
+      code: '55000',
+      message: expect.stringContaining('is already completed'),
+    });
+    await expect(
+      x.query(`UPDATE df.instances SET submitted_by = $2 WHERE id = $1`, [id, exec.name]),
+    ).rejects.toMatchObject({
+      code: '42501',
+      message: expect.stringContaining('cannot be changed'),
+    });
+    await expect(
+      x.query(
+        `INSERT INTO df.instances (id, root_node, submitted_by) VALUES ('0000ee01', '0000ee02', $1)`,
+        [alice.name],
+      ),
+    ).rejects.toMatchObject({
+      code: '42501',
+      message: expect.stringContaining('row-level security'),
+    });
+    await expect(
+      x.query(
+        `INSERT INTO df.signals (instance_id, submitted_by, signal_name, payload) VALUES ($1, $2, 'go', '1')`,
+        [id, alice.name],
+      ),
+    ).rejects.toMatchObject({ code: '42501' });
+  });
+
+  it('a row may name its own role, also one whose name needs quotes, or none', async () => {
+    const odd = await db.role('odd', { raw: 'Odd "Name"' });
+    const o = await db.connect(odd.url);
+    await o.query('BEGIN');
+    await o.query(
+      `INSERT INTO df.instances (id, root_node, submitted_by) VALUES ('0000ef01', '0000ef02', $1)`,
+      [odd.ident],
+    );
+    await o.query(
+      `INSERT INTO df.nodes (id, instance_id, node_type, query, submitted_by) VALUES ('0000ef02', '0000ef01', 'SQL', 'SELECT 1', NULL)`,
+    );
+    const rows = (
+      await o.query(
+        `SELECT submitted_by::text AS s FROM df.instances WHERE id = '0000ef01'
+         UNION ALL SELECT submitted_by::text FROM df.nodes WHERE instance_id = '0000ef01'`,
+      )
+    ).rows.map((r) => r.s);
+    await o.query('ROLLBACK');
+    expect(rows).toEqual([odd.ident, odd.ident]);
+  });
 });
 
 /**
