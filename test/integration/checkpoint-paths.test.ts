@@ -265,6 +265,38 @@ describe('a checkpoint writes the same rows and raises the same errors as before
     },
     { name: 'the completion', after: () => ({ finish: { output: '{"rows":[]}' } }) },
     { name: 'a stale token (DF002)', after: () => null, token: 'other' },
+    // a stale attempt is reported before the instance's state (migration 0037 checks the attempt
+    // inside the instance's UPDATE and looks at the node first when that finds nothing)
+    {
+      name: 'a stale token on a finished instance (DF002)',
+      after: () => ({ finish: { output: '{"rows":[]}' } }),
+      token: 'other',
+      setup: async (ch) => {
+        await db.admin.query(`UPDATE df.instances SET status = 'completed' WHERE id = $1`, [ch.id]);
+      },
+    },
+    {
+      name: 'a stale token after a takeover (DF002)',
+      after: () => null,
+      token: 'other',
+      setup: async (ch) => {
+        await db.admin.query(`UPDATE df.instances SET lease_epoch = 4 WHERE id = $1`, [ch.id]);
+      },
+    },
+    {
+      name: 'a current token after a takeover (DF001)',
+      after: () => null,
+      setup: async (ch) => {
+        await db.admin.query(`UPDATE df.instances SET lease_epoch = 4 WHERE id = $1`, [ch.id]);
+      },
+    },
+    {
+      name: 'a current token on a cancelled instance (DF003)',
+      after: () => null,
+      setup: async (ch) => {
+        await db.admin.query(`UPDATE df.instances SET status = 'cancelled' WHERE id = $1`, [ch.id]);
+      },
+    },
     {
       name: 'a stale token with malformed marks (DF002)',
       after: () => ({ marks: [5] }),
@@ -453,6 +485,8 @@ describe('a checkpoint writes the same rows and raises the same errors as before
             );
           expect(codes[1], 'new vs 0028').toBe(codes[0]);
           if (k.token) expect(codes[0]).toBe('DF002');
+          const named = /\((DF00\d)\)/.exec(k.name)?.[1];
+          if (named) expect(codes[0]).toBe(named);
           if (/\(refused\)/.test(k.name)) expect(codes[0]).toBeDefined();
           const [so, sn, sj] = [
             await state(chains[0] as Chain),
