@@ -21,8 +21,8 @@ function pct(xs: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
 }
 
-/** The executor the benchmarks run: step logins, a 1 s safety-net poll (five times dfgate's default), 16 step slots, 256 leases. */
-export function benchExecutor(adminUrl: string): Executor {
+/** The executor the benchmarks run: step logins, a 1 s safety-net poll (five times dfgate's default), 16 step slots (or `steps`), 256 leases. */
+export function benchExecutor(adminUrl: string, steps = 16): Executor {
   return new Executor({
     controlUrl: adminUrl,
     log: pino({ level: 'warn' }),
@@ -30,7 +30,7 @@ export function benchExecutor(adminUrl: string): Executor {
     stepSecret: 'bench-secret',
     leaseMs: 30_000,
     pollMs: 1000,
-    maxConcurrentSteps: 16,
+    maxConcurrentSteps: steps,
     maxConcurrentInstances: 256,
     maxLoopIterations: 100_000,
   });

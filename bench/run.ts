@@ -5,10 +5,12 @@
  *   - df.start: direct and through dfgate (compiled at the edge, extended protocol,
  *     transaction_mode => 'new') vs a plain INSERT of the same text
  *   - executor: SQL steps per second, and df.start → first step latency
+ *   - queue: the peers' W1 and W2 shapes, dfgate's executor against a SKIP LOCKED
+ *     job queue on the same cluster (bench/queue.ts)
  *   - parked: what 100,000 parked instances cost an idle executor, and 10,000
  *     timers due at one instant (bench/parked.ts)
  * BENCH_SECONDS (default 15) sets the length of each pgbench run; BENCH_ONLY
- * (passthrough, start, cost, executor or parked) runs one part.
+ * (passthrough, start, cost, executor, queue or parked) runs one part.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -24,6 +26,7 @@ import { costBench, formatCost } from './cost.js';
 import { executorBench } from './executor.js';
 import { formatParked, parkedBench } from './parked.js';
 import { passthrough } from './passthrough.js';
+import { formatQueue, queueBench } from './queue.js';
 
 async function timeIt(n: number, fn: () => Promise<void>): Promise<number> {
   const t0 = process.hrtime.bigint();
@@ -238,6 +241,8 @@ async function main(): Promise<void> {
         `  df.start commit -> first step commit, idle executor: p50 ${ex.firstStepP50} ms, p99 ${ex.firstStepP99} ms   (target p50 <= 5 ms)`,
         '',
       );
+    if (!only || only === 'queue')
+      lines.push(...formatQueue(await queueBench(cluster, cluster.url(), userUrl)), '');
     if (!only || only === 'parked')
       lines.push(...formatParked(await parkedBench(cluster, cluster.url(), userUrl)), '');
     process.stdout.write(lines.join('\n') + '\n');

@@ -1,0 +1,235 @@
+/**
+ * dfgate's executor against a job queue on the same cluster, in the same run
+ * (issue 12): the peers' W1 and W2 shapes, ten at a time on both sides.
+ *
+ * - W1: 200 workflows × 10 chained steps; W2: 5,000 one-step workflows.
+ *   Each step is `UPDATE bench_counters SET n = n + 1 WHERE id = <workflow>`.
+ * - dfgate: one executor with 10 step slots, workflows started with
+ *   `df.start`, 100 per statement (generate_series), as the application role.
+ * - The baseline is the job queue a team would write on PostgreSQL, shaped
+ *   like graphile-worker's: ten workers, each taking a job with
+ *   `FOR UPDATE SKIP LOCKED`, running the step on its own connection, and
+ *   completing the job (deleting it and, in a chain, adding the next) in one
+ *   more statement; a worker that finds no job sleeps 2 ms. Jobs are
+ *   enqueued 100 per INSERT while the workers run.
+ * - Rate: steps (or workflows) per second from the enqueue to the moment
+ *   every counter reached its target (polled every 10 ms). CPU: the
+ *   cluster's processes from /proc over the same window.
+ */
+import pg from 'pg';
+import type { RunningCluster } from '../src/pg/cluster.js';
+import { benchExecutor } from './executor.js';
+import { clusterCpuSeconds, postmasterPid } from './proc.js';
+
+const CONCURRENCY = 10;
+/** Workflows enqueued per statement, on both sides (the peers send 100 starts per message). */
+const BATCH = 100;
+
+export interface QueueRun {
+  readonly shape: 'W1' | 'W2';
+  readonly steps: number;
+  readonly seconds: number;
+  readonly pgCpu: number;
+}
+
+export interface QueueBenchResult {
+  readonly dfgate: readonly QueueRun[];
+  readonly queue: readonly QueueRun[];
+}
+
+const SHAPES = [
+  { shape: 'W1', workflows: 200, steps: 10 },
+  { shape: 'W2', workflows: 5000, steps: 1 },
+] as const;
+
+async function resetCounters(u: pg.Client, workflows: number): Promise<void> {
+  await u.query('TRUNCATE public.bench_counters');
+  await u.query(
+    'INSERT INTO public.bench_counters (id, n) SELECT g, 0 FROM generate_series(1, $1::int) g',
+    [workflows],
+  );
+}
+
+/** Waits until every counter reached `steps`; polls every 10 ms. */
+async function drained(u: pg.Client, workflows: number, steps: number): Promise<void> {
+  for (;;) {
+    const r = await u.query(
+      'SELECT count(*)::int AS n FROM public.bench_counters WHERE n >= $1::int',
+      [steps],
+    );
+    if (r.rows[0].n === workflows) return;
+    await new Promise((res) => setTimeout(res, 10));
+  }
+}
+
+async function timed(
+  cluster: RunningCluster,
+  fn: () => Promise<void>,
+): Promise<{ seconds: number; pgCpu: number }> {
+  const pid = postmasterPid(cluster);
+  const cpu0 = clusterCpuSeconds(pid, true);
+  const t0 = performance.now();
+  await fn();
+  const seconds = (performance.now() - t0) / 1000;
+  return { seconds, pgCpu: clusterCpuSeconds(pid, true) - cpu0 };
+}
+
+async function dfgateRuns(
+  cluster: RunningCluster,
+  adminUrl: string,
+  u: pg.Client,
+): Promise<QueueRun[]> {
+  const ex = benchExecutor(adminUrl, CONCURRENCY);
+  await ex.start();
+  const runs: QueueRun[] = [];
+  try {
+    // warm-up: the step login, its connections, the plans
+    await resetCounters(u, 100);
+    await u.query(
+      `SELECT df.start('UPDATE public.bench_counters SET n = n + 1 WHERE id = ' || g) FROM generate_series(1, 100) g`,
+    );
+    await drained(u, 100, 1);
+    for (const s of SHAPES) {
+      await resetCounters(u, s.workflows);
+      const step = `('UPDATE public.bench_counters SET n = n + 1 WHERE id = ' || g)`;
+      const graph = Array.from({ length: s.steps }, () => step).join(' ~> ');
+      const t = await timed(cluster, async () => {
+        for (let i = 0; i < s.workflows; i += BATCH)
+          await u.query(
+            `SELECT count(df.start(${graph}, 'bench-' || g)) FROM generate_series($1::int, $2::int) g`,
+            [i + 1, Math.min(i + BATCH, s.workflows)],
+          );
+        await drained(u, s.workflows, s.steps);
+      });
+      runs.push({ shape: s.shape, steps: s.workflows * s.steps, ...t });
+    }
+  } finally {
+    await ex.stop();
+  }
+  return runs;
+}
+
+async function queueRuns(
+  cluster: RunningCluster,
+  userUrl: string,
+  u: pg.Client,
+): Promise<QueueRun[]> {
+  await u.query(`CREATE TABLE IF NOT EXISTS public.bench_jobs (
+    id bigserial PRIMARY KEY, wf int NOT NULL, k int NOT NULL, steps int NOT NULL,
+    locked_by text, locked_at timestamptz)`);
+  const workers = await Promise.all(
+    Array.from({ length: CONCURRENCY }, async () => {
+      const c = new pg.Client({ connectionString: userUrl });
+      await c.connect();
+      return c;
+    }),
+  );
+  const take = {
+    name: 'bench_take',
+    text: `UPDATE public.bench_jobs SET locked_by = $1, locked_at = now()
+            WHERE id = (SELECT id FROM public.bench_jobs WHERE locked_by IS NULL
+                         ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
+           RETURNING id, wf, k, steps`,
+  };
+  const run = {
+    name: 'bench_step',
+    text: 'UPDATE public.bench_counters SET n = n + 1 WHERE id = $1',
+  };
+  const complete = {
+    name: 'bench_complete',
+    text: `WITH d AS (DELETE FROM public.bench_jobs WHERE id = $1)
+           INSERT INTO public.bench_jobs (wf, k, steps) SELECT $2, $3 + 1, $4 WHERE $3 + 1 < $4`,
+  };
+  const work = async (workflows: number, steps: number): Promise<void> => {
+    let done = false;
+    const loops = workers.map(async (c, w) => {
+      while (!done) {
+        const r = await c.query({ ...take, values: [`w${w}`] });
+        const job = r.rows[0] as { id: string; wf: number; k: number; steps: number } | undefined;
+        if (!job) {
+          await new Promise((res) => setTimeout(res, 2));
+          continue;
+        }
+        await c.query({ ...run, values: [job.wf] });
+        await c.query({ ...complete, values: [job.id, job.wf, job.k, job.steps] });
+      }
+    });
+    await drained(u, workflows, steps);
+    done = true;
+    await Promise.all(loops);
+  };
+  // the enqueuing connection: `u` polls the counters meanwhile
+  const enq = new pg.Client({ connectionString: userUrl });
+  await enq.connect();
+  const runs: QueueRun[] = [];
+  try {
+    await resetCounters(u, 100);
+    await u.query(
+      'INSERT INTO public.bench_jobs (wf, k, steps) SELECT g, 0, 1 FROM generate_series(1, 100) g',
+    );
+    await work(100, 1);
+    for (const s of SHAPES) {
+      await resetCounters(u, s.workflows);
+      const t = await timed(cluster, async () => {
+        const running = work(s.workflows, s.steps);
+        for (let i = 0; i < s.workflows; i += BATCH)
+          await enq.query(
+            'INSERT INTO public.bench_jobs (wf, k, steps) SELECT g, 0, $3::int FROM generate_series($1::int, $2::int) g',
+            [i + 1, Math.min(i + BATCH, s.workflows), s.steps],
+          );
+        await running;
+      });
+      runs.push({ shape: s.shape, steps: s.workflows * s.steps, ...t });
+    }
+  } finally {
+    await Promise.all([...workers, enq].map((c) => c.end()));
+  }
+  return runs;
+}
+
+export async function queueBench(
+  cluster: RunningCluster,
+  adminUrl: string,
+  userUrl: string,
+): Promise<QueueBenchResult> {
+  const u = new pg.Client({ connectionString: userUrl });
+  await u.connect();
+  try {
+    await u.query(
+      'CREATE TABLE IF NOT EXISTS public.bench_counters (id int PRIMARY KEY, n int NOT NULL)',
+    );
+    // the queue first, then dfgate, then the queue again: a drift of the machine shows as a
+    // difference between the queue's two runs
+    const first = await queueRuns(cluster, userUrl, u);
+    const dfgate = await dfgateRuns(cluster, adminUrl, u);
+    const second = await queueRuns(cluster, userUrl, u);
+    const queue = first.map((a, i) => {
+      const b = second[i] as QueueRun;
+      return { ...a, seconds: (a.seconds + b.seconds) / 2, pgCpu: (a.pgCpu + b.pgCpu) / 2 };
+    });
+    return { dfgate, queue };
+  } finally {
+    await u.end();
+    // the instances started here are not the next benchmark's work
+    const admin = new pg.Client({ connectionString: adminUrl });
+    await admin.connect();
+    await admin.query('TRUNCATE df.events, df.signals, df.vars, df.nodes, df.instances CASCADE');
+    await admin.end();
+  }
+}
+
+export function formatQueue(r: QueueBenchResult): string[] {
+  const lines = [
+    `executor against a bare job queue on the same cluster (${CONCURRENCY} at a time on both sides; the queue: SKIP LOCKED take, step, complete, no history, retries or per-role identity; mean of its runs before and after dfgate's):`,
+  ];
+  for (const d of r.dfgate) {
+    const q = r.queue.find((x) => x.shape === d.shape) as QueueRun;
+    const unit = d.shape === 'W1' ? 'steps/s' : 'jobs/s ';
+    const rate = (x: QueueRun) => x.steps / x.seconds;
+    lines.push(
+      `  ${d.shape === 'W1' ? 'W1, 200 workflows x 10 chained steps' : 'W2, 5,000 one-step workflows     '}  dfgate ${rate(d).toFixed(0).padStart(6)} ${unit}  queue ${rate(q).toFixed(0).padStart(6)} ${unit}  ${(rate(d) / rate(q)).toFixed(2)}x`,
+      `      PostgreSQL CPU per ${d.shape === 'W1' ? 'step' : 'job '}: dfgate ${((1000 * d.pgCpu) / d.steps).toFixed(2)} ms, queue ${((1000 * q.pgCpu) / q.steps).toFixed(2)} ms`,
+    );
+  }
+  return lines;
+}
