@@ -558,8 +558,8 @@ describe('grants', () => {
     ).rejects.toMatchObject({ code: '42501' });
   });
 
-  // migration 0036: the triggers decide in their WHEN condition; what passes and what is refused
-  // is what the trigger functions decided before
+  // the trigger rules, also for the executor group and for quoted role names (written for
+  // migration 0036's WHEN conditions, which migration 0037 undid; the rules never changed)
   it('the df_executor group cannot change a finished status or write rows in another role’s name', async () => {
     const exec = await db.role('exec2', { grant: false });
     await db.admin.query(`GRANT df_executor TO ${exec.ident}`);
