@@ -136,7 +136,18 @@ describe('transaction pooling with a pool of 10', () => {
     const env = { PGPASSWORD: app.password };
     const init = await run(pgbench, ['-i', '-s', '1', '-q', app.url], env);
     expect(init.code, init.err).toBe(0);
-    peak = 0; // pgbench -i connected directly
+    // pgbench -i connected directly: its backend may still be on its way out when pgbench has
+    // exited, and the sampler counts every backend of the role (the pool's idle connections
+    // carry the first test's application names, never pgbench's)
+    for (let i = 0; i < 500; i++) {
+      const left = await db.admin.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1 AND application_name = 'pgbench'`,
+        [app.name],
+      );
+      if (left.rows[0].n === 0) break;
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    peak = 0;
     const u = new URL(url);
     const conn = ['-h', '127.0.0.1', '-p', u.port, '-U', app.name, db.name];
     for (const mode of ['simple', 'extended', 'prepared']) {
