@@ -17,6 +17,7 @@ import pg from 'pg';
 import pino from 'pino';
 import { Executor } from '../src/executor/executor.js';
 import type { RunningCluster } from '../src/pg/cluster.js';
+import { clearInstances } from './executor.js';
 import { clusterCpuSeconds, postmasterPid } from './proc.js';
 import { startProxy } from '../src/proxy/server.js';
 import { targetFromUrl } from '../src/proxy/upstream.js';
@@ -292,7 +293,7 @@ export async function costBench(
     const b = await snapshot(admin, pid, relay);
     rows.push(diff('per row of a plain INSERT of the same graph text (baseline)', m, a, b, 0, 1));
     await proxy.shutdown(1000);
-    await admin.query('TRUNCATE df.events, df.signals, df.vars, df.nodes, df.instances CASCADE');
+    await clearInstances(admin);
   } finally {
     await ex.stop().catch(() => undefined);
     await u.end();

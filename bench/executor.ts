@@ -36,6 +36,20 @@ export function benchExecutor(adminUrl: string, steps = 16): Executor {
   });
 }
 
+/**
+ * Empties the df tables after a benchmark that started instances, so the next one starts
+ * from none: on `admin` (a superuser client, left open) or on a connection of its own to it.
+ */
+export async function clearInstances(admin: pg.Client | string): Promise<void> {
+  const c = typeof admin === 'string' ? new pg.Client({ connectionString: admin }) : admin;
+  if (c !== admin) await c.connect();
+  try {
+    await c.query('TRUNCATE df.events, df.signals, df.vars, df.nodes, df.instances CASCADE');
+  } finally {
+    if (c !== admin) await c.end();
+  }
+}
+
 export async function executorBench(
   adminUrl: string,
   userUrl: string,

@@ -25,7 +25,7 @@
  */
 import pg from 'pg';
 import type { RunningCluster } from '../src/pg/cluster.js';
-import { benchExecutor } from './executor.js';
+import { benchExecutor, clearInstances } from './executor.js';
 import { clusterCpuSeconds, pidCpuSeconds, postmasterPid } from './proc.js';
 
 const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
@@ -328,9 +328,7 @@ export async function parkedBench(
   } finally {
     await ex.stop();
     await u.end();
-    await admin
-      .query('TRUNCATE df.events, df.signals, df.vars, df.nodes, df.instances CASCADE')
-      .catch(() => undefined);
+    await clearInstances(admin).catch(() => undefined);
     await admin.end();
   }
 }

@@ -18,7 +18,7 @@
  */
 import pg from 'pg';
 import type { RunningCluster } from '../src/pg/cluster.js';
-import { benchExecutor } from './executor.js';
+import { benchExecutor, clearInstances } from './executor.js';
 import { clusterCpuSeconds, postmasterPid } from './proc.js';
 
 const CONCURRENCY = 10;
@@ -26,7 +26,7 @@ const CONCURRENCY = 10;
 const BATCH = 100;
 
 export interface QueueRun {
-  readonly shape: 'W1' | 'W2';
+  readonly shape: (typeof SHAPES)[number];
   readonly steps: number;
   readonly seconds: number;
   readonly pgCpu: number;
@@ -38,8 +38,8 @@ export interface QueueBenchResult {
 }
 
 const SHAPES = [
-  { shape: 'W1', workflows: 200, steps: 10 },
-  { shape: 'W2', workflows: 5000, steps: 1 },
+  { name: 'W1, 200 workflows x 10 chained steps', workflows: 200, steps: 10, unit: 'step' },
+  { name: 'W2, 5,000 one-step workflows', workflows: 5000, steps: 1, unit: 'job' },
 ] as const;
 
 async function resetCounters(u: pg.Client, workflows: number): Promise<void> {
@@ -101,7 +101,7 @@ async function dfgateRuns(
           );
         await drained(u, s.workflows, s.steps);
       });
-      runs.push({ shape: s.shape, steps: s.workflows * s.steps, ...t });
+      runs.push({ shape: s, steps: s.workflows * s.steps, ...t });
     }
   } finally {
     await ex.stop();
@@ -179,7 +179,7 @@ async function queueRuns(
           );
         await running;
       });
-      runs.push({ shape: s.shape, steps: s.workflows * s.steps, ...t });
+      runs.push({ shape: s, steps: s.workflows * s.steps, ...t });
     }
   } finally {
     await Promise.all([...workers, enq].map((c) => c.end()));
@@ -211,10 +211,7 @@ export async function queueBench(
   } finally {
     await u.end();
     // the instances started here are not the next benchmark's work
-    const admin = new pg.Client({ connectionString: adminUrl });
-    await admin.connect();
-    await admin.query('TRUNCATE df.events, df.signals, df.vars, df.nodes, df.instances CASCADE');
-    await admin.end();
+    await clearInstances(adminUrl);
   }
 }
 
@@ -222,13 +219,14 @@ export function formatQueue(r: QueueBenchResult): string[] {
   const lines = [
     `executor against a bare job queue on the same cluster (${CONCURRENCY} at a time on both sides; the queue: SKIP LOCKED take, step, complete, no history, retries or per-role identity; mean of its runs before and after dfgate's):`,
   ];
+  const rate = (x: QueueRun): number => x.steps / x.seconds;
+  const cpu = (x: QueueRun): string => ((1000 * x.pgCpu) / x.steps).toFixed(2);
   for (const d of r.dfgate) {
     const q = r.queue.find((x) => x.shape === d.shape) as QueueRun;
-    const unit = d.shape === 'W1' ? 'steps/s' : 'jobs/s ';
-    const rate = (x: QueueRun) => x.steps / x.seconds;
+    const unit = `${d.shape.unit}s/s`.padEnd(7);
     lines.push(
-      `  ${d.shape === 'W1' ? 'W1, 200 workflows x 10 chained steps' : 'W2, 5,000 one-step workflows     '}  dfgate ${rate(d).toFixed(0).padStart(6)} ${unit}  queue ${rate(q).toFixed(0).padStart(6)} ${unit}  ${(rate(d) / rate(q)).toFixed(2)}x`,
-      `      PostgreSQL CPU per ${d.shape === 'W1' ? 'step' : 'job '}: dfgate ${((1000 * d.pgCpu) / d.steps).toFixed(2)} ms, queue ${((1000 * q.pgCpu) / q.steps).toFixed(2)} ms`,
+      `  ${d.shape.name.padEnd(37)} dfgate ${rate(d).toFixed(0).padStart(6)} ${unit}  queue ${rate(q).toFixed(0).padStart(6)} ${unit}  ${(rate(d) / rate(q)).toFixed(2)}x`,
+      `      PostgreSQL CPU per ${d.shape.unit}: dfgate ${cpu(d)} ms, queue ${cpu(q)} ms`,
     );
   }
   return lines;

@@ -23,7 +23,7 @@ import { startProxy } from '../src/proxy/server.js';
 import { targetFromUrl } from '../src/proxy/upstream.js';
 import { startCluster } from '../src/pg/cluster.js';
 import { costBench, formatCost } from './cost.js';
-import { executorBench } from './executor.js';
+import { clearInstances, executorBench } from './executor.js';
 import { formatParked, parkedBench } from './parked.js';
 import { passthrough } from './passthrough.js';
 import { formatQueue, queueBench } from './queue.js';
@@ -146,10 +146,7 @@ async function startBench(url: string, adminUrl: string): Promise<string[]> {
   await proxy.shutdown(1000);
   await ex.stop();
   // the instances started here are not the executor benchmark's work
-  const admin = new pg.Client({ connectionString: adminUrl });
-  await admin.connect();
-  await admin.query('TRUNCATE df.events, df.signals, df.vars, df.nodes, df.instances CASCADE');
-  await admin.end();
+  await clearInstances(adminUrl);
   const base = rows[0]?.[1] as number;
   const viaInsert = rows[1]?.[1] as number;
   return [
