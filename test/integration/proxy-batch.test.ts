@@ -330,6 +330,9 @@ describe('df._start_batch and df._activate_graphs called directly', () => {
 
   it('gain nothing over df.start: any forged tree among the starts fails them all', async () => {
     const before = await left();
+    // a walk that runs away (a node named twice, walked twice at every level below it) shows
+    // as a timeout here instead of a busy backend
+    await direct.query(`SET statement_timeout = '10s'`);
     for (const [why, starts, message] of [
       [
         'a node with two parents',
@@ -363,6 +366,26 @@ describe('df._start_batch and df._activate_graphs called directly', () => {
         'Instance not found or access denied',
       ],
       ['no starts', [], 'df._free_instance_ids: 1 to 1,000 ids'],
+      // one-node starts skip the tree walk (migration 0038) only when each node is its root
+      // and names no other node: a one-node start that names itself is walked, and refused
+      [
+        'one-node starts and a LOOP node that is its own body',
+        [
+          start([leaf('aaaa0001')]),
+          start([{ i: 'aaaa0002', t: 'LOOP', l: 'aaaa0002', q: '{}' }]),
+          start([leaf('aaaa0003')]),
+        ],
+        'do not form a tree',
+      ],
+      [
+        'one-node starts and a THEN node that is both its own children',
+        [
+          start([leaf('aaaa0001')]),
+          start([{ i: 'aaaa0002', t: 'THEN', l: 'aaaa0002', r: 'aaaa0002' }]),
+          start([leaf('aaaa0003')]),
+        ],
+        'do not form a tree',
+      ],
     ] as const)
       await expect(
         direct.query(`SELECT df._start_batch($1)`, [JSON.stringify(starts)]),
@@ -390,6 +413,7 @@ describe('df._start_batch and df._activate_graphs called directly', () => {
       ]),
     ).rejects.toThrow('permission denied for HTTP steps');
     expect(await left()).toBe(before);
+    await direct.query(`RESET statement_timeout`);
   });
 
   it('df._activate_graphs takes only nodes this transaction inserted in one statement, by one role', async () => {
@@ -431,6 +455,19 @@ describe('df._start_batch and df._activate_graphs called directly', () => {
       `SELECT df._activate_graphs('{c0000005}', '{c0000015,c0000015}', '{a}')`,
       '22023',
     );
+    // one-node graphs whose root is not their node, or not known (NULL): the trees are
+    // walked, not skipped as for one-node starts (migration 0038), and refused
+    const both = `INSERT INTO df.nodes (id, instance_id, node_type, query) VALUES ('c0000018', 'c0000008', 'SQL', 'SELECT 7'), ('c0000019', 'c0000009', 'SQL', 'SELECT 7')`;
+    await refused(
+      [both],
+      `SELECT df._activate_graphs('{c0000008,c0000009}', '{c0000018,NULL}', '{a,b}')`,
+      '22023',
+    );
+    await refused(
+      [both],
+      `SELECT df._activate_graphs('{c0000008,c0000009}', '{c0000018,c0000018}', '{a,b}')`,
+      '22023',
+    );
     // nodes inserted by hand that df.start would accept: instances in the caller's own name
     await direct.query('BEGIN');
     await direct.query(
@@ -450,5 +487,41 @@ describe('df._start_batch and df._activate_graphs called directly', () => {
       { id: 'c0000006', s: role.name, runnable: true, label: 'by hand' },
       { id: 'c0000007', s: role.name, runnable: true, label: null },
     ]);
+  });
+
+  it('reads the nodes of a batch by primary key, also before df.nodes was ever analyzed', async () => {
+    // thousands of nodes PostgreSQL has no statistics of yet (a new install, a table that grew
+    // fast): the batch's checks must still look each start up, not scan every node
+    // (migration 0038; before it, two scans of df.nodes per batch)
+    await direct.query(
+      `SELECT count(df.start('SELECT 7 AS many', 'many')) FROM generate_series(1, 3000)`,
+    );
+    const scans = async (starts: unknown[]): Promise<number> => {
+      await direct.query('BEGIN');
+      try {
+        await direct.query(`SELECT df._start_batch($1)`, [JSON.stringify(starts)]);
+        return (
+          await direct.query(
+            `SELECT seq_scan::int AS n FROM pg_stat_xact_all_tables WHERE relid = 'df.nodes'::regclass`,
+          )
+        ).rows[0].n as number;
+      } finally {
+        await direct.query('ROLLBACK');
+      }
+    };
+    const ids = Array.from({ length: 100 }, (_, k) => `dddd${String(k).padStart(4, '0')}`);
+    // one-node starts, and starts of two nodes (their trees are walked)
+    expect(await scans(ids.map((i) => start([leaf(i)])))).toBe(0);
+    expect(
+      await scans(
+        ids.map((i) =>
+          start([
+            { i, t: 'THEN', l: 'eeee0001', r: 'eeee0002' },
+            leaf('eeee0001'),
+            leaf('eeee0002'),
+          ]),
+        ),
+      ),
+    ).toBe(0);
   });
 });
