@@ -70,6 +70,8 @@ interface PgPasswordFields {
   connectionParameters: { password: unknown };
 }
 
+/** How long one console query may run before PostgreSQL cancels it (docs/ui.md, "Safety with hostile data"). */
+export const UI_STATEMENT_TIMEOUT_MS = 15_000;
 const SQLSTATE_AUTH_FAILED = new Set(['28P01', '28000']);
 
 export class SessionStore {
@@ -113,6 +115,9 @@ export class SessionStore {
       },
       application_name: 'dfgate:ui',
       connectionTimeoutMillis: this.opts.connectTimeoutMs,
+      // a page's query that runs long (an instance another role wrote by hand, say) ends
+      // with an error instead of holding the session's one connection (docs/ui.md)
+      statement_timeout: UI_STATEMENT_TIMEOUT_MS,
     });
     db.on('error', () => undefined);
     try {

@@ -79,3 +79,73 @@ describe('hand-written nodes', () => {
       });
   });
 });
+
+describe('inert instances written by hand', () => {
+  /** An instance row and nodes committed by hand, never activated (runnable stays false). */
+  async function inert(
+    nodes: Array<[string, string, string | null, string | null, string | null]>,
+  ) {
+    const id = Math.floor(Math.random() * 0xffffffff)
+      .toString(16)
+      .padStart(8, '0');
+    await a.query('BEGIN');
+    try {
+      await a.query(`INSERT INTO df.instances (id, root_node) VALUES ($1, $2)`, [
+        id,
+        nodes[0]?.[0],
+      ]);
+      for (const [nid, type, l, r, q] of nodes)
+        await a.query(
+          `INSERT INTO df.nodes (instance_id, id, node_type, left_node, right_node, query) VALUES ($1, $2, $3, $4, $5, $6)`,
+          [id, nid, type, l, r, q],
+        );
+      await a.query('COMMIT');
+    } catch (err) {
+      await a.query('ROLLBACK');
+      throw err;
+    }
+    return id;
+  }
+  const hex = (k: number): string => k.toString(16).padStart(8, '0');
+
+  it('df.explain does not walk a graph that is not a tree (migration 0040)', async () => {
+    // each THEN names the next as both children: every level below doubles the walk
+    const chain = Array.from({ length: 40 }, (_, k): [string, string, string, string, null] => [
+      hex(0xa0000000 + k),
+      'THEN',
+      hex(0xa0000001 + k),
+      hex(0xa0000001 + k),
+      null,
+    ]);
+    const doubled = await inert([...chain, [hex(0xa0000028), 'SQL', null, null, 'SELECT 1']]);
+    const self = await inert([[hex(0xb0000000), 'THEN', hex(0xb0000000), hex(0xb0000000), null]]);
+    const join = await inert([
+      [hex(0xc0000000), 'JOIN', hex(0xc0000001), hex(0xc0000002), `{"extra_nodes":["c0000001"]}`],
+      [hex(0xc0000001), 'SQL', null, null, 'SELECT 1'],
+      [hex(0xc0000002), 'SQL', null, null, 'SELECT 2'],
+    ]);
+    await a.query(`SET statement_timeout = '10s'`);
+    try {
+      for (const id of [doubled, self, join])
+        expect((await a.query(`SELECT df.explain($1) AS t`, [id])).rows[0].t).toBe(
+          `Instance '${id}' cannot be shown: its nodes do not form one tree under its root (df.start never accepted them)`,
+        );
+      // the walk itself, called directly, stops past the most nodes a workflow has
+      await expect(
+        a.query(`SELECT df._explain_nest($1, $2, '{}')`, [doubled, hex(0xa0000000)]),
+      ).rejects.toMatchObject({ code: '22023' });
+      // a tree written by hand is shown as any other instance (it is inert: never started)
+      const tree = await inert([
+        [hex(0xd0000000), 'THEN', hex(0xd0000001), hex(0xd0000002), null],
+        [hex(0xd0000001), 'SQL', null, null, 'SELECT 1'],
+        [hex(0xd0000002), 'SQL', null, null, 'SELECT 2'],
+      ]);
+      const t = (await a.query(`SELECT df.explain($1) AS t`, [tree])).rows[0].t as string;
+      expect(t).toContain(`Instance: ${tree}`);
+      expect(t).toContain('SELECT 2');
+      expect(t).not.toContain('_n');
+    } finally {
+      await a.query(`RESET statement_timeout`);
+    }
+  });
+});

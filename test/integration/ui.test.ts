@@ -149,6 +149,30 @@ describe('login and sessions', () => {
 });
 
 describe('as a role, under row-level security', () => {
+  it('an instance written by hand whose nodes are not a tree: its page answers at once', async () => {
+    // each THEN names the next as both children (migration 0040): shown, not walked
+    const a = await db.connect(alice.url);
+    const id = 'f0f0f0f0';
+    await a.query('BEGIN');
+    await a.query(`INSERT INTO df.instances (id, root_node) VALUES ($1, 'f1000000')`, [id]);
+    await a.query(
+      `INSERT INTO df.nodes (instance_id, id, node_type, left_node, right_node)
+       SELECT $1, to_hex(x'f1000000'::int + g), 'THEN', to_hex(x'f1000000'::int + g + 1), to_hex(x'f1000000'::int + g + 1)
+         FROM generate_series(0, 39) g`,
+      [id],
+    );
+    await a.query(
+      `INSERT INTO df.nodes (instance_id, id, node_type, query) VALUES ($1, 'f1000028', 'SQL', 'SELECT 1')`,
+      [id],
+    );
+    await a.query('COMMIT');
+    await a.end();
+    const b = await login(alice);
+    const detail = await api(b, 'GET', `/api/instances/${id}`);
+    expect(detail.status).toBe(200);
+    expect(String(detail.body['explain'])).toContain('its nodes do not form one tree');
+  });
+
   it("lists only the role's instances; another role's id answers 404, page and API", async () => {
     const a = await db.connect(alice.url);
     const bc = await db.connect(bob.url);

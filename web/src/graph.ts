@@ -167,10 +167,15 @@ export function draw(nodes: readonly NodeView[], root: string): Drawing {
     for (const f of from)
       for (const t of to) arrows.push({ from: f, to: t, label, back, points: [] });
   };
+  /** Nodes drawn so far: a tree names each node once, so a node named again is not drawn again. */
+  const drawn = new Set<string>();
   /** Draws node `id`; returns the boxes control enters by and leaves by. */
   const build = (id: string | null, depth: number): { entries: string[]; exits: string[] } => {
     const n = id === null ? undefined : byId.get(id);
-    if (!n || depth > 300) return { entries: [], exits: [] };
+    // a graph written by hand may name a node twice: drawn once, or every level below it
+    // would double the drawing (df.start accepts only trees)
+    if (!n || depth > 300 || drawn.has(n.id)) return { entries: [], exits: [] };
+    drawn.add(n.id);
     const cfg = config(n.query);
     switch (n.type) {
       case 'THEN': {
