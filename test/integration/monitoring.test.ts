@@ -1,4 +1,5 @@
 /** The monitoring surface (spec §11): df.list_instances, df.instance_info, df.instance_executions, df.metrics, df.instance_nodes. */
+import { readFileSync } from 'node:fs';
 import type pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
@@ -156,6 +157,70 @@ describe('df.metrics', () => {
       'total_executions',
       'total_events',
     ]);
+  });
+});
+
+describe('df._derived_status (migration 0041)', () => {
+  it('answers as the node-by-node definition of migration 0007 did, row for row and in order', async () => {
+    // the reference: 0007's text under another name, in this test database only
+    const sql = readFileSync(
+      new URL('../../migrations/0007_monitoring.sql', import.meta.url),
+      'utf8',
+    );
+    const from = sql.indexOf('CREATE FUNCTION df._derived_status(p_instance text)');
+    const to = sql.indexOf('-- Is a stamp (scope, generation) superseded');
+    await db.admin.query(
+      sql
+        .slice(from, to)
+        .replace('df._derived_status(p_instance text)', 'public.derived_0007(p_instance text)'),
+    );
+    await db.admin.query(`GRANT EXECUTE ON FUNCTION public.derived_0007(text) TO ${alice.ident}`);
+    await db.admin.query(`CREATE TABLE laps2 (k int)`);
+    await db.admin.query(`GRANT INSERT, SELECT ON laps2 TO ${alice.ident}`);
+    const ids: string[] = [];
+    for (const w of [
+      `@> ('INSERT INTO laps2 VALUES (1)' ~> df.if('SELECT count(*) >= 3 FROM laps2 WHERE k = 1', df.break('done'), 'SELECT 1'))`,
+      `df.if('SELECT false', 'SELECT 1', 'SELECT 2') ~> df.join3('SELECT 3', 'SELECT 4', 'SELECT 5')`,
+      `df.race('SELECT 6', 'SELECT pg_sleep(0.2)') ~> 'SELECT 1/0' ~> 'SELECT 7'`,
+      `df.loop('INSERT INTO laps2 VALUES (2)', 'SELECT (SELECT count(*) FROM laps2 WHERE k = 2) < 3') ~> 'SELECT 9'`,
+    ])
+      ids.push(await start(a, w));
+    for (const id of ids) await finished(a, id);
+    // and one parked in its loop's second lap: the first lap's arm is superseded with no
+    // finished ancestor (pending, from the newest ancestor)
+    const parked = await start(
+      a,
+      `@> ('INSERT INTO laps2 VALUES (3)' ~> df.if('SELECT count(*) >= 2 FROM laps2 WHERE k = 3', df.wait_for_signal('never', 3600), 'SELECT 1'))`,
+    );
+    await expect
+      .poll(
+        async () =>
+          (
+            await a.query(
+              `SELECT count(*)::int AS n FROM df.nodes WHERE instance_id = $1 AND node_type = 'SIGNAL' AND status = 'running'`,
+              [parked],
+            )
+          ).rows[0].n,
+        { timeout: 20_000, interval: 50 },
+      )
+      .toBe(1);
+    expect(
+      (
+        await a.query(
+          `SELECT inferred_from FROM df._derived_status($1) WHERE inferred_from IS NOT NULL`,
+          [parked],
+        )
+      ).rows.length,
+    ).toBeGreaterThan(0);
+    const all = (await a.query(`SELECT id FROM df.instances ORDER BY id`)).rows.map(
+      (r) => r.id as string,
+    );
+    expect(all).toEqual(expect.arrayContaining(ids));
+    for (const id of all) {
+      const now = (await a.query(`SELECT * FROM df._derived_status($1)`, [id])).rows;
+      const then = (await a.query(`SELECT * FROM public.derived_0007($1)`, [id])).rows;
+      expect(now, id).toEqual(then);
+    }
   });
 });
 
