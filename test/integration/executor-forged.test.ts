@@ -144,6 +144,44 @@ describe('inert instances written by hand', () => {
       expect(t).toContain(`Instance: ${tree}`);
       expect(t).toContain('SELECT 2');
       expect(t).not.toContain('_n');
+      // children by df.start's rules (migration 0042): an IF's query may hold "extra_nodes"
+      // (df.start ignores it), naming an id twice, and the tree is still shown
+      const ifTree = await inert([
+        [
+          hex(0xe0000000),
+          'IF',
+          hex(0xe0000002),
+          hex(0xe0000003),
+          `{"condition_node":"e0000001","extra_nodes":["e0000002","e0000002"]}`,
+        ],
+        [hex(0xe0000001), 'SQL', null, null, 'SELECT true'],
+        [hex(0xe0000002), 'SQL', null, null, 'SELECT 1'],
+        [hex(0xe0000003), 'SQL', null, null, 'SELECT 2'],
+      ]);
+      expect((await a.query(`SELECT df.explain($1) AS t`, [ifTree])).rows[0].t).toContain(
+        `Instance: ${ifTree}`,
+      );
+      // a chain deeper than df.start allows (256): the line, not PostgreSQL's stack limit
+      const deep = await inert([
+        ...Array.from({ length: 300 }, (_, k): [string, string, string, string, null] => [
+          hex(0xf0000000 + k),
+          'THEN',
+          hex(0xf1000000 + k),
+          hex(0xf0000001 + k),
+          null,
+        ]),
+        ...Array.from({ length: 300 }, (_, k): [string, string, null, null, string] => [
+          hex(0xf1000000 + k),
+          'SQL',
+          null,
+          null,
+          'SELECT 1',
+        ]),
+        [hex(0xf0000000 + 300), 'SQL', null, null, 'SELECT 2'],
+      ]);
+      expect((await a.query(`SELECT df.explain($1) AS t`, [deep])).rows[0].t).toContain(
+        'cannot be shown',
+      );
     } finally {
       await a.query(`RESET statement_timeout`);
     }
