@@ -149,6 +149,26 @@ describe('login and sessions', () => {
 });
 
 describe('as a role, under row-level security', () => {
+  it('a console query that waits past the 15 s statement timeout ends with 57014', async () => {
+    const a = await db.connect(alice.url);
+    const id = (await a.query(`SELECT df.start(df.wait_for_signal('never', 3600)) AS id`)).rows[0]
+      .id as string;
+    await a.end();
+    // another session holds the instance's row: df.cancel waits for it
+    const holder = await db.connect(db.url);
+    await holder.query('BEGIN');
+    await holder.query(`SELECT 1 FROM df.instances WHERE id = $1 FOR UPDATE`, [id]);
+    try {
+      const b = await login(alice);
+      const r = await api(b, 'POST', `/api/instances/${id}/cancel`, {});
+      expect(r.status).not.toBe(200);
+      expect(r.body['code']).toBe('57014');
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  }, 60_000);
+
   it('an instance written by hand whose nodes are not a tree: its page answers at once', async () => {
     // each THEN names the next as both children (migration 0040): shown, not walked
     const a = await db.connect(alice.url);
