@@ -97,6 +97,41 @@ describe('row-level security', () => {
     ).rejects.toThrow('is already cancelled');
   });
 
+  it('the status guard answers the same when the caller’s own = and <> say no to everything', async () => {
+    // a granted role may update its own instances' status (to cancel them), with operators of its
+    // own first on its search_path: the guard's comparisons are not the caller's
+    await db.admin.query(`
+      CREATE SCHEMA guard_evil;
+      CREATE FUNCTION guard_evil.no(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT false';
+      CREATE OPERATOR guard_evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = guard_evil.no);
+      CREATE OPERATOR guard_evil.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = guard_evil.no);
+      GRANT USAGE ON SCHEMA guard_evil TO ${alice.ident};`);
+    const id = (await a.query(`SELECT df.start('SELECT 1') AS id`)).rows[0].id as string;
+    const e = await db.connect(alice.url);
+    await e.query(`SET search_path = guard_evil, pg_catalog`);
+    expect((await e.query(`SELECT 'a' = 'a' AS eq, 'a' <> 'b' AS ne`)).rows[0]).toEqual({
+      eq: false,
+      ne: false,
+    });
+    const set = (status: string): Promise<unknown> =>
+      e.query(
+        `UPDATE df.instances SET status = $2 WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.text`,
+        [id, status],
+      );
+    await expect(set('completed')).rejects.toMatchObject({
+      code: '42501',
+      message: "instance status can only be changed to 'cancelled' (use df.cancel)",
+    });
+    await set('cancelled');
+    await expect(set('pending')).rejects.toMatchObject({
+      code: '55000',
+      message: `instance ${id} is already cancelled; its status cannot change`,
+    });
+    expect(
+      (await db.admin.query(`SELECT status FROM df.instances WHERE id = $1`, [id])).rows[0].status,
+    ).toBe('cancelled');
+  });
+
   it('a directly inserted instance never becomes runnable', async () => {
     await a.query('BEGIN');
     await a.query(`INSERT INTO df.instances (id, root_node) VALUES ('00000001', '00000002')`);
