@@ -494,7 +494,7 @@ export class Executor {
       }
       if (signalWaits.size > 0) {
         cache.dirty = true;
-        const delivered = await deliverSignals(this.store, id, epoch, signalWaits, now);
+        const delivered = await deliverSignals(this.ctx, id, epoch, signalWaits, now);
         if (delivered) progressed = true;
         else {
           for (const [name, waits] of signalWaits) {

@@ -495,27 +495,6 @@ export class ControlStore {
   }
 
   /** The oldest unconsumed signal `name` of the instance, locked (inside a transaction). */
-  async takeSignal(
-    c: pg.ClientBase,
-    id: string,
-    name: string,
-  ): Promise<{ id: string; payload_text: string } | undefined> {
-    return (
-      await c.query<{ id: string; payload_text: string }>(
-        `SELECT id, payload::text AS payload_text FROM df.signals WHERE instance_id = $1 AND signal_name = $2 AND consumed_at IS NULL
-          ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED`,
-        [id, name],
-      )
-    ).rows[0];
-  }
-
-  async consumeSignal(c: pg.ClientBase, signalId: string, node: string | null): Promise<void> {
-    await c.query(`UPDATE df.signals SET consumed_at = now(), consumed_by = $2 WHERE id = $1`, [
-      signalId,
-      node,
-    ]);
-  }
-
   /**
    * Marks a SQL node's attempt before its step runs (marks.ts, batched with
    * the marks of the steps starting with it). False: lease lost, cancelled,

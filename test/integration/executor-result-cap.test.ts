@@ -130,6 +130,50 @@ describe('the result cap (--max-result-bytes)', () => {
     expect(peak).toBeLessThan(300 * 1024);
   }, 240_000);
 
+  it('a signal whose data passes the cap fails the wait it reaches, once; dfgate stays small and alive', async () => {
+    const c = await db.connect(viaPort(big.url, d.port));
+    const start = async (label: string): Promise<string> =>
+      (
+        await c.query(
+          `SELECT df.start(df.wait_for_signal('go', 3600) |=> 'sig' ~> 'SELECT $sig AS got', $1) AS id`,
+          [label],
+        )
+      ).rows[0].id as string;
+    const signalNode = async (id: string): Promise<{ status: string; result: unknown }> =>
+      (
+        await db.admin.query(
+          `SELECT status, result FROM df.nodes WHERE instance_id = $1 AND node_type = 'SIGNAL'`,
+          [id],
+        )
+      ).rows[0] as { status: string; result: unknown };
+    const huge = await start('huge-signal');
+    const fits = await start('small-signal');
+    // 200 MB of data: a few MB once stored (jsonb compresses it), so it costs the database little
+    await c.query(
+      `SELECT df.signal($1, 'go', json_build_object('blob', repeat('x', 200 * 1024 * 1024))::text)`,
+      [huge],
+    );
+    await c.query(`SELECT df.signal($1, 'go', '{"ok": true}')`, [fits]);
+    expect((await whileAlive(finished(c, huge, 120_000))).status).toBe('failed');
+    expect(await signalNode(huge)).toEqual({
+      status: 'failed',
+      result: `signal 'go' carries ${200 * 1024 * 1024 + 12} bytes of data, more than the limit of ${CAP} bytes; the signal was consumed and the wait failed (raise the limit with dfgate --max-result-bytes, DFGATE_MAX_RESULT_BYTES)`,
+    });
+    // consumed: nothing delivers it again
+    const consumed = await db.admin.query(
+      `SELECT consumed_at IS NOT NULL AS consumed FROM df.signals WHERE instance_id = $1`,
+      [huge],
+    );
+    expect(consumed.rows).toEqual([{ consumed: true }]);
+    expect(await whileAlive(finished(c, fits, 60_000))).toEqual({
+      status: 'completed',
+      result:
+        '{"rows": [{"got": "{\\"signal_name\\":\\"go\\",\\"timed_out\\":false,\\"data\\":{\\"ok\\":true}}"}], "row_count": 1}',
+    });
+    expect(d.proc.exitCode).toBeNull();
+    expect(procKb(d.proc.pid as number, 'VmHWM')).toBeLessThan(300 * 1024);
+  }, 240_000);
+
   it('a result of exactly the cap is stored as it is; one byte more fails', async () => {
     const c = await db.connect(viaPort(big.url, d.port));
     // {"rows":[{"v":"…"}],"row_count":1} is 33 bytes around the value
