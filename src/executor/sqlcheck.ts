@@ -81,7 +81,26 @@ export function planKey(sql: string): string {
   return sql.replace(NUMBER, '0');
 }
 
-export function planStep(sql: string): StepPlan {
+/** The longest step text checked (and so run) when the result limit is the default: 16 Mi characters. */
+export const STEP_TEXT_MAX = 16 * 1024 * 1024;
+
+/**
+ * The longest step text a dfgate with this result limit runs: four times
+ * the limit, at least STEP_TEXT_MAX, so a result substituted into the text
+ * once or twice always fits. The parse that checks a text runs on the
+ * process's main thread (about 25 ms per MiB), so an unbounded text would
+ * hold every other session of the process.
+ */
+export function stepTextMax(maxResultBytes: number): number {
+  return Math.max(STEP_TEXT_MAX, 4 * maxResultBytes);
+}
+
+export function planStep(sql: string, maxChars = STEP_TEXT_MAX): StepPlan {
+  if (sql.length > maxChars)
+    return {
+      kind: 'refuse',
+      error: `the step's SQL text is ${sql.length} characters long, more than the ${maxChars} dfgate checks before it runs a step (four times --max-result-bytes, at least 16 MiB); keep large data in tables`,
+    };
   const key = planKey(sql);
   const hit = planCache.get(key);
   if (hit) {
@@ -136,9 +155,16 @@ export function planUncached(sql: string): StepPlan {
   let stmts: Array<{ stmt?: Json }>;
   try {
     stmts = (parseSync(sql) as unknown as { stmts?: Array<{ stmt?: Json }> }).stmts ?? [];
-  } catch {
-    // not parseable: PostgreSQL reports the syntax error itself
-    return { kind: 'transaction' };
+  } catch (err) {
+    // a syntax error: PostgreSQL reports it itself when the step runs
+    const e = err as { sqlDetails?: unknown; message?: unknown };
+    if (e.sqlDetails !== undefined && !/memory|stack depth/i.test(String(e.message)))
+      return { kind: 'transaction' };
+    // anything else (the parser out of memory, say) leaves the text unchecked: it does not run
+    return {
+      kind: 'refuse',
+      error: `the step's SQL could not be checked before it runs: ${(err as Error).message}`,
+    };
   }
   for (const s of stmts) {
     const stmt = (s.stmt ?? {}) as { [k: string]: { [k: string]: Json } };

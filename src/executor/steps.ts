@@ -12,7 +12,7 @@ import { readBounded, ResultTooLargeError, DEFAULT_MAX_RESULT_BYTES } from './bo
 import { EncodeError, RESULT_HEAD, resultTail } from './encode.js';
 import { ensureStepLogin, quoteIdent, stepLoginName, stepPassword } from './identity.js';
 import { runTrip } from './one-trip.js';
-import { planKey, planStep } from './sqlcheck.js';
+import { planKey, planStep, stepTextMax } from './sqlcheck.js';
 
 /** Infrastructure errors: roll back and run the step again (DESIGN.md §4 "Errors"). */
 export const RETRYABLE = new Set([
@@ -327,7 +327,7 @@ export async function runSqlStep(
   maxResultBytes = DEFAULT_MAX_RESULT_BYTES,
 ): Promise<StepOutcome> {
   const c = conn.client;
-  const plan = planStep(req.sql);
+  const plan = planStep(req.sql, stepTextMax(maxResultBytes));
   const record = async (
     kind: 'done' | 'failed',
     detail: Record<string, string>,

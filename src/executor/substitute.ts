@@ -4,7 +4,7 @@
  * $name.*) over its output, in SQL mode (values become SQL literals) or raw
  * mode (values inserted as text).
  */
-import { field, parseJson, stringify, tryParseJson, type JValue } from './json.js';
+import { field, parseJson, stringify, type JValue } from './json.js';
 
 export class SubstitutionError extends Error {
   override readonly name = 'SubstitutionError';
@@ -24,10 +24,36 @@ const IDENT = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const IDENT_CHAR = /[A-Za-z0-9_]/;
 const MAX_EXPANSION_ROWS = 10_000;
 
-export function bracePass(text: string, ctx: SubstitutionContext): string {
+/**
+ * How long a step's text may grow by substitution: twice what it and every
+ * value it could name take together, and 1 MiB more. A value substituted a
+ * few times fits; one named hundreds of times (a 3 MB result in a comment
+ * 170 times made 510 MB of SQL and froze the process for seconds) fails
+ * the node instead of building the text.
+ */
+export function substitutionLimit(text: string, ctx: SubstitutionContext): number {
+  let total = text.length;
+  for (const v of ctx.results.values()) total += v.length;
+  for (const v of Object.values(ctx.vars)) total += typeof v === 'string' ? v.length : 0;
+  return 2 * total + 1024 * 1024;
+}
+
+function checkLength(out: string, limit: number): void {
+  if (out.length > limit)
+    throw new SubstitutionError(
+      `substitution would make the step's text longer than ${limit} characters (twice the text and the values it can name, and 1 MiB more); name each large result or variable once, or pass it through a table`,
+    );
+}
+
+export function bracePass(
+  text: string,
+  ctx: SubstitutionContext,
+  limit = substitutionLimit(text, ctx),
+): string {
   let out = '';
   let i = 0;
   for (;;) {
+    checkLength(out, limit);
     const open = text.indexOf('{', i);
     if (open < 0) return out + text.slice(i);
     out += text.slice(i, open);
@@ -69,8 +95,13 @@ function rowsOf(v: JValue | undefined): readonly JValue[] | undefined {
   return rows && rows.t === 'arr' ? rows.v : undefined;
 }
 
-function scalar(name: string, text: string, nullSafe: boolean, mode: Mode): string {
-  const v = tryParseJson(text);
+function scalar(
+  name: string,
+  text: string,
+  v: JValue | undefined,
+  nullSafe: boolean,
+  mode: Mode,
+): string {
   const rows = rowsOf(v);
   if (!rows) return mode === 'sql' ? quote(text) : text;
   if (rows.length === 0) {
@@ -92,11 +123,10 @@ function scalar(name: string, text: string, nullSafe: boolean, mode: Mode): stri
 function fieldRef(
   name: string,
   col: string,
-  text: string,
+  v: JValue | undefined,
   nullSafe: boolean,
   mode: Mode,
 ): string | undefined {
-  const v = tryParseJson(text);
   if (!v) throw new SubstitutionError(`$${name}.${col}: result is not valid JSON`);
   let obj: JValue;
   const rows = rowsOf(v);
@@ -131,13 +161,10 @@ function quoteIdent(s: string): string {
   return `"${s.replace(/"/g, '""')}"`;
 }
 
-function expansion(name: string, text: string, mode: Mode): string {
-  let v: JValue;
-  try {
-    v = parseJson(text);
-  } catch (err) {
-    throw new SubstitutionError(`$${name}.* — invalid result JSON: ${(err as Error).message}`);
-  }
+function expansion(name: string, parsed: Parsed, mode: Mode): string {
+  if (parsed.v === undefined)
+    throw new SubstitutionError(`$${name}.* — invalid result JSON: ${parsed.error}`);
+  const v = parsed.v;
   const rows = rowsOf(v);
   if (!rows) throw new SubstitutionError(`$${name}.* — invalid result format`);
   if (rows.length > MAX_EXPANSION_ROWS) {
@@ -162,12 +189,37 @@ function expansion(name: string, text: string, mode: Mode): string {
   return `(VALUES ${values}) AS ${quoteIdent(name)}(${cols.map(quoteIdent).join(', ')})`;
 }
 
-export function dollarPass(text: string, ctx: SubstitutionContext, mode: Mode): string {
+/** A result's JSON, parsed once per substitution however often it is named. */
+interface Parsed {
+  readonly v: JValue | undefined;
+  readonly error?: string;
+}
+
+export function dollarPass(
+  text: string,
+  ctx: SubstitutionContext,
+  mode: Mode,
+  limit = substitutionLimit(text, ctx),
+): string {
   if (ctx.results.size === 0 || !text.includes('$')) return text;
   const names = [...ctx.results.keys()].sort((a, b) => b.length - a.length);
+  const parsedResults = new Map<string, Parsed>();
+  const parsed = (name: string): Parsed => {
+    let p = parsedResults.get(name);
+    if (!p) {
+      try {
+        p = { v: parseJson(ctx.results.get(name) as string) };
+      } catch (err) {
+        p = { v: undefined, error: (err as Error).message };
+      }
+      parsedResults.set(name, p);
+    }
+    return p;
+  };
   let out = '';
   let i = 0;
   while (i < text.length) {
+    checkLength(out, limit);
     const d = text.indexOf('$', i);
     if (d < 0) {
       out += text.slice(i);
@@ -180,7 +232,7 @@ export function dollarPass(text: string, ctx: SubstitutionContext, mode: Mode): 
       const after = d + 1 + name.length;
       const value = ctx.results.get(name) as string;
       if (text.startsWith('.*', after)) {
-        out += expansion(name, value, mode);
+        out += expansion(name, parsed(name), mode);
         i = after + 2;
         replaced = true;
         break;
@@ -191,20 +243,20 @@ export function dollarPass(text: string, ctx: SubstitutionContext, mode: Mode): 
         let end = after + 1 + col.length;
         const nullSafe = text[end] === '?';
         if (nullSafe) end++;
-        const v = fieldRef(name, col, value, nullSafe, mode);
+        const v = fieldRef(name, col, parsed(name).v, nullSafe, mode);
         out += v ?? text.slice(d, end);
         i = end;
         replaced = true;
         break;
       }
       if (text[after] === '?') {
-        out += scalar(name, value, true, mode);
+        out += scalar(name, value, parsed(name).v, true, mode);
         i = after + 1;
         replaced = true;
         break;
       }
       if (after >= text.length || !IDENT_CHAR.test(text[after] as string)) {
-        out += scalar(name, value, false, mode);
+        out += scalar(name, value, parsed(name).v, false, mode);
         i = after;
         replaced = true;
         break;
@@ -215,9 +267,11 @@ export function dollarPass(text: string, ctx: SubstitutionContext, mode: Mode): 
       i = d + 1;
     }
   }
+  checkLength(out, limit);
   return out;
 }
 
 export function substitute(text: string, ctx: SubstitutionContext, mode: Mode): string {
-  return dollarPass(bracePass(text, ctx), ctx, mode);
+  const limit = substitutionLimit(text, ctx);
+  return dollarPass(bracePass(text, ctx, limit), ctx, mode, limit);
 }

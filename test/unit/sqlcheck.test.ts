@@ -1,6 +1,13 @@
 /** src/executor/sqlcheck.ts: a step's plan, and the key it is cached under. */
 import { beforeAll, describe, expect, it } from 'vitest';
-import { loadParser, planKey, planStep, planUncached } from '../../src/executor/sqlcheck.js';
+import {
+  loadParser,
+  planKey,
+  planStep,
+  planUncached,
+  STEP_TEXT_MAX,
+  stepTextMax,
+} from '../../src/executor/sqlcheck.js';
 
 beforeAll(async () => {
   await loadParser();
@@ -127,5 +134,28 @@ describe('rowless: statements whose result is known before they run', () => {
       'UPDATE t SET', // not parseable
     ])
       expect(rowless(sql), sql).toBe(false);
+  });
+});
+
+describe('texts the check cannot read are not run (hostile review)', () => {
+  it('a text longer than the limit is refused without parsing it', () => {
+    const text = `SELECT 1 /* ${'x'.repeat(STEP_TEXT_MAX)} */`;
+    expect(planStep(text)).toEqual({
+      kind: 'refuse',
+      error: `the step's SQL text is ${text.length} characters long, more than the ${STEP_TEXT_MAX} dfgate checks before it runs a step (four times --max-result-bytes, at least 16 MiB); keep large data in tables`,
+    });
+    expect(stepTextMax(1024)).toBe(STEP_TEXT_MAX);
+    expect(stepTextMax(64 * 1024 * 1024)).toBe(256 * 1024 * 1024);
+    expect(planStep('SELECT 1 AS one', stepTextMax(1024))).toEqual({ kind: 'transaction' });
+  });
+  it('the parser running out of memory refuses the step instead of letting it run unchecked', () => {
+    const deep = `COMMIT; SELECT ${'('.repeat(100_000)}1${')'.repeat(100_000)}`;
+    const plan = planUncached(deep);
+    expect(plan.kind).toBe('refuse');
+    expect(plan.kind === 'refuse' && plan.error).toMatch(
+      /^the step's SQL could not be checked before it runs: memory exhausted/,
+    );
+    // a plain syntax error is left to PostgreSQL, which reports it when the step runs
+    expect(planUncached('SELEC 1')).toEqual({ kind: 'transaction' });
   });
 });

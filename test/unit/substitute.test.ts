@@ -1,6 +1,11 @@
 /** Substitution (spec §7) and truthiness (spec §6.4), without a database. */
 import { describe, expect, it } from 'vitest';
-import { bracePass, substitute, type SubstitutionContext } from '../../src/executor/substitute.js';
+import {
+  bracePass,
+  substitute,
+  SubstitutionError,
+  type SubstitutionContext,
+} from '../../src/executor/substitute.js';
 import { truthyResult, truthyValue } from '../../src/executor/truthy.js';
 
 const u = `{"rows":[{"id":7,"name":"O'Brien","tags":["a"],"gone":null}],"row_count":1}`;
@@ -104,5 +109,39 @@ describe('truthiness', () => {
     expect(truthyResult('{"rows":[{"b":true,"a":false}],"row_count":1}')).toBe(true);
     expect(truthyResult('{"rows":[{}],"row_count":1}')).toBe(true);
     expect(truthyResult('{"signal_name":"x","timed_out":true,"data":null}')).toBe(true);
+  });
+});
+
+describe('how far substitution may grow a text (hostile review: a result named hundreds of times)', () => {
+  const blob = 'a'.repeat(3_000_000);
+  const huge: SubstitutionContext = {
+    vars: { big: 'v'.repeat(1_000_000) },
+    instanceId: 'c0ffee12',
+    label: null,
+    results: new Map([['x', `{"rows":[{"x":"${blob}"}],"row_count":1}`]]),
+  };
+  const refs = (ref: string, n: number): string =>
+    `SELECT 1 AS one /* ${Array.from({ length: n }, () => ref).join(' ')} */`;
+  const tooLong =
+    /^substitution would make the step's text longer than \d+ characters \(twice the text and the values it can name, and 1 MiB more\); name each large result or variable once, or pass it through a table$/;
+
+  it('a 3 MB result named a few times is substituted', () => {
+    const out = substitute(refs('$x', 2), huge, 'sql');
+    expect(out.length).toBe(refs('', 2).length + 2 * (blob.length + 2));
+  });
+  it('named 170 times, the node fails instead of building 510 MB of text', () => {
+    expect(() => substitute(refs('$x', 170), huge, 'sql')).toThrow(SubstitutionError);
+    expect(() => substitute(refs('$x', 170), huge, 'sql')).toThrow(tooLong);
+    expect(() => substitute(refs('$x.x', 170), huge, 'raw')).toThrow(tooLong);
+  });
+  it('a large variable named many times fails the same way', () => {
+    expect(() => substitute(refs('{big}', 10), huge, 'sql')).toThrow(tooLong);
+    expect(substitute(refs('{big}', 2), huge, 'sql').length).toBe(
+      refs('', 2).length + 2 * 1_000_000,
+    );
+  });
+  it('small values may be named as often as a text names them', () => {
+    const out = substitute(refs('$u.id {v}', 5000), ctx, 'sql');
+    expect(out).toBe(refs('7 X', 5000));
   });
 });
