@@ -52,9 +52,10 @@ export async function startOnFailure(
       )
     ).rows[0]?.id as string;
     await c.query(
-      `DELETE FROM df.vars WHERE owner = quote_ident(current_user)::regrole AND name = ANY ($1)`,
+      `UPDATE df.vars SET value = NULL WHERE owner = quote_ident(current_user)::regrole AND name = ANY ($1)`,
       [Object.keys(vars)],
     );
+    await c.query('SELECT df._purge_vars()'); // removes them (a role may not DELETE from df.vars)
     for (const r of saved)
       await c.query(
         `INSERT INTO df.vars (name, value, owner) VALUES ($1, $2, quote_ident(current_user)::regrole)`,

@@ -46,7 +46,13 @@ describe('row-level security', () => {
     await expect(
       a.query(`DELETE FROM df.instances WHERE id = $1`, [bobInstance]),
     ).rejects.toMatchObject({ code: '42501' });
-    expect((await a.query(`DELETE FROM df.vars WHERE name = 'secret'`)).rowCount).toBe(0);
+    // no role may DELETE from df.vars at all (migration 0044; df.unsetvar goes through df._purge_vars)
+    await expect(a.query(`DELETE FROM df.vars WHERE name = 'secret'`)).rejects.toMatchObject({
+      code: '42501',
+    });
+    expect((await a.query(`UPDATE df.vars SET value = 'x' WHERE name = 'secret'`)).rowCount).toBe(
+      0,
+    );
     expect((await b.query(`SELECT df.status($1) AS s`, [bobInstance])).rows[0].s).toBe('pending');
   });
 
@@ -427,6 +433,68 @@ describe('variables', () => {
     await a.query(`SELECT df.clearvars()`);
     expect((await a.query(`SELECT count(*)::int AS n FROM df.vars`)).rows[0].n).toBe(0);
     expect((await b.query(`SELECT df.getvar('secret') AS v`)).rows[0].v).toBe('bob-only');
+  });
+
+  it('no role can lock df.vars against another role’s starts (migration 0044)', async () => {
+    const a2 = await db.connect(alice.url);
+    for (const mode of [
+      'ACCESS EXCLUSIVE',
+      'EXCLUSIVE',
+      'SHARE ROW EXCLUSIVE',
+      'SHARE',
+      'SHARE UPDATE EXCLUSIVE',
+    ]) {
+      await a2.query('BEGIN');
+      await expect(a2.query(`LOCK TABLE df.vars IN ${mode} MODE`), mode).rejects.toMatchObject({
+        code: '42501',
+      });
+      await a2.query('ROLLBACK');
+    }
+    await expect(a2.query(`UPDATE df.vars SET name = 'renamed'`)).rejects.toMatchObject({
+      code: '42501',
+    });
+    // the most alice can hold, with her own rows written and locked, does not hold bob up
+    await a2.query(`SELECT df.setvar('mine', '1')`);
+    await a2.query('BEGIN');
+    await a2.query('LOCK TABLE df.vars IN ROW EXCLUSIVE MODE');
+    await a2.query(`UPDATE df.vars SET value = '2'`);
+    await a2.query(`SELECT * FROM df.vars FOR UPDATE`);
+    const b2 = await db.connect(bob.url);
+    await b2.query(`SET statement_timeout = '10s'`);
+    const id = (await b2.query(`SELECT df.start('SELECT 1', 'while-alice-locks') AS id`)).rows[0]
+      .id as string;
+    expect(id).toMatch(/^[0-9a-f]{8}$/);
+    expect((await b2.query(`SELECT df.setvar('other', '1') AS r`)).rows[0].r).toBe('OK');
+    await a2.query('ROLLBACK');
+    await a2.query(`SELECT df.clearvars()`);
+    await b2.query(`SELECT df.unsetvar('other')`);
+  });
+
+  it('df._purge_vars removes only the caller’s own variables this transaction emptied', async () => {
+    await a.query(`SELECT df.setvar('p', '1')`);
+    await b.query(`SELECT df.setvar('keep', 'bob')`);
+    await a.query('BEGIN');
+    // row-level security: alice's UPDATE reaches her rows only
+    await a.query(`UPDATE df.vars SET value = NULL`);
+    await a.query(`SELECT df._purge_vars()`);
+    await a.query('COMMIT');
+    expect((await a.query(`SELECT count(*)::int AS n FROM df.vars`)).rows[0].n).toBe(0);
+    expect(
+      (await b.query(`SELECT df.getvar('secret') AS s, df.getvar('keep') AS k`)).rows[0],
+    ).toEqual({
+      s: 'bob-only',
+      k: 'bob',
+    });
+    // an empty value bob wrote in an earlier transaction is not this transaction's: it stays
+    await b.query(`INSERT INTO df.vars (name, value) VALUES ('empty', NULL)`);
+    await b.query(`SELECT df._purge_vars()`);
+    expect(
+      (await b.query(`SELECT count(*)::int AS n FROM df.vars WHERE name = 'empty'`)).rows[0].n,
+    ).toBe(1);
+    await b.query(`SELECT df.unsetvar('empty'), df.unsetvar('keep')`);
+    expect((await b.query(`SELECT array_agg(name) AS n FROM df.vars`)).rows[0].n).toEqual([
+      'secret',
+    ]);
   });
 
   it('the mutating helpers are refused inside a workflow; getvar and df.start are not', async () => {
