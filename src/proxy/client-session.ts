@@ -321,7 +321,10 @@ export class Session extends ClientConnection implements EdgeHost {
         (t === Backend.NoticeResponse && this.edge.born.armed) || // its claim (edge/born.ts)
         this.conversation.active ||
         (this.lender?.pooled.inspects(t) ?? false),
-      message: (t, body) => this.onServerMessage(conn, t, body),
+      message: (t, body) => this.onServerMessage(conn, t, body, false),
+      // seen through its first bytes, relayed or swallowed, never replaced (never Z, R or K: ServerConn)
+      truncated: (t, head) =>
+        this.onServerMessage(conn, t, head, true) === null ? null : undefined,
       relay: (pieces) => this.relay(conn, pieces),
       closed: () => this.onServerClosed(conn),
     };
@@ -402,25 +405,31 @@ export class Session extends ClientConnection implements EdgeHost {
     }
   }
 
-  private onServerMessage(conn: ServerConn, type: number, body: Buffer): Buffer | null | undefined {
-    if (type === Backend.NoticeResponse && this.edge.born.notice(body)) return null;
+  /** A server message dfgate inspects (`cut`: only its first bytes, ServerSink.truncated). */
+  private onServerMessage(
+    conn: ServerConn,
+    type: number,
+    body: Buffer,
+    cut: boolean,
+  ): Buffer | null | undefined {
+    if (type === Backend.NoticeResponse && this.edge.born.notice(body, cut)) return null;
     // a start whose transaction failed (at its commit, say) hands over no claim
     if (type === Backend.ErrorResponse && this.edge.born.holding) this.edge.born.take([]);
     if (
       this.conversation.active &&
       !ASYNC_MESSAGES.has(type) && // notifications, notices, parameter changes: the client's
-      this.conversation.offer(type, body)
+      this.conversation.offer(type, body, cut)
     ) {
       if (type === Backend.ReadyForQuery) this.txStatus = String.fromCharCode(body[0] ?? 0x49);
       return null;
     }
     if (this.lender && this.phase === 'ready') {
-      const r = this.lender.pooled.serverMessage(conn, type, body);
+      const r = this.lender.pooled.serverMessage(conn, type, body, cut);
       if (r !== undefined) return r;
     }
     switch (type) {
       case Backend.DataRow:
-        this.edge.dataRow(body);
+        if (!cut) this.edge.dataRow(body); // no instance id is that long
         return undefined;
       case Backend.ReadyForQuery:
         return this.onReady(body);
@@ -429,12 +438,12 @@ export class Session extends ClientConnection implements EdgeHost {
       case Backend.BackendKeyData:
         return this.onBackendKey(conn);
       case Backend.ParameterStatus: {
-        const [name, value] = decodeParameterStatus(body);
-        this.serverParams.set(name, value);
+        if (cut) this.serverParams.delete(body.toString('utf8', 0, Math.max(0, body.indexOf(0))));
+        else this.serverParams.set(...decodeParameterStatus(body));
         return undefined;
       }
       case Backend.ErrorResponse: {
-        const r = this.edge.serverError(body);
+        const r = this.edge.serverError(body, cut);
         if ('replace' in r) return r.replace;
         if (r.get('V') === 'FATAL' || r.get('S') === 'FATAL' || r.get('V') === 'PANIC')
           this.sawFatal = true;

@@ -10,8 +10,12 @@ import { Backend, Frontend } from './protocol/codes.js';
 import { encodeFrontend, type FrontendMessage } from './protocol/frontend.js';
 import type { ServerConn } from './server-conn.js';
 
-/** What to do with a server message while dfgate talks to the server itself. */
-export type Private = (type: number, body: Buffer) => 'swallow' | 'pass';
+/**
+ * What to do with a server message while dfgate talks to the server itself.
+ * `cut`: `body` is only the first bytes of a message too long to inspect
+ * whole (ServerSink.truncated); swallowed or passed on, it is never replaced.
+ */
+export type Private = (type: number, body: Buffer, cut: boolean) => 'swallow' | 'pass';
 
 /** Counts of a client's ReadyForQuery messages and of its unfinished extended-protocol batch. */
 export class Ledger {
@@ -91,9 +95,9 @@ export class Conversation {
     return this.handler !== undefined;
   }
 
-  /** Offers a server message to the ongoing exchange; true if dfgate swallowed it. */
-  offer(type: number, body: Buffer): boolean {
-    return this.handler !== undefined && this.handler(type, body) === 'swallow';
+  /** Offers a server message to the ongoing exchange (`cut`: see Private); true if dfgate swallowed it. */
+  offer(type: number, body: Buffer, cut = false): boolean {
+    return this.handler !== undefined && this.handler(type, body, cut) === 'swallow';
   }
 
   /** Ends the ongoing exchange early (the connection closed). */
@@ -146,8 +150,13 @@ export class Conversation {
       (done) => {
         let user: string | undefined;
         let failed = false;
-        return (t, body) => {
-          if (t === Backend.DataRow && body.readInt16BE(0) === 1 && body.readInt32BE(2) >= 0)
+        return (t, body, cut) => {
+          if (
+            t === Backend.DataRow &&
+            !cut &&
+            body.readInt16BE(0) === 1 &&
+            body.readInt32BE(2) >= 0
+          )
             user = body.toString('utf8', 6, 6 + body.readInt32BE(2));
           else if (t === Backend.ErrorResponse) failed = true;
           else if (t === Backend.ReadyForQuery) done(failed ? undefined : user);

@@ -141,11 +141,18 @@ export class PooledClient {
 
   /**
    * A server message on the lent connection: null if it answers dfgate's own
-   * message (swallowed), a replacement, or undefined to relay it.
+   * message (swallowed), a replacement, or undefined to relay it. `cut`: only
+   * its first bytes were seen (one too long to inspect whole): never replaced,
+   * so statement names in an error that long are not renamed.
    */
-  serverMessage(conn: ServerConn, type: number, body: Buffer): Buffer | null | undefined {
+  serverMessage(
+    conn: ServerConn,
+    type: number,
+    body: Buffer,
+    cut = false,
+  ): Buffer | null | undefined {
     if (this.watch(conn, type, body)) return null;
-    if (type === Backend.ErrorResponse && body.includes(SERVER_PREFIX)) {
+    if (type === Backend.ErrorResponse && !cut && body.includes(SERVER_PREFIX)) {
       // the client knows its statements by its own names
       const fields = decodeErrorFields(body);
       const m = fields.get('M') ?? '';

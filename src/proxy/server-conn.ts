@@ -13,6 +13,7 @@ import { decodeBackendKey, decodeParameterStatus } from './protocol/backend.js';
 import { Backend } from './protocol/codes.js';
 import { Framer } from './protocol/frame.js';
 import { encodeFrontend } from './protocol/frontend.js';
+import { ProtocolError } from './protocol/reader.js';
 import type { UpstreamSocket } from './upstream.js';
 
 /** Whoever reads a server connection's traffic. */
@@ -21,11 +22,36 @@ export interface ServerSink {
   inspect(type: number): boolean;
   /** An inspected message: a replacement, null to drop it, undefined to relay it as is. */
   message(type: number, body: Buffer): Buffer | null | undefined;
+  /**
+   * An inspected message too long to assemble (a body over SERVER_INSPECT_MAX
+   * bytes), never handed to `message`: `head` is the first SERVER_INSPECT_MAX
+   * bytes of its body, `length` the whole body's. It cannot be replaced: null
+   * drops it as it streams, undefined (and a sink without this) relays it
+   * unchanged.
+   */
+  truncated?(type: number, head: Buffer, length: number): null | undefined;
   /** Framed bytes for the client, in order. */
   relay(pieces: Buffer[]): void;
   /** The connection closed (by the server, or the network). */
   closed(): void;
 }
+
+/**
+ * The longest body of a server message dfgate assembles to look into. Any
+ * login can make PostgreSQL send an ErrorResponse or NoticeResponse of up to
+ * 1 GB (`RAISE EXCEPTION '%', repeat('x', 400000000)`); a longer one streams
+ * through and is looked at through its first bytes. 256 KiB holds every field
+ * dfgate reads (PostgreSQL sends S, V and C first) and the longest born claim
+ * taken (edge/born.ts), and is decoded in well under a millisecond.
+ */
+export const SERVER_INSPECT_MAX = 256 * 1024;
+
+/** Messages PostgreSQL never sends that long, which dfgate must read whole. */
+const READ_WHOLE = new Set<number>([
+  Backend.Authentication,
+  Backend.BackendKeyData,
+  Backend.ReadyForQuery,
+]);
 
 const OWN_INSPECT = new Uint8Array(256);
 for (const t of [
@@ -74,10 +100,15 @@ export class ServerConn {
   ) {
     this.socket = up.socket;
     this.tls = up.tls;
-    this.framer = new Framer({
-      inspect: (t) => OWN_INSPECT[t] === 1 || (this.sink?.inspect(t) ?? true),
-      message: (t, body) => this.onMessage(t, body),
-    });
+    this.framer = new Framer(
+      {
+        inspect: (t) => OWN_INSPECT[t] === 1 || (this.sink?.inspect(t) ?? true),
+        message: (t, body) => this.onMessage(t, body),
+        truncated: (t, head, length) => this.onTruncated(t, head, length),
+      },
+      Number.POSITIVE_INFINITY,
+      SERVER_INSPECT_MAX,
+    );
     this.socket.on('data', (chunk: Buffer) => {
       let pieces: Buffer[];
       try {
@@ -128,6 +159,22 @@ export class ServerConn {
         break;
     }
     return this.sink ? this.sink.message(type, body) : null;
+  }
+
+  /** An inspected message too long to assemble, seen through its first bytes (see ServerSink). */
+  private onTruncated(type: number, head: Buffer, length: number): null | undefined {
+    if (READ_WHOLE.has(type))
+      throw new ProtocolError(
+        `server message of type ${JSON.stringify(String.fromCharCode(type))} is ${length} bytes, longer than dfgate reads`,
+      );
+    if (type === Backend.ErrorResponse) this.suspect = true;
+    else if (type === Backend.ParameterStatus) {
+      // its value is not known: forgotten rather than kept stale
+      const z = head.indexOf(0);
+      if (z >= 0) this.params.delete(head.toString('utf8', 0, z));
+    }
+    if (!this.sink) return null;
+    return this.sink.truncated ? this.sink.truncated(type, head, length) : undefined;
   }
 
   write(data: Buffer): void {

@@ -406,6 +406,107 @@ describe('framer', () => {
       /^invalid length of startup packet$/,
     );
   });
+
+  describe('inspected messages over inspectMax', () => {
+    const MAX = 64;
+    /** An ErrorResponse (or, with type N, a NoticeResponse) whose message is `n` characters long. */
+    const error = (n: number, type = 0x45): Buffer => {
+      const e = encodeError({ severity: 'ERROR', code: 'P0001', message: 'x'.repeat(n) });
+      e[0] = type;
+      return e;
+    };
+    const big = error(300);
+    const notice = error(500, 0x4e);
+    const edge = error(MAX - 24); // a body of exactly MAX bytes: assembled whole
+    expect(edge.length - 5).toBe(MAX);
+    const small = encodeFrontend({ type: 'Sync' });
+    const input = Buffer.concat([small, big, small, edge, notice, big, small]);
+    const longOnes = [big, notice, big];
+
+    /** Frames `pieces` with a `truncated` hook answering `answer`; checks what is held after every push. */
+    const run = (pieces: Buffer[], answer: null | undefined, withHook = true) => {
+      const whole: Buffer[] = [];
+      const cut: Array<[number, Buffer, number]> = [];
+      const f = new Framer(
+        {
+          inspect: (t) => t === 0x45 || t === 0x4e,
+          message: (_t, _body, raw) => {
+            whole.push(Buffer.from(raw));
+            return undefined;
+          },
+          ...(withHook
+            ? {
+                truncated: (t: number, head: Buffer, length: number) => {
+                  cut.push([t, Buffer.from(head), length]);
+                  return answer;
+                },
+              }
+            : {}),
+        },
+        Number.POSITIVE_INFINITY,
+        MAX,
+      );
+      const out: Buffer[] = [];
+      for (const p of pieces) {
+        out.push(...f.push(p).map((b) => Buffer.from(bytes(b))));
+        expect(f.held).toBeLessThanOrEqual(5 + MAX);
+      }
+      expect(f.failed).toBeUndefined();
+      expect(f.atBoundary).toBe(true);
+      return { out: Buffer.concat(out), whole, cut };
+    };
+
+    it('hands over a bounded prefix and forwards the message unchanged, split at every offset', () => {
+      for (const pieces of [...splits(input), [...input].map((b) => Buffer.from([b]))]) {
+        const r = run(pieces, undefined);
+        expect(r.out.equals(input)).toBe(true);
+        // only the message of exactly MAX bytes is handed over whole
+        expect(r.whole).toEqual([edge]);
+        expect(r.cut.map(([t]) => t)).toEqual(longOnes.map((m) => m[0]));
+        r.cut.forEach(([, head, length], i) => {
+          const m = longOnes[i] as Buffer;
+          expect(head.equals(m.subarray(5, 5 + MAX))).toBe(true);
+          expect(length).toBe(m.length - 5);
+        });
+      }
+    });
+
+    it('drops a long message as it streams when the hook says so, split at every offset', () => {
+      const expected = Buffer.concat([small, small, edge, small]);
+      for (const pieces of splits(input)) {
+        const r = run(pieces, null);
+        expect(r.out.equals(expected)).toBe(true);
+        expect(r.cut).toHaveLength(3);
+      }
+    });
+
+    it('forwards a long message unchanged without a truncated hook, split at every offset', () => {
+      for (const pieces of splits(input)) {
+        const r = run(pieces, undefined, false);
+        expect(r.out.equals(input)).toBe(true);
+        expect(r.whole).toEqual([edge]);
+      }
+    });
+
+    it('is not atBoundary while the prefix is held or the rest streams', () => {
+      const f = new Framer(
+        { inspect: () => true, message: () => undefined, truncated: () => undefined },
+        Number.POSITIVE_INFINITY,
+        MAX,
+      );
+      expect(f.push(big.subarray(0, 20))).toEqual([]);
+      expect(f.held).toBe(20);
+      expect(f.atBoundary).toBe(false);
+      const out = f.push(big.subarray(20, 100)).map(bytes);
+      expect(Buffer.concat(out).equals(big.subarray(0, 100))).toBe(true);
+      expect(f.held).toBe(0);
+      expect(f.atBoundary).toBe(false);
+      expect(Buffer.concat(f.push(big.subarray(100)).map(bytes)).equals(big.subarray(100))).toBe(
+        true,
+      );
+      expect(f.atBoundary).toBe(true);
+    });
+  });
 });
 
 describe('backend messages dfgate builds or reads', () => {
@@ -427,6 +528,31 @@ describe('backend messages dfgate builds or reads', () => {
       M: 'bad',
       H: 'h',
       P: '7',
+    });
+  });
+
+  it('ErrorResponse fields from a prefix: those complete in it, none truncated', () => {
+    const e = encodeError({
+      severity: 'ERROR',
+      code: 'P0001',
+      message: 'a long message ünïcødé',
+      detail: 'd'.repeat(40),
+      hint: 'h',
+    });
+    const body = e.subarray(5);
+    const all = decodeErrorFields(body);
+    for (let n = 0; n <= body.length; n++) {
+      const got = decodeErrorFields(body.subarray(0, n), true);
+      // every field whose NUL is inside the prefix, exactly as in the whole message
+      let complete = 0;
+      for (let pos = 0; body[pos] !== 0; pos = body.indexOf(0, pos + 1) + 1)
+        if (body.indexOf(0, pos + 1) < n) complete++;
+      expect([...got]).toEqual([...all].slice(0, complete));
+    }
+    expect(Object.fromEntries(decodeErrorFields(body.subarray(0, 30), true))).toEqual({
+      S: 'ERROR',
+      V: 'ERROR',
+      C: 'P0001',
     });
   });
 

@@ -65,10 +65,13 @@ export async function runBatch(conv: Conversation, batch: StartBatch): Promise<B
       sent = true;
       let ids: string[] | undefined;
       let error: Map<string, string> | undefined;
-      return (t, body) => {
-        if (t === Backend.DataRow) ids = idArray(body);
-        else if (t === Backend.ErrorResponse) error ??= decodeErrorFields(body);
-        else if (t === Backend.ReadyForQuery) {
+      return (t, body, cut) => {
+        if (t === Backend.DataRow) ids = cut ? undefined : idArray(body);
+        else if (t === Backend.ErrorResponse && !error) {
+          // one too long to inspect whole still has its SQLSTATE (sent first); maybe not its text
+          error = decodeErrorFields(body, cut);
+          if (!error.has('M')) error.set('M', 'dfgate: the server error was too long to report');
+        } else if (t === Backend.ReadyForQuery) {
           if (error)
             done(
               INTERRUPTIONS.has((error.get('C') ?? '').slice(0, 2)) && !timedOut(error, cancels)

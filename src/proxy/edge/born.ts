@@ -55,10 +55,14 @@ export class BornClaims {
     this.nonce = undefined;
   }
 
-  /** A server NoticeResponse: true when it was the armed start's claim (taken, not for the client). */
-  notice(body: Buffer): boolean {
+  /**
+   * A server NoticeResponse: true when it was the armed start's claim (taken,
+   * not for the client). `cut`: only its first bytes were seen (a notice too
+   * long to inspect whole), so it is no claim and goes to the client unchanged.
+   */
+  notice(body: Buffer, cut = false): boolean {
     const nonce = this.nonce;
-    if (nonce === undefined || body.length > CLAIM_CHARS_MAX) return false;
+    if (nonce === undefined || cut || body.length > CLAIM_CHARS_MAX) return false;
     const m = decodeErrorFields(body).get('M') ?? '';
     const head = `${PREFIX}${nonce} `;
     if (!m.startsWith(head)) return false;

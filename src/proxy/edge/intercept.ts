@@ -244,8 +244,12 @@ export class EdgeInterceptor {
     if (this.swaps.size) for (const [k, v] of this.swaps) if (v.untilRfq <= n) this.swaps.delete(k);
   }
 
-  /** A server ErrorResponse: dfgate's own error instead (or null: hide it), or undefined to relay it. */
-  serverError(body: Buffer): { replace: Buffer | null } | Map<string, string> {
+  /**
+   * A server ErrorResponse: dfgate's own error instead (or null: hide it), or its fields to
+   * relay it. `cut`: only its first bytes were seen (too long to inspect), never replaced.
+   */
+  serverError(body: Buffer, cut = false): { replace: Buffer | null } | Map<string, string> {
+    if (cut) return decodeErrorFields(body, true);
     const fields = decodeErrorFields(body);
     const nonce = NONCE.exec(fields.get('M') ?? '')?.[1];
     const swap = nonce === undefined ? undefined : this.swaps.get(nonce);

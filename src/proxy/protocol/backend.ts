@@ -31,14 +31,32 @@ export function encodeError(e: ErrorFields): Buffer {
   return w.finish(Backend.ErrorResponse);
 }
 
-/** The fields of an ErrorResponse or NoticeResponse body, keyed by field letter. */
-export function decodeErrorFields(body: Buffer): Map<string, string> {
+/**
+ * The fields of an ErrorResponse or NoticeResponse body, keyed by field letter.
+ * `cut`: the body is only the first bytes of a longer message (one too long to
+ * inspect whole, see Framer's `truncated`); the fields that are complete in it
+ * are returned, and the one cut off is left out, never returned truncated.
+ * PostgreSQL sends S, V and C (severity and SQLSTATE) first, before M.
+ */
+export function decodeErrorFields(body: Buffer, cut = false): Map<string, string> {
+  if (cut) return decodeCutFields(body);
   const r = new Reader(body);
   const out = new Map<string, string>();
   for (;;) {
     const code = r.byte('field type');
     if (code === 0) break;
     out.set(String.fromCharCode(code), r.cstring('field value'));
+  }
+  return out;
+}
+
+function decodeCutFields(head: Buffer): Map<string, string> {
+  const out = new Map<string, string>();
+  for (let pos = 0; pos < head.length && head[pos] !== 0;) {
+    const end = head.indexOf(0, pos + 1);
+    if (end < 0) break; // the field the cut went through
+    out.set(String.fromCharCode(head[pos] as number), head.toString('utf8', pos + 1, end));
+    pos = end + 1;
   }
   return out;
 }

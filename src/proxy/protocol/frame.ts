@@ -13,6 +13,12 @@
  * copied together), so that a caller can forward it as it arrived, without
  * a copy the size of the message (transaction mode holds a long Query until
  * it has looked at all of it).
+ *
+ * An inspected message longer than the framer's `inspectMax` is not
+ * assembled: its first bytes are kept (at most `inspectMax` of its body) and
+ * handed to the `truncated` hook, then the message streams through unchanged
+ * like any other, or is dropped as it streams. Memory held per stream stays
+ * bounded by `inspectMax` whatever the peer sends.
  */
 import { SqlState } from '../../db/sqlstate.js';
 import { ProtocolError, SilentClose } from './reader.js';
@@ -63,6 +69,16 @@ export interface FramerHooks {
    * into one buffer and handed to `message`.
    */
   assembled?(type: number, parts: readonly Buffer[]): Piece[] | undefined;
+  /**
+   * Optional: an inspected message whose body is longer than `inspectMax`
+   * (see Framer), which is never assembled nor handed to `message`, `part` or
+   * `assembled`. Once its first `inspectMax` body bytes are in, they are
+   * handed over here (`head`, a copy the hook may keep; `length`, the whole
+   * body's). Return undefined to forward the message unchanged as it streams
+   * (the bytes kept first), null to drop it; it cannot be replaced. Without
+   * this hook it is forwarded unchanged.
+   */
+  truncated?(type: number, head: Buffer, length: number): null | undefined;
 }
 
 /** Parts of an inspected message at least this long are kept as slices of their chunk... */
@@ -82,15 +98,51 @@ export class Framer {
   /** Where short parts of it are copied together. */
   private joined: Buffer | undefined;
   private joinedFill = 0;
+  /** An inspected message over `inspectMax`: its first bytes (header included) until they are handed over. */
+  private cut: Buffer | undefined;
+  private cutFill = 0;
+  private cutType = 0;
+  private cutLength = 0;
+  /** The rest of the current message is dropped, not forwarded (`truncated` returned null). */
+  private dropping = false;
 
+  /**
+   * `maxMessageSize`: the longest body accepted at all (longer is an error);
+   * `inspectMax`: the longest body of an inspected message that is assembled
+   * whole (longer ones go to `truncated`).
+   */
   constructor(
     private readonly hooks: FramerHooks,
     private readonly maxMessageSize = Number.POSITIVE_INFINITY,
+    private readonly inspectMax = Number.POSITIVE_INFINITY,
   ) {}
 
   /** True between messages (nothing partial held or half-forwarded). */
   get atBoundary(): boolean {
     return this.headFill === 0 && this.remaining === 0 && this.whole === undefined;
+  }
+
+  /** Starts keeping the first bytes of an inspected message of `len` (as in its header) over `inspectMax`. */
+  private startCut(type: number, len: number): void {
+    this.cut = Buffer.allocUnsafe(5 + this.inspectMax);
+    this.cutFill = 0;
+    this.cutType = type;
+    this.cutLength = len - 4;
+    this.remaining = len + 1;
+  }
+
+  /** Copies bytes [start, end) of `src` (no more than the kept bytes still missing) into them. */
+  private fillCut(src: Buffer, start: number, end: number, out: Piece[]): void {
+    const cut = this.cut as Buffer;
+    src.copy(cut, this.cutFill, start, end);
+    this.cutFill += end - start;
+    this.remaining -= end - start;
+    if (this.cutFill < cut.length) return;
+    // a message longer than inspectMax always has bytes left after these
+    this.cut = undefined;
+    const res = this.hooks.truncated?.(this.cutType, cut.subarray(5), this.cutLength);
+    if (res === null) this.dropping = true;
+    else out.push(cut);
   }
 
   private check(type: number, len: number): void {
@@ -149,7 +201,7 @@ export class Framer {
 
   /** Bytes of a partly received inspected message held in memory. */
   get held(): number {
-    return this.whole === undefined ? 0 : this.wholeFill;
+    return (this.whole === undefined ? 0 : this.wholeFill) + (this.cut ? this.cutFill : 0);
   }
 
   private finishWhole(out: Piece[]): void {
@@ -206,6 +258,17 @@ export class Framer {
           pos += take;
           runStart = pos;
           if (this.remaining === 0) this.finishWhole(out);
+        } else if (this.cut) {
+          const end = pos + Math.min(take, this.cut.length - this.cutFill);
+          this.fillCut(chunk, pos, end, out);
+          pos = end;
+          runStart = pos;
+        } else if (this.dropping) {
+          if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+          pos += take;
+          runStart = pos;
+          this.remaining -= take;
+          if (this.remaining === 0) this.dropping = false;
         } else {
           pos += take;
           this.remaining -= take;
@@ -219,6 +282,13 @@ export class Framer {
         if (!this.hooks.inspect(type, len)) {
           pos += 5;
           this.remaining = len - 4;
+          continue;
+        }
+        if (len - 4 > this.inspectMax) {
+          // kept from its header on, out of the run (see fillCut)
+          if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+          runStart = pos;
+          this.startCut(type, len);
           continue;
         }
         if (n - pos >= len + 1) {
@@ -254,7 +324,11 @@ export class Framer {
       const type = this.head[0] as number;
       const len = this.head.readInt32BE(1);
       this.check(type, len);
-      if (this.hooks.inspect(type, len)) {
+      const inspect = this.hooks.inspect(type, len);
+      if (inspect && len - 4 > this.inspectMax) {
+        this.startCut(type, len);
+        this.fillCut(this.head, 0, 5, out);
+      } else if (inspect) {
         this.startWhole(type, len + 1);
         this.appendWhole(this.head, 0, 5);
         if (this.remaining === 0) this.finishWhole(out);
