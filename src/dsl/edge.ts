@@ -455,9 +455,9 @@ function analyzeUncached(sql: string, extended: boolean): Analysis {
         }
         if (raw.length === 1 && found.length === 1 && soleSelect(stmt, f)) {
           sole = { steps: graphSteps(graph) };
-          // born leased only with a constant label: no code of the caller's runs in the start
-          const label = call.args.get('label');
-          if (rows && (!label || constant(label.ast) !== undefined)) soleRows = rep;
+          // born leased only with no label or a plain literal one: no code of the caller's (a
+          // cast to its own type, say) runs in the start, which names the lease and its nonce
+          if (rows && batchLabel(call) !== undefined) soleRows = rep;
         }
         if (f.names !== undefined) {
           const at = aliasPoint(f.names, call, tokens);

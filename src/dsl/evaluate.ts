@@ -411,7 +411,11 @@ export function evaluate(e: unknown): Value | undefined {
     const tn = tc['typeName'] as Ast;
     // a type modifier (varchar(3), numeric(4,1)) or an array type changes the value: the database applies it
     if (tn['typmods'] !== undefined || tn['arrayBounds'] !== undefined) return undefined;
-    const type = names(tn['names']).pop();
+    // a type of the caller's own schema (pg_temp.text, a domain) may run the caller's code
+    const typeNames = names(tn['names']);
+    if (typeNames.length > 2 || (typeNames.length === 2 && typeNames[0] !== 'pg_catalog'))
+      return undefined;
+    const type = typeNames.pop();
     if (v.t === 'null') return NULL;
     if (type === 'jsonb' || type === 'json') return { t: 'json', v: asText(v) as string };
     if (type === 'text' || type === 'varchar') return text(asText(v) as string);

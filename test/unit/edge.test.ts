@@ -154,6 +154,32 @@ describe('refusals', () => {
     expect(rewritten(`SELECT df.start('SELECT 1'::varchar)`)).toContain('_start_rows');
   });
 
+  it('leave casts to a type of any schema but pg_catalog to the database (the caller’s own code)', () => {
+    for (const sql of [
+      `SELECT df.start('SELECT 1'::pg_temp.text)`,
+      `SELECT df.start('SELECT 1'::public.text)`,
+      `SELECT df.start(df.sleep('1'::myschema.int4))`,
+    ])
+      expect(analyze(sql).kind, sql).toBe('pass');
+    expect(rewritten(`SELECT df.start('SELECT 1'::pg_catalog.text)`)).toContain('_start_rows');
+  });
+
+  it('offer a born lease only to a start with no label or a plain literal one (hostile review)', () => {
+    const leaseAt = (sql: string): number | undefined => {
+      const e = analyze(sql);
+      if (e.kind !== 'rewrite') throw new Error(`expected a rewrite, got ${JSON.stringify(e)}`);
+      return e.sole?.leaseAt;
+    };
+    expect(leaseAt(`SELECT df.start('SELECT 1')`)).toBeDefined();
+    expect(leaseAt(`SELECT df.start('SELECT 1', 'lbl')`)).toBeDefined();
+    expect(leaseAt(`SELECT df.start('SELECT 1', NULL)`)).toBeDefined();
+    // a cast may run the caller's code (a domain's check) inside the start, where it could
+    // read the lease and the nonce the rewritten call names
+    expect(leaseAt(`SELECT df.start('SELECT 1', 'lbl'::pg_temp.text)`)).toBeUndefined();
+    expect(leaseAt(`SELECT df.start('SELECT 1', 'lbl'::text)`)).toBeUndefined();
+    expect(leaseAt(`SELECT df.start('SELECT 1', 'a' || 'b')`)).toBeUndefined();
+  });
+
   it("accept transaction_mode => 'new' only as a statement of its own", () => {
     const ok = analyze(`SELECT df.start('SELECT 1', 'l', transaction_mode => 'NEW') AS id`);
     expect(ok).toMatchObject({ kind: 'new', call: { column: 'id' } });
