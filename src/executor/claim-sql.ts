@@ -20,13 +20,36 @@ export function statementName(text: string): string {
 }
 
 /**
+ * The most an instance's variables (df.vars copied at its start, as JSON
+ * text) may take: a claim reads them for every instance it takes, so a
+ * role's 100 MB variable would otherwise be held once per claimed instance.
+ * Larger ones are not read; the driver fails the instance (unrunnable).
+ */
+export const VARS_MAX = 4 * 1024 * 1024;
+
+/** Why an instance cannot run at all (its role is gone, its variables too large), or undefined. */
+export function unrunnable(
+  id: string,
+  inst: { readonly role_name: string | null; readonly vars_bytes?: number | string | null },
+): string | undefined {
+  if (inst.role_name === null)
+    return `Instance ${id}: submitted_by role no longer exists in pg_roles`;
+  const bytes = Number(inst.vars_bytes ?? 0);
+  if (bytes > VARS_MAX)
+    return `Instance ${id}: its variables (df.setvar, copied at its start) take ${bytes} bytes, more than the ${VARS_MAX} dfgate loads; keep large data in tables`;
+  return undefined;
+}
+
+/**
  * An instance as the driver reads it: the row, its role, its events after
  * `after` (a sequence number), and when `nodes` / `graph` its node statuses /
  * its graph. A claim returns the same for what it claimed (events from 0,
  * statuses and graph), so an instance's first step needs no load of its own.
  */
 export const instanceColumns = (after: string, nodes: string, graph: string): string =>
-  `i.id, i.label, i.root_node, i.status, i.lease_epoch, i.event_seq, i.options, i.vars,
+  `i.id, i.label, i.root_node, i.status, i.lease_epoch, i.event_seq, i.options,
+   CASE WHEN octet_length(i.vars::text) <= ${VARS_MAX} THEN i.vars ELSE '{}' END AS vars,
+   octet_length(i.vars::text) AS vars_bytes,
    i.submitted_by::oid::int AS role_oid,
    (SELECT r.rolname FROM pg_roles r WHERE r.oid = i.submitted_by) AS role_name,
    (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = i.submitted_by) AS rolsuper,
@@ -59,7 +82,7 @@ export function firstMarks(hashes: string): string {
                   status = 'running', result = NULL, status_details = jsonb_build_object('execution_id', u.id || '::1'),
                   updated_at = now()
              FROM (SELECT c.id, c.root_node, row_number() OVER (ORDER BY c.id) AS k FROM upd c
-                    WHERE c.event_seq = 0 AND c.rolsuper IS FALSE) u
+                    WHERE c.event_seq = 0 AND c.rolsuper IS FALSE AND c.vars_bytes <= ${VARS_MAX}) u
             WHERE n.instance_id = u.id AND n.id = u.root_node AND u.k <= cardinality(${hashes}::text[])
               AND n.node_type = 'SQL' AND n.status = 'pending' AND n.attempts = 0 AND n.attempt_token IS NULL
            RETURNING n.instance_id AS id, u.k)`;

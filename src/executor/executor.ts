@@ -41,6 +41,7 @@ import { cancelStepsOf, renewHeld } from './leases.js';
 import { TimerStore } from './timer-store.js';
 import { DEFAULT_TIMER_BATCH, DueTimers } from './timers.js';
 import { controlPools, nextCron, requirePrimary } from './options.js';
+import { unrunnable } from './claim-sql.js';
 import type { ControlPools, ExecutorOptions } from './options.js';
 import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js';
 import { TableStatistics } from './statistics.js';
@@ -368,14 +369,10 @@ export class Executor {
         await flushStamps(cache).catch(() => undefined);
         return;
       }
-      if (inst.role_name === null) {
+      const refused = unrunnable(id, inst);
+      if (refused !== undefined) {
         await flushStamps(cache);
-        await this.finish(
-          id,
-          epoch,
-          'failed',
-          `Instance ${id}: submitted_by role no longer exists in pg_roles`,
-        );
+        await this.finish(id, epoch, 'failed', refused);
         return;
       }
       if (inst.rolsuper) {

@@ -28,6 +28,8 @@ export interface InstanceRow {
   readonly role_oid: number;
   readonly rolsuper: boolean | null;
   readonly vars: Record<string, string>;
+  /** The variables' size as JSON text; over VARS_MAX they are read as {} (claim-sql.ts). */
+  readonly vars_bytes?: number | string | null;
   readonly lease_epoch: string;
   /** The number of the instance's latest event (df.instances.event_seq). */
   readonly event_seq: string;

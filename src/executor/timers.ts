@@ -16,6 +16,7 @@ import { runCore, type EventKind, type StoredEvent } from './core.js';
 import { retryPolicy } from './drive-cache.js';
 import { buildGraph } from './graph.js';
 import { nextCron } from './options.js';
+import { unrunnable } from './claim-sql.js';
 import type {
   DueInstance,
   MadeReady,
@@ -56,11 +57,11 @@ export interface BatchOutcome {
  * core's armed timer actions due at `now`, in the core's order (the order
  * in which the driver records them). None when the driver would do
  * something else first: the instance is finished by its events, its role is
- * gone or a superuser (the driver fails it), or its graph cannot be
+ * gone or a superuser, or its variables too large (the driver fails it), or its graph cannot be
  * replayed.
  */
 export function dueTimers(row: DueInstance, now: Date, maxLoopIterations: number): TimerFire[] {
-  if (row.role_name === null || row.rolsuper !== false || !row.graph) return [];
+  if (unrunnable(row.id, row) !== undefined || row.rolsuper !== false || !row.graph) return [];
   const events = new Map<string, Map<EventKind, StoredEvent>>();
   for (const e of row.events) {
     let m = events.get(e.a);

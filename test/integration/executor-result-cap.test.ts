@@ -174,6 +174,31 @@ describe('the result cap (--max-result-bytes)', () => {
     expect(procKb(d.proc.pid as number, 'VmHWM')).toBeLessThan(300 * 1024);
   }, 240_000);
 
+  it('an instance whose variables pass 4 MiB fails without them being read; dfgate stays small', async () => {
+    const v = await db.role('bigvars');
+    const c = await db.connect(viaPort(v.url, d.port));
+    // twenty instances with 20 MB of variables each: 400 MB, were they read
+    await c.query(`SELECT df.setvar('blob', repeat('x', 20 * 1024 * 1024))`);
+    const ids = (
+      await c.query<{ id: string }>(
+        `SELECT df.start('SELECT 1 AS one', 'heavy-' || g) AS id FROM generate_series(1, 20) g`,
+      )
+    ).rows.map((r) => r.id);
+    for (const id of ids) {
+      expect((await whileAlive(finished(c, id, 120_000))).status).toBe('failed');
+      const e = await db.admin.query(`SELECT error FROM df.instances WHERE id = $1`, [id]);
+      expect(e.rows[0].error).toBe(
+        `Instance ${id}: its variables (df.setvar, copied at its start) take ${20 * 1024 * 1024 + 12} bytes, more than the 4194304 dfgate loads; keep large data in tables`,
+      );
+    }
+    // without them the role's workflows run
+    await c.query(`SELECT df.unsetvar('blob')`);
+    const ok = (await c.query(`SELECT df.start('SELECT 1 AS one') AS id`)).rows[0].id as string;
+    expect((await whileAlive(finished(c, ok, 60_000))).status).toBe('completed');
+    expect(d.proc.exitCode).toBeNull();
+    expect(procKb(d.proc.pid as number, 'VmHWM')).toBeLessThan(300 * 1024);
+  }, 240_000);
+
   it('a result of exactly the cap is stored as it is; one byte more fails', async () => {
     const c = await db.connect(viaPort(big.url, d.port));
     // {"rows":[{"v":"…"}],"row_count":1} is 33 bytes around the value
