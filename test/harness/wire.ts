@@ -55,6 +55,19 @@ export function errorOf(msgs: Array<[string, Buffer]>): Record<string, string> |
   return e ? Object.fromEntries(decodeErrorFields(e[1])) : undefined;
 }
 
+/** A protocol 3.0 StartupMessage for `user` on `database`, with any further parameters. */
+export function startupMessage(
+  user: string,
+  database: string,
+  extra: ReadonlyArray<readonly [string, string]> = [],
+): Buffer {
+  return encodeStartup({
+    type: 'StartupMessage',
+    version: 196608,
+    params: [['user', user], ['database', database], ...extra],
+  });
+}
+
 /** Connects and logs in with a StartupMessage (a trust login), returning once ReadyForQuery arrives. */
 export async function loggedIn(
   port: number,
@@ -63,13 +76,7 @@ export async function loggedIn(
   extra: ReadonlyArray<readonly [string, string]> = [],
 ): Promise<Raw> {
   const r = await raw(port);
-  r.sock.write(
-    encodeStartup({
-      type: 'StartupMessage',
-      version: 196608,
-      params: [['user', user], ['database', database], ...extra],
-    }),
-  );
+  r.sock.write(startupMessage(user, database, extra));
   await r.until((t) => t === 'Z');
   return r;
 }

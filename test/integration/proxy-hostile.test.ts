@@ -9,7 +9,7 @@ import { decodeErrorFields } from '../../src/proxy/protocol/backend.js';
 import { encodeFrontend, encodeStartup } from '../../src/proxy/protocol/frontend.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { startTestProxy } from '../harness/dfgate.js';
-import { raw, render } from '../harness/wire.js';
+import { raw, render, startupMessage } from '../harness/wire.js';
 
 const db = useTestDatabase();
 let via: number;
@@ -26,15 +26,7 @@ beforeAll(async () => {
   direct = Number(new URL(db.url).port);
 });
 
-const startup = (user: string): Buffer =>
-  encodeStartup({
-    type: 'StartupMessage',
-    version: 196608,
-    params: [
-      ['user', user],
-      ['database', db.name],
-    ],
-  });
+const startup = (user: string): Buffer => startupMessage(user, db.name);
 
 /** A message header declaring a body of `body` bytes. */
 function header(type: string, body: number): Buffer {

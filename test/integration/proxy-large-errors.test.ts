@@ -10,7 +10,8 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Framer, type Piece } from '../../src/proxy/protocol/frame.js';
-import { encodeFrontend, encodeStartup } from '../../src/proxy/protocol/frontend.js';
+import { encodeFrontend } from '../../src/proxy/protocol/frontend.js';
+import { startupMessage } from '../harness/wire.js';
 import { SERVER_INSPECT_MAX } from '../../src/proxy/server-conn.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { startTestProxy, viaPort } from '../harness/dfgate.js';
@@ -118,16 +119,7 @@ async function rawClient(port: number, user: string) {
       };
       sock.write(bytes);
     });
-  await exchange(
-    encodeStartup({
-      type: 'StartupMessage',
-      version: 196608,
-      params: [
-        ['user', user],
-        ['database', db.name],
-      ],
-    }),
-  );
+  await exchange(startupMessage(user, db.name));
   return {
     query: (sql: string) => exchange(encodeFrontend({ type: 'Query', sql })),
     end: () => sock.end(encodeFrontend({ type: 'Terminate' })),
