@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Premark } from './carry.js';
+import { stepTextMax } from './sqlcheck.js';
 import { newToken, tokenHash } from './token.js';
 
 const names = new Map<string, string>();
@@ -41,25 +42,70 @@ export function unrunnable(
 }
 
 /**
+ * The most of an instance's step texts, and as much of its recorded
+ * outcomes (the events' JSON text), that a claim or a due timer batch reads
+ * with it, in bytes. A claim takes dozens of instances and a timer batch
+ * hundreds, so each row is kept small; an instance over it comes back
+ * without them (null), and its driver reads it on its own, up to the
+ * instance limit (instanceBytesMax). Ordinary workflows take a few kB.
+ */
+export const INLINE_MAX = 256 * 1024;
+
+/**
+ * The most of one instance's graph and recorded outcomes (results, errors,
+ * signal data, loop summaries) the executor holds: four times
+ * --max-result-bytes, at least 16 MiB, as for a step's text (the same four
+ * full-size results). With at most --max-concurrent-steps × 4 instances
+ * leased, that bounds what one process holds for all of them; an instance
+ * past it fails (instanceTooLarge) instead of taking the process with it.
+ */
+export function instanceBytesMax(maxResultBytes: number): number {
+  return stepTextMax(maxResultBytes);
+}
+
+/** Why an instance fails when its graph and outcomes pass instanceBytesMax. */
+export function instanceTooLarge(id: string, bytes: number, max: number): string {
+  return `Instance ${id}: its graph and recorded results take ${bytes} bytes, more than the ${max} dfgate holds for one instance (four times --max-result-bytes, at least 16 MiB); keep large data in tables and return keys or counts`;
+}
+
+/**
  * An instance as the driver reads it: the row, its role, its events after
  * `after` (a sequence number), and when `nodes` / `graph` its node statuses /
  * its graph. A claim returns the same for what it claimed (events from 0,
  * statuses and graph), so an instance's first step needs no load of its own.
+ * `max` (bytes, an SQL expression) bounds what is read: events whose JSON
+ * text takes more are not read (`events` null), nor step texts that take
+ * more (`graph` null when asked for). Sizes are summed before anything is
+ * built, so an instance of any size costs the read no memory.
  */
-export const instanceColumns = (after: string, nodes: string, graph: string): string =>
+export const instanceColumns = (after: string, nodes: string, graph: string, max: string): string =>
   `i.id, i.label, i.root_node, i.status, i.lease_epoch, i.event_seq, i.options,
    CASE WHEN octet_length(i.vars::text) <= ${VARS_MAX} THEN i.vars ELSE '{}' END AS vars,
    octet_length(i.vars::text) AS vars_bytes,
    i.submitted_by::oid::int AS role_oid,
    (SELECT r.rolname FROM pg_roles r WHERE r.oid = i.submitted_by) AS role_name,
    (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = i.submitted_by) AS rolsuper,
-   (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
-      FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > ${after}) AS events,
+   CASE WHEN ${eventBytes(after)} <= ${max} THEN
+     (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
+        FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > ${after}) END AS events,
    CASE WHEN ${nodes} THEN (SELECT json_agg(json_build_object('id', n.id, 'st', n.status, 'sd', n.status_details ->> 'execution_id'))
                         FROM df.nodes n WHERE n.instance_id = i.id) END AS nodes,
-   CASE WHEN ${graph} THEN (SELECT json_agg(json_build_object('id', n.id, 'node_type', n.node_type, 'query', n.query,
-                        'result_name', n.result_name, 'left_node', n.left_node, 'right_node', n.right_node))
+   CASE WHEN ${graph} AND ${GRAPH_BYTES} <= ${max} THEN (SELECT coalesce(json_agg(json_build_object('id', n.id, 'node_type', n.node_type, 'query', n.query,
+                        'result_name', n.result_name, 'left_node', n.left_node, 'right_node', n.right_node)), '[]')
                         FROM df.nodes n WHERE n.instance_id = i.id) END AS graph`;
+
+/** What instance `i`'s step texts take, in bytes (octet_length of a text does not detoast it). */
+const GRAPH_BYTES = `(SELECT coalesce(sum(octet_length(n.query)), 0) FROM df.nodes n WHERE n.instance_id = i.id)`;
+
+/** What instance `i`'s events after `after` take as JSON text: each serialised on its own, never all at once. */
+const eventBytes = (after: string): string =>
+  `(SELECT coalesce(sum(octet_length(e.detail::text)), 0) FROM df.events e
+     WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > ${after})`;
+
+/** What instance `i`'s step texts (when `graph`) and events after `after` take, in bytes. */
+export function loadBytes(after: string, graph: string): string {
+  return `(CASE WHEN ${graph} THEN ${GRAPH_BYTES} ELSE 0 END + ${eventBytes(after)})`;
+}
 
 /**
  * The first marks of a claim, as a CTE named `marked` after the claim's own

@@ -6,6 +6,8 @@
 import type { RetryPolicy, Stamp, EventKind, StoredEvent } from './core.js';
 import type { ControlStore, InstanceRow, LoadedInstance, StampRows } from './store.js';
 import type { Premark } from './carry.js';
+import { instanceTooLarge } from './claim-sql.js';
+import { buildGraph, type Graph } from './graph.js';
 
 export /** A node's stamp as last written (`attempts`: the status_details retry keys this driver wrote). */
 interface StoredStamp {
@@ -43,6 +45,38 @@ interface DriveCache {
   premarks: Map<string, Premark>;
   /** A committed checkpoint completed the instance (carry.ts). */
   finished: boolean;
+  /** Bytes of the graph's step texts and of `events` held (claim-sql.ts, instanceBytesMax). */
+  held: number;
+  /** Set when a load found the instance too large to read: what it takes, in bytes. */
+  unread?: number;
+}
+
+/** Bytes an event's detail holds: its strings as UTF-8, 8 per other value. */
+export function detailBytes(v: unknown): number {
+  if (typeof v === 'string') return Buffer.byteLength(v);
+  if (Array.isArray(v)) return v.reduce((n: number, x) => n + detailBytes(x), 8);
+  if (typeof v === 'object' && v !== null)
+    return Object.entries(v).reduce((n, [k, x]) => n + k.length + detailBytes(x), 8);
+  return 8;
+}
+
+/** Puts an event into the cache (replacing the one of its key and kind), counting what it holds. */
+export function putEvent(cache: DriveCache, key: string, ev: StoredEvent): void {
+  let m = cache.events.get(key);
+  if (!m) cache.events.set(key, (m = new Map()));
+  const old = m.get(ev.kind);
+  if (old) cache.held -= detailBytes(old.detail);
+  m.set(ev.kind, ev);
+  cache.held += detailBytes(ev.detail);
+}
+
+/** Drops the events under the given activation-key prefixes (loop iterations summarised). */
+export function dropEvents(cache: DriveCache, prefixes: readonly string[]): void {
+  for (const [key, m] of [...cache.events])
+    if (prefixes.some((p) => key.startsWith(p))) {
+      for (const e of m.values()) cache.held -= detailBytes(e.detail);
+      cache.events.delete(key);
+    }
 }
 
 /**
@@ -114,6 +148,8 @@ export function stampRows(
  * `iter` summary, which stays), so a read that lacks it is stale.
  */
 export function claimReadIsCurrent(inst: LoadedInstance): boolean {
+  // too large to come with the claim: read on its own
+  if (inst.events === null || inst.graph === null) return false;
   let last = 0;
   for (const e of inst.events) last = Math.max(last, Number(e.s));
   return last === Number(inst.event_seq);
@@ -121,12 +157,49 @@ export function claimReadIsCurrent(inst: LoadedInstance): boolean {
 
 /** Takes a load's new events and (first load) node statuses into the cache. */
 export function remember(cache: DriveCache, inst: LoadedInstance): void {
-  for (const e of inst.events) {
-    let m = cache.events.get(e.a);
-    if (!m) cache.events.set(e.a, (m = new Map()));
-    m.set(e.k, { seq: Number(e.s), kind: e.k, detail: e.d });
+  for (const e of inst.events ?? []) {
+    putEvent(cache, e.a, { seq: Number(e.s), kind: e.k, detail: e.d });
     cache.lastSeq = Math.max(cache.lastSeq, Number(e.s));
   }
   if (inst.nodes)
     cache.stored = new Map(inst.nodes.map((n) => [n.id, { status: n.st, stamp: n.sd }]));
+}
+
+/**
+ * The instance as stored now, or as the claim returned it (`claimed`, the
+ * first time), taken into the cache; the graph comes with the first load (one
+ * round trip) and is kept in `graphs` while the lease is held. What the
+ * instance takes beyond `max` bytes is not read (`unread`, see tooLarge).
+ */
+export async function loadInstance(
+  store: ControlStore,
+  graphs: Map<string, Graph>,
+  id: string,
+  cache: DriveCache,
+  max: number,
+  claimed?: LoadedInstance,
+): Promise<InstanceRow | undefined> {
+  // a claim's answer that lacks events committed while it ran (or was too large) is read again
+  const wantGraph = !graphs.has(id);
+  const inst =
+    (claimed && claimReadIsCurrent(claimed) ? claimed : undefined) ??
+    (await store.load(id, cache.lastSeq, cache.stored === undefined, wantGraph, max - cache.held));
+  if (!inst) return undefined;
+  remember(cache, inst);
+  if (inst.events === null || (wantGraph && inst.graph === null)) {
+    // not read: what it takes (nothing else writes its events while this lease holds)
+    cache.unread = cache.held + (await store.instanceBytes(id, cache.lastSeq, wantGraph));
+    return inst;
+  }
+  if (wantGraph) {
+    graphs.set(id, buildGraph(inst.root_node, inst.graph ?? []));
+    for (const n of inst.graph ?? []) cache.held += Buffer.byteLength(n.query ?? '');
+  }
+  return inst;
+}
+
+/** Why the driver fails an instance that takes more than `max` bytes (its graph and outcomes), or undefined. */
+export function tooLarge(id: string, cache: DriveCache, max: number): string | undefined {
+  if (cache.unread !== undefined) return instanceTooLarge(id, Math.max(cache.unread, max + 1), max);
+  return cache.held > max ? instanceTooLarge(id, cache.held, max) : undefined;
 }

@@ -15,14 +15,15 @@ import { metrics } from '../metrics.js';
 import type { RunnerContext } from './context.js';
 import { runCore, type Action, type RetryPolicy } from './core.js';
 import {
-  claimReadIsCurrent,
+  dropEvents,
   flushStamps,
+  loadInstance,
   queueStamps,
-  remember,
   retryPolicy,
+  tooLarge,
   type DriveCache,
 } from './drive-cache.js';
-import { buildGraph, type Graph } from './graph.js';
+import type { Graph } from './graph.js';
 import { httpStep } from './http-step.js';
 import { Retention } from './retention.js';
 import { deliverSignals } from './signals.js';
@@ -41,9 +42,10 @@ import { cancelStepsOf, renewHeld } from './leases.js';
 import { TimerStore } from './timer-store.js';
 import { DEFAULT_TIMER_BATCH, DueTimers } from './timers.js';
 import { controlPools, nextCron, requirePrimary } from './options.js';
-import { unrunnable } from './claim-sql.js';
+import { instanceBytesMax, unrunnable } from './claim-sql.js';
+import { DEFAULT_MAX_RESULT_BYTES } from './bounded.js';
 import type { ControlPools, ExecutorOptions } from './options.js';
-import { ControlStore, type InstanceRow, type LoadedInstance } from './store.js';
+import { ControlStore, type LoadedInstance } from './store.js';
 import { TableStatistics } from './statistics.js';
 
 export type { ExecutorOptions } from './options.js';
@@ -72,6 +74,8 @@ export class Executor {
   private readonly timers: DueTimers;
   private heartbeat: NodeJS.Timeout | undefined;
   private readonly graphs = new Map<string, Graph>();
+  /** What the executor holds for one instance, in bytes (claim-sql.ts, instanceBytesMax). */
+  private readonly instanceMax: number;
   /** Claimed anew while the driver of an older lease was still ending: run when it has ended. */
   private readonly successors = new Map<string, LoadedInstance>();
   private readonly log: Logger;
@@ -110,6 +114,7 @@ export class Executor {
       timeoutMs: opts.slotTimeoutMs ?? 30_000,
     });
     this.store = new ControlStore(this.pools, this.owner, opts.leaseMs);
+    this.instanceMax = instanceBytesMax(opts.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES);
     this.statistics = new TableStatistics(this.control, this.log);
     this.retention = new Retention(this.store, this.log);
     this.notices = new ChangeNotices(this.store);
@@ -283,23 +288,6 @@ export class Executor {
     return cancelStepsOf(this.store, this.active.get(id));
   }
 
-  /** The instance as stored now, or as the claim returned it (`claimed`, the first time). */
-  private async load(
-    id: string,
-    cache: DriveCache,
-    claimed?: LoadedInstance,
-  ): Promise<InstanceRow | undefined> {
-    // a claim's answer that lacks events committed while it ran is read again
-    const inst =
-      (claimed && claimReadIsCurrent(claimed) ? claimed : undefined) ??
-      (await this.store.load(id, cache.lastSeq, cache.stored === undefined, !this.graphs.has(id)));
-    if (!inst) return undefined;
-    // the graph comes with the first load (one round trip), and is cached while the lease is held
-    if (!this.graphs.has(id)) this.graphs.set(id, buildGraph(inst.root_node, inst.graph ?? []));
-    remember(cache, inst);
-    return inst;
-  }
-
   private async finish(
     id: string,
     epoch: number,
@@ -332,6 +320,7 @@ export class Executor {
       stamps: undefined,
       premarks: new Map(claimed?.premark ? [[claimed.premark.key, claimed.premark]] : []),
       finished: false,
+      held: 0,
     };
     for (;;) {
       if (cache.finished) {
@@ -353,7 +342,7 @@ export class Executor {
       cache.fresh = false;
       if (!inst) {
         cache.dirty = false;
-        inst = await this.load(id, cache, claimed);
+        inst = await loadInstance(this.store, this.graphs, id, cache, this.instanceMax, claimed);
         claimed = undefined;
         cache.inst = inst;
       }
@@ -369,7 +358,7 @@ export class Executor {
         await flushStamps(cache).catch(() => undefined);
         return;
       }
-      const refused = unrunnable(id, inst);
+      const refused = unrunnable(id, inst) ?? tooLarge(id, cache, this.instanceMax);
       if (refused !== undefined) {
         await flushStamps(cache);
         await this.finish(id, epoch, 'failed', refused);
@@ -502,8 +491,7 @@ export class Executor {
         }
       }
       if (core.obsolete.length > 0) {
-        for (const key of [...events.keys()])
-          if (core.obsolete.some((p) => key.startsWith(p))) events.delete(key);
+        dropEvents(cache, core.obsolete);
         cache.dirty = true;
         await this.store.deleteEvents(id, core.obsolete);
       }

@@ -8,7 +8,9 @@ import type { Logger } from 'pino';
 import { carry, type Carried } from './carry.js';
 import type { Action, CoreInput, EventKind } from './core.js';
 import type { RunnerContext } from './context.js';
-import type { DriveCache, StoredStamp } from './drive-cache.js';
+import { putEvent, type DriveCache, type StoredStamp } from './drive-cache.js';
+import { DEFAULT_MAX_RESULT_BYTES } from './bounded.js';
+import { instanceBytesMax } from './claim-sql.js';
 import { sqlStep } from './sql-step.js';
 import type { RecordedEvent } from './steps.js';
 import type { InstanceRow } from './store.js';
@@ -41,6 +43,9 @@ export function dispatchSql(ctx: RunnerContext, d: SqlDispatch): Promise<void> {
     carried = undefined;
     // another step of this instance in flight could land its outcome first
     if (inFlight.size !== 1 || !inFlight.has(a.key)) return undefined;
+    // an outcome that takes the instance past what the executor holds fails it (executor.ts)
+    const max = instanceBytesMax(ctx.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES);
+    if (cache.held + Buffer.byteLength(result) > max) return undefined;
     // stamps still on their way could land after the checkpoint's own and undo them
     const pending = cache.stamps;
     if (pending) {
@@ -67,9 +72,7 @@ export function dispatchSql(ctx: RunnerContext, d: SqlDispatch): Promise<void> {
     // the committed event, as the next load would read it (lastSeq stays: a load still
     // reads every event after it, including any written elsewhere meanwhile)
     const kind: EventKind = status === 'completed' ? 'done' : 'failed';
-    let m = events.get(a.key);
-    if (!m) events.set(a.key, (m = new Map()));
-    m.set(kind, { seq: event.seq, kind, detail: event.detail });
+    putEvent(cache, a.key, { seq: event.seq, kind, detail: event.detail });
     cached = true;
     cache.fresh = true;
   };

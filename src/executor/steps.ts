@@ -10,7 +10,13 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { readBounded, ResultTooLargeError, DEFAULT_MAX_RESULT_BYTES } from './bounded.js';
 import { EncodeError, RESULT_HEAD, resultTail } from './encode.js';
-import { ensureStepLogin, quoteIdent, stepLoginName, stepPassword } from './identity.js';
+import {
+  ensureStepLogin,
+  quoteIdent,
+  quoteLiteral,
+  stepLoginName,
+  stepPassword,
+} from './identity.js';
 import { runTrip } from './one-trip.js';
 import { planKey, planStep, stepTextMax } from './sqlcheck.js';
 
@@ -135,9 +141,9 @@ export class StepPool {
         const eq = x.cfg.indexOf('=');
         const name = x.cfg.slice(0, eq);
         const value = x.cfg.slice(eq + 1);
-        // pg.escapeLiteral writes an E'' literal when the text has a backslash: it reads the same
+        // quoteLiteral writes an E'' literal when the text has a backslash: it reads the same
         // whether or not the role sets standard_conforming_strings off for its sessions
-        return `SELECT set_config(${pg.escapeLiteral(name)}, ${pg.escapeLiteral(value)}, false)`;
+        return `SELECT set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`;
       });
   }
 
@@ -542,8 +548,7 @@ async function oneTrip(
 /** The checkpoint of a completed step with what it carries (req.after), its values inlined (literals). */
 async function checkpointStatement(req: StepRequest, result: string): Promise<string> {
   const carried = req.after ? await req.after(result).catch(() => undefined) : undefined;
-  const lit = (v: string | number): string =>
-    typeof v === 'number' ? String(v) : pg.escapeLiteral(v);
+  const lit = (v: string | number): string => (typeof v === 'number' ? String(v) : quoteLiteral(v));
   const args = [req.instance, req.node, req.key, req.epoch, req.token, 'done'].map(lit).join(', ');
   return `SELECT df._complete_step(${args}, ${lit(JSON.stringify({ result }))}::jsonb, ${lit(req.stamp)}${carried === undefined ? '' : `, ${lit(carried)}::jsonb`}) AS seq`;
 }

@@ -11,6 +11,8 @@ import {
   FirstMarkTokens,
   firstMarks,
   instanceColumns,
+  INLINE_MAX,
+  loadBytes,
   statementName,
   type FirstMark,
 } from './claim-sql.js';
@@ -38,7 +40,8 @@ export interface InstanceRow {
 }
 
 export interface LoadedInstance extends InstanceRow {
-  readonly events: Array<{ a: string; k: EventKind; d: Record<string, unknown>; s: number }>;
+  /** Null when they and the graph take more than the read allowed (claim-sql.ts, instanceColumns). */
+  readonly events: Array<{ a: string; k: EventKind; d: Record<string, unknown>; s: number }> | null;
   readonly nodes: Array<{ id: string; st: string; sd: string | null }> | null;
   readonly graph: NodeRow[] | null;
   /** Its first step, marked by the claim that returned it (claim-sql.ts). */
@@ -64,8 +67,8 @@ export interface StampRows {
   readonly extra: Array<string | null>;
 }
 
-const INSTANCE_COLUMNS = instanceColumns('$2', '$3', '$4');
-const CLAIMED_COLUMNS = instanceColumns('0', 'true', 'true');
+const INSTANCE_COLUMNS = instanceColumns('$2', '$3', '$4', '$5');
+const CLAIMED_COLUMNS = instanceColumns('0', 'true', 'true', String(INLINE_MAX));
 
 const RECORD_EVENT = 'SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)';
 
@@ -372,19 +375,33 @@ export class ControlStore {
     );
   }
 
-  /** One round trip per tick: the instance, events after `lastSeq`, and (when asked) node statuses and the graph. */
+  /**
+   * One round trip per tick: the instance, events after `lastSeq`, and (when
+   * asked) node statuses and the graph; those two not read (events null)
+   * when they take more than `max` bytes.
+   */
   async load(
     id: string,
     lastSeq: number,
     wantNodes: boolean,
     wantGraph: boolean,
+    max: number,
   ): Promise<LoadedInstance | undefined> {
     return (
       await this.run<LoadedInstance>(
         `SELECT ${INSTANCE_COLUMNS} FROM df.instances i WHERE i.id = $1`,
-        [id, lastSeq, wantNodes, wantGraph],
+        [id, lastSeq, wantNodes, wantGraph, max],
       )
     ).rows[0];
+  }
+
+  /** What an instance's step texts and events after `lastSeq` take, in bytes, without reading them. */
+  async instanceBytes(id: string, lastSeq: number, withGraph: boolean): Promise<number> {
+    const r = await this.run<{ bytes: string }>(
+      `SELECT ${loadBytes('$2', '$3')}::text AS bytes FROM df.instances i WHERE i.id = $1`,
+      [id, lastSeq, withGraph],
+    );
+    return Number(r.rows[0]?.bytes ?? 0);
   }
 
   /** Records an executor-side event (lease-checked by df._record_event), on the pool or on `db` inside a transaction. */

@@ -10,7 +10,7 @@
  */
 import type pg from 'pg';
 import type { LoadedInstance } from './store.js';
-import { instanceColumns, statementName } from './claim-sql.js';
+import { INLINE_MAX, instanceColumns, statementName } from './claim-sql.js';
 
 /** A locked due instance as the batch reads it: what the driver's first load reads, and its event count. */
 export interface DueInstance extends LoadedInstance {
@@ -81,7 +81,7 @@ SELECT i.id FROM df.instances i
  * taken: every event writer (df._record_event, df._complete_step) locks the
  * instance row first, so what is read here stays true until the commit.
  */
-const READ_DUE = `SELECT ${instanceColumns('0', 'false', 'true')}, clock_timestamp() AS read_at
+const READ_DUE = `SELECT ${instanceColumns('0', 'false', 'true', String(INLINE_MAX))}, clock_timestamp() AS read_at
   FROM df.instances i WHERE i.id = ANY ($1::text[])`;
 
 /**

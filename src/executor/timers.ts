@@ -58,10 +58,11 @@ export interface BatchOutcome {
  * in which the driver records them). None when the driver would do
  * something else first: the instance is finished by its events, its role is
  * gone or a superuser, or its variables too large (the driver fails it), or its graph cannot be
- * replayed.
+ * replayed, or its graph and events are too large to come with the batch (the driver reads them).
  */
 export function dueTimers(row: DueInstance, now: Date, maxLoopIterations: number): TimerFire[] {
-  if (unrunnable(row.id, row) !== undefined || row.rolsuper !== false || !row.graph) return [];
+  if (unrunnable(row.id, row) !== undefined || row.rolsuper !== false || !row.graph || !row.events)
+    return [];
   const events = new Map<string, Map<EventKind, StoredEvent>>();
   for (const e of row.events) {
     let m = events.get(e.a);

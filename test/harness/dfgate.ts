@@ -1,5 +1,6 @@
 /** Running dfgate for tests: in-process proxies and real child processes of the CLI. */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import { afterAll } from 'vitest';
@@ -104,4 +105,36 @@ export async function spawnDfgate(
       return await exited;
     },
   };
+}
+
+/** kB of a /proc/<pid>/status field (0 once the process is gone). */
+export function procKb(pid: number, field: 'VmHWM' | 'VmRSS'): number {
+  let status: string;
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return 0;
+  }
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status);
+  return m ? Number(m[1]) : 0;
+}
+
+/** `p`, or a failure (with the end of its output) as soon as the dfgate process `d` exits. */
+export async function whileAliveOf<T>(d: DfgateProcess, p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const died = new Promise<never>((_, reject) => {
+    timer = setInterval(() => {
+      if (d.proc.exitCode !== null || d.proc.signalCode !== null)
+        reject(
+          new Error(
+            `dfgate exited (${d.proc.exitCode ?? d.proc.signalCode}):\n${d.output().slice(-3000)}`,
+          ),
+        );
+    }, 50);
+  });
+  try {
+    return await Promise.race([p, died]);
+  } finally {
+    clearInterval(timer);
+  }
 }

@@ -5,10 +5,15 @@
  * together) stays small and alive and keeps serving everyone else. A step
  * whose outcome cannot be checkpointed fails once instead of running forever.
  */
-import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
-import { spawnDfgate, viaPort, type DfgateProcess } from '../harness/dfgate.js';
+import {
+  procKb,
+  spawnDfgate,
+  viaPort,
+  whileAliveOf,
+  type DfgateProcess,
+} from '../harness/dfgate.js';
 import { finished } from '../harness/executor.js';
 
 const db = useTestDatabase();
@@ -18,38 +23,7 @@ let other: TestRole;
 let d: DfgateProcess;
 let peak = 0;
 let sampler: NodeJS.Timeout | undefined;
-
-/** kB of a /proc/<pid>/status field. */
-function procKb(pid: number, field: 'VmHWM' | 'VmRSS'): number {
-  let status: string;
-  try {
-    status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  } catch {
-    return 0; // the process is gone
-  }
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status);
-  return m ? Number(m[1]) : 0;
-}
-
-/** `p`, or a failure as soon as the dfgate process exits. */
-async function whileAlive<T>(p: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const died = new Promise<never>((_, reject) => {
-    timer = setInterval(() => {
-      if (d.proc.exitCode !== null || d.proc.signalCode !== null)
-        reject(
-          new Error(
-            `dfgate exited (${d.proc.exitCode ?? d.proc.signalCode}):\n${d.output().slice(-3000)}`,
-          ),
-        );
-    }, 50);
-  });
-  try {
-    return await Promise.race([p, died]);
-  } finally {
-    clearInterval(timer);
-  }
-}
+const whileAlive = <T>(p: Promise<T>): Promise<T> => whileAliveOf(d, p);
 
 beforeAll(async () => {
   big = await db.role('big');

@@ -20,7 +20,7 @@ const row = (
   r: string | null = null,
 ): NodeRow => ({ id, node_type: t, query: q, result_name: null, left_node: l, right_node: r });
 
-type Ev = DueInstance['events'][number];
+type Ev = NonNullable<DueInstance['events']>[number];
 
 function instance(graph: NodeRow[], events: Ev[], extra: Partial<DueInstance> = {}): DueInstance {
   return {

@@ -1,0 +1,145 @@
+/**
+ * What the executor holds for one instance is bounded (claim-sql.ts,
+ * instanceBytesMax: four times --max-result-bytes, at least 16 MiB): an
+ * instance whose graph and recorded results pass it fails with the reason,
+ * and one whose graph alone passes it is never read. The dfgate process runs
+ * with a 384 MB heap: without the bound, eight chains of 3 MB results (600 MB)
+ * or six 20 MB step texts in one claim would end it.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { instanceColumns } from '../../src/executor/claim-sql.js';
+import { useTestDatabase, type TestRole } from '../harness/db.js';
+import { spawnDfgate, viaPort, whileAliveOf, type DfgateProcess } from '../harness/dfgate.js';
+import { finished } from '../harness/executor.js';
+
+const db = useTestDatabase();
+const MAX = 16 * 1024 * 1024;
+let d: DfgateProcess;
+let app: TestRole;
+
+beforeAll(async () => {
+  app = await db.role('sizes');
+  d = await spawnDfgate(
+    ['--upstream', `${db.url}?sslmode=disable`, '--no-migrate', '--poll-interval', '0.2'],
+    { DFGATE_STEP_SECRET: 'instance-size-secret', NODE_OPTIONS: '--max-old-space-size=384' },
+  );
+});
+
+afterAll(async () => {
+  await d?.stop();
+});
+
+const whileAlive = <T>(p: Promise<T>): Promise<T> => whileAliveOf(d, p);
+
+/** A chain of `n` steps, each naming a result of `mb` MB. */
+const chain = (n: number, mb: number): string =>
+  Array.from(
+    { length: n },
+    (_, k) => `'SELECT repeat(''x'', ${mb * 1_000_000}) AS v' |=> 'r${k}'`,
+  ).join(' ~> ');
+
+async function errorOf(id: string): Promise<{ error: string; ran: number }> {
+  const r = await db.admin.query(
+    `SELECT error, (SELECT count(*)::int FROM df.nodes n
+                     WHERE n.instance_id = i.id AND n.node_type = 'SQL' AND n.status = 'completed') AS ran
+       FROM df.instances i WHERE id = $1`,
+    [id],
+  );
+  return r.rows[0] as { error: string; ran: number };
+}
+
+describe('what the executor holds for one instance', () => {
+  it('eight chains of 25 results of 3 MB each fail once past 16 MiB, with the reason; dfgate lives', async () => {
+    const c = await db.connect(viaPort(app.url, d.port));
+    const ids = (
+      await c.query<{ id: string }>(
+        `SELECT df.start(${chain(25, 3)}, 'chain-' || g) AS id FROM generate_series(1, 8) g`,
+      )
+    ).rows.map((r) => r.id);
+    for (const id of ids) {
+      expect((await whileAlive(finished(c, id, 180_000))).status).toBe('failed');
+      const { error, ran } = await errorOf(id);
+      expect(error).toMatch(
+        new RegExp(
+          `^Instance ${id}: its graph and recorded results take \\d+ bytes, more than the ${MAX} dfgate holds for one instance \\(four times --max-result-bytes, at least 16 MiB\\); keep large data in tables and return keys or counts$`,
+        ),
+      );
+      // it stopped at the bound: five results fit in 16 MiB, the sixth or seventh passes it
+      expect(ran).toBeGreaterThanOrEqual(5);
+      expect(ran).toBeLessThanOrEqual(8);
+    }
+    expect(d.proc.exitCode).toBeNull();
+  }, 240_000);
+
+  it('an instance within the bound runs to the end', async () => {
+    const c = await db.connect(viaPort(app.url, d.port));
+    const id = (await c.query(`SELECT df.start(${chain(4, 3)} ~> 'SELECT 1 AS ok') AS id`)).rows[0]
+      .id as string;
+    expect(await whileAlive(finished(c, id, 120_000))).toEqual({
+      status: 'completed',
+      result: '{"rows": [{"ok": 1}], "row_count": 1}',
+    });
+  }, 180_000);
+
+  it('six 20 MB step texts started directly fail without being read; dfgate lives', async () => {
+    const c = await db.connect(app.url);
+    const text = 20 * 1024 * 1024;
+    const ids = (
+      await c.query<{ id: string }>(
+        `SELECT df.start('SELECT 1 /*' || repeat('x', ${text}) || '*/', 'text-' || g) AS id
+           FROM generate_series(1, 6) g`,
+      )
+    ).rows.map((r) => r.id);
+    for (const id of ids) {
+      expect((await whileAlive(finished(c, id, 120_000))).status).toBe('failed');
+      expect((await errorOf(id)).error).toBe(
+        `Instance ${id}: its graph and recorded results take ${text + 13} bytes, more than the ${MAX} dfgate holds for one instance (four times --max-result-bytes, at least 16 MiB); keep large data in tables and return keys or counts`,
+      );
+    }
+    expect(d.proc.exitCode).toBeNull();
+  }, 240_000);
+
+  it('an instance too large for a claim or a timer batch is read on its own and resumes', async () => {
+    const c = await db.connect(viaPort(app.url, d.port));
+    // 1 MB of results is more than a claim or timer batch reads per row (256 KiB)
+    const id = (
+      await c.query(
+        `SELECT df.start('SELECT repeat(''y'', 1000000) AS v' |=> 'big' ~> df.sleep(1) ~> 'SELECT 2 AS two') AS id`,
+      )
+    ).rows[0].id as string;
+    expect(await whileAlive(finished(c, id, 60_000))).toEqual({
+      status: 'completed',
+      result: '{"rows": [{"two": 2}], "row_count": 1}',
+    });
+  }, 120_000);
+});
+
+describe('instanceColumns', () => {
+  it('reads the events and the step texts only within the bound it is given, and says so with a null', async () => {
+    const c = await db.connect(app.url);
+    const id = (await c.query(`SELECT df.start('SELECT 3 AS three') AS id`)).rows[0].id as string;
+    await finished(c, id, 60_000);
+    const read = async (max: number): Promise<{ events: unknown; graph: unknown }> =>
+      (
+        await db.admin.query(
+          `SELECT ${instanceColumns('0', 'false', 'true', '$2')} FROM df.instances i WHERE i.id = $1`,
+          [id, max],
+        )
+      ).rows[0] as { events: unknown; graph: unknown };
+    const sizes = await db.admin.query<{ g: number; e: number }>(
+      `SELECT (SELECT sum(octet_length(query))::int FROM df.nodes WHERE instance_id = $1) AS g,
+              (SELECT sum(octet_length(detail::text))::int FROM df.events WHERE instance_id = $1 AND activation IS NOT NULL) AS e`,
+      [id],
+    );
+    const g = Number(sizes.rows[0]?.g); // 17: the step's text
+    const e = Number(sizes.rows[0]?.e); // its completion event, longer
+    expect(e).toBeGreaterThan(g);
+    const whole = await read(e);
+    expect(Array.isArray(whole.events) && whole.events.length).toBe(1);
+    expect(Array.isArray(whole.graph) && whole.graph.length).toBe(1);
+    const eventsLeft = await read(g);
+    expect(eventsLeft.events).toBeNull();
+    expect(Array.isArray(eventsLeft.graph) && eventsLeft.graph.length).toBe(1);
+    expect(await read(g - 1)).toMatchObject({ events: null, graph: null });
+  }, 120_000);
+});
