@@ -24,11 +24,18 @@ import {
   type BoundProblem,
   type Edge,
 } from './edge.js';
+import type { StepPlan } from '../executor/sqlcheck.js';
 import type { EdgeAnswer, EdgeJob } from './edge-worker.js';
 import { FairQueue } from './fair-queue.js';
 
 /** A compile job running longer than this is abandoned: the statement goes to the database unchanged. */
 export const COMPILE_BUDGET_MS = 2000;
+
+/**
+ * A step text's check (planInPool) may run this long: a 16 MiB text takes
+ * about 0.4 s; past it the step is refused, never run unchecked.
+ */
+export const STEP_CHECK_BUDGET_MS = 30_000;
 
 const PASS: Edge = { kind: 'pass' };
 
@@ -36,6 +43,8 @@ const PASS: Edge = { kind: 'pass' };
 interface Job {
   readonly id: number;
   readonly send: EdgeJob;
+  /** How long it may run (default COMPILE_BUDGET_MS). */
+  readonly budgetMs?: number;
   answered(m: EdgeAnswer): void;
   abandoned(): void;
 }
@@ -120,7 +129,7 @@ class Slot {
       void w.terminate();
       if (cur) cur.job.abandoned();
       this.pull();
-    }, COMPILE_BUDGET_MS);
+    }, job.budgetMs ?? COMPILE_BUDGET_MS);
     timer.unref();
     this.current = { job, timer };
     w.postMessage(job.send);
@@ -176,6 +185,21 @@ class Pool {
         send: { id, bound },
         answered: (m) => resolve('problem' in m ? (m.problem ?? undefined) : undefined),
         abandoned: () => resolve(undefined), // the in-database df.start checks it
+      });
+      this.kick();
+    });
+  }
+
+  /** A step text's plan; undefined when the worker ran past its budget or died. */
+  plan(step: string, owner: string): Promise<StepPlan | undefined> {
+    return new Promise((resolve) => {
+      const id = this.nextId++;
+      this.queue.push(owner, {
+        id,
+        send: { id, step },
+        budgetMs: STEP_CHECK_BUDGET_MS,
+        answered: (m) => resolve('plan' in m ? m.plan : undefined),
+        abandoned: () => resolve(undefined),
       });
       this.kick();
     });
@@ -237,4 +261,17 @@ export function checkBoundSoon(
     if (problem) return problem;
   }
   return undefined;
+}
+
+/**
+ * A long step text's plan from the pool (in `owner`'s turn): 'abandoned'
+ * when it ran past its budget or its worker died, undefined when there is no
+ * pool (the caller checks the text itself).
+ */
+export function planInPool(
+  step: string,
+  owner: string,
+): Promise<StepPlan | 'abandoned'> | undefined {
+  const p = thePool();
+  return p ? p.plan(step, owner).then((plan) => plan ?? 'abandoned') : undefined;
 }

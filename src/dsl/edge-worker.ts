@@ -1,22 +1,27 @@
 /**
  * The compile worker (a worker_threads thread, see edge-pool.ts): loads
  * PostgreSQL's parser and answers { id, sql, extended } with the statement's
- * Analysis, so that parsing and compiling never run on the proxy's event loop.
+ * Analysis, so that parsing and compiling never run on the proxy's event loop;
+ * and { id, step } with a long step text's plan (the executor's check of
+ * what a step may do, src/executor/sqlcheck.ts), for the same reason.
  */
 import { readlinkSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
+import { planUncached, type StepPlan } from '../executor/sqlcheck.js';
 import { analyzeText, checkBound, type Analysis, type BoundProblem } from './edge.js';
 import { loadParser } from './parser.js';
 
 /** A statement to analyze, or (`bound`) workflow values bound to df.start($n) to check by the start rule. */
 export type EdgeJob =
   | { readonly id: number; readonly sql: string; readonly extended: boolean }
-  | { readonly id: number; readonly bound: readonly string[] };
+  | { readonly id: number; readonly bound: readonly string[] }
+  | { readonly id: number; readonly step: string };
 
 export type EdgeAnswer =
   | { readonly id: number; readonly analysis: Analysis }
-  | { readonly id: number; readonly problem: BoundProblem | null };
+  | { readonly id: number; readonly problem: BoundProblem | null }
+  | { readonly id: number; readonly plan: StepPlan };
 
 /** The worker thread's nice value: below the event loop's, which relays every session's traffic. */
 export const WORKER_NICE = 10;
@@ -53,7 +58,9 @@ if (port) {
     const answer: EdgeAnswer =
       'bound' in job
         ? { id: job.id, problem: firstProblem(job.bound) ?? null }
-        : { id: job.id, analysis: analyzeText(job.sql, job.extended) };
+        : 'step' in job
+          ? { id: job.id, plan: planUncached(job.step) }
+          : { id: job.id, analysis: analyzeText(job.sql, job.extended) };
     port.postMessage(answer);
   });
   port.postMessage('ready');

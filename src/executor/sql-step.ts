@@ -106,6 +106,7 @@ export async function sqlStep(
           epoch,
           token,
           sql: a.sql,
+          owner: `role:${inst.role_oid}`,
           stamp,
           mark,
           // alone and not yet marked, the statement goes at once, its mark on the way (steps.ts)

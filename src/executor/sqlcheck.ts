@@ -5,6 +5,7 @@
  * block run in autocommit (at least once instead of exactly once).
  */
 import { parseSync } from 'libpg-query';
+import { planInPool, STEP_CHECK_BUDGET_MS } from '../dsl/edge-pool.js';
 export { loadParser } from '../dsl/parser.js';
 
 export type StepPlan =
@@ -118,11 +119,44 @@ export function planStep(sql: string, maxChars = STEP_TEXT_MAX): StepPlan {
 }
 
 /**
+ * Step texts up to this many characters are checked on the calling thread
+ * (at most about 1.5 ms); a longer one in a compile worker (planStepSoon),
+ * since the parse takes about 25 ms per MiB and the event loop relays every
+ * session's traffic and runs every other step.
+ */
+export const PLAN_INLINE_MAX = 64 * 1024;
+
+/**
+ * planStep, with a text longer than PLAN_INLINE_MAX checked off the event
+ * loop, in `owner`'s turn (edge-pool.ts). A check that runs past the
+ * worker's budget refuses the step: an unchecked text never runs.
+ */
+export function planStepSoon(
+  sql: string,
+  maxChars: number,
+  owner: string,
+): StepPlan | Promise<StepPlan> {
+  if (sql.length <= PLAN_INLINE_MAX || sql.length > maxChars) return planStep(sql, maxChars);
+  const pooled = planInPool(sql, owner);
+  if (!pooled) return planStep(sql, maxChars);
+  return pooled.then((plan) =>
+    plan === 'abandoned'
+      ? {
+          kind: 'refuse',
+          error: `the step's SQL could not be checked before it runs: the check of its ${sql.length} characters took more than ${STEP_CHECK_BUDGET_MS} ms`,
+        }
+      : plan,
+  );
+}
+
+/**
  * Checks these statements ahead of their steps (the wake path: while the
  * claim is on its way), so that a step's own planStep finds them cached.
  */
 export function planAhead(sqls: readonly string[]): void {
   for (const sql of sqls) {
+    // a long text is checked by its step, off the event loop
+    if (sql.length > PLAN_INLINE_MAX) continue;
     try {
       planStep(sql);
     } catch {

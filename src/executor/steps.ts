@@ -18,7 +18,7 @@ import {
   stepPassword,
 } from './identity.js';
 import { runTrip } from './one-trip.js';
-import { planKey, planStep, stepTextMax } from './sqlcheck.js';
+import { planKey, planStepSoon, stepTextMax } from './sqlcheck.js';
 
 /** Infrastructure errors: roll back and run the step again (DESIGN.md §4 "Errors"). */
 export const RETRYABLE = new Set([
@@ -267,6 +267,8 @@ export interface StepRequest {
   readonly epoch: number;
   readonly token: string;
   readonly sql: string;
+  /** Whose turn a long text's check waits for (the submitting role), by default the instance's. */
+  readonly owner?: string;
   /** The node's stamp (spec §5.6), written with its final status by the checkpoint. */
   readonly stamp: string;
   /**
@@ -333,7 +335,7 @@ export async function runSqlStep(
   maxResultBytes = DEFAULT_MAX_RESULT_BYTES,
 ): Promise<StepOutcome> {
   const c = conn.client;
-  const plan = planStep(req.sql, stepTextMax(maxResultBytes));
+  const plan = await planStepSoon(req.sql, stepTextMax(maxResultBytes), req.owner ?? req.instance);
   const record = async (
     kind: 'done' | 'failed',
     detail: Record<string, string>,

@@ -114,6 +114,22 @@ describe('what the executor holds for one instance', () => {
   }, 120_000);
 });
 
+describe('long step texts', () => {
+  it('are checked off the event loop: one runs when it may, one is refused when it may not', async () => {
+    const c = await db.connect(viaPort(app.url, d.port));
+    const pad = `/* ${'x'.repeat(200_000)} */`;
+    const ok = (await c.query(`SELECT df.start($1) AS id`, [`SELECT 1 AS one ${pad}`])).rows[0]
+      .id as string;
+    const no = (await c.query(`SELECT df.start($1) AS id`, [`COMMIT ${pad}`])).rows[0].id as string;
+    expect(await whileAlive(finished(c, ok, 60_000))).toEqual({
+      status: 'completed',
+      result: '{"rows": [{"one": 1}], "row_count": 1}',
+    });
+    expect((await whileAlive(finished(c, no, 60_000))).status).toBe('failed');
+    expect((await errorOf(no)).error).toMatch(/transaction control statements/);
+  }, 120_000);
+});
+
 describe('instanceColumns', () => {
   it('reads the events and the step texts only within the bound it is given, and says so with a null', async () => {
     const c = await db.connect(app.url);

@@ -3,7 +3,9 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import {
   loadParser,
   planKey,
+  PLAN_INLINE_MAX,
   planStep,
+  planStepSoon,
   planUncached,
   STEP_TEXT_MAX,
   stepTextMax,
@@ -157,5 +159,44 @@ describe('texts the check cannot read are not run (hostile review)', () => {
     );
     // a plain syntax error is left to PostgreSQL, which reports it when the step runs
     expect(planUncached('SELEC 1')).toEqual({ kind: 'transaction' });
+  });
+});
+
+describe('long texts are checked off the event loop (planStepSoon)', () => {
+  it('checks a text over PLAN_INLINE_MAX in a compile worker, with the verdict of the inline check', async () => {
+    expect(planStepSoon('SELECT 1 AS one', STEP_TEXT_MAX, 'role:1')).toEqual({
+      kind: 'transaction',
+    });
+    const pad = (n: number): string => `/* ${'x'.repeat(n)} */`;
+    for (const text of [
+      `UPDATE t SET a = 1 ${pad(PLAN_INLINE_MAX)}`,
+      `SELECT 1 ${pad(PLAN_INLINE_MAX)}`,
+      `COMMIT ${pad(PLAN_INLINE_MAX)}`,
+      `SET ROLE other ${pad(PLAN_INLINE_MAX)}`,
+      `VACUUM ${pad(PLAN_INLINE_MAX)}`,
+    ]) {
+      const soon = planStepSoon(text, STEP_TEXT_MAX, 'role:1');
+      expect(soon).toBeInstanceOf(Promise);
+      expect(await soon).toEqual(planUncached(text));
+    }
+    // over the limit: refused at once, unparsed
+    const over = `SELECT 1 ${pad(STEP_TEXT_MAX)}`;
+    expect(planStepSoon(over, STEP_TEXT_MAX, 'role:1')).toEqual(planStep(over));
+  });
+
+  it('the event loop keeps turning while a 12 MiB text is checked', async () => {
+    const text = `COMMIT /* ${'x'.repeat(12 * 1024 * 1024)} */`;
+    let turns = 0;
+    let done = false;
+    const spin = (): void => {
+      turns++;
+      if (!done) setImmediate(spin);
+    };
+    setImmediate(spin);
+    const plan = await planStepSoon(text, STEP_TEXT_MAX, 'role:1');
+    done = true;
+    expect(plan.kind).toBe('refuse');
+    // checked on this thread, the parse would have taken every turn (none in between)
+    expect(turns).toBeGreaterThan(10);
   });
 });
