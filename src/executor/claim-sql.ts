@@ -117,7 +117,9 @@ export function loadBytes(after: string, graph: string): string {
  * claim holds the lease it writes the mark under, and no outcome can exist
  * yet, so the mark's checks hold by construction. Not for a superuser's
  * instance or one whose role is gone: the driver fails those without
- * running a step, and their node must not read as running. `hashes` is the
+ * running a step, and their node must not read as running; nor for one whose
+ * graph did not come with the claim (too large: its driver reads it, and
+ * may fail it for its size). `hashes` is the
  * parameter with the token hashes; the k-th such instance (by id) takes the
  * k-th, and one past their number is left for the driver to mark.
  */
@@ -128,7 +130,8 @@ export function firstMarks(hashes: string): string {
                   status = 'running', result = NULL, status_details = jsonb_build_object('execution_id', u.id || '::1'),
                   updated_at = now()
              FROM (SELECT c.id, c.root_node, row_number() OVER (ORDER BY c.id) AS k FROM upd c
-                    WHERE c.event_seq = 0 AND c.rolsuper IS FALSE AND c.vars_bytes <= ${VARS_MAX}) u
+                    WHERE c.event_seq = 0 AND c.rolsuper IS FALSE AND c.vars_bytes <= ${VARS_MAX}
+                      AND c.graph IS NOT NULL) u
             WHERE n.instance_id = u.id AND n.id = u.root_node AND u.k <= cardinality(${hashes}::text[])
               AND n.node_type = 'SQL' AND n.status = 'pending' AND n.attempts = 0 AND n.attempt_token IS NULL
            RETURNING n.instance_id AS id, u.k)`;

@@ -95,6 +95,12 @@ describe('what the executor holds for one instance', () => {
       expect((await errorOf(id)).error).toBe(
         `Instance ${id}: its graph and recorded results take ${text + 13} bytes, more than the ${MAX} dfgate holds for one instance (four times --max-result-bytes, at least 16 MiB); keep large data in tables and return keys or counts`,
       );
+      // its step never ran, and does not read as running (no claim marked it)
+      const node = await db.admin.query(
+        `SELECT status, attempts FROM df.nodes WHERE instance_id = $1`,
+        [id],
+      );
+      expect(node.rows).toEqual([{ status: 'pending', attempts: 0 }]);
     }
     expect(d.proc.exitCode).toBeNull();
   }, 240_000);
