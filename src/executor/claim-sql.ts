@@ -28,23 +28,50 @@ export function statementName(text: string): string {
  */
 export const VARS_MAX = 4 * 1024 * 1024;
 
-/** Why an instance cannot run at all (its role is gone, its variables too large), or undefined. */
+/** The most of an instance's label that dfgate loads (labels name workflows; {sys_label} substitutes it). */
+export const LABEL_MAX = 64 * 1024;
+
+/** The most of an instance's options (df.start's retry policy and on_failure workflow) that dfgate loads, as JSON text. */
+export const OPTIONS_MAX = 4 * 1024 * 1024;
+
+/** What the instance row's own label, options and variables may take together in any read. */
+const ROW_MAX = LABEL_MAX + OPTIONS_MAX + VARS_MAX;
+
+/** Why an instance cannot run at all (its role is gone, its label, options or variables too large), or undefined. */
 export function unrunnable(
   id: string,
-  inst: { readonly role_name: string | null; readonly vars_bytes?: number | string | null },
+  inst: {
+    readonly role_name: string | null;
+    readonly vars_bytes?: number | string | null;
+    readonly label_bytes?: number | string | null;
+    readonly options_bytes?: number | string | null;
+  },
 ): string | undefined {
   if (inst.role_name === null)
     return `Instance ${id}: submitted_by role no longer exists in pg_roles`;
-  const bytes = Number(inst.vars_bytes ?? 0);
-  if (bytes > VARS_MAX)
-    return `Instance ${id}: its variables (df.setvar, copied at its start) take ${bytes} bytes, more than the ${VARS_MAX} dfgate loads; keep large data in tables`;
-  return undefined;
+  const too = (
+    what: string,
+    bytes: number | string | null | undefined,
+    max: number,
+  ): string | undefined =>
+    Number(bytes ?? 0) > max
+      ? `Instance ${id}: ${what} take${what.startsWith('its label') ? 's' : ''} ${Number(bytes)} bytes, more than the ${max} dfgate loads; keep large data in tables`
+      : undefined;
+  return (
+    too('its variables (df.setvar, copied at its start)', inst.vars_bytes, VARS_MAX) ??
+    too('its label', inst.label_bytes, LABEL_MAX) ??
+    too(
+      "its options (df.start's on_failure workflow and retry policy)",
+      inst.options_bytes,
+      OPTIONS_MAX,
+    )
+  );
 }
 
 /**
- * The most of an instance's step texts, and as much of its recorded
- * outcomes (the events' JSON text), that a claim or a due timer batch reads
- * with it, in bytes. A claim takes dozens of instances and a timer batch
+ * The most of an instance's step texts, as much of its recorded outcomes
+ * (the events' JSON text), and as much of its label, options and variables
+ * together, that a claim or a due timer batch reads with it, in bytes. A claim takes dozens of instances and a timer batch
  * hundreds, so each row is kept small; an instance over it comes back
  * without them (null), and its driver reads it on its own, up to the
  * instance limit (instanceBytesMax). Ordinary workflows take a few kB.
@@ -75,17 +102,31 @@ export function instanceTooLarge(id: string, bytes: number, max: number): string
  * statuses and graph), so an instance's first step needs no load of its own.
  * `max` (bytes, an SQL expression) bounds what is read: events whose JSON
  * text takes more are not read (`events` null), nor step texts that take
- * more (`graph` null when asked for). Sizes are summed before anything is
- * built, so an instance of any size costs the read no memory.
+ * more (`graph` null when asked for). The row's own label, options and
+ * variables are read up to their caps (LABEL_MAX, OPTIONS_MAX, VARS_MAX) and
+ * `rowMax`; when together they take more than `rowMax`, `events` is null as
+ * well, so that the driver reads the instance on its own. Sizes are summed
+ * before anything is built, so an instance of any size costs the read no
+ * memory.
  */
-export const instanceColumns = (after: string, nodes: string, graph: string, max: string): string =>
-  `i.id, i.label, i.root_node, i.status, i.lease_epoch, i.event_seq, i.options,
-   CASE WHEN octet_length(i.vars::text) <= ${VARS_MAX} THEN i.vars ELSE '{}' END AS vars,
+export const instanceColumns = (
+  after: string,
+  nodes: string,
+  graph: string,
+  max: string,
+  rowMax = ROW_MAX,
+): string =>
+  `i.id, i.root_node, i.status, i.lease_epoch, i.event_seq,
+   CASE WHEN octet_length(i.label) <= ${Math.min(LABEL_MAX, rowMax)} THEN i.label END AS label,
+   octet_length(i.label) AS label_bytes,
+   CASE WHEN octet_length(i.options::text) <= ${Math.min(OPTIONS_MAX, rowMax)} THEN i.options END AS options,
+   octet_length(i.options::text) AS options_bytes,
+   CASE WHEN octet_length(i.vars::text) <= ${Math.min(VARS_MAX, rowMax)} THEN i.vars ELSE '{}' END AS vars,
    octet_length(i.vars::text) AS vars_bytes,
    i.submitted_by::oid::int AS role_oid,
    (SELECT r.rolname FROM pg_roles r WHERE r.oid = i.submitted_by) AS role_name,
    (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = i.submitted_by) AS rolsuper,
-   CASE WHEN ${eventBytes(after)} <= ${max} THEN
+   CASE WHEN ${eventBytes(after)} <= ${max} AND ${ROW_BYTES} <= ${rowMax} THEN
      (SELECT coalesce(json_agg(json_build_object('a', e.activation, 'k', e.kind, 'd', e.detail, 's', e.seq)), '[]')
         FROM df.events e WHERE e.instance_id = i.id AND e.activation IS NOT NULL AND e.seq > ${after}) END AS events,
    CASE WHEN ${nodes} THEN (SELECT json_agg(json_build_object('id', n.id, 'st', n.status, 'sd', n.status_details ->> 'execution_id'))
@@ -93,6 +134,9 @@ export const instanceColumns = (after: string, nodes: string, graph: string, max
    CASE WHEN ${graph} AND ${GRAPH_BYTES} <= ${max} THEN (SELECT coalesce(json_agg(json_build_object('id', n.id, 'node_type', n.node_type, 'query', n.query,
                         'result_name', n.result_name, 'left_node', n.left_node, 'right_node', n.right_node)), '[]')
                         FROM df.nodes n WHERE n.instance_id = i.id) END AS graph`;
+
+/** What instance `i`'s label, options and variables take, in bytes. */
+const ROW_BYTES = `(coalesce(octet_length(i.label), 0) + coalesce(octet_length(i.options::text), 0) + coalesce(octet_length(i.vars::text), 0))`;
 
 /** What instance `i`'s step texts take, in bytes (octet_length of a text does not detoast it). */
 const GRAPH_BYTES = `(SELECT coalesce(sum(octet_length(n.query)), 0) FROM df.nodes n WHERE n.instance_id = i.id)`;
@@ -116,7 +160,8 @@ export function loadBytes(after: string, graph: string): string {
  * hash of a token drawn here, attempt 1, running, stamp `<id>::1`. The
  * claim holds the lease it writes the mark under, and no outcome can exist
  * yet, so the mark's checks hold by construction. Not for a superuser's
- * instance or one whose role is gone: the driver fails those without
+ * instance, one whose role is gone or whose label, options or variables
+ * pass their caps: the driver fails those without
  * running a step, and their node must not read as running; nor for one whose
  * graph did not come with the claim (too large: its driver reads it, and
  * may fail it for its size). `hashes` is the
@@ -131,6 +176,7 @@ export function firstMarks(hashes: string): string {
                   updated_at = now()
              FROM (SELECT c.id, c.root_node, row_number() OVER (ORDER BY c.id) AS k FROM upd c
                     WHERE c.event_seq = 0 AND c.rolsuper IS FALSE AND c.vars_bytes <= ${VARS_MAX}
+                      AND coalesce(c.label_bytes, 0) <= ${LABEL_MAX} AND coalesce(c.options_bytes, 0) <= ${OPTIONS_MAX}
                       AND c.graph IS NOT NULL) u
             WHERE n.instance_id = u.id AND n.id = u.root_node AND u.k <= cardinality(${hashes}::text[])
               AND n.node_type = 'SQL' AND n.status = 'pending' AND n.attempts = 0 AND n.attempt_token IS NULL

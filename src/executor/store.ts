@@ -30,8 +30,10 @@ export interface InstanceRow {
   readonly role_oid: number;
   readonly rolsuper: boolean | null;
   readonly vars: Record<string, string>;
-  /** The variables' size as JSON text; over VARS_MAX they are read as {} (claim-sql.ts). */
+  /** Sizes: over VARS_MAX the variables read as {}, over LABEL_MAX / OPTIONS_MAX null (claim-sql.ts). */
   readonly vars_bytes?: number | string | null;
+  readonly label_bytes?: number | string | null;
+  readonly options_bytes?: number | string | null;
   readonly lease_epoch: string;
   /** The number of the instance's latest event (df.instances.event_seq). */
   readonly event_seq: string;
@@ -68,7 +70,7 @@ export interface StampRows {
 }
 
 const INSTANCE_COLUMNS = instanceColumns('$2', '$3', '$4', '$5');
-const CLAIMED_COLUMNS = instanceColumns('0', 'true', 'true', String(INLINE_MAX));
+const CLAIMED_COLUMNS = instanceColumns('0', 'true', 'true', String(INLINE_MAX), INLINE_MAX);
 
 const RECORD_EVENT = 'SELECT df._record_event($1, $2, $3, $4, $5, $6::jsonb)';
 

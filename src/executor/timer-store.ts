@@ -81,7 +81,7 @@ SELECT i.id FROM df.instances i
  * taken: every event writer (df._record_event, df._complete_step) locks the
  * instance row first, so what is read here stays true until the commit.
  */
-const READ_DUE = `SELECT ${instanceColumns('0', 'false', 'true', String(INLINE_MAX))}, clock_timestamp() AS read_at
+const READ_DUE = `SELECT ${instanceColumns('0', 'false', 'true', String(INLINE_MAX), INLINE_MAX)}, clock_timestamp() AS read_at
   FROM df.instances i WHERE i.id = ANY ($1::text[])`;
 
 /**

@@ -7,7 +7,7 @@
  * or six 20 MB step texts in one claim would end it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { instanceColumns } from '../../src/executor/claim-sql.js';
+import { INLINE_MAX, instanceColumns } from '../../src/executor/claim-sql.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { spawnDfgate, viaPort, whileAliveOf, type DfgateProcess } from '../harness/dfgate.js';
 import { finished } from '../harness/executor.js';
@@ -117,6 +117,69 @@ describe('what the executor holds for one instance', () => {
       status: 'completed',
       result: '{"rows": [{"two": 2}], "row_count": 1}',
     });
+  }, 120_000);
+});
+
+describe('what an instance row carries', () => {
+  it('labels and options past their caps fail the instance without being read; dfgate lives', async () => {
+    const c = await db.connect(app.url);
+    // the label index takes one this long (it compresses), far past the 64 KiB dfgate loads
+    const label = 200_000;
+    const ids = (
+      await c.query<{ id: string }>(
+        `SELECT df.start('SELECT 1 AS one', repeat('l', ${label}) || g) AS id FROM generate_series(1, 8) g`,
+      )
+    ).rows.map((r) => r.id);
+    for (const id of ids) {
+      expect((await whileAlive(finished(c, id, 120_000))).status).toBe('failed');
+      expect((await errorOf(id)).error).toBe(
+        `Instance ${id}: its label takes ${label + 1} bytes, more than the 65536 dfgate loads; keep large data in tables`,
+      );
+    }
+    const opt = (
+      await c.query(
+        `SELECT df.start('SELECT 1 AS one', on_failure => 'SELECT 2 /*' || repeat('o', 5 * 1024 * 1024) || '*/') AS id`,
+      )
+    ).rows[0].id as string;
+    expect((await whileAlive(finished(c, opt, 120_000))).status).toBe('failed');
+    expect((await errorOf(opt)).error).toMatch(
+      new RegExp(
+        `^Instance ${opt}: its options \\(df.start's on_failure workflow and retry policy\\) take \\d+ bytes, more than the 4194304 dfgate loads; keep large data in tables$`,
+      ),
+    );
+  }, 240_000);
+
+  it('an instance whose variables are too large for a claim or timer batch wakes and runs on its own', async () => {
+    const v = await db.role('sizevars');
+    const c = await db.connect(viaPort(v.url, d.port));
+    // 300 kB: more than a claim or a due-timer batch reads with one instance (256 KiB)
+    await c.query(`SELECT df.setvar('blob', repeat('v', 300000))`);
+    const id = (
+      await c.query(`SELECT df.start(df.sleep(1) ~> 'SELECT length(''{blob}'') AS n') AS id`)
+    ).rows[0].id as string;
+    expect(await whileAlive(finished(c, id, 60_000))).toEqual({
+      status: 'completed',
+      result: '{"rows": [{"n": 300000}], "row_count": 1}',
+    });
+    // what the claim's and the batch's read gives it: no variables, no events (the driver reads it)
+    const inline = (
+      await db.admin.query(
+        `SELECT ${instanceColumns('0', 'false', 'true', String(INLINE_MAX), INLINE_MAX)}
+           FROM df.instances i WHERE i.id = $1`,
+        [id],
+      )
+    ).rows[0] as { vars: unknown; events: unknown; vars_bytes: number };
+    expect(inline).toMatchObject({ vars: {}, events: null });
+    expect(Number(inline.vars_bytes)).toBeGreaterThan(INLINE_MAX);
+    const alone = (
+      await db.admin.query(
+        `SELECT ${instanceColumns('0', 'false', 'true', String(16 * 1024 * 1024))}
+           FROM df.instances i WHERE i.id = $1`,
+        [id],
+      )
+    ).rows[0] as { vars: Record<string, string>; events: unknown[] };
+    expect(alone.vars['blob']?.length).toBe(300000);
+    expect(alone.events.length).toBeGreaterThan(0);
   }, 120_000);
 });
 

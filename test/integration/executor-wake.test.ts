@@ -477,6 +477,10 @@ describe('born claimed: a plain df.start through the proxy of the same process',
     // a born claim carries no variables (an instance with some raises none), so not their size
     expect(read?.['vars_bytes']).toBe(2);
     delete read?.['vars_bytes'];
+    // nor the sizes of its label and options, which came in the start's own message
+    expect(read?.['label_bytes']).toBe('same-read'.length);
+    delete read?.['label_bytes'];
+    delete read?.['options_bytes'];
     const sorted = (v: unknown): unknown =>
       Array.isArray(v)
         ? [...v].sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)))
