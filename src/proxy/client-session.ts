@@ -25,6 +25,7 @@ import { Lender, LENDER_INSPECT } from './lender.js';
 import { decodeParameterStatus, type ErrorFields } from './protocol/backend.js';
 import {
   Backend,
+  CLIENT_INSPECT_MAX,
   Frontend,
   isFrontendType,
   isSmallFrontendType,
@@ -286,17 +287,18 @@ export class Session extends ClientConnection implements EdgeHost {
         message: (t, body, raw) => this.inspectClient(t, body, raw),
         // transaction mode looks at a long Query or Parse as it arrives
         part: (t, src, from, to, first) => {
-          if (
-            this.lender &&
-            this.phase === 'ready' &&
-            (t === Frontend.Query || t === Frontend.Parse)
-          )
-            this.lender.pooled.arriving.feed(src, from, to, first);
+          if (this.phase === 'ready') this.lender?.part(t, src, from, to, first);
         },
         assembled: (t, parts) =>
           this.lender && this.phase === 'ready' ? this.lender.assembled(t, parts) : undefined,
+        // one over CLIENT_INSPECT_MAX streams through, seen through its first bytes
+        truncated: (t, head, _length, framed) =>
+          this.lender && this.phase === 'ready'
+            ? this.lender.long(t, head, framed)
+            : this.edge.cutStatement(t, head),
       },
       this.ctx.maxMessageSize,
+      CLIENT_INSPECT_MAX,
     );
     conn.write(startupPacket);
     conn.socket.resume();

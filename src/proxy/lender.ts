@@ -9,10 +9,11 @@
 import type { Logger } from 'pino';
 import type { Conversation, Ledger } from './conversation.js';
 import type { EdgeInterceptor } from './edge/intercept.js';
+import { nonceName } from './edge/errors.js';
 import type { ServerPools } from './pool.js';
 import { late, PooledClient } from './pooled.js';
 import { Backend, Frontend } from './protocol/codes.js';
-import type { Piece } from './protocol/frame.js';
+import type { Cut, Piece } from './protocol/frame.js';
 import { encodeFrontend } from './protocol/frontend.js';
 import { ProtocolError } from './protocol/reader.js';
 import type { ServerConn } from './server-conn.js';
@@ -198,6 +199,12 @@ export class Lender {
     return !this.host.ledger.unsure && this.host.ledger.batchLen === 0;
   }
 
+  /** Bytes [from, to) of `src` of a client message being assembled (Framer's `part`). */
+  part(type: number, src: Buffer, from: number, to: number, first: boolean): void {
+    if (type === Frontend.Query || type === Frontend.Parse)
+      this.pooled.arriving.feed(src, from, to, first);
+  }
+
   /**
    * A Query that spanned chunks, as the parts it arrived in: when the edge
    * does not look at it and its chunks held none of the words transaction
@@ -210,6 +217,34 @@ export class Lender {
     if (this.host.edge.watches(type, size - 1)) return undefined;
     const [first, ...rest] = parts as [Buffer, ...Buffer[]];
     return [late((conn) => [...this.pooled.out(first, conn), ...rest])];
+  }
+
+  /**
+   * A client message too long to assemble (over CLIENT_INSPECT_MAX), seen
+   * through its first bytes as the rest streams: the edge's watch and the
+   * client's bookkeeping (PooledClient.long). A refused Parse is dropped as it
+   * streams and replaced by one the server fails, whose error dfgate swaps for
+   * the refusal, as for a short one.
+   */
+  long(type: number, head: Buffer, framed: Buffer): Cut | undefined {
+    const pooled = this.pooled.long(type, framed);
+    if (pooled instanceof Map) {
+      // a name longer than the bytes kept does not matter: the server fails on the text first
+      const z = head.indexOf(0);
+      const name = z < 0 ? 'dfgate_long' : head.toString('utf8', 0, z);
+      const sql = nonceName(this.host.edge.provoke(pooled));
+      return { head: encodeFrontend({ type: 'Parse', name, sql, paramTypes: [] }), drop: true };
+    }
+    const edge = this.host.edge.cutStatement(type, head);
+    if (!edge || !pooled) return edge ?? pooled;
+    return {
+      head: pooled.head,
+      rest: (src, from, to) => {
+        edge.rest?.(src, from, to);
+        pooled.rest?.(src, from, to);
+      },
+      end: () => [...(edge.end?.() ?? []), ...(pooled.end?.() ?? [])],
+    };
   }
 
   /** A client message after login: the edge first, then what the client keeps across connections. */

@@ -12,7 +12,8 @@
  * 53300. Connections idle for --server-idle-timeout are closed, except the
  * last one of a pool that still has clients (nothing could replace it but a
  * new login). A connection given back in the middle of a transaction (its
- * client went away) is rolled back first, or closed.
+ * client went away) is rolled back first, or closed; one where a statement
+ * dfgate did not look at ran gets DISCARD ALL before it is lent again.
  */
 import type { Logger } from 'pino';
 import { SqlState } from '../db/sqlstate.js';
@@ -225,12 +226,16 @@ export class ServerPools {
     return got;
   }
 
-  /** A connection comes back idle and clean: to the first waiter, or idle. */
+  /** A connection comes back idle and clean: to the first waiter, or idle (reset first if its state is unknown). */
   release(key: string, conn: ServerConn): void {
     const p = this.pool(key);
     conn.sink = undefined;
     if (conn.closed || this.closing) {
       this.discard(key, conn);
+      return;
+    }
+    if (conn.stateUnknown) {
+      this.reset(key, conn);
       return;
     }
     const w = p.waiters.shift();
@@ -297,7 +302,9 @@ export class ServerPools {
 
   /**
    * The client holding `conn` went away in the middle of something: end any
-   * COPY, batch and transaction, then return it if it came back idle (else close it).
+   * COPY, batch and transaction, then return it if it came back idle (else
+   * close it). A connection whose session state is unknown (stateUnknown) also
+   * gets DISCARD ALL, and is closed unless that completes.
    */
   reset(key: string, conn: ServerConn): void {
     if (conn.closed) {
@@ -311,16 +318,29 @@ export class ServerPools {
     }, 10_000);
     timer.unref();
     let seen = false;
+    const discardAll = conn.stateUnknown;
+    let discarded = false;
     conn.sink = {
       inspect: () => true,
       message: (t, body) => {
         if (t === Backend.DataRow && body.includes(marker)) seen = true;
+        else if (discardAll && t === Backend.CommandComplete && body.equals(DISCARD_ALL_TAG))
+          discarded = true;
         else if (t === Backend.ReadyForQuery && seen) {
           clearTimeout(timer);
           seen = false;
           conn.suspect = false;
+          // a simple Query drops the unnamed statement, whoever's it was
+          conn.unnamedOwner = undefined;
+          if (discarded) {
+            // what dfgate put there is gone with it
+            conn.prepared.clear();
+            conn.uncertain.clear();
+            conn.settings.clear();
+            conn.stateUnknown = false;
+          }
           setImmediate(() => {
-            if (conn.txStatus === 'I') this.release(key, conn);
+            if (conn.txStatus === 'I' && discarded === discardAll) this.release(key, conn);
             else this.discard(key, conn);
           });
         }
@@ -338,10 +358,16 @@ export class ServerPools {
         encodeFrontend({ type: 'CopyFail', message: 'client of dfgate went away' }),
         encodeFrontend({ type: 'Sync' }),
         encodeFrontend({ type: 'Query', sql: 'ROLLBACK' }),
+        ...(discardAll ? [encodeFrontend({ type: 'Query', sql: 'DISCARD ALL' })] : []),
         encodeFrontend({ type: 'Query', sql: `SELECT '${marker}'` }),
       ]),
     );
-    this.opts.log.debug({ server: conn.id }, 'rolling back a server connection its client left');
+    this.opts.log.debug(
+      { server: conn.id, discardAll },
+      discardAll
+        ? 'resetting a server connection whose session state dfgate does not know'
+        : 'rolling back a server connection its client left',
+    );
   }
 
   private sweep(): void {
@@ -367,6 +393,9 @@ export class ServerPools {
       }
   }
 }
+
+/** The CommandComplete body of DISCARD ALL. */
+const DISCARD_ALL_TAG = Buffer.from('DISCARD ALL\0', 'latin1');
 
 /** Resolves once the connection's socket has closed (at most 2 s). */
 function gone(c: ServerConn): Promise<void> {

@@ -17,21 +17,23 @@
  *   temporary tables, SQL-level PREPARE): refused with 0A000.
  */
 import { createHash } from 'node:crypto';
-import { SqlState } from '../db/sqlstate.js';
 import { decodeErrorFields, encodeErrorFieldMap } from './protocol/backend.js';
-import { Backend, Frontend } from './protocol/codes.js';
-import type { Deferred, Piece } from './protocol/frame.js';
+import { Backend, CLIENT_INSPECT_MAX, Frontend } from './protocol/codes.js';
+import type { Cut, Deferred, Piece } from './protocol/frame.js';
 import { encodeFrontend } from './protocol/frontend.js';
 import type { ServerConn } from './server-conn.js';
-import { refusal } from './edge/errors.js';
 import {
-  headOf,
-  scanStatements,
-  splitStatements,
-  WordWatch,
-  type ScanOptions,
-  type ScannedStatement,
-} from './sql-scan.js';
+  lit,
+  lookAt,
+  MAYBE,
+  refuse,
+  refusalOf,
+  REPORTED_SYNC,
+  setOp,
+  unquote,
+  type SetOp,
+} from './pooled-scan.js';
+import { WordWatch, type ScanOptions } from './sql-scan.js';
 
 /** A piece whose bytes depend on the server connection it is written to; evaluated at write time. */
 export type Late = Deferred & { readonly late: (conn: ServerConn) => Buffer[] };
@@ -50,21 +52,6 @@ const SERVER_NAME = /dfgate_[0-9a-f]{20}/g;
 const ParseComplete = 0x31; // '1'
 const CloseComplete = 0x33; // '3'
 const CommandComplete = 0x43; // 'C'
-
-/** Reported parameters dfgate sets on a lent connection when they differ from the client's. */
-const REPORTED_SYNC = [
-  'application_name',
-  'client_encoding',
-  'DateStyle',
-  'IntervalStyle',
-  'TimeZone',
-  'standard_conforming_strings',
-  'search_path',
-] as const;
-/** Settings kept in step through ParameterStatus rather than by tracking SET (lowercase). */
-const REPORTED_LOWER = new Set(
-  REPORTED_SYNC.filter((k) => k !== 'search_path').map((k) => k.toLowerCase()),
-);
 
 /** Server responses to one client Query/Sync/FunctionCall batch, and what dfgate added to it. */
 interface Batch {
@@ -89,25 +76,11 @@ interface Prepared {
   readonly parse: Buffer;
 }
 
-type SetOp =
-  | { readonly kind: 'set'; readonly key: string; readonly sql: string }
-  | { readonly kind: 'reset'; readonly key: string }
-  | { readonly kind: 'resetAll' };
-
-const HINT =
-  'Use --pool-mode session for clients that need it (a second dfgate, or a separate listener), or keep the state inside one transaction.';
-
-function refuse(what: string, hint = HINT): Map<string, string> {
-  return refusal(
-    SqlState.FeatureNotSupported,
-    `${what} is not supported in dfgate's transaction pooling mode (--pool-mode transaction): the next transaction may run on another server connection`,
-    hint,
-  );
-}
-
 export class PooledClient {
   private readonly prepared = new Map<string, Prepared>();
   private unnamed: Buffer | undefined;
+  /** The unnamed statement is one too long to keep a copy of (a long Parse): it stays on its connection. */
+  private unnamedLong = false;
   /** Committed session settings: key (lowercase) → [name as written, value as written]. */
   readonly settings = new Map<string, string>();
   private pendingSets: SetOp[] = [];
@@ -358,12 +331,14 @@ export class PooledClient {
       case Frontend.Query:
         // a simple query drops the unnamed statement
         this.unnamed = undefined;
+        this.unnamedLong = false;
         conn.unnamedOwner = undefined;
         return [raw];
       case Frontend.Parse: {
         const name = cstringAt(raw, 5);
         if (name.value === '') {
           this.unnamed = raw;
+          this.unnamedLong = false;
           conn.unnamedOwner = this.token;
           return [raw];
         }
@@ -381,14 +356,7 @@ export class PooledClient {
       case Frontend.Bind: {
         const portal = cstringAt(raw, 5);
         const stmt = cstringAt(raw, portal.end);
-        if (stmt.value === '') {
-          if (this.unnamed && conn.unnamedOwner !== this.token) {
-            batch.parse++;
-            conn.unnamedOwner = this.token;
-            return [this.unnamed, raw];
-          }
-          return [raw];
-        }
+        if (stmt.value === '') return this.unnamedFor(raw, conn, batch);
         const p = this.prepared.get(stmt.value);
         if (!p) return [raw];
         return [
@@ -400,15 +368,12 @@ export class PooledClient {
       case Frontend.Close: {
         if (raw[5] !== 0x53 /* S */) return [raw];
         const stmt = cstringAt(raw, 6);
-        if (stmt.value === '') {
-          if (raw[0] === Frontend.Close) this.unnamed = undefined;
-          else if (this.unnamed && conn.unnamedOwner !== this.token) {
-            batch.parse++;
-            conn.unnamedOwner = this.token;
-            return [this.unnamed, raw];
-          }
+        if (stmt.value === '' && raw[0] === Frontend.Close) {
+          this.unnamed = undefined;
+          this.unnamedLong = false;
           return [raw];
         }
+        if (stmt.value === '') return this.unnamedFor(raw, conn, batch);
         const p = this.prepared.get(stmt.value);
         if (!p) return [raw];
         const renamed = withName(raw, 6, stmt.end, p.server);
@@ -422,6 +387,69 @@ export class PooledClient {
       default:
         return [raw];
     }
+  }
+
+  /**
+   * A Bind or Describe of the unnamed statement (`raw`) as it must reach `conn`:
+   * after the client's Parse if another connection got it. One too long to keep
+   * was not carried: the Close before it makes the server answer as it does for
+   * an unnamed statement that does not exist (26000), not bind another client's.
+   */
+  private unnamedFor(raw: Buffer, conn: ServerConn, batch: Batch): Buffer[] {
+    if (conn.unnamedOwner === this.token) return [raw];
+    if (this.unnamed) {
+      batch.parse++;
+      conn.unnamedOwner = this.token;
+      return [this.unnamed, raw];
+    }
+    if (!this.unnamedLong) return [raw];
+    batch.close++;
+    conn.unnamedOwner = undefined;
+    return [CLOSE_UNNAMED, raw];
+  }
+
+  /**
+   * A Query, Parse or Bind too long to assemble (over CLIENT_INSPECT_MAX), seen
+   * through its first bytes (`framed`, the type byte and length included) while
+   * the rest streams to the server: a Bind goes out renamed like a short one
+   * (its names come first). The statements of a Query or an unnamed Parse are
+   * not looked at: a word of MAYBE anywhere in them leaves the session state of
+   * the connection unknown, so it gets DISCARD ALL before it is lent again, and
+   * such an unnamed statement is not carried to another connection. A named
+   * Parse is refused (the fields): carrying it would need a copy of all of it.
+   */
+  long(type: number, framed: Buffer): Cut | Map<string, string> | undefined {
+    const batch = this.open;
+    if (type === Frontend.Bind) {
+      const portal = cstringAt(framed, 5);
+      // names cut off by the end of the bytes kept: no statement of the client's
+      if (framed.indexOf(0, portal.end) < 0) return undefined;
+      return { head: late((conn) => this.out(framed, conn, batch)) };
+    }
+    if (type !== Frontend.Query && type !== Frontend.Parse) return undefined;
+    const parse = type === Frontend.Parse;
+    if (parse && framed[5] !== 0)
+      return refuse(
+        `a named prepared statement over ${CLIENT_INSPECT_MAX} bytes`,
+        'dfgate would have to keep a copy of it to prepare it there. Use the unnamed statement inside one transaction, pass long values as parameters, or use --pool-mode session.',
+      );
+    const words = new WordWatch(MAYBE);
+    words.feed(framed, 5, framed.length, true);
+    return {
+      head: late((conn) => {
+        this.unnamed = undefined;
+        this.unnamedLong = parse;
+        conn.unnamedOwner = parse ? this.token : undefined;
+        return [framed];
+      }),
+      rest: (src, from, to) => words.feed(src, from, to, false),
+      end: () => [
+        late((conn) => {
+          if (words.take()) conn.stateUnknown = true;
+          return [];
+        }),
+      ],
+    };
   }
 
   /** The statement `server` exists on `conn` after these messages (`own`: the client's Parse answers itself). */
@@ -453,133 +481,6 @@ export function isMapped(p: Piece): p is Mapped {
   return typeof p === 'function' && 'mapped' in p;
 }
 
-/**
- * Words one of which a statement transaction mode looks at contains (a cheap
- * test of the raw bytes before scanning): the first words below, and what
- * refusalOf finds anywhere in a statement (advisory locks, INTO TEMP).
- */
-const MAYBE = 'listen prepare deallocate discard declare advisory_lock temp set'.split(' ');
-const maybe = new WordWatch(MAYBE);
-/** First words of the statements looked at (CREATE only with TEMP, which is looked for anywhere). */
-const HEAD = /(?:listen|prepare|set|reset|deallocate|discard|declare)\b/iy;
-const ANYWHERE = /advisory_lock|temp/gi;
-
-/**
- * The statements of a query text (`body` bytes [from, to)) that transaction
- * mode must look at, decoded, and how many statements there are in all;
- * undefined if none (`seen`: whether a word of MAYBE occurs, if known from
- * the message's chunks). The text is split as bytes (one latin1 char per byte,
- * no decoding, see sql-scan.ts); a statement is looked at if it starts with
- * a word of HEAD or holds a word of ANYWHERE (even in a literal: the check
- * on its code decides). Only those are decoded and scanned again as text,
- * so that offsets in `text` and `code` line up. Leading comments are cut
- * from both, so `code` starts with the statement's first word.
- */
-function lookAt(
-  body: Buffer,
-  from: number,
-  to: number,
-  opts: ScanOptions,
-  seen: boolean | undefined,
-): { readonly count: number; readonly statements: ScannedStatement[] } | undefined {
-  if (!(seen ?? maybe.test(body, from, to))) return undefined;
-  const bytes = body.toString('latin1', from, to);
-  const spans = splitStatements(bytes, opts);
-  // where ANYWHERE matches, in order (one pass over the text)
-  const hits: number[] = [];
-  ANYWHERE.lastIndex = 0;
-  for (let m = ANYWHERE.exec(bytes); m; m = ANYWHERE.exec(bytes)) hits.push(m.index);
-  const statements: ScannedStatement[] = [];
-  let h = 0;
-  for (const s of spans) {
-    while (h < hits.length && (hits[h] as number) < s.start) h++;
-    HEAD.lastIndex = headOf(bytes, s);
-    if (!HEAD.test(bytes) && !(h < hits.length && (hits[h] as number) < s.end)) continue;
-    const text = body.toString('utf8', from + s.start, from + s.end);
-    for (const t of scanStatements(text, opts)) {
-      const lead = leadingBlanks(t.code);
-      statements.push({
-        start: t.start + lead,
-        end: t.end,
-        text: t.text.slice(lead),
-        code: t.code.slice(lead),
-      });
-    }
-  }
-  return statements.length ? { count: spans.length, statements } : undefined;
-}
-
-/** Length of the blanks (comments, PostgreSQL whitespace) a statement's code starts with. */
-function leadingBlanks(code: string): number {
-  return /^[ \t\n\v\f\r]*/.exec(code)?.[0].length ?? 0;
-}
-
-function refusalOf(c: string): Map<string, string> | undefined {
-  if (/^listen\b/.test(c)) return refuse('LISTEN');
-  if (/^prepare\b/.test(c))
-    return refuse(
-      'PREPARE (SQL-level)',
-      'Use protocol-level prepared statements (named queries of your driver), which dfgate carries between connections, or --pool-mode session.',
-    );
-  if (/\bpg_(try_)?advisory_lock(_shared)?\s*\(/.test(c))
-    return refuse(
-      'a session-level advisory lock',
-      'Use pg_advisory_xact_lock (held until the transaction ends), or --pool-mode session.',
-    );
-  if (/^declare\b[\s\S]*\bwith\s+hold\b/.test(c)) return refuse('a WITH HOLD cursor');
-  if (
-    (/^create\s+(?:(?:global|local)\s+)?(?:temp|temporary)\s+(?:table|view|sequence)\b/.test(c) &&
-      !/\bon\s+commit\s+drop\b/.test(c)) ||
-    /\binto\s+(?:temp|temporary)\b/.test(c)
-  )
-    return refuse(
-      'a temporary object that outlives its transaction',
-      'Create it with ON COMMIT DROP inside the transaction that uses it, or use --pool-mode session.',
-    );
-  if (/^set\s+session\s+authorization\b/.test(c)) return refuse('SET SESSION AUTHORIZATION');
-  if (/^set\s+session\s+characteristics\b/.test(c)) return refuse('SET SESSION CHARACTERISTICS');
-  return undefined;
-}
-
-/** The session setting a SET or RESET statement changes (undefined: none to track). */
-function setOp(text: string, c: string): SetOp | 'refuse' | undefined {
-  if (/^set\s+local\b/.test(c) || /^set\s+(?:session\s+)?(?:transaction|constraints)\b/.test(c))
-    return undefined; // ends with the transaction
-  if (/^(?:set\s+(?:session\s+)?time\s+zone|reset\s+time\s+zone)\b/.test(c)) return undefined; // TimeZone is reported
-  if (/^reset\s+all\s*$/.test(c)) return { kind: 'resetAll' };
-  const role = /^set\s+(?:session\s+)?role\s+/.exec(c);
-  if (role) return setOrReset('role', text, text.slice(role[0].length));
-  const reset = /^reset\s+([a-z_][\w.$]*|"[^"]*")\s*$/.exec(c);
-  if (reset) {
-    const key = unquote(text.slice(6).trim()).toLowerCase();
-    return REPORTED_LOWER.has(key) ? undefined : { kind: 'reset', key };
-  }
-  const m = /^set\s+(?:session\s+)?([a-z_][\w.$]*|"[^"]*")\s*(?:=|\bto\b)\s*/.exec(c);
-  if (!m) return /^set\b/.test(c) ? 'refuse' : undefined;
-  const nameText = text.slice(
-    m[0].indexOf(m[1] as string),
-    m[0].indexOf(m[1] as string) + (m[1] as string).length,
-  );
-  const key = unquote(nameText).toLowerCase();
-  if (REPORTED_LOWER.has(key)) return undefined;
-  return setOrReset(key, text, text.slice(m[0].length));
-}
-
-function setOrReset(key: string, stmt: string, value: string): SetOp {
-  return /^default\s*$/i.test(value.trim())
-    ? { kind: 'reset', key }
-    : { kind: 'set', key, sql: stmt };
-}
-
-function unquote(s: string): string {
-  const t = s.trim();
-  return t.startsWith('"') ? t.slice(1, -1).replace(/""/g, '"') : t.toLowerCase();
-}
-
-function lit(s: string): string {
-  return `'${s.replace(/'/g, "''")}'`;
-}
-
 /** The NUL-terminated string at `at` (utf8) and the offset after its NUL. */
 function cstringAt(raw: Buffer, at: number): { readonly value: string; readonly end: number } {
   const z = raw.indexOf(0, at);
@@ -587,10 +488,15 @@ function cstringAt(raw: Buffer, at: number): { readonly value: string; readonly 
   return { value: raw.toString('utf8', at, z < 0 ? raw.length : z), end };
 }
 
-/** `raw` with the NUL-terminated string in [from, end) replaced by `name` (length fixed up). */
+/**
+ * `raw` with the NUL-terminated string in [from, end) replaced by `name`, its
+ * length fixed up (`raw` may be the first bytes of a longer message).
+ */
 function withName(raw: Buffer, from: number, end: number, name: string): Buffer {
   const n = Buffer.from(name + '\0', 'utf8');
   const out = Buffer.concat([raw.subarray(0, from), n, raw.subarray(end)]);
-  out.writeInt32BE(out.length - 1, 1);
+  out.writeInt32BE(raw.readInt32BE(1) + n.length - (end - from), 1);
   return out;
 }
+
+const CLOSE_UNNAMED = encodeFrontend({ type: 'Close', kind: 'S', name: '' });

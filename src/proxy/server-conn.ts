@@ -88,6 +88,12 @@ export class ServerConn {
   unnamedOwner: object | undefined;
   /** An error passed on this connection: check it before lending it again. */
   suspect = false;
+  /**
+   * Transaction mode: a statement dfgate did not look at (in a client message too
+   * long to assemble) may have left session state here: DISCARD ALL before it is
+   * lent again (ServerPools.release).
+   */
+  stateUnknown = false;
   /** The server sent FATAL or the socket closed. */
   closed = false;
   /** Transaction mode: when it went idle in its pool (ms since epoch). */

@@ -1,4 +1,6 @@
 /** A raw protocol client for tests that need exact messages: connect, log in, read what comes back. */
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
 import net from 'node:net';
 import { decodeErrorFields } from '../../src/proxy/protocol/backend.js';
 import { encodeFrontend, encodeStartup } from '../../src/proxy/protocol/frontend.js';
@@ -170,4 +172,108 @@ export function unnamedExecute(sql: string): Buffer {
     }),
     encodeFrontend({ type: 'Execute', portal: '', maxRows: 0 }),
   ]);
+}
+
+/** Message boundaries of a backend stream, from headers only (bodies are never kept). */
+export class Headers {
+  private head = Buffer.alloc(0);
+  private left = 0;
+  private type = 0;
+  readonly types: string[] = [];
+
+  /** Feeds bytes; the offset just past the first ReadyForQuery completed in them, or -1. */
+  feed(d: Buffer): number {
+    let pos = 0;
+    while (pos < d.length) {
+      if (this.left > 0) {
+        const n = Math.min(this.left, d.length - pos);
+        pos += n;
+        this.left -= n;
+        if (this.left === 0 && this.type === 0x5a) return pos;
+        continue;
+      }
+      const n = Math.min(5 - this.head.length, d.length - pos);
+      this.head = Buffer.concat([this.head, d.subarray(pos, pos + n)]);
+      pos += n;
+      if (this.head.length < 5) break;
+      this.type = this.head[0] as number;
+      this.types.push(String.fromCharCode(this.type));
+      this.left = this.head.readInt32BE(1) - 4;
+      this.head = Buffer.alloc(0);
+    }
+    return -1;
+  }
+}
+
+/** What the server sent up to and including a ReadyForQuery: the message types, and the bytes' length and SHA-256. */
+export interface Answer {
+  readonly types: string[];
+  readonly length: number;
+  readonly sha256: string;
+}
+
+/**
+ * A raw protocol client that logs in (trust) and reads each answer as it
+ * streams, keeping only its hash, so that the test process never holds it.
+ * `send` writes its pieces in order, waiting for the socket to drain (so a
+ * generator of pieces is never all in memory), and resolves with the answer
+ * up to the first ReadyForQuery.
+ */
+export async function hashingClient(port: number, user: string, database: string) {
+  const sock = net.connect({ host: '127.0.0.1', port });
+  sock.on('error', () => undefined);
+  await once(sock, 'connect');
+  let sink: ((d: Buffer) => void) | undefined;
+  sock.on('data', (d: Buffer) => sink?.(d));
+  const closed = new Promise<void>((r) => sock.once('close', () => r()));
+  const send = (pieces: Iterable<Buffer>): Promise<Answer> =>
+    new Promise((resolve, reject) => {
+      const headers = new Headers();
+      const hash = createHash('sha256');
+      let length = 0;
+      void closed.then(() => reject(new Error('connection closed')));
+      sink = (d) => {
+        const end = headers.feed(d);
+        const part = end < 0 ? d : d.subarray(0, end);
+        hash.update(part);
+        length += part.length;
+        if (end < 0) return;
+        sink = undefined;
+        resolve({ types: headers.types, length, sha256: hash.digest('hex') });
+      };
+      void (async () => {
+        for (const p of pieces) {
+          if (sock.destroyed) return;
+          if (!sock.write(p)) await Promise.race([once(sock, 'drain'), closed]);
+        }
+      })();
+    });
+  await send([startupMessage(user, database)]);
+  return {
+    sock,
+    send,
+    query: (sql: string) => send([encodeFrontend({ type: 'Query', sql })]),
+    end: () => sock.end(encodeFrontend({ type: 'Terminate' })),
+  };
+}
+
+/**
+ * A message of `type` whose body is `prefix`, then `size` bytes of `fill`,
+ * then `suffix`, in pieces of at most 1 MiB (the body is never all in memory).
+ */
+export function* longMessage(
+  type: string,
+  prefix: Buffer,
+  size: number,
+  suffix: Buffer,
+  fill = 'x',
+): Generator<Buffer> {
+  const head = Buffer.alloc(5);
+  head[0] = type.charCodeAt(0);
+  head.writeInt32BE(4 + prefix.length + size + suffix.length, 1);
+  yield Buffer.concat([head, prefix]);
+  const chunk = Buffer.alloc(Math.min(size, 1024 * 1024), fill);
+  for (let left = size; left > 0; left -= chunk.length)
+    yield left >= chunk.length ? chunk : chunk.subarray(0, left);
+  yield suffix;
 }

@@ -5,13 +5,9 @@
  * they stream: the client gets exactly what PostgreSQL sent, the connection
  * stays usable, and no framer ever holds more than that prefix.
  */
-import { createHash } from 'node:crypto';
-import { once } from 'node:events';
-import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Framer, type Piece } from '../../src/proxy/protocol/frame.js';
-import { encodeFrontend } from '../../src/proxy/protocol/frontend.js';
-import { startupMessage } from '../harness/wire.js';
+import { hashingClient } from '../harness/wire.js';
 import { SERVER_INSPECT_MAX } from '../../src/proxy/server-conn.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { startTestProxy, viaPort } from '../harness/dfgate.js';
@@ -52,79 +48,8 @@ afterAll(() => {
   vi.restoreAllMocks();
 });
 
-/** Message boundaries of a backend stream, from headers only (bodies are never kept). */
-class Headers {
-  private head = Buffer.alloc(0);
-  private left = 0;
-  private type = 0;
-  readonly types: string[] = [];
-
-  /** Feeds bytes; the offset just past the first ReadyForQuery completed in them, or -1. */
-  feed(d: Buffer): number {
-    let pos = 0;
-    while (pos < d.length) {
-      if (this.left > 0) {
-        const n = Math.min(this.left, d.length - pos);
-        pos += n;
-        this.left -= n;
-        if (this.left === 0 && this.type === 0x5a) return pos;
-        continue;
-      }
-      const n = Math.min(5 - this.head.length, d.length - pos);
-      this.head = Buffer.concat([this.head, d.subarray(pos, pos + n)]);
-      pos += n;
-      if (this.head.length < 5) break;
-      this.type = this.head[0] as number;
-      this.types.push(String.fromCharCode(this.type));
-      this.left = this.head.readInt32BE(1) - 4;
-      this.head = Buffer.alloc(0);
-    }
-    return -1;
-  }
-}
-
-interface Answer {
-  /** Types of the messages up to and including ReadyForQuery. */
-  readonly types: string[];
-  readonly length: number;
-  readonly sha256: string;
-}
-
-/**
- * A raw protocol client that logs in (trust) and reads each answer as it
- * streams, keeping only its hash, so that this process never holds it.
- */
-async function rawClient(port: number, user: string) {
-  const sock = net.connect({ host: '127.0.0.1', port });
-  sock.on('error', () => undefined);
-  await once(sock, 'connect');
-  let sink: ((d: Buffer) => void) | undefined;
-  sock.on('data', (d: Buffer) => sink?.(d));
-  const exchange = (bytes: Buffer): Promise<Answer> =>
-    new Promise((resolve, reject) => {
-      const headers = new Headers();
-      const hash = createHash('sha256');
-      let length = 0;
-      const closed = (): void => reject(new Error('connection closed'));
-      sock.once('close', closed);
-      sink = (d) => {
-        const end = headers.feed(d);
-        const part = end < 0 ? d : d.subarray(0, end);
-        hash.update(part);
-        length += part.length;
-        if (end < 0) return;
-        sink = undefined;
-        sock.off('close', closed);
-        resolve({ types: headers.types, length, sha256: hash.digest('hex') });
-      };
-      sock.write(bytes);
-    });
-  await exchange(startupMessage(user, db.name));
-  return {
-    query: (sql: string) => exchange(encodeFrontend({ type: 'Query', sql })),
-    end: () => sock.end(encodeFrontend({ type: 'Terminate' })),
-  };
-}
+/** A raw protocol client (trust login) that keeps only a hash of each answer. */
+const rawClient = (port: number, user: string) => hashingClient(port, user, db.name);
 
 describe.each(['session', 'transaction'] as const)('%s mode', (mode) => {
   it('a 50 MB error reaches node-postgres whole, and the connection stays usable', async () => {

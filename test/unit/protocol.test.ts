@@ -12,6 +12,7 @@ import {
   Framer,
   MessageTooLarge,
   StartupFramer,
+  type Cut,
   type Piece,
 } from '../../src/proxy/protocol/frame.js';
 import {
@@ -485,6 +486,89 @@ describe('framer', () => {
         const r = run(pieces, undefined, false);
         expect(r.out.equals(input)).toBe(true);
         expect(r.whole).toEqual([edge]);
+      }
+    });
+
+    /** Frames `pieces` with a `truncated` hook answering with the Cut `make` builds; checks what is held after every push. */
+    const runCut = (pieces: Buffer[], make: (rest: (b: Buffer) => void) => Cut) => {
+      const rests: Buffer[] = [];
+      const f = new Framer(
+        {
+          inspect: (t) => t === 0x45 || t === 0x4e,
+          message: () => undefined,
+          truncated: (t, head, length, framed) => {
+            // the kept bytes, header included
+            expect(framed[0]).toBe(t);
+            expect(framed.readInt32BE(1)).toBe(length + 4);
+            expect(framed.subarray(5).equals(head)).toBe(true);
+            const mine: Buffer[] = [];
+            rests.push(Buffer.alloc(0));
+            const at = rests.length - 1;
+            return make((b) => {
+              mine.push(b);
+              rests[at] = Buffer.concat(mine);
+            });
+          },
+        },
+        Number.POSITIVE_INFINITY,
+        MAX,
+      );
+      const out: Buffer[] = [];
+      for (const p of pieces) {
+        out.push(...f.push(p).map((b) => Buffer.from(bytes(b))));
+        expect(f.held).toBeLessThanOrEqual(5 + MAX);
+      }
+      expect(f.failed).toBeUndefined();
+      expect(f.atBoundary).toBe(true);
+      return { out: Buffer.concat(out), rests };
+    };
+    const tails = longOnes.map((m) => m.subarray(5 + MAX));
+
+    it('a Cut replaces the kept bytes, sees the rest as it streams and adds after its end, split at every offset', () => {
+      const renamed = Buffer.from('<renamed head>');
+      const after = Buffer.from('<after>');
+      const expected = Buffer.concat([
+        small,
+        ...[big, notice, big].flatMap((m, i) => [
+          renamed,
+          m.subarray(5 + MAX),
+          after,
+          ...(i === 0 ? [small, edge] : []),
+        ]),
+        small,
+      ]);
+      for (const pieces of [...splits(input), [...input].map((b) => Buffer.from([b]))]) {
+        let ends = 0;
+        const r = runCut(pieces, (rest) => ({
+          head: renamed,
+          rest: (src, from, to) => rest(Buffer.from(src.subarray(from, to))),
+          end: () => {
+            ends++;
+            return [after];
+          },
+        }));
+        expect(r.out.equals(expected)).toBe(true);
+        expect(r.rests).toEqual(tails);
+        expect(ends).toBe(3);
+      }
+    });
+
+    it('a Cut that watches without replacing forwards the message unchanged, split at every offset', () => {
+      for (const pieces of splits(input)) {
+        const r = runCut(pieces, (rest) => ({
+          rest: (src, from, to) => rest(Buffer.from(src.subarray(from, to))),
+        }));
+        expect(r.out.equals(input)).toBe(true);
+        expect(r.rests).toEqual(tails);
+      }
+    });
+
+    it('a Cut that drops the message sends its head instead of all of it, split at every offset', () => {
+      const instead = Buffer.from('<instead>');
+      const expected = Buffer.concat([small, instead, small, edge, instead, instead, small]);
+      for (const pieces of splits(input)) {
+        const r = runCut(pieces, () => ({ head: instead, drop: true }));
+        expect(r.out.equals(expected)).toBe(true);
       }
     });
 

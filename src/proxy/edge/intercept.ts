@@ -26,11 +26,10 @@ import { metrics } from '../../metrics.js';
 import type { Conversation, Ledger } from '../conversation.js';
 import { decodeErrorFields, encodeErrorFieldMap } from '../protocol/backend.js';
 import { Frontend } from '../protocol/codes.js';
-import type { Deferred, Piece } from '../protocol/frame.js';
+import type { Cut, Deferred, Piece } from '../protocol/frame.js';
 import { decodeFrontend, encodeFrontend, type FrontendMessage } from '../protocol/frontend.js';
 import { BindRefusal, boundArgs, textParam, type BindMessage } from './bind.js';
 import { errorFields, mixed, nonceName, quoteIdentifier, raiseNonce, refusal } from './errors.js';
-
 import type { StartNewRequest } from '../../contract/start-new.js';
 import type { Lease, Started } from '../../contract/started.js';
 import { withLease } from './lease.js';
@@ -38,7 +37,9 @@ import { BornClaims } from './born.js';
 import { answerIds, runBatch } from './batch.js';
 import { shieldCancels } from '../cancel.js';
 import { runNew } from './start-new.js';
-import { mentionsDf } from '../sql-scan.js';
+import { mentionsDf, WordWatch } from '../sql-scan.js';
+import { statementBytes, statementCheck } from './statements.js';
+import type { PendingCheck, StatementCheck } from './statements.js';
 export type { StartNewRequest };
 
 export interface EdgeOptions {
@@ -80,18 +81,6 @@ export interface EdgeHost {
 interface ErrorSwap {
   readonly fields: ReadonlyMap<string, string> | null;
   readonly untilRfq: number;
-}
-
-/** A protocol-level statement whose Binds dfgate checks. */
-interface StatementCheck {
-  readonly call?: NewCall;
-  readonly bound?: readonly number[];
-  readonly paramTypes: readonly number[];
-}
-
-/** A Parse still being compiled: what its Binds must check once it is. */
-interface PendingCheck {
-  readonly pending: Promise<StatementCheck | undefined>;
 }
 
 /** The session's counters as of a client message, for deciding about it later. */
@@ -157,8 +146,8 @@ export class EdgeInterceptor {
    * Whether a Query or Parse is assembled for onStatement. One too long for
    * the edge to compile streams through like any other message (assembling,
    * scanning and writing it in one piece would hold the event loop for
-   * milliseconds), counted as mentioning df.; with named prepared statements
-   * to track (a Parse's name, a DEALLOCATE) it is assembled anyway.
+   * milliseconds), counted as mentioning df.; with statements to track (a
+   * Parse's name, a DEALLOCATE) it is inspected anyway (cutStatement past 1 MiB).
    */
   private inspectStatement(type: number, len: number): boolean {
     if (!edgeSkips(type === Frontend.Parse, len - 4)) return true;
@@ -167,6 +156,36 @@ export class EdgeInterceptor {
     this.sawDf = true;
     this.dfStatements++;
     return false;
+  }
+
+  /**
+   * A Query or Parse too long to assemble (over CLIENT_INSPECT_MAX), seen through
+   * its first bytes (`head`, of its body) as it streams to the server: never
+   * compiled, counted as mentioning df. (the executor is woken at its commit), and
+   * its effect on the checked statements kept as onStatement keeps it (a Parse
+   * replaces its name; a Query drops the unnamed one, all if it says DEALLOCATE
+   * or DISCARD anywhere: watched as it streams).
+   */
+  cutStatement(type: number, head: Buffer): Cut | undefined {
+    if (type !== Frontend.Query && type !== Frontend.Parse) return undefined;
+    this.sawDf = true;
+    this.dfStatements++;
+    if (type === Frontend.Parse) {
+      const z = head.indexOf(0);
+      if (z >= 0) this.statements.delete(head.toString('utf8', 0, z));
+      return undefined;
+    }
+    this.statements.delete('');
+    if (this.statements.size === 0) return undefined;
+    const words = new WordWatch(['deallocate', 'discard']);
+    words.feed(head, 0, head.length, true);
+    return {
+      rest: (src, from, to) => words.feed(src, from, to, false),
+      end: () => {
+        if (words.take()) this.statements.clear();
+        return [];
+      },
+    };
   }
 
   /** A client Close: a checked statement is gone. */
@@ -577,23 +596,4 @@ export class EdgeInterceptor {
       ];
     };
   }
-}
-
-function statementCheck(e: Edge, paramTypes: readonly number[]): StatementCheck | undefined {
-  if (e.kind === 'new') return { call: e.call, paramTypes };
-  if ((e.kind === 'pass' || e.kind === 'rewrite') && e.bound?.length)
-    return { bound: e.bound, paramTypes };
-  return undefined;
-}
-
-/** The statement text's bytes of a Query or Parse body (undefined if malformed). */
-function statementBytes(type: number, body: Buffer): Buffer | undefined {
-  let start = 0;
-  if (type === Frontend.Parse) {
-    const nameEnd = body.indexOf(0);
-    if (nameEnd < 0) return undefined;
-    start = nameEnd + 1;
-  }
-  const end = body.indexOf(0, start);
-  return end < 0 ? undefined : body.subarray(start, end);
 }

@@ -25,6 +25,7 @@ export const Frontend = {
 export const Backend = {
   Authentication: 0x52, // 'R'
   BackendKeyData: 0x4b, // 'K'
+  CommandComplete: 0x43, // 'C'
   DataRow: 0x44, // 'D'
   ErrorResponse: 0x45, // 'E'
   NegotiateProtocolVersion: 0x76, // 'v'
@@ -102,6 +103,19 @@ export const MAX_AUTH_MESSAGE = 65_535;
  * dfgate buffer a message of up to --max-message-size.
  */
 export const MAX_HELD_BEFORE_LOGIN = 256 * 1024;
+
+/**
+ * The longest body of a client message dfgate assembles to look into (a Query
+ * or Parse that may call df.*, a Bind of a statement whose Binds are checked,
+ * and in transaction mode every Query, Parse and Bind). A longer one streams to
+ * the server as it arrives, seen through its first CLIENT_INSPECT_MAX bytes
+ * (docs/proxy.md, "Very large client messages"), so that what any login can
+ * make dfgate hold stays bounded: PostgreSQL accepts a Query of up to 1 GB. It
+ * holds every message the edge compiles (the longest, a Query of 256 Ki
+ * characters, takes at most 768 KiB of UTF-8; edgeSkips) and the statement
+ * names at the start of a Parse or Bind.
+ */
+export const CLIENT_INSPECT_MAX = 1024 * 1024;
 
 export function isSmallFrontendType(b: number): boolean {
   return SMALL_TYPES.has(b);

@@ -16,9 +16,10 @@
  *
  * An inspected message longer than the framer's `inspectMax` is not
  * assembled: its first bytes are kept (at most `inspectMax` of its body) and
- * handed to the `truncated` hook, then the message streams through unchanged
- * like any other, or is dropped as it streams. Memory held per stream stays
- * bounded by `inspectMax` whatever the peer sends.
+ * handed to the `truncated` hook, then the message streams through like any
+ * other (its kept bytes possibly replaced, its name rewritten, say), or is
+ * dropped as it streams. Memory held per stream stays bounded by
+ * `inspectMax` whatever the peer sends.
  */
 import { SqlState } from '../../db/sqlstate.js';
 import { ProtocolError, SilentClose } from './reader.js';
@@ -39,6 +40,21 @@ export class MessageTooLarge extends ProtocolError {
 /** A replacement decided asynchronously: forwarded, in order, once it resolves. */
 export type Deferred = () => Promise<Buffer[]>;
 export type Piece = Buffer | Deferred;
+
+/** What becomes of an inspected message too long to assemble (FramerHooks.truncated). */
+export interface Cut {
+  /**
+   * Forwarded instead of the kept bytes (type byte and length included, so
+   * it may declare another length: a renamed Bind); undefined: them as they are.
+   */
+  readonly head?: Piece | undefined;
+  /** Drop the rest of the message as it streams (`head` then stands for all of it). */
+  readonly drop?: boolean | undefined;
+  /** Each further part of the message as it streams by (bytes [from, to) of `src`, not to be kept). */
+  readonly rest?: ((src: Buffer, from: number, to: number) => void) | undefined;
+  /** The message has gone by: pieces to forward right after it. */
+  readonly end?: (() => Piece[]) | undefined;
+}
 
 export interface FramerHooks {
   /** Whether a message of this type and length (as in its header) must be seen whole. Called once per message. */
@@ -74,11 +90,12 @@ export interface FramerHooks {
    * (see Framer), which is never assembled nor handed to `message`, `part` or
    * `assembled`. Once its first `inspectMax` body bytes are in, they are
    * handed over here (`head`, a copy the hook may keep; `length`, the whole
-   * body's). Return undefined to forward the message unchanged as it streams
-   * (the bytes kept first), null to drop it; it cannot be replaced. Without
-   * this hook it is forwarded unchanged.
+   * body's; `framed`, the kept bytes from the type byte on, header
+   * included). Return undefined to forward the message unchanged as it
+   * streams (the bytes kept first), null to drop it, or a Cut. Without this
+   * hook it is forwarded unchanged.
    */
-  truncated?(type: number, head: Buffer, length: number): null | undefined;
+  truncated?(type: number, head: Buffer, length: number, framed: Buffer): Cut | null | undefined;
 }
 
 /** Parts of an inspected message at least this long are kept as slices of their chunk... */
@@ -105,6 +122,8 @@ export class Framer {
   private cutLength = 0;
   /** The rest of the current message is dropped, not forwarded (`truncated` returned null). */
   private dropping = false;
+  /** The Cut of the long message now streaming by, if it watches the rest or its end. */
+  private streaming: Cut | undefined;
 
   /**
    * `maxMessageSize`: the longest body accepted at all (longer is an error);
@@ -140,9 +159,25 @@ export class Framer {
     if (this.cutFill < cut.length) return;
     // a message longer than inspectMax always has bytes left after these
     this.cut = undefined;
-    const res = this.hooks.truncated?.(this.cutType, cut.subarray(5), this.cutLength);
+    const res = this.hooks.truncated?.(this.cutType, cut.subarray(5), this.cutLength, cut);
     if (res === null) this.dropping = true;
-    else out.push(cut);
+    else if (res === undefined) out.push(cut);
+    else {
+      if (res.head) out.push(res.head);
+      else if (!res.drop) out.push(cut);
+      this.dropping = res.drop === true;
+      if (res.rest || res.end) this.streaming = res;
+    }
+  }
+
+  /** Bytes [from, to) of `src` belong to the long message streaming by; `out` gets what follows its end. */
+  private streamed(src: Buffer, from: number, to: number, out: Piece[]): void {
+    const s = this.streaming;
+    if (!s) return;
+    s.rest?.(src, from, to);
+    if (this.remaining > 0) return;
+    this.streaming = undefined;
+    if (s.end) out.push(...s.end());
   }
 
   private check(type: number, len: number): void {
@@ -269,6 +304,17 @@ export class Framer {
           runStart = pos;
           this.remaining -= take;
           if (this.remaining === 0) this.dropping = false;
+          this.streamed(chunk, pos - take, pos, out);
+        } else if (this.streaming) {
+          pos += take;
+          this.remaining -= take;
+          if (this.remaining > 0) this.streaming.rest?.(chunk, pos - take, pos);
+          else {
+            // what its end brings goes right after it
+            if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+            runStart = pos;
+            this.streamed(chunk, pos - take, pos, out);
+          }
         } else {
           pos += take;
           this.remaining -= take;
