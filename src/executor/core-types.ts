@@ -26,6 +26,8 @@ export interface CoreInput {
   nextCron(expr: string, after: Date): Date;
   /** The retry policy from df.start (absent: one attempt, as in pg_durable). */
   readonly retry?: RetryPolicy;
+  /** The longest step text substitution may build (sqlcheck.ts, stepTextMax); absent: no such cap. */
+  readonly stepTextMax?: number;
 }
 
 export interface RetryPolicy {

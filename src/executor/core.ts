@@ -129,6 +129,7 @@ export function runCore(input: CoreInput): CoreResult {
     instanceId: input.instanceId,
     label: input.label,
     results: s.results,
+    ...(input.stepTextMax !== undefined ? { maxChars: input.stepTextMax } : {}),
   });
 
   function leafEvent(key: string): Outcome | undefined {

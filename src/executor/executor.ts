@@ -32,7 +32,7 @@ import { startOnFailure } from './on-failure.js';
 import { dispatchSql } from './sql-dispatch.js';
 import { Naps } from './naps.js';
 import { ChangeNotices } from './notices.js';
-import { loadParser, planAhead } from './sqlcheck.js';
+import { loadParser, planAhead, stepTextMax } from './sqlcheck.js';
 import { StartNew } from './start-new.js';
 import { StepPool } from './steps.js';
 import { claimKind, toClaim, WakeRequests } from './wake-requests.js';
@@ -76,6 +76,8 @@ export class Executor {
   private readonly graphs = new Map<string, Graph>();
   /** What the executor holds for one instance, in bytes (claim-sql.ts, instanceBytesMax). */
   private readonly instanceMax: number;
+  /** The longest step text this executor runs, and so the longest substitution builds. */
+  private readonly textMax: number;
   /** Claimed anew while the driver of an older lease was still ending: run when it has ended. */
   private readonly successors = new Map<string, LoadedInstance>();
   private readonly log: Logger;
@@ -115,6 +117,7 @@ export class Executor {
     });
     this.store = new ControlStore(this.pools, this.owner, opts.leaseMs);
     this.instanceMax = instanceBytesMax(opts.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES);
+    this.textMax = stepTextMax(opts.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES);
     this.statistics = new TableStatistics(this.control, this.log);
     this.retention = new Retention(this.store, this.log);
     this.notices = new ChangeNotices(this.store);
@@ -385,6 +388,7 @@ export class Executor {
         vars: inst.vars,
         maxLoopIterations: this.opts.maxLoopIterations,
         nextCron,
+        stepTextMax: this.textMax,
         ...(retryPolicy(inst.options) ? { retry: retryPolicy(inst.options) as RetryPolicy } : {}),
       };
       const core = runCore({ ...base, events, now });

@@ -18,6 +18,11 @@ export interface SubstitutionContext {
   readonly label: string | null;
   /** Named results in their in-memory text form. */
   readonly results: ReadonlyMap<string, string>;
+  /**
+   * The longest text substitution may build: the longest step text the
+   * executor runs (sqlcheck.ts, stepTextMax). Absent: only the relative limit.
+   */
+  readonly maxChars?: number;
 }
 
 const IDENT = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -29,19 +34,33 @@ const MAX_EXPANSION_ROWS = 10_000;
  * value it could name take together, and 1 MiB more. A value substituted a
  * few times fits; one named hundreds of times (a 3 MB result in a comment
  * 170 times made 510 MB of SQL and froze the process for seconds) fails
- * the node instead of building the text.
+ * the node instead of building the text. Never past `ctx.maxChars`: a text
+ * longer than that would be refused unrun, so it is not built either.
  */
-export function substitutionLimit(text: string, ctx: SubstitutionContext): number {
+export function substitutionLimit(text: string, ctx: SubstitutionContext): Limit {
   let total = text.length;
   for (const v of ctx.results.values()) total += v.length;
   for (const v of Object.values(ctx.vars)) total += typeof v === 'string' ? v.length : 0;
-  return 2 * total + 1024 * 1024;
+  const relative = 2 * total + 1024 * 1024;
+  return ctx.maxChars !== undefined && ctx.maxChars < relative
+    ? { chars: ctx.maxChars, why: LONGEST_STEP }
+    : { chars: relative, why: RELATIVE };
 }
 
-function checkLength(out: string, limit: number): void {
-  if (out.length > limit)
+/** The longest text a substitution may build, and what the error says of it. */
+interface Limit {
+  readonly chars: number;
+  readonly why: string;
+}
+
+const RELATIVE = ' (twice the text and the values it can name, and 1 MiB more)';
+const LONGEST_STEP =
+  ', the longest step text dfgate runs (four times --max-result-bytes, at least 16 MiB)';
+
+function checkLength(out: string, limit: Limit): void {
+  if (out.length > limit.chars)
     throw new SubstitutionError(
-      `substitution would make the step's text longer than ${limit} characters (twice the text and the values it can name, and 1 MiB more); name each large result or variable once, or pass it through a table`,
+      `substitution would make the step's text longer than ${limit.chars} characters${limit.why}; name each large result or variable once, or pass it through a table`,
     );
 }
 

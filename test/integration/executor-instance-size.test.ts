@@ -105,6 +105,23 @@ describe('what the executor holds for one instance', () => {
     expect(d.proc.exitCode).toBeNull();
   }, 240_000);
 
+  it('a step whose substituted text would pass 16 MiB fails without the text being built', async () => {
+    const c = await db.connect(viaPort(app.url, d.port));
+    // three 3.5 MB results named twice each: 21 MB of text, within twice the values (the
+    // relative limit) but past the longest step text dfgate runs
+    const id = (
+      await c.query(
+        `SELECT df.start(${chain(3, 3.5)} ~> 'SELECT length($r0.v || $r1.v || $r2.v || $r0.v || $r1.v || $r2.v) AS n') AS id`,
+      )
+    ).rows[0].id as string;
+    expect((await whileAlive(finished(c, id, 120_000))).status).toBe('failed');
+    const { error, ran } = await errorOf(id);
+    expect(ran).toBe(3);
+    expect(error).toContain(
+      `substitution would make the step's text longer than ${MAX} characters, the longest step text dfgate runs (four times --max-result-bytes, at least 16 MiB)`,
+    );
+  }, 180_000);
+
   it('an instance too large for a claim or a timer batch is read on its own and resumes', async () => {
     const c = await db.connect(viaPort(app.url, d.port));
     // 1 MB of results is more than a claim or timer batch reads per row (256 KiB)

@@ -33,6 +33,7 @@ function core(
   events: Array<[string, EventKind, Record<string, unknown>, number]>,
   now = new Date('2026-01-01T00:00:00Z'),
   retry?: RetryPolicy,
+  stepTextMax?: number,
 ) {
   const map = new Map<string, Map<EventKind, StoredEvent>>();
   for (const [key, kind, detail, seq] of events) {
@@ -50,6 +51,7 @@ function core(
     maxLoopIterations: 100_000,
     nextCron: () => new Date('2026-01-01T00:05:00Z'),
     ...(retry ? { retry } : {}),
+    ...(stepTextMax !== undefined ? { stepTextMax } : {}),
   };
   return runCore(input);
 }
@@ -60,6 +62,21 @@ describe('deterministic core', () => {
     sql('a0000002', 'SELECT 1 AS v', 'one'),
     sql('a0000003', 'SELECT $one + 1'),
   ];
+
+  it('fails a step whose substituted text would pass the longest step text, without building it', () => {
+    const big = `{"rows":[{"v":"${'x'.repeat(600)}"}],"row_count":1}`;
+    const events: Array<[string, EventKind, Record<string, unknown>, number]> = [
+      ['i0000001::1/a0000002', 'done', { result: big }, 1],
+    ];
+    const within = core(chain, events, undefined, undefined, 2000);
+    expect(within.actions).toHaveLength(1);
+    const past = core(chain, events, undefined, undefined, 500);
+    expect(past.actions).toEqual([]);
+    expect(past.outcome).toMatchObject({ k: 'failed' });
+    expect((past.outcome as { error: string }).error).toMatch(
+      /longer than 500 characters, the longest step text dfgate runs/,
+    );
+  });
 
   it('runs the first step, then substitutes its result into the second', () => {
     const first = core(chain, []);

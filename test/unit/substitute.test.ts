@@ -140,6 +140,21 @@ describe('how far substitution may grow a text (hostile review: a result named h
       refs('', 2).length + 2 * 1_000_000,
     );
   });
+  it('never builds more than the longest step text the executor runs (maxChars)', () => {
+    const capped: SubstitutionContext = { ...huge, maxChars: 5_000_000 };
+    const capMessage =
+      /^substitution would make the step's text longer than 5000000 characters, the longest step text dfgate runs \(four times --max-result-bytes, at least 16 MiB\); name each large result or variable once, or pass it through a table$/;
+    // twice fits the relative limit (about 10 MB) but not the cap
+    expect(substitute(refs('$x', 2), huge, 'sql').length).toBeGreaterThan(5_000_000);
+    expect(() => substitute(refs('$x', 2), capped, 'sql')).toThrow(capMessage);
+    expect(() => substitute(refs('{big}', 6), capped, 'raw')).toThrow(capMessage);
+    // once fits both
+    expect(substitute(refs('$x', 1), capped, 'sql').length).toBe(
+      refs('', 1).length + blob.length + 2,
+    );
+    // a cap above the relative limit changes nothing
+    expect(() => substitute(refs('$x', 170), { ...huge, maxChars: 1e12 }, 'sql')).toThrow(tooLong);
+  });
   it('small values may be named as often as a text names them', () => {
     const out = substitute(refs('$u.id {v}', 5000), ctx, 'sql');
     expect(out).toBe(refs('7 X', 5000));
