@@ -158,18 +158,23 @@ export function render(bytes: Buffer): string {
   return out.join('\n');
 }
 
+/** A Bind of the unnamed statement to the unnamed portal, no parameters. */
+export function unnamedBind(): Buffer {
+  return encodeFrontend({
+    type: 'Bind',
+    portal: '',
+    statement: '',
+    paramFormats: [],
+    params: [],
+    resultFormats: [],
+  });
+}
+
 /** Parse, Bind and Execute of `sql` as the unnamed statement and portal (no parameters), without a Sync. */
 export function unnamedExecute(sql: string): Buffer {
   return Buffer.concat([
     encodeFrontend({ type: 'Parse', name: '', sql, paramTypes: [] }),
-    encodeFrontend({
-      type: 'Bind',
-      portal: '',
-      statement: '',
-      paramFormats: [],
-      params: [],
-      resultFormats: [],
-    }),
+    unnamedBind(),
     encodeFrontend({ type: 'Execute', portal: '', maxRows: 0 }),
   ]);
 }

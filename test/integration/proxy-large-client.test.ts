@@ -11,7 +11,6 @@
 import { once } from 'node:events';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CLIENT_INSPECT_MAX } from '../../src/proxy/protocol/codes.js';
-import { Framer, type Piece } from '../../src/proxy/protocol/frame.js';
 import { encodeFrontend } from '../../src/proxy/protocol/frontend.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import {
@@ -22,7 +21,15 @@ import {
   whileAliveOf,
   type DfgateProcess,
 } from '../harness/dfgate.js';
-import { errorOf, hashingClient, loggedIn, longMessage, type Answer } from '../harness/wire.js';
+import {
+  errorOf,
+  hashingClient,
+  loggedIn,
+  longMessage,
+  unnamedBind,
+  type Answer,
+} from '../harness/wire.js';
+import { watchFramers, type FramerWatch } from '../harness/framer-watch.js';
 
 const db = useTestDatabase();
 const MIB = 1024 * 1024;
@@ -34,7 +41,7 @@ let trust: TestRole;
 const ports = { session: 0, transaction: 0, direct: 0 };
 
 /** The most bytes a framer held (a message partly assembled) after any push. */
-let maxHeld = 0;
+let framers: FramerWatch;
 
 beforeAll(async () => {
   trust = await db.role('trust', { grant: false });
@@ -50,15 +57,7 @@ beforeAll(async () => {
       })
     ).port;
   ports.direct = Number(new URL(db.url).port);
-  const push = Framer.prototype.push;
-  vi.spyOn(Framer.prototype, 'push').mockImplementation(function (
-    this: Framer,
-    chunk: Buffer,
-  ): Piece[] {
-    const out = push.call(this, chunk);
-    maxHeld = Math.max(maxHeld, this.held);
-    return out;
-  });
+  framers = watchFramers();
 });
 
 afterAll(() => {
@@ -111,10 +110,10 @@ async function sameAsDirect(
   try {
     for (const step of steps) {
       const want = await step(direct);
-      maxHeld = 0;
+      framers.maxHeld = 0;
       const got = await step(via);
       expect(got).toEqual(want);
-      expect(maxHeld).toBeLessThanOrEqual(5 + CLIENT_INSPECT_MAX);
+      expect(framers.maxHeld).toBeLessThanOrEqual(5 + CLIENT_INSPECT_MAX);
       answers.push(got);
     }
     expect((await via.query('SELECT 1')).types).toEqual(['T', 'D', 'C', 'Z']);
@@ -141,7 +140,7 @@ describe.each(['session', 'transaction'] as const)('%s mode', (mode) => {
   it('a 20 MiB unnamed Parse, and a 20 MiB value bound to a statement prepared in an earlier transaction, answer as directly', async () => {
     const answers = await sameAsDirect(ports[mode], [
       (c) => c.send([tracked, sync]),
-      (c) => c.send([...longParse('', `SELECT length('`, `') AS n`), ...bindUnnamed(), execute]),
+      (c) => c.send([...longParse('', `SELECT length('`, `') AS n`), unnamedBind(), execute]),
       (c) =>
         c.send([
           encodeFrontend({
@@ -190,9 +189,9 @@ describe('transaction mode', () => {
       await holder.query('BEGIN');
       const there = await holder.query('SELECT count(*)::int AS n FROM pg_prepared_statements');
       expect(there.rows).toEqual([{ n: 1 }]);
-      maxHeld = 0;
+      framers.maxHeld = 0;
       expect(await a.send([...longBind('len'), execute])).toEqual(want);
-      expect(maxHeld).toBeLessThanOrEqual(5 + CLIENT_INSPECT_MAX);
+      expect(framers.maxHeld).toBeLessThanOrEqual(5 + CLIENT_INSPECT_MAX);
       await holder.query('COMMIT');
     } finally {
       a.end();
@@ -201,7 +200,7 @@ describe('transaction mode', () => {
 
   it('a named Parse over CLIENT_INSPECT_MAX is refused with 0A000 (a copy would be needed to prepare it elsewhere); the connection goes on', async () => {
     const c = await loggedIn(ports.transaction, trust.name, db.name);
-    maxHeld = 0;
+    framers.maxHeld = 0;
     for (const p of [...longParse('big', `SELECT length('`, `') AS n`), execute])
       if (!c.sock.write(p)) await once(c.sock, 'drain');
     const msgs = await c.until((t) => t === 'Z');
@@ -212,7 +211,7 @@ describe('transaction mode', () => {
       M: `a named prepared statement over ${CLIENT_INSPECT_MAX} bytes is not supported in dfgate's transaction pooling mode (--pool-mode transaction): the next transaction may run on another server connection`,
     });
     expect(errorOf(msgs)?.['H']).toMatch(/unnamed statement/);
-    expect(maxHeld).toBeLessThanOrEqual(5 + CLIENT_INSPECT_MAX);
+    expect(framers.maxHeld).toBeLessThanOrEqual(5 + CLIENT_INSPECT_MAX);
     c.sock.write(encodeFrontend({ type: 'Query', sql: 'SELECT 1' }));
     expect((await c.until((t) => t === 'Z')).map(([t]) => t)).toEqual(['T', 'D', 'C', 'Z']);
     c.sock.end();
@@ -313,17 +312,3 @@ describe.each(['session', 'transaction'] as const)('a dfgate process, %s mode', 
     expect(procKb(d.proc.pid as number, 'VmHWM')).toBeLessThan(300 * 1024);
   }, 180_000);
 });
-
-/** A Bind of the unnamed statement, no parameters. */
-function bindUnnamed(): Buffer[] {
-  return [
-    encodeFrontend({
-      type: 'Bind',
-      portal: '',
-      statement: '',
-      paramFormats: [],
-      params: [],
-      resultFormats: [],
-    }),
-  ];
-}

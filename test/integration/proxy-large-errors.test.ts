@@ -6,8 +6,8 @@
  * stays usable, and no framer ever holds more than that prefix.
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { Framer, type Piece } from '../../src/proxy/protocol/frame.js';
 import { hashingClient } from '../harness/wire.js';
+import { watchFramers, type FramerWatch } from '../harness/framer-watch.js';
 import { SERVER_INSPECT_MAX } from '../../src/proxy/server-conn.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { startTestProxy, viaPort } from '../harness/dfgate.js';
@@ -22,9 +22,8 @@ let plain: TestRole;
 let trust: TestRole;
 const ports = { session: 0, transaction: 0 };
 
-/** The most bytes a framer held (a message partly assembled) after any push, and the peak heap. */
-let maxHeld = 0;
-let heapPeak = 0;
+/** The framers of this process: the most bytes one held, the peak heap (harness/framer-watch.ts). */
+let framers: FramerWatch;
 
 beforeAll(async () => {
   plain = await db.role('plain', { grant: false });
@@ -32,16 +31,7 @@ beforeAll(async () => {
   await db.admin.query(`GRANT dfgate_trust_logins TO ${trust.ident}`);
   ports.session = (await startTestProxy(db.url, { poolMode: 'session' })).port;
   ports.transaction = (await startTestProxy(db.url, { poolMode: 'transaction' })).port;
-  const push = Framer.prototype.push;
-  vi.spyOn(Framer.prototype, 'push').mockImplementation(function (
-    this: Framer,
-    chunk: Buffer,
-  ): Piece[] {
-    const out = push.call(this, chunk);
-    maxHeld = Math.max(maxHeld, this.held);
-    heapPeak = Math.max(heapPeak, process.memoryUsage().heapUsed);
-    return out;
-  });
+  framers = watchFramers();
 });
 
 afterAll(() => {
@@ -54,7 +44,7 @@ const rawClient = (port: number, user: string) => hashingClient(port, user, db.n
 describe.each(['session', 'transaction'] as const)('%s mode', (mode) => {
   it('a 50 MB error reaches node-postgres whole, and the connection stays usable', async () => {
     const c = await db.connect(viaPort(plain.url, ports[mode]));
-    maxHeld = 0;
+    framers.maxHeld = 0;
     const err = (await c.query(RAISE).then(
       () => undefined,
       (e: unknown) => e,
@@ -63,19 +53,19 @@ describe.each(['session', 'transaction'] as const)('%s mode', (mode) => {
     expect(err?.message.length).toBe(N);
     expect(err?.message === 'x'.repeat(N)).toBe(true);
     expect((await c.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
-    expect(maxHeld).toBeLessThanOrEqual(5 + SERVER_INSPECT_MAX);
+    expect(framers.maxHeld).toBeLessThanOrEqual(5 + SERVER_INSPECT_MAX);
   });
 
   it('a 50 MB notice reaches node-postgres whole', async () => {
     const c = await db.connect(viaPort(plain.url, ports[mode]));
     const notices: string[] = [];
     c.on('notice', (n) => notices.push(n.message ?? ''));
-    maxHeld = 0;
+    framers.maxHeld = 0;
     await c.query(NOTICE);
     expect(notices.map((m) => m.length)).toEqual([N]);
     expect(notices[0] === 'y'.repeat(N)).toBe(true);
     expect((await c.query('SELECT 2 AS two')).rows).toEqual([{ two: 2 }]);
-    expect(maxHeld).toBeLessThanOrEqual(5 + SERVER_INSPECT_MAX);
+    expect(framers.maxHeld).toBeLessThanOrEqual(5 + SERVER_INSPECT_MAX);
   });
 
   it('relays them byte for byte as PostgreSQL sends them, holding a bounded prefix', async () => {
@@ -89,14 +79,14 @@ describe.each(['session', 'transaction'] as const)('%s mode', (mode) => {
         const want = await direct.query(sql);
         expect(want.types).toEqual(types);
         expect(want.length).toBeGreaterThan(N);
-        maxHeld = 0;
+        framers.maxHeld = 0;
         const heapBefore = process.memoryUsage().heapUsed;
-        heapPeak = heapBefore;
+        framers.heapPeak = heapBefore;
         const got = await via.query(sql);
         expect(got).toEqual(want);
         // assembling the message whole held all of it (and decoded it into a string of N characters)
-        expect(maxHeld).toBeLessThanOrEqual(5 + SERVER_INSPECT_MAX);
-        expect(heapPeak - heapBefore).toBeLessThan(N / 4);
+        expect(framers.maxHeld).toBeLessThanOrEqual(5 + SERVER_INSPECT_MAX);
+        expect(framers.heapPeak - heapBefore).toBeLessThan(N / 4);
       }
       expect((await via.query('SELECT 1')).types).toEqual(['T', 'D', 'C', 'Z']);
     } finally {
