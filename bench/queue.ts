@@ -20,6 +20,7 @@ import pg from 'pg';
 import type { RunningCluster } from '../src/pg/cluster.js';
 import { benchExecutor, clearInstances } from './executor.js';
 import { clusterCpuSeconds, postmasterPid } from './proc.js';
+import { bareRows } from './bare-rows.js';
 
 const CONCURRENCY = 10;
 /** Workflows enqueued per statement, on both sides (the peers send 100 starts per message). */
@@ -35,6 +36,8 @@ export interface QueueRun {
 export interface QueueBenchResult {
   readonly dfgate: readonly QueueRun[];
   readonly queue: readonly QueueRun[];
+  /** W2 through dfgate's rows written bare (bare-rows.ts): the storage's floor. */
+  readonly bare: QueueRun;
 }
 
 const SHAPES = [
@@ -187,6 +190,23 @@ async function queueRuns(
   return runs;
 }
 
+/** W2 through the bare rows (after a warm-up of 100), timed as the other sides. */
+async function bareRun(
+  cluster: RunningCluster,
+  adminUrl: string,
+  role: string,
+  u: pg.Client,
+): Promise<QueueRun> {
+  const w2 = SHAPES[1];
+  await resetCounters(u, 100);
+  await bareRows(adminUrl, role, 100, CONCURRENCY, BATCH, () => drained(u, 100, 1));
+  await resetCounters(u, w2.workflows);
+  const t = await timed(cluster, () =>
+    bareRows(adminUrl, role, w2.workflows, CONCURRENCY, BATCH, () => drained(u, w2.workflows, 1)),
+  );
+  return { shape: w2, steps: w2.workflows, ...t };
+}
+
 export async function queueBench(
   cluster: RunningCluster,
   adminUrl: string,
@@ -202,12 +222,13 @@ export async function queueBench(
     // difference between the queue's two runs
     const first = await queueRuns(cluster, userUrl, u);
     const dfgate = await dfgateRuns(cluster, adminUrl, u);
+    const bare = await bareRun(cluster, adminUrl, decodeURIComponent(new URL(userUrl).username), u);
     const second = await queueRuns(cluster, userUrl, u);
     const queue = first.map((a, i) => {
       const b = second[i] as QueueRun;
       return { ...a, seconds: (a.seconds + b.seconds) / 2, pgCpu: (a.pgCpu + b.pgCpu) / 2 };
     });
-    return { dfgate, queue };
+    return { dfgate, queue, bare };
   } finally {
     await u.end();
     // the instances started here are not the next benchmark's work
@@ -228,6 +249,10 @@ export function formatQueue(r: QueueBenchResult): string[] {
       `  ${d.shape.name.padEnd(37)} dfgate ${rate(d).toFixed(0).padStart(6)} ${unit}  queue ${rate(q).toFixed(0).padStart(6)} ${unit}  ${(rate(d) / rate(q)).toFixed(2)}x`,
       `      PostgreSQL CPU per ${d.shape.unit}: dfgate ${cpu(d)} ms, queue ${cpu(q)} ms`,
     );
+    if (d.shape === r.bare.shape)
+      lines.push(
+        `      dfgate's rows written bare (no dfgate code, same tables, claims and batches): ${rate(r.bare).toFixed(0)} ${unit.trim()}, ${(rate(r.bare) / rate(q)).toFixed(2)}x the queue; PostgreSQL CPU per ${d.shape.unit} ${cpu(r.bare)} ms`,
+      );
   }
   return lines;
 }
