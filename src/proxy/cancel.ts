@@ -42,7 +42,14 @@ function keyOf(pid: number, key: Buffer): string {
 
 /** Where a cancel request with a key dfgate gave out goes at this moment (undefined: nowhere). */
 export type CancelResolver = () =>
-  { readonly pid: number; readonly key: Buffer; readonly target: UpstreamTarget } | undefined;
+  | {
+      readonly pid: number;
+      readonly key: Buffer;
+      readonly target: UpstreamTarget;
+      /** The request reached the server (or failed): the backend may serve another client. */
+      readonly done?: () => void;
+    }
+  | undefined;
 
 export class CancelRegistry {
   private readonly keys = new Map<string, UpstreamTarget>();
@@ -89,7 +96,11 @@ export class CancelRegistry {
         this.log.debug({ pid }, 'cancel request for a client between transactions ignored');
         return false;
       }
-      return this.send(to.pid, to.key, to.target);
+      try {
+        return await this.send(to.pid, to.key, to.target);
+      } finally {
+        to.done?.();
+      }
     }
     const target = this.keys.get(k);
     if (!target) {

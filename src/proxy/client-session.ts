@@ -34,6 +34,7 @@ import {
   SMALL_MESSAGE_LIMIT,
 } from './protocol/codes.js';
 import { Framer, type Piece } from './protocol/frame.js';
+import { ASYNC_MESSAGES, SERVER_INSPECT } from './session-messages.js';
 import { encodeFrontend, unknownTypeError } from './protocol/frontend.js';
 import { ProtocolError, SilentClose } from './protocol/reader.js';
 import { ServerConn, type ServerSink } from './server-conn.js';
@@ -51,22 +52,6 @@ export interface SessionContext extends EdgeOptions, ClientContext {
   closed(session: Session): void;
 }
 
-const ASYNC_MESSAGES = new Set<number>([
-  Backend.NoticeResponse,
-  Backend.ParameterStatus,
-  Backend.NotificationResponse,
-]);
-
-const SERVER_INSPECT = new Uint8Array(256);
-for (const t of [
-  Backend.Authentication,
-  Backend.BackendKeyData,
-  Backend.ParameterStatus,
-  Backend.ReadyForQuery,
-  Backend.ErrorResponse,
-]) {
-  SERVER_INSPECT[t] = 1;
-}
 export class Session extends ClientConnection implements EdgeHost {
   /** The client message whose header was just read is longer than any authentication message. */
   private authTooLong = false;
@@ -90,6 +75,8 @@ export class Session extends ClientConnection implements EdgeHost {
   private readonly pump: ClientPump;
   /** A ReadyForQuery was relayed: see whether the connection can go back to its pool. */
   private maybeIdle = false;
+  /** The server waits for the client's COPY data (CopyInResponse, until ReadyForQuery). */
+  private copyIn = false;
 
   constructor(
     client: net.Socket,
@@ -148,7 +135,11 @@ export class Session extends ClientConnection implements EdgeHost {
     // The client finished sending: pass the half-close on and keep relaying answers.
     sock.on('end', () => {
       this.clientGone = true;
-      if (this.lender && this.phase === 'ready' && this.lender.countable) {
+      if (this.lender && this.phase === 'ready' && this.copyIn) {
+        // nothing will end the COPY but dfgate: the pool resets the connection (CopyFail)
+        this.clientLeft();
+        this.close('client ended during COPY FROM STDIN');
+      } else if (this.lender && this.phase === 'ready' && this.lender.countable) {
         this.clientLeft();
         this.pump.push([this.closeWhenAnswered('client ended')]);
       } else if (this.server && !this.server.closed && this.phase !== 'closed') {
@@ -439,6 +430,12 @@ export class Session extends ClientConnection implements EdgeHost {
         return this.auth.request(body);
       case Backend.BackendKeyData:
         return this.onBackendKey(conn);
+      case Backend.CopyInResponse:
+        this.copyIn = true;
+        // the client already ended (Terminate or FIN): no CopyDone will come
+        if (this.lender && (this.clientGone || this.clientTerminated))
+          setImmediate(() => this.close('client left during COPY FROM STDIN'));
+        return undefined;
       case Backend.ParameterStatus: {
         if (cut) this.serverParams.delete(body.toString('utf8', 0, Math.max(0, body.indexOf(0))));
         else this.serverParams.set(...decodeParameterStatus(body));
@@ -459,6 +456,7 @@ export class Session extends ClientConnection implements EdgeHost {
   }
 
   private onReady(body: Buffer): undefined {
+    this.copyIn = false;
     this.txStatus = String.fromCharCode(body[0] ?? 0x49);
     if (this.phase !== 'auth') this.edge.settle(this.ledger.relayed());
     if (this.txStatus === 'I') this.edge.transactionEnded();
@@ -494,7 +492,9 @@ export class Session extends ClientConnection implements EdgeHost {
     this.cancelPid = own.pid;
     this.unregisterKey = this.ctx.cancels.addResolver(own.pid, own.key, () => {
       const s = this.server;
-      return s && s.key ? { pid: s.pid, key: s.key, target: this.ctx.upstream } : undefined;
+      return s && s.key
+        ? { pid: s.pid, key: s.key, target: this.ctx.upstream, done: s.cancelSent() }
+        : undefined;
     });
     return own.message;
   }
@@ -523,7 +523,8 @@ export class Session extends ClientConnection implements EdgeHost {
   closeWhenAnswered(reason: string): Piece {
     const until = this.ledger.expected;
     return async (): Promise<Buffer[]> => {
-      await this.ledger.wait(until, this.isClosed);
+      // inside COPY FROM STDIN no answer comes until the COPY ends (onServerMessage closes then)
+      if (!this.copyIn) await this.ledger.wait(until, this.isClosed);
       setImmediate(() => this.close(reason));
       return [];
     };

@@ -298,6 +298,13 @@ export class Lender {
         return pooled.map(raw);
       case Frontend.Describe:
         return pooled.map(raw);
+      case Frontend.FunctionCall:
+        // a function called by OID (pg_advisory_lock, set_config, ...) is never looked at:
+        // DISCARD ALL before the connection is lent again
+        return late((conn) => {
+          conn.stateUnknown = true;
+          return [raw];
+        });
       default:
         return undefined;
     }
@@ -313,6 +320,7 @@ for (const t of [
   Frontend.Describe,
   Frontend.Close,
   Frontend.Terminate,
+  Frontend.FunctionCall,
 ]) {
   LENDER_INSPECT[t] = 1;
 }

@@ -234,6 +234,8 @@ export class ServerPools {
       this.discard(key, conn);
       return;
     }
+    // a cancel request of its last client still on its way: not to be lent before it lands
+    if (!conn.whenNoCancels(() => this.release(key, conn))) return;
     if (conn.stateUnknown) {
       this.reset(key, conn);
       return;

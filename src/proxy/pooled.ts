@@ -180,6 +180,9 @@ export class PooledClient {
         if (body[0] === 0x49 /* I */) {
           if (!this.failedSinceIdle && this.lastTag !== 'ROLLBACK')
             for (const op of this.pendingSets) this.apply(op, conn);
+          // some of them may have committed all the same (after ROLLBACK TO SAVEPOINT, before a
+          // COMMIT earlier in the message): DISCARD ALL before the connection is lent again
+          else if (this.pendingSets.length > 0) conn.stateUnknown = true;
           this.pendingSets = [];
           this.failedSinceIdle = false;
           this.lastTag = '';
@@ -262,6 +265,10 @@ export class PooledClient {
         if (name === 'all' && !(m?.[1] ?? '').startsWith('"')) {
           this.prepared.clear();
           effect = (conn) => conn.prepared.clear();
+        } else if (name !== undefined && !this.prepared.has(name) && name.startsWith('dfgate_')) {
+          // dfgate's name of a statement on this connection, maybe another client's: never
+          // dropped behind dfgate's back (its Binds would fail with 26000 on this connection)
+          return refuse('DEALLOCATE of a statement dfgate prepared');
         } else if (name !== undefined && this.prepared.has(name)) {
           this.prepared.delete(name);
           // the server knows it under dfgate's name: drop all there, they are re-prepared on demand

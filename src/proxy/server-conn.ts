@@ -86,6 +86,10 @@ export class ServerConn {
   readonly settings = new Map<string, string>();
   /** Transaction mode: the client whose unnamed statement this connection holds. */
   unnamedOwner: object | undefined;
+  /** Transaction mode: cancel requests for this backend still on their way to the server. */
+  private cancelling = 0;
+  /** Transaction mode: runs once no cancel request is on its way (a deferred return to the pool). */
+  private afterCancels: (() => void) | undefined;
   /** An error passed on this connection: check it before lending it again. */
   suspect = false;
   /**
@@ -181,6 +185,29 @@ export class ServerConn {
     }
     if (!this.sink) return null;
     return this.sink.truncated ? this.sink.truncated(type, head, length) : undefined;
+  }
+
+  /**
+   * Transaction mode: a cancel request for this backend is on its way. Until
+   * the returned function is called (the request reached the server or
+   * failed), whenNoCancels holds the backend back, so that the request never
+   * lands on the query of the client the backend is lent to next.
+   */
+  cancelSent(): () => void {
+    this.cancelling++;
+    return () => {
+      if (--this.cancelling > 0) return;
+      const then = this.afterCancels;
+      this.afterCancels = undefined;
+      then?.();
+    };
+  }
+
+  /** True if no cancel request is on its way; else false, and `then` runs once the last one landed. */
+  whenNoCancels(then: () => void): boolean {
+    if (this.cancelling === 0) return true;
+    this.afterCancels = then;
+    return false;
   }
 
   write(data: Buffer): void {

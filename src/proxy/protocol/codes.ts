@@ -26,6 +26,7 @@ export const Backend = {
   Authentication: 0x52, // 'R'
   BackendKeyData: 0x4b, // 'K'
   CommandComplete: 0x43, // 'C'
+  CopyInResponse: 0x47, // 'G'
   DataRow: 0x44, // 'D'
   ErrorResponse: 0x45, // 'E'
   NegotiateProtocolVersion: 0x76, // 'v'
