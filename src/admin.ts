@@ -45,12 +45,29 @@ async function probeUpstream(url: string): Promise<string | undefined> {
   }
 }
 
+/**
+ * The upstream probe is shared: concurrent /readyz requests wait for the one probe in
+ * flight, and its answer is reused for a second, so that requests to the (unauthenticated)
+ * admin port never open more than one upstream connection at a time.
+ */
+const PROBE_REUSE_MS = 1000;
+const probes = new Map<string, { at: number; result: Promise<string | undefined> }>();
+
+function sharedProbe(url: string): Promise<string | undefined> {
+  const last = probes.get(url);
+  if (last && Date.now() - last.at < PROBE_REUSE_MS) return last.result;
+  const entry = { at: Number.POSITIVE_INFINITY, result: probeUpstream(url) };
+  probes.set(url, entry);
+  void entry.result.finally(() => (entry.at = Date.now()));
+  return entry.result;
+}
+
 async function readiness(src: AdminSources): Promise<{ ready: boolean; checks: object }> {
   const checks: Record<string, string> = {};
   if (src.proxy) checks['proxy'] = src.proxy.accepting ? 'ok' : 'shutting down';
   if (src.executor)
     checks['executor'] = src.executor.stats().listening ? 'ok' : 'LISTEN connection down';
-  const up = await probeUpstream(src.upstream);
+  const up = await sharedProbe(src.upstream);
   checks['upstream'] = up === undefined ? 'ok' : `unreachable: ${up}`;
   return { ready: Object.values(checks).every((v) => v === 'ok'), checks };
 }

@@ -74,6 +74,8 @@ export async function checkExpression(source: string): Promise<CheckResult> {
     if (problem) return fail(0, `Invalid durable function: ${problem}`);
     return { ok: true, graph };
   } catch (err) {
+    if (err instanceof RangeError)
+      return fail(0, 'the expression is nested too deeply; start it from SQL instead');
     if (!(err instanceof DslError)) throw err;
     return fail((err.position ?? PREFIX.length) - PREFIX.length, err.message);
   }

@@ -22,6 +22,22 @@ export class BadRequest extends Error {
   override readonly name = 'BadRequest';
 }
 
+/** An instance too large for the console to read (answered 413, never read into memory). */
+export class TooLarge extends Error {
+  override readonly name = 'TooLarge';
+}
+
+/**
+ * What the console reads of one instance: a role may write its instances and
+ * nodes by hand (docs/ui.md), so no text is read whole. Each text field is cut
+ * to FIELD_MAX characters, a page shows at most NODES_MAX nodes, and an
+ * instance whose (cut) texts come to more than DETAIL_MAX_CHARS is not read.
+ */
+export const FIELD_MAX = 64 * 1024;
+export const LIST_FIELD_MAX = 1024;
+export const NODES_MAX = 10_000;
+export const DETAIL_MAX_CHARS = 16 * 1024 * 1024;
+
 function decodeCursor(c: string): [string, string] {
   try {
     const v = JSON.parse(Buffer.from(c, 'base64url').toString('utf8')) as unknown;
@@ -75,7 +91,8 @@ export async function listInstances(
 ): Promise<{ rows: InstanceRow[]; next: string | null }> {
   const [t, after] = f.after ? decodeCursor(f.after) : [null, null];
   const page = await db.query<InstanceRow & { ts: string }>(
-    `SELECT id, label, status, created_at, updated_at, error, created_at::text AS ts
+    `SELECT id, left(label, $7) AS label, status, created_at, updated_at, left(error, $7) AS error,
+            created_at::text AS ts
        FROM df.instances
       WHERE ($1::text IS NULL OR status = $1)
         AND ($2::text IS NULL OR label = $2)
@@ -84,7 +101,7 @@ export async function listInstances(
         AND ($4::timestamptz IS NULL OR created_at < $4 OR (created_at = $4 AND id > $5))
       ORDER BY created_at DESC, id
       LIMIT $6`,
-    [f.status ?? null, f.label ?? null, f.id ?? null, t, after, PAGE_SIZE + 1],
+    [f.status ?? null, f.label ?? null, f.id ?? null, t, after, PAGE_SIZE + 1, LIST_FIELD_MAX],
   );
   const rows = page.rows.slice(0, PAGE_SIZE);
   const last = rows[rows.length - 1];
@@ -154,13 +171,27 @@ export async function instanceDetail(db: pg.Client, id: string): Promise<object 
     waiting_signals: string[] | null;
     vars: Record<string, string>;
   }>(
-    `SELECT id, label, status, root_node, created_at, updated_at, completed_at, error, output,
-            waiting_signals, vars
+    `SELECT id, left(label, $2) AS label, status, root_node, created_at, updated_at, completed_at,
+            left(error, $2) AS error, left(output, $2) AS output, waiting_signals,
+            CASE WHEN octet_length(vars::text) <= $3 THEN vars ELSE '{}'::jsonb END AS vars
        FROM df.instances WHERE id = $1`,
-    [id],
+    [id, FIELD_MAX, 4 * 1024 * 1024],
   );
   const i = inst.rows[0];
   if (!i) return undefined;
+  const size = await db.query<{ n: number; chars: string }>(
+    `SELECT count(*)::int AS n,
+            coalesce(sum(least(coalesce(char_length(query), 0), $2)
+                         + least(coalesce(char_length(result::text), 0), $2)
+                         + least(coalesce(char_length(error), 0), $2)), 0)::bigint::text AS chars
+       FROM df.nodes WHERE instance_id = $1`,
+    [id, FIELD_MAX],
+  );
+  const sz = size.rows[0] ?? { n: 0, chars: '0' };
+  if (sz.n > NODES_MAX || Number(sz.chars) > DETAIL_MAX_CHARS)
+    throw new TooLarge(
+      `instance ${id} is too large to show here (${sz.n} nodes, ${sz.chars} characters of step text, results and errors); read it with df.instance_nodes`,
+    );
   const nodes = await db.query<{
     node_id: string;
     node_type: string;
@@ -176,18 +207,24 @@ export async function instanceDetail(db: pg.Client, id: string): Promise<object 
     updated_at: string;
     finished_at: string | null;
     iteration: number | null;
+    cut: boolean | null;
   }>(
-    `SELECT d.node_id, d.node_type, d.query, d.result_name, d.left_node, d.right_node, d.status,
-            d.inferred_status, d.result, n.error, n.attempts, d.updated_at,
+    `SELECT d.node_id, d.node_type, left(d.query, $2) AS query, d.result_name, d.left_node,
+            d.right_node, d.status, d.inferred_status, left(d.result, $2) AS result,
+            left(n.error, $2) AS error, n.attempts, d.updated_at,
+            char_length(d.query) > $2 OR char_length(d.result) > $2 AS cut,
             (SELECT max(e.created_at) FROM df.events e
               WHERE e.instance_id = $1 AND e.node_id = d.node_id AND e.kind IN ('done', 'failed'))
               AS finished_at,
             (SELECT max((e.detail->>'i')::int) FROM df.events e
               WHERE e.instance_id = $1 AND e.node_id = d.node_id AND e.kind = 'iter') AS iteration
        FROM df.instance_nodes($1) d
-       JOIN df.nodes n ON n.instance_id = $1 AND n.id = d.node_id`,
-    [id],
+       JOIN df.nodes n ON n.instance_id = $1 AND n.id = d.node_id
+      LIMIT $3`,
+    [id, FIELD_MAX, NODES_MAX],
   );
+  // a cut text or result would substitute wrongly: such an instance shows no substituted texts
+  const anyCut = nodes.rows.some((n) => n.cut);
   const results = new Map<string, string>();
   for (const n of nodes.rows)
     if (n.result_name && n.status === 'completed' && n.result !== null)
@@ -195,7 +232,7 @@ export async function instanceDetail(db: pg.Client, id: string): Promise<object 
   const ctx = { vars: i.vars ?? {}, instanceId: i.id, label: i.label, results };
   const view: NodeView[] = nodes.rows.map((n) => {
     let substituted: string | null = null;
-    if (n.node_type === 'SQL' && n.query !== null && n.status !== 'pending') {
+    if (!anyCut && n.node_type === 'SQL' && n.query !== null && n.status !== 'pending') {
       try {
         const s = substitute(n.query, ctx, 'sql');
         substituted = s === n.query ? null : s;
@@ -223,10 +260,11 @@ export async function instanceDetail(db: pg.Client, id: string): Promise<object 
   });
   const explain = await db.query<{ t: string }>(`SELECT df.explain($1) AS t`, [id]);
   const signals = await db.query(
-    `SELECT id::text, signal_name AS name, payload::text AS payload, sent_by::text AS sent_by,
+    `SELECT id::text, left(signal_name, $2) AS name, left(payload::text, $2) AS payload,
+            sent_by::text AS sent_by,
             created_at, consumed_at
        FROM df.signals WHERE instance_id = $1 ORDER BY id DESC LIMIT 100`,
-    [id],
+    [id, FIELD_MAX],
   );
   const { vars: _vars, ...instance } = i;
   return {

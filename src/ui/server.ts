@@ -22,6 +22,7 @@ import {
   parseFilter,
   processCounters,
   statusCounts,
+  TooLarge,
   visible,
 } from './queries.js';
 import {
@@ -145,6 +146,15 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   throw new HttpError(400, 'the body must be a JSON object', 'bad_json');
 }
 
+/** A path segment, decoded; a malformed %-escape is the client's error (400), not ours. */
+function segment(raw: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    throw new HttpError(400, 'malformed %-escape in the path', 'bad_path');
+  }
+}
+
 function str(body: Record<string, unknown>, key: string, max = 10_000): string {
   const v = body[key];
   if (typeof v !== 'string') throw new HttpError(400, `${key} must be a string`, 'bad_field');
@@ -244,6 +254,10 @@ export async function startUi(opts: UiOptions): Promise<UiServer> {
       const role = str(body, 'role', 63);
       const password = str(body, 'password', 1000);
       if (role === '') throw new HttpError(400, 'enter a role name', 'bad_login');
+      // a NUL would end the name in the startup packet and smuggle parameters after it
+      // (and make another limiter key for the same role)
+      if (role.includes('\0') || password.includes('\0'))
+        throw new HttpError(400, 'a role name or password cannot contain NUL', 'bad_login');
       const addr = [req.socket.remoteAddress ?? ''];
       const keys = [role];
       const wait = Math.max(roleLimiter.retryAfter(keys), addrLimiter.retryAfter(addr));
@@ -251,15 +265,19 @@ export async function startUi(opts: UiOptions): Promise<UiServer> {
         res.setHeader('Retry-After', String(wait));
         throw new HttpError(429, `too many failed logins; try again in ${wait} s`, 'rate_limited');
       }
+      // counted as failed until it is known to have succeeded, so that concurrent guesses
+      // cannot all pass the check above before the first of them fails
+      const roleAt = roleLimiter.fail(keys);
+      const addrAt = addrLimiter.fail(addr);
       let s: Session;
       try {
         s = await sessions.login(role, password);
       } catch (err) {
+        if (!(err instanceof LoginError) || err.code !== 'bad_login') {
+          roleLimiter.forget(keys, roleAt);
+          addrLimiter.forget(addr, addrAt);
+        }
         if (err instanceof LoginError) {
-          if (err.code === 'bad_login') {
-            roleLimiter.fail(keys);
-            addrLimiter.fail(addr);
-          }
           log.info(
             { role, remote: req.socket.remoteAddress, reason: err.code },
             'console login refused',
@@ -268,6 +286,7 @@ export async function startUi(opts: UiOptions): Promise<UiServer> {
         }
         throw err;
       }
+      addrLimiter.forget(addr, addrAt);
       roleLimiter.succeed(keys);
       log.info({ role: s.role, remote: req.socket.remoteAddress }, 'console login');
       res.setHeader('Set-Cookie', sessionCookie(s.id));
@@ -323,7 +342,7 @@ export async function startUi(opts: UiOptions): Promise<UiServer> {
     }
     const im = /^\/api\/instances\/([^/]+)(?:\/(signal|cancel))?$/.exec(p);
     if (im) {
-      const id = decodeURIComponent(im[1] ?? '');
+      const id = segment(im[1] ?? '');
       const action = im[2];
       if (!action && m === 'GET') {
         const s = requireSession(req, false);
@@ -441,7 +460,7 @@ export async function startUi(opts: UiOptions): Promise<UiServer> {
     if (im) {
       // a logged-in role gets 404 for an id it cannot see, exactly like one that does not exist
       const s = sessions.get(cookies(req).get(COOKIE));
-      if (s?.usage && !(await visible(s.db, decodeURIComponent(im[1] ?? '')))) {
+      if (s?.usage && !(await visible(s.db, segment(im[1] ?? '')))) {
         sendIndex(res, 404);
         return;
       }
@@ -469,6 +488,10 @@ export async function startUi(opts: UiOptions): Promise<UiServer> {
         status = err.status;
         message = err.message;
         code = err.code;
+      } else if (err instanceof TooLarge) {
+        status = 413;
+        message = err.message;
+        code = 'too_large';
       } else if (err instanceof BadRequest) {
         status = 400;
         message = err.message;

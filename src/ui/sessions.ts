@@ -237,7 +237,7 @@ export class LoginLimiter {
     return wait;
   }
 
-  fail(keys: readonly string[]): void {
+  fail(keys: readonly string[]): number {
     const now = Date.now();
     for (const k of keys) {
       const list = this.failures.get(k) ?? [];
@@ -245,6 +245,17 @@ export class LoginLimiter {
       this.failures.set(k, list);
     }
     if (this.failures.size > 10_000) this.failures.clear();
+    return now;
+  }
+
+  /** Takes back one failure noted at `at` (an attempt counted before its outcome was known). */
+  forget(keys: readonly string[], at: number): void {
+    for (const k of keys) {
+      const list = this.failures.get(k);
+      const i = list?.indexOf(at) ?? -1;
+      if (list && i >= 0) list.splice(i, 1);
+      if (list?.length === 0) this.failures.delete(k);
+    }
   }
 
   succeed(keys: readonly string[]): void {
