@@ -85,6 +85,33 @@ describe('the admin port of a dfgate process', () => {
     expect(body.checks['upstream']).toMatch(/^unreachable: .*ECONNREFUSED/);
     await d.stop();
   });
+
+  it('/readyz requests at the same moment share one upstream probe (the port has no login)', async () => {
+    const d = await spawnDfgate([
+      '--upstream',
+      `${db.url}?sslmode=disable`,
+      '--no-migrate',
+      '--no-executor',
+      '--admin-listen',
+      '127.0.0.1:0',
+    ]);
+    const port = await adminPort(d);
+    // sessions established to this test's database, as PostgreSQL counts them at their end
+    const sessions = async (): Promise<number> => {
+      await db.admin.query('SELECT pg_stat_clear_snapshot()');
+      const r = await db.admin.query<{ n: string }>(
+        'SELECT sessions::text AS n FROM pg_stat_database WHERE datname = current_database()',
+      );
+      return Number(r.rows[0]?.n);
+    };
+    const before = await sessions();
+    const answers = await Promise.all(Array.from({ length: 100 }, () => get(port, '/readyz')));
+    expect(answers.map((r) => r.status)).toEqual(answers.map(() => 200));
+    await d.stop();
+    await new Promise((r) => setTimeout(r, 1500));
+    // one probe per request opened 100 connections (600 at once took every slot of the server)
+    expect((await sessions()) - before).toBeLessThanOrEqual(3);
+  });
 });
 
 describe('the admin port with an executor', () => {
