@@ -25,6 +25,7 @@ import {
   type Edge,
 } from './edge.js';
 import type { StepPlan } from '../executor/sqlcheck.js';
+import type { CheckResult } from './check-expression.js';
 import type { EdgeAnswer, EdgeJob } from './edge-worker.js';
 import { FairQueue } from './fair-queue.js';
 
@@ -205,6 +206,20 @@ class Pool {
     });
   }
 
+  /** The console's check of an expression; undefined when the worker ran past its budget or died. */
+  checkExpr(source: string, owner: string): Promise<CheckResult | undefined> {
+    return new Promise((resolve) => {
+      const id = this.nextId++;
+      this.queue.push(owner, {
+        id,
+        send: { id, check: source },
+        answered: (m) => resolve('checked' in m ? m.checked : undefined),
+        abandoned: () => resolve(undefined),
+      });
+      this.kick();
+    });
+  }
+
   private kick(): void {
     for (const s of this.slots) if (!s.busy) s.pull();
   }
@@ -274,4 +289,17 @@ export function planInPool(
 ): Promise<StepPlan | 'abandoned'> | undefined {
   const p = thePool();
   return p ? p.plan(step, owner).then((plan) => plan ?? 'abandoned') : undefined;
+}
+
+/**
+ * The console's check of an expression from the pool (in `owner`'s turn):
+ * 'abandoned' when it ran past COMPILE_BUDGET_MS or its worker died,
+ * undefined when there is no pool (the caller checks it itself).
+ */
+export function checkInPool(
+  source: string,
+  owner: string,
+): Promise<CheckResult | 'abandoned'> | undefined {
+  const p = thePool();
+  return p ? p.checkExpr(source, owner).then((r) => r ?? 'abandoned') : undefined;
 }

@@ -3,12 +3,14 @@
  * PostgreSQL's parser and answers { id, sql, extended } with the statement's
  * Analysis, so that parsing and compiling never run on the proxy's event loop;
  * and { id, step } with a long step text's plan (the executor's check of
- * what a step may do, src/executor/sqlcheck.ts), for the same reason.
+ * what a step may do, src/executor/sqlcheck.ts), and { id, check } with the
+ * console's check of an expression (check-expression.ts), for the same reason.
  */
 import { readlinkSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import { planUncached, type StepPlan } from '../executor/sqlcheck.js';
+import { checkNow, type CheckResult } from './check-expression.js';
 import { analyzeText, checkBound, type Analysis, type BoundProblem } from './edge.js';
 import { loadParser } from './parser.js';
 
@@ -16,12 +18,14 @@ import { loadParser } from './parser.js';
 export type EdgeJob =
   | { readonly id: number; readonly sql: string; readonly extended: boolean }
   | { readonly id: number; readonly bound: readonly string[] }
-  | { readonly id: number; readonly step: string };
+  | { readonly id: number; readonly step: string }
+  | { readonly id: number; readonly check: string };
 
 export type EdgeAnswer =
   | { readonly id: number; readonly analysis: Analysis }
   | { readonly id: number; readonly problem: BoundProblem | null }
-  | { readonly id: number; readonly plan: StepPlan };
+  | { readonly id: number; readonly plan: StepPlan }
+  | { readonly id: number; readonly checked: CheckResult };
 
 /** The worker thread's nice value: below the event loop's, which relays every session's traffic. */
 export const WORKER_NICE = 10;
@@ -60,7 +64,9 @@ if (port) {
         ? { id: job.id, problem: firstProblem(job.bound) ?? null }
         : 'step' in job
           ? { id: job.id, plan: planUncached(job.step) }
-          : { id: job.id, analysis: analyzeText(job.sql, job.extended) };
+          : 'check' in job
+            ? { id: job.id, checked: checkNow(job.check) }
+            : { id: job.id, analysis: analyzeText(job.sql, job.extended) };
     port.postMessage(answer);
   });
   port.postMessage('ready');

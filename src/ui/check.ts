@@ -1,82 +1,34 @@
 /**
- * The Start page's live validation: a DSL expression (what goes inside
- * `df.start(...)`) is parsed by PostgreSQL's parser, evaluated with src/dsl and
- * validated exactly as `dfgate check` does, and answered with the graph or
- * with the first error and its line and column in the expression.
+ * The Start page's live validation (/api/check and /api/start): the check
+ * of src/dsl/check-expression.ts, run in the compile worker the proxy uses
+ * for df.start statements, in turns by role, for any expression longer than
+ * a few KiB. Parsing and validating 256 KiB takes 100-150 ms, which on the
+ * event loop would hold up every session the process relays.
  */
-import { parseSync } from 'libpg-query';
-import { evaluate, valueText } from '../dsl/evaluate.js';
-import { asNode, DslError, node } from '../dsl/nodes.js';
+import { checkNow, type CheckResult } from '../dsl/check-expression.js';
+import { checkInPool } from '../dsl/edge-pool.js';
 import { loadParser } from '../dsl/parser.js';
-import { validateGraph } from '../dsl/validate.js';
 
-export interface CheckError {
-  readonly line: number;
-  readonly column: number;
-  readonly message: string;
-}
+export { MAX_SOURCE_BYTES, type CheckError, type CheckResult } from '../dsl/check-expression.js';
 
-export type CheckResult =
-  | { readonly ok: true; readonly graph: string }
-  | { readonly ok: false; readonly error: CheckError };
+/** Expressions up to this many characters are checked on the calling thread (well under 1 ms). */
+export const CHECK_INLINE_MAX = 4 * 1024;
 
-const PREFIX = 'SELECT ';
-/** Largest expression accepted (bytes); graphs are capped at 10,000 nodes anyway. */
-export const MAX_SOURCE_BYTES = 256 * 1024;
-
-function lineCol(text: string, byteOffset: number): { line: number; column: number } {
-  const before = Buffer.from(text, 'utf8').subarray(0, Math.max(0, byteOffset)).toString('utf8');
-  const lines = before.split('\n');
-  return { line: lines.length, column: (lines[lines.length - 1]?.length ?? 0) + 1 };
-}
-
-type Ast = { [k: string]: unknown };
-
-export async function checkExpression(source: string): Promise<CheckResult> {
+/** What the check of `source` says; `owner` takes its turn in the compile worker. */
+export async function checkExpression(source: string, owner: string): Promise<CheckResult> {
+  const pooled = source.length > CHECK_INLINE_MAX ? checkInPool(source, owner) : undefined;
+  if (pooled) {
+    const r = await pooled;
+    if (r !== 'abandoned') return r;
+    return {
+      ok: false,
+      error: {
+        line: 1,
+        column: 1,
+        message: 'the expression took too long to check; start it from SQL instead',
+      },
+    };
+  }
   await loadParser();
-  const expr = source.replace(/[\s;]+$/, '');
-  const fail = (byteOffset: number, message: string): CheckResult => ({
-    ok: false,
-    error: { ...lineCol(expr, byteOffset), message },
-  });
-  if (expr.trim() === '') return fail(0, "write a workflow, e.g. 'SELECT 1' ~> 'SELECT 2'");
-  if (Buffer.byteLength(expr) > MAX_SOURCE_BYTES)
-    return fail(0, `the expression is longer than ${MAX_SOURCE_BYTES} bytes`);
-  const text = PREFIX + expr;
-  let ast: { stmts?: Ast[] };
-  try {
-    ast = parseSync(text) as unknown as { stmts?: Ast[] };
-  } catch (err) {
-    const e = err as Error & { sqlDetails?: { cursorPosition?: number } };
-    const pos = (e.sqlDetails?.cursorPosition ?? PREFIX.length + 1) - 1 - PREFIX.length;
-    return fail(pos, `syntax error: ${e.message}`);
-  }
-  const stmts = ast.stmts ?? [];
-  const sel = (stmts[0]?.['stmt'] as Ast | undefined)?.['SelectStmt'] as Ast | undefined;
-  const targets = (sel?.['targetList'] as Ast[] | undefined) ?? [];
-  const keys = sel
-    ? Object.keys(sel).filter((k) => !['targetList', 'limitOption', 'op'].includes(k))
-    : [];
-  if (stmts.length !== 1 || !sel || targets.length !== 1 || keys.length > 0)
-    return fail(0, 'write one DSL expression (the argument of df.start), not a statement');
-  const val = (targets[0]?.['ResTarget'] as Ast | undefined)?.['val'];
-  try {
-    const v = evaluate(val);
-    if (!v)
-      return fail(
-        0,
-        'the expression is not constant (it calls functions other than df.*); start it from SQL instead',
-      );
-    const s = valueText(v);
-    if (s === null) return fail(0, 'Invalid durable function: fut cannot be NULL');
-    const graph = asNode(s, true) ?? node('SQL', { query: s });
-    const problem = validateGraph(graph);
-    if (problem) return fail(0, `Invalid durable function: ${problem}`);
-    return { ok: true, graph };
-  } catch (err) {
-    if (err instanceof RangeError)
-      return fail(0, 'the expression is nested too deeply; start it from SQL instead');
-    if (!(err instanceof DslError)) throw err;
-    return fail((err.position ?? PREFIX.length) - PREFIX.length, err.message);
-  }
+  return checkNow(source);
 }

@@ -389,15 +389,19 @@ export async function startUi(opts: UiOptions): Promise<UiServer> {
       }
     }
     if (p === '/api/check' && m === 'POST') {
-      requireSession(req, true);
+      const s = requireSession(req, true);
       const body = await readJson(req);
-      sendJson(res, 200, await checkExpression(str(body, 'source', MAX_SOURCE_BYTES)));
+      const source = str(body, 'source', MAX_SOURCE_BYTES);
+      sendJson(res, 200, await checkExpression(source, `role:${s.role}`));
       return;
     }
     if (p === '/api/start' && m === 'POST') {
       const s = requireSession(req, true);
       const body = await readJson(req);
-      const checked = await checkExpression(str(body, 'source', MAX_SOURCE_BYTES));
+      const checked = await checkExpression(
+        str(body, 'source', MAX_SOURCE_BYTES),
+        `role:${s.role}`,
+      );
       if (!checked.ok) {
         sendJson(res, 400, { error: checked.error.message, code: 'invalid', at: checked.error });
         return;
