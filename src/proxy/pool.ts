@@ -1,14 +1,16 @@
 /**
  * Server connections lent per transaction (--pool-mode transaction).
  *
- * A pool holds the connections of one (role, database, startup settings).
- * Pools grow only from real logins: a client's startup and authentication
+ * A pool holds the connections of one (role, database, startup settings);
+ * the pools of one role and database (startup settings apart) hold at most
+ * --pool-size together, so a role cannot multiply its share by logging in
+ * with different settings. Pools grow only from real logins: a client's startup and authentication
  * are relayed to PostgreSQL on a fresh connection, which then joins the pool
  * of what it authenticated as, so dfgate never holds a password. That
- * verifying connection needs a place in the pool (--pool-size) and overall
- * (--max-server-connections): if there is none, an idle connection of the
- * pool (or, overall, of another pool) is closed to make room, else the login
- * waits like any client. A client waiting longer than --pool-timeout gets
+ * verifying connection needs a place among its role's (--pool-size) and
+ * overall (--max-server-connections): if there is none, an idle connection
+ * of the pool (or of another pool of the role, or overall of any pool) is
+ * closed to make room, else the login waits like any client. A client waiting longer than --pool-timeout gets
  * 53300. Connections idle for --server-idle-timeout are closed, except the
  * last one of a pool that still has clients (nothing could replace it but a
  * new login). A connection given back in the middle of a transaction (its
@@ -49,6 +51,13 @@ interface Waiter {
   readonly timer: NodeJS.Timeout;
 }
 
+/** The pools of one role and database, whatever their startup settings: they share --pool-size. */
+class Family {
+  /** Connections of its pools plus logins that hold a place. */
+  open = 0;
+  readonly pools = new Set<Pool>();
+}
+
 class Pool {
   /** Connections of this pool (idle and lent) plus logins that hold a place. */
   open = 0;
@@ -56,11 +65,28 @@ class Pool {
   readonly waiters: Waiter[] = [];
   /** Logged-in clients of this pool. */
   clients = 0;
-  constructor(readonly key: string) {}
+  constructor(
+    readonly key: string,
+    readonly family: Family,
+  ) {}
+}
+
+/** A pool key's role and database (startup.ts: a JSON array of user, database, settings). */
+function familyKey(key: string): string {
+  try {
+    const k: unknown = JSON.parse(key);
+    if (Array.isArray(k)) return JSON.stringify(k.slice(0, 2));
+  } catch {
+    // not startup.ts's form: a family of its own
+  }
+  return key;
 }
 
 export class ServerPools {
   private readonly pools = new Map<string, Pool>();
+  private readonly families = new Map<string, Family>();
+  /** Logins waiting for room, in every pool (a release looks for them only when there are some). */
+  private loginsWaiting = 0;
   /** Server connections of all pools, and places held by logins. */
   private total = 0;
   private readonly sweeper: NodeJS.Timeout | undefined;
@@ -79,10 +105,31 @@ export class ServerPools {
   private pool(key: string): Pool {
     let p = this.pools.get(key);
     if (!p) {
-      p = new Pool(key);
+      const fk = familyKey(key);
+      let f = this.families.get(fk);
+      if (!f) {
+        f = new Family();
+        this.families.set(fk, f);
+      }
+      p = new Pool(key, f);
+      f.pools.add(p);
       this.pools.set(key, p);
     }
     return p;
+  }
+
+  /** One more connection (or login's place) in `p`. */
+  private occupy(p: Pool): void {
+    p.open++;
+    p.family.open++;
+    this.total++;
+  }
+
+  /** One connection (or login's place) fewer in `p`. */
+  private vacate(p: Pool): void {
+    p.open--;
+    p.family.open--;
+    this.total--;
   }
 
   /** Numbers for logs, metrics and tests. */
@@ -102,7 +149,10 @@ export class ServerPools {
 
   clientLeft(key: string): void {
     const p = this.pools.get(key);
-    if (p) p.clients--;
+    if (!p) return;
+    p.clients--;
+    // its pool's last connection can now be spared for a login waiting for room
+    if (this.loginsWaiting > 0) this.handOnRoom(p);
   }
 
   /**
@@ -113,8 +163,7 @@ export class ServerPools {
     const p = this.pool(key);
     const room = this.roomFor(p);
     if (room) {
-      p.open++;
-      this.total++;
+      this.occupy(p);
       await room;
       return;
     }
@@ -127,25 +176,22 @@ export class ServerPools {
    * the server never sees more connections than the limits allow.
    */
   private roomFor(p: Pool): Promise<void> | undefined {
-    if (p.open < this.opts.poolSize && this.total < this.opts.maxServerConnections)
+    if (p.family.open < this.opts.poolSize && this.total < this.opts.maxServerConnections)
       return Promise.resolve();
-    if (p.open < this.opts.poolSize) {
-      // overall limit: close the longest-idle connection of any pool
-      let victim: ServerConn | undefined;
-      let from: Pool | undefined;
-      for (const q of this.pools.values()) {
-        const c = q.idle[0];
-        if (c && (!victim || c.idleSince < victim.idleSince)) {
-          victim = c;
-          from = q;
-        }
-      }
-      if (victim && from) return this.evict(from, victim);
-      return undefined;
+    // a pool can spare a connection unless it is the last one of a pool with clients
+    const spare = (q: Pool): boolean => q.clients <= 0 || q.open > 1;
+    if (p.family.open >= this.opts.poolSize) {
+      // the role's share: an idle connection of this pool, else the longest-idle one
+      // another pool of the role can spare
+      const own = p.idle[0];
+      if (own) return this.evict(p, own);
+      const v = longestIdle([...p.family.pools].filter(spare));
+      return v ? this.evict(v.from, v.conn) : undefined;
     }
-    const c = p.idle[0];
-    if (!c) return undefined;
-    return this.evict(p, c);
+    // overall limit: the longest-idle connection a pool can spare, else of any pool
+    const v =
+      longestIdle([...this.pools.values()].filter(spare)) ?? longestIdle(this.pools.values());
+    return v ? this.evict(v.from, v.conn) : undefined;
   }
 
   private evict(p: Pool, c: ServerConn): Promise<void> {
@@ -158,21 +204,20 @@ export class ServerPools {
   /** A connection left its pool: one place fewer in use. */
   private forget(p: Pool, c: ServerConn): void {
     c.sink = undefined;
-    p.open--;
-    this.total--;
+    this.vacate(p);
   }
 
   private wait(p: Pool, kind: Waiter['kind']): Promise<ServerConn | undefined> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         const i = p.waiters.indexOf(w);
-        if (i >= 0) p.waiters.splice(i, 1);
+        if (i >= 0) this.unwait(p, i);
         metrics.clientsRefused.inc({ reason: 'pool_timeout' });
         reject(
           new PoolError(
             SqlState.TooManyConnections,
             kind === 'login'
-              ? `no room for a new server connection of this role and database within --pool-timeout (${this.opts.poolTimeoutMs / 1000} s): all ${this.opts.poolSize} of its pool are in use`
+              ? `no room for a new server connection of this role and database within --pool-timeout (${this.opts.poolTimeoutMs / 1000} s): all ${this.opts.poolSize} it may hold (--pool-size, shared by its logins whatever their startup parameters) are in use`
               : `no server connection became free within --pool-timeout (${this.opts.poolTimeoutMs / 1000} s): all connections of this role and database are in use`,
             `Raise --pool-size (now ${this.opts.poolSize}) or --max-server-connections (now ${this.opts.maxServerConnections}), keep transactions short, or raise --pool-timeout.`,
           ),
@@ -181,6 +226,7 @@ export class ServerPools {
       timer.unref();
       const w: Waiter = { kind, resolve, timer };
       p.waiters.push(w);
+      if (kind === 'login') this.loginsWaiting++;
     });
   }
 
@@ -199,8 +245,7 @@ export class ServerPools {
   /** A login's connection failed or closed before it joined: its place is free again. */
   loginFailed(key: string): void {
     const p = this.pool(key);
-    p.open--;
-    this.total--;
+    this.vacate(p);
     this.handOnRoom(p);
   }
 
@@ -240,7 +285,7 @@ export class ServerPools {
       this.reset(key, conn);
       return;
     }
-    const w = p.waiters.shift();
+    const w = p.waiters.length > 0 ? this.unwait(p, 0) : undefined;
     if (w) {
       clearTimeout(w.timer);
       if (w.kind === 'lend') {
@@ -250,8 +295,7 @@ export class ServerPools {
       // a login waits for room: this connection makes it
       this.forget(p, conn);
       conn.terminate();
-      p.open++;
-      this.total++;
+      this.occupy(p);
       void gone(conn).then(() => w.resolve(undefined));
       return;
     }
@@ -270,6 +314,8 @@ export class ServerPools {
       },
     };
     p.idle.push(conn);
+    // a login of another pool may be waiting for room that this idle connection can make
+    if (this.loginsWaiting > 0) this.handOnRoom(p);
   }
 
   /** A connection closed or unusable: it leaves the pool. */
@@ -282,24 +328,39 @@ export class ServerPools {
     this.handOnRoom(p);
   }
 
-  /** Room became free in `p` (or overall): a waiting login takes it; waiting clients are told if nothing is left. */
+  /**
+   * Room became free in `p`, its role's pools or overall (or an idle
+   * connection can make it): waiting logins take it, those of `p`'s role
+   * first; waiting clients of `p` are told if nothing is left.
+   */
   private handOnRoom(p: Pool): void {
-    const login = p.waiters.findIndex((w) => w.kind === 'login');
-    const room = login >= 0 ? this.roomFor(p) : undefined;
-    if (room) {
-      const [w] = p.waiters.splice(login, 1);
-      if (w) {
+    const order = this.loginsWaiting > 0 ? [p, ...p.family.pools, ...this.pools.values()] : [];
+    for (const q of new Set(order)) {
+      for (;;) {
+        const login = q.waiters.findIndex((w) => w.kind === 'login');
+        const room = login >= 0 ? this.roomFor(q) : undefined;
+        if (!room) break;
+        const w = this.unwait(q, login);
         clearTimeout(w.timer);
-        p.open++;
-        this.total++;
+        this.occupy(q);
         void room.then(() => w.resolve(undefined));
       }
     }
+    // clients waiting to borrow from a pool with nothing left (logins wait for room)
     if (p.open === 0)
-      for (const w of p.waiters.splice(0)) {
+      for (let i = p.waiters.length - 1; i >= 0; i--) {
+        if (p.waiters[i]?.kind !== 'lend') continue;
+        const w = this.unwait(p, i);
         clearTimeout(w.timer);
         w.resolve(undefined);
       }
+  }
+
+  /** Takes waiter `i` of `p` off its queue. */
+  private unwait(p: Pool, i: number): Waiter {
+    const [w] = p.waiters.splice(i, 1) as [Waiter];
+    if (w.kind === 'login') this.loginsWaiting--;
+    return w;
   }
 
   /**
@@ -380,7 +441,11 @@ export class ServerPools {
         if (p.clients > 0 && p.open <= 1) break;
         void this.evict(p, p.idle[0] as ServerConn);
       }
-      if (p.open === 0 && p.clients <= 0 && p.waiters.length === 0) this.pools.delete(p.key);
+      if (p.open === 0 && p.clients <= 0 && p.waiters.length === 0) {
+        this.pools.delete(p.key);
+        p.family.pools.delete(p);
+        if (p.family.pools.size === 0) this.families.delete(familyKey(p.key));
+      }
     }
   }
 
@@ -398,6 +463,16 @@ export class ServerPools {
 
 /** The CommandComplete body of DISCARD ALL. */
 const DISCARD_ALL_TAG = Buffer.from('DISCARD ALL\0', 'latin1');
+
+/** The longest-idle connection of `pools`, and its pool. */
+function longestIdle(pools: Iterable<Pool>): { conn: ServerConn; from: Pool } | undefined {
+  let best: { conn: ServerConn; from: Pool } | undefined;
+  for (const q of pools) {
+    const c = q.idle[0];
+    if (c && (!best || c.idleSince < best.conn.idleSince)) best = { conn: c, from: q };
+  }
+  return best;
+}
 
 /** Resolves once the connection's socket has closed (at most 2 s). */
 function gone(c: ServerConn): Promise<void> {
