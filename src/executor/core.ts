@@ -61,6 +61,11 @@ export function breakValue(query: string | null): string {
   return parsed ? stringify(parsed) : JSON.stringify(bv.v);
 }
 
+/** Why a wait of `seconds` cannot be kept: it would end past the latest time JavaScript (and so dfgate) can represent. */
+function outOfRange(what: string, seconds: string | null): string {
+  return `${what} '${seconds ?? ''}' seconds is out of range: it would end after the year 275760`;
+}
+
 function configOf(query: string | null): Record<string, unknown> {
   try {
     const v = JSON.parse(query ?? 'null') as unknown;
@@ -238,6 +243,8 @@ export function runCore(input: CoreInput): CoreResult {
           at = armed
             ? new Date(String(armed.detail['at']))
             : new Date(input.now.getTime() + secs * 1000);
+          if (Number.isNaN(at.getTime()))
+            return { k: 'failed', error: outOfRange('sleep duration', n.query), seq: 0 };
           result = `{"slept": true, "seconds": ${n.query ?? '0'}}`;
         } else {
           const expr = String(configOf(n.query)['cron_expr'] ?? '');
@@ -277,6 +284,12 @@ export function runCore(input: CoreInput): CoreResult {
           : timeout === null
             ? null
             : new Date(input.now.getTime() + timeout * 1000);
+        if (timeoutAt !== null && Number.isNaN(timeoutAt.getTime()))
+          return {
+            k: 'failed',
+            error: outOfRange('signal timeout', String(cfg['timeout_seconds'])),
+            seq: 0,
+          };
         acts.push({
           a: 'signal',
           key,

@@ -283,8 +283,14 @@ export class Executor {
     }
   }
 
+  /** The lease renewal running now, if any: a tick that comes while one runs does nothing. */
+  private renewing: Promise<void> | undefined;
+
   private renewLeases(): Promise<void> {
-    return renewHeld(this.store, this.active, this.log);
+    this.renewing ??= renewHeld(this.store, this.active, this.log).finally(() => {
+      this.renewing = undefined;
+    });
+    return this.renewing;
   }
 
   private cancelSteps(id: string): Promise<void> {

@@ -15,7 +15,7 @@ interface Held {
 /** Cancels the step backends of one instance driven here. */
 export async function cancelStepsOf(store: ControlStore, held: Held | undefined): Promise<void> {
   if (!held) return;
-  for (const pid of held.stepPids) await store.cancelBackend(pid).catch(() => undefined);
+  for (const pid of held.stepPids) await store.cancelStepBackend(pid).catch(() => undefined);
 }
 
 /** Renews every lease in `active` in one statement. */

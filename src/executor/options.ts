@@ -45,7 +45,17 @@ export function nextCron(expr: string, after: Date): Date {
   return next;
 }
 
-const GENERIC_PLANS = '-c plan_cache_mode=force_generic_plan';
+/**
+ * How long a control statement waits for a row lock before it fails (lock_timeout).
+ * dfgate's own statements hold their locks for milliseconds, but a role may lock its
+ * own instance rows (it may update their status) and keep them locked as long as it
+ * likes: a control statement that met such a lock would hold one of the control
+ * connections every role shares. Past this it fails instead; the instance it was
+ * for is taken up again when its lease expires (docs/executor.md, "Locks a role holds").
+ */
+export const CONTROL_LOCK_TIMEOUT_MS = 2000;
+
+const GENERIC_PLANS = `-c plan_cache_mode=force_generic_plan -c lock_timeout=${CONTROL_LOCK_TIMEOUT_MS}`;
 /**
  * Attempt marks commit without waiting for their WAL flush (docs/executor.md,
  * "Commits that do not wait"): the checkpoint that depends on a mark commits

@@ -355,18 +355,16 @@ export class ControlStore {
     );
   }
 
-  /** Renews the leases of `ids` held here, in one statement; returns the status of each still held. */
+  /** Renews the leases of `ids` held here, in one statement; returns the status of each still held
+   * (a row someone holds locked, as a role may its own, is skipped this round, never waited for). */
   async renewLeases(ids: readonly string[]): Promise<Map<string, string>> {
     const r = await this.run<{ id: string; status: string }>(
-      `UPDATE df.instances SET lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000)
-        WHERE id = ANY ($1) AND lease_owner = $2 RETURNING id, status`,
+      `UPDATE df.instances i SET lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000)
+        WHERE i.id = ANY ($1) AND i.lease_owner = $2 AND i.id = ANY (ARRAY(SELECT l.id FROM df.instances l
+                WHERE l.id = ANY ($1) AND l.lease_owner = $2 FOR NO KEY UPDATE SKIP LOCKED)) RETURNING i.id, i.status`,
       [ids, this.owner, this.leaseMs],
     );
     return new Map(r.rows.map((x) => [x.id, x.status]));
-  }
-
-  async cancelBackend(pid: number): Promise<void> {
-    await this.run('SELECT pg_cancel_backend($1)', [pid]);
   }
 
   /** Cancels `pid` only if it is still one of dfgate's step connections. */
@@ -448,7 +446,7 @@ export class ControlStore {
     );
   }
 
-  /** Tells the web console these instances changed (df._ui_notify, one notification per role). */
+  /** Tells the web console these instances changed (df._ui_notify: their ids, never their owners). */
   async notifyChanged(ids: string[], roleOids: number[]): Promise<void> {
     await this.run(
       `SELECT df._ui_notify(jsonb_agg(jsonb_build_object('r', u.r::regrole::text, 'i', u.i)))
@@ -590,10 +588,11 @@ export class ControlStore {
     );
   }
 
-  /** Hands every lease held here back, so another executor can continue at once. */
+  /** Hands every lease held here back (but on rows someone holds locked), so another executor can continue at once. */
   async releaseLeases(): Promise<void> {
     await this.run(
-      `UPDATE df.instances SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1`,
+      `UPDATE df.instances i SET lease_owner = NULL, lease_expires_at = NULL WHERE i.lease_owner = $1
+          AND i.id = ANY (ARRAY(SELECT l.id FROM df.instances l WHERE l.lease_owner = $1 FOR NO KEY UPDATE SKIP LOCKED))`,
       [this.owner],
     );
   }

@@ -1,7 +1,7 @@
 /**
  * Live updates for the console: ONE LISTEN connection per dfgate process on
  * the channels dfgate_ui (the executor's batched announcements and the
- * df.signals triggers; payload: owner and ids) and dfgate_wake (df.start,
+ * df.signals triggers; payload: instance ids) and dfgate_wake (df.start,
  * df.signal and df.cancel on commit; payload: what happened and one id, whose
  * owner is looked up here, batched, only while a browser listens), fanned
  * out to the browsers' server-sent-event streams. A stream only receives the
@@ -83,19 +83,19 @@ export class LiveHub {
     }
   }
 
+  /** A change notification: its instances' owners are looked up with the others heard within 50 ms. */
   private dispatch(payload: string): void {
     this.received++;
-    let msg: { r?: unknown; i?: unknown };
+    if (this.streams.size === 0) return;
+    let msg: { i?: unknown };
     try {
-      msg = JSON.parse(payload) as { r?: unknown; i?: unknown };
+      msg = JSON.parse(payload) as { i?: unknown };
     } catch {
       return;
     }
-    if (typeof msg.r !== 'string') return;
-    const ids = Array.isArray(msg.i)
-      ? msg.i.filter((x): x is string => typeof x === 'string' && /^[0-9a-f]{8}$/.test(x))
-      : null;
-    this.route(msg.r, ids);
+    if (!Array.isArray(msg.i)) return;
+    for (const x of msg.i)
+      if (typeof x === 'string' && /^[0-9a-f]{8}$/.test(x) && !this.owe(x)) return;
   }
 
   /** A wake message: its instance's owner is looked up with the others heard within 50 ms. */
@@ -103,13 +103,22 @@ export class LiveHub {
     const m = /^(?:start|signal|cancel):([0-9a-f]{8})$/.exec(payload);
     if (!m || this.streams.size === 0) return;
     this.received++;
-    // past 10,000 ids waiting for their owners: every browser refreshes instead (bounded memory)
+    this.owe(m[1] as string);
+  }
+
+  /**
+   * Instance `id` changed: its owner is looked up within 50 ms. Past 10,000
+   * ids waiting for their owners every browser refreshes instead (bounded
+   * memory), and false says so.
+   */
+  private owe(id: string): boolean {
     if (this.woken.size >= 10_000) {
       for (const s of this.streams) this.queue(s, null);
-      return;
+      return false;
     }
-    this.woken.add(m[1] as string);
+    this.woken.add(id);
     this.wokenTimer ??= setTimeout(() => void this.resolve(), 50);
+    return true;
   }
 
   private async resolve(): Promise<void> {

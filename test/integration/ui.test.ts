@@ -347,6 +347,33 @@ describe('live updates', () => {
   });
 });
 
+describe('change notifications', () => {
+  it('a role that listens on dfgate_ui hears instance ids, never whose they are', async () => {
+    const spy = await db.connect(dave.url);
+    const heard: string[] = [];
+    spy.on('notification', (n) => {
+      if (n.channel === 'dfgate_ui') heard.push(n.payload ?? '');
+    });
+    await spy.query('LISTEN dfgate_ui');
+    const ac = await db.connect(alice.url);
+    const id = (
+      await ac.query(`SELECT df.start(df.wait_for_signal('go') ~> 'SELECT 1', 'heard') AS id`)
+    ).rows[0].id as string;
+    await ac.query(`SELECT df.signal($1, 'go')`, [id]);
+    await finished(ac, id);
+    const deadline = Date.now() + 5000;
+    while (!heard.join('').includes(id) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 50));
+    expect(heard.join('')).toContain(id);
+    for (const p of heard) {
+      expect(Object.keys(JSON.parse(p) as object)).toEqual(['i']);
+      expect(p).not.toContain(alice.name);
+    }
+    await spy.end();
+    await ac.end();
+  });
+});
+
 describe('keyset pages over 100,000 instances', () => {
   it('answers a page, a deep page and filtered pages in under 100 ms server-side', async () => {
     await db.admin.query(`SET session_replication_role = replica`); // no triggers: bulk fixture

@@ -127,6 +127,27 @@ describe('deterministic core', () => {
     expect(r.actions).toEqual([]);
   });
 
+  it('a sleep or a signal timeout past the latest time dfgate can represent fails its node, never arms a timer', () => {
+    const far = core([node('d0000001', 'SLEEP', null, null, '1e300')], []);
+    expect(far.actions).toEqual([]);
+    expect(far.outcome).toMatchObject({
+      k: 'failed',
+      error: "sleep duration '1e300' seconds is out of range: it would end after the year 275760",
+    });
+    // the largest sleep that still ends in time is armed as any other
+    const near = core([node('d0000001', 'SLEEP', null, null, '8000000000000')], []);
+    expect(near.actions[0]).toMatchObject({ a: 'timer', armed: false });
+    const wait = core(
+      [node('d0000002', 'SIGNAL', null, null, '{"signal_name": "go", "timeout_seconds": 1e300}')],
+      [],
+    );
+    expect(wait.actions).toEqual([]);
+    expect(wait.outcome).toMatchObject({
+      k: 'failed',
+      error: "signal timeout '1e+300' seconds is out of range: it would end after the year 275760",
+    });
+  });
+
   it('a sleep is armed once with its deadline, and fires when it passes', () => {
     const g = [node('d0000001', 'SLEEP', null, null, '0.25')];
     const arm = core(g, []);
