@@ -282,3 +282,19 @@ export function* longMessage(
     yield left >= chunk.length ? chunk : chunk.subarray(0, left);
   yield suffix;
 }
+
+/** Sends a simple Query and returns every message up to its ReadyForQuery. */
+export async function simpleQuery(c: Raw, sql: string): Promise<Array<[string, Buffer]>> {
+  c.sock.write(encodeFrontend({ type: 'Query', sql }));
+  return c.until((t) => t === 'Z');
+}
+
+/** The first column of each DataRow among `msgs`, as text ('NULL' for a null). */
+export function dataRows(msgs: Array<[string, Buffer]>): string[] {
+  return msgs
+    .filter(([t]) => t === 'D')
+    .map(([, b]) => {
+      const n = b.readInt32BE(2);
+      return n < 0 ? 'NULL' : b.toString('utf8', 6, 6 + n);
+    });
+}

@@ -11,7 +11,15 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { encodeFrontend, encodeStartup } from '../../src/proxy/protocol/frontend.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { startTestProxy } from '../harness/dfgate.js';
-import { errorOf, loggedIn, raw, startupMessage, type Raw } from '../harness/wire.js';
+import {
+  dataRows,
+  errorOf,
+  loggedIn,
+  raw,
+  simpleQuery,
+  startupMessage,
+  type Raw,
+} from '../harness/wire.js';
 
 const db = useTestDatabase();
 let trust: TestRole;
@@ -27,19 +35,8 @@ beforeAll(async () => {
 const q = (sql: string): Buffer => encodeFrontend({ type: 'Query', sql });
 const Z = (t: string): boolean => t === 'Z';
 
-function rows(msgs: Array<[string, Buffer]>): string[] {
-  return msgs
-    .filter(([t]) => t === 'D')
-    .map(([, b]) => {
-      const n = b.readInt32BE(2);
-      return n < 0 ? 'NULL' : b.toString('utf8', 6, 6 + n);
-    });
-}
-
-async function simple(c: Raw, sql: string): Promise<Array<[string, Buffer]>> {
-  c.sock.write(q(sql));
-  return c.until(Z);
-}
+const rows = dataRows;
+const simple = simpleQuery;
 
 async function extended(
   c: Raw,

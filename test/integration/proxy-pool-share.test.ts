@@ -9,7 +9,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { encodeFrontend } from '../../src/proxy/protocol/frontend.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { startTestProxy } from '../harness/dfgate.js';
-import { errorOf, loggedIn, raw, startupMessage, type Raw } from '../harness/wire.js';
+import { dataRows, errorOf, loggedIn, raw, simpleQuery, startupMessage } from '../harness/wire.js';
 
 const db = useTestDatabase();
 let trust: TestRole;
@@ -22,11 +22,8 @@ beforeAll(async () => {
 });
 
 const Z = (t: string): boolean => t === 'Z';
-
-async function simple(c: Raw, sql: string): Promise<Array<[string, Buffer]>> {
-  c.sock.write(encodeFrontend({ type: 'Query', sql }));
-  return c.until(Z);
-}
+const simple = simpleQuery;
+const rowsOf = dataRows;
 
 /** A login with extra_float_digits = `n`: a startup parameter PostgreSQL does not report back. */
 const digits = (n: number): Array<[string, string]> => [['extra_float_digits', String(n)]];
@@ -101,12 +98,3 @@ describe('one role logging in with different startup parameters', () => {
     for (const x of [b, c]) x.sock.destroy();
   });
 });
-
-function rowsOf(msgs: Array<[string, Buffer]>): string[] {
-  return msgs
-    .filter(([t]) => t === 'D')
-    .map(([, body]) => {
-      const n = body.readInt32BE(2);
-      return n < 0 ? 'NULL' : body.toString('utf8', 6, 6 + n);
-    });
-}
