@@ -110,6 +110,11 @@ export class CancelRegistry {
     return this.send(pid, key, target);
   }
 
+  /** Cancels whatever backend `pid` runs (one dfgate closes: transaction mode's pool). */
+  cancelOwn(pid: number, key: Buffer, target: UpstreamTarget): Promise<boolean> {
+    return this.send(pid, key, target);
+  }
+
   /**
    * Sends the request and, as libpq's PQcancel does, keeps the connection open
    * until the server closes it (it has then acted on the request), at most

@@ -99,6 +99,8 @@ export class Lender {
       }
       host.attach(conn);
       if (await this.prepare(conn)) return conn;
+      // the client left during the check: closed() has already given the connection back
+      if (host.isClosed || host.server !== conn) return undefined;
       host.detach();
       this.pools.discard(this.key, conn);
     }
@@ -184,7 +186,7 @@ export class Lender {
     if (conn.closed) this.pools.discard(this.key, conn);
     else if (clean) this.pools.release(this.key, conn);
     else if (clientAtBoundary) this.pools.reset(this.key, conn);
-    else this.pools.discard(this.key, conn);
+    else this.pools.discard(this.key, conn, true);
   }
 
   /** How the client's statements are lexed (standard_conforming_strings as the server reported it). */

@@ -31,6 +31,8 @@ export interface PoolOptions {
   readonly poolTimeoutMs: number;
   /** 0: never close idle connections. */
   readonly serverIdleTimeoutMs: number;
+  /** Sends a cancel request for a backend dfgate is closing while it may be busy. */
+  readonly cancel?: (pid: number, key: Buffer) => void;
 }
 
 /** An error for the client, with PostgreSQL's fields. */
@@ -61,6 +63,10 @@ class Family {
 class Pool {
   /** Connections of this pool (idle and lent) plus logins that hold a place. */
   open = 0;
+  /** Connections of this pool that logged in and joined it (open without the logins). */
+  conns = 0;
+  /** Of those, the ones being reset after their client left (not usable until it ends). */
+  resetting = new Set<ServerConn>();
   readonly idle: ServerConn[] = [];
   readonly waiters: Waiter[] = [];
   /** Logged-in clients of this pool. */
@@ -176,21 +182,24 @@ export class ServerPools {
    * the server never sees more connections than the limits allow.
    */
   private roomFor(p: Pool): Promise<void> | undefined {
-    if (p.family.open < this.opts.poolSize && this.total < this.opts.maxServerConnections)
+    const size = this.opts.poolSize;
+    if (p.family.open < size && this.total < this.opts.maxServerConnections)
       return Promise.resolve();
-    // a pool can spare a connection unless it is the last one of a pool with clients
-    const spare = (q: Pool): boolean => q.clients <= 0 || q.open > 1;
-    if (p.family.open >= this.opts.poolSize) {
-      // the role's share: an idle connection of this pool, else the longest-idle one
-      // another pool of the role can spare
+    if (p.family.open >= size) {
+      // the role's share: an idle connection of this pool, else the longest-idle one of
+      // another pool of the role, that its pool can spare
       const own = p.idle[0];
-      if (own) return this.evict(p, own);
+      if (own && spare(p)) return this.evict(p, own);
       const v = longestIdle([...p.family.pools].filter(spare));
-      return v ? this.evict(v.from, v.conn) : undefined;
+      if (v) return this.evict(v.from, v.conn);
+      // a login to a pool whose only connection its clients still need: one place over the
+      // role's share while it authenticates (adopt closes the surplus), never over the total
+      if (p.conns >= 1 && p.family.open === size && this.total < this.opts.maxServerConnections)
+        return Promise.resolve();
+      return undefined;
     }
-    // overall limit: the longest-idle connection a pool can spare, else of any pool
-    const v =
-      longestIdle([...this.pools.values()].filter(spare)) ?? longestIdle(this.pools.values());
+    // overall limit: the longest-idle connection a pool can spare, else wait
+    const v = longestIdle([...this.pools.values()].filter(spare));
     return v ? this.evict(v.from, v.conn) : undefined;
   }
 
@@ -201,9 +210,12 @@ export class ServerPools {
     return gone(c);
   }
 
-  /** A connection left its pool: one place fewer in use. */
+  /** An idle connection leaves its pool (at most once): one place fewer in use. */
   private forget(p: Pool, c: ServerConn): void {
     c.sink = undefined;
+    if (!c.pooled) return;
+    c.pooled = false;
+    p.conns--;
     this.vacate(p);
   }
 
@@ -233,12 +245,8 @@ export class ServerPools {
   /** The verifying connection of a login in pool `key` authenticated: it joins the pool. */
   adopt(key: string, conn: ServerConn): void {
     const p = this.pool(key);
-    if (p.open > this.opts.poolSize) {
-      // the pool shrank meanwhile (never by default): beyond its size, close
-      this.forget(p, conn);
-      conn.terminate();
-      return;
-    }
+    conn.pooled = true;
+    p.conns++;
     this.release(key, conn);
   }
 
@@ -275,8 +283,22 @@ export class ServerPools {
   release(key: string, conn: ServerConn): void {
     const p = this.pool(key);
     conn.sink = undefined;
+    p.resetting.delete(conn);
     if (conn.closed || this.closing) {
       this.discard(key, conn);
+      return;
+    }
+    if (
+      conn.pooled &&
+      p.family.open > this.opts.poolSize &&
+      p.conns - p.resetting.size > 1 &&
+      spare(p)
+    ) {
+      // a login let in one place over the role's share (roomFor): the surplus closes as soon
+      // as the pool has another usable connection
+      this.forget(p, conn);
+      conn.terminate();
+      this.handOnRoom(p);
       return;
     }
     // a cancel request of its last client still on its way: not to be lent before it lands
@@ -285,7 +307,9 @@ export class ServerPools {
       this.reset(key, conn);
       return;
     }
-    const w = p.waiters.length > 0 ? this.unwait(p, 0) : undefined;
+    // the first waiting client takes it; a waiting login only if the pool can spare it
+    const first = p.waiters.findIndex((x) => x.kind === 'lend' || spare(p));
+    const w = first >= 0 ? this.unwait(p, first) : undefined;
     if (w) {
       clearTimeout(w.timer);
       if (w.kind === 'lend') {
@@ -318,14 +342,37 @@ export class ServerPools {
     if (this.loginsWaiting > 0) this.handOnRoom(p);
   }
 
-  /** A connection closed or unusable: it leaves the pool. */
-  discard(key: string, conn: ServerConn): void {
+  /**
+   * A connection closed or unusable: it leaves the pool. Its place stays
+   * taken until the server has closed it (a backend busy in a statement reads
+   * the Terminate only when the statement ends; `busy` cancels the statement
+   * first), so the server never holds more connections than the limits.
+   */
+  discard(key: string, conn: ServerConn, busy = false): void {
     const p = this.pool(key);
+    p.resetting.delete(conn);
     const i = p.idle.indexOf(conn);
     if (i >= 0) p.idle.splice(i, 1);
-    this.forget(p, conn);
-    if (!conn.closed) conn.terminate();
-    this.handOnRoom(p);
+    conn.sink = undefined;
+    if (!conn.pooled) {
+      // already left its pool (a second report of the same end)
+      if (!conn.closed) conn.terminate();
+      return;
+    }
+    conn.pooled = false;
+    p.conns--;
+    const leave = (): void => {
+      this.vacate(p);
+      this.handOnRoom(p);
+    };
+    if (conn.socket.destroyed) {
+      leave();
+      return;
+    }
+    if (busy && conn.pid > 0 && conn.key) this.opts.cancel?.(conn.pid, conn.key);
+    conn.socket.once('close', leave);
+    if (!conn.closed) conn.terminate(DISCARD_GRACE_MS);
+    else setTimeout(() => conn.socket.destroy(), DISCARD_GRACE_MS).unref();
   }
 
   /**
@@ -374,10 +421,11 @@ export class ServerPools {
       this.discard(key, conn);
       return;
     }
+    this.pool(key).resetting.add(conn);
     const marker = `dfgate_reset_${conn.id}_${Date.now()}`;
     const timer = setTimeout(() => {
       this.opts.log.info({ server: conn.id }, 'server connection did not reset in time; closed');
-      this.discard(key, conn);
+      this.discard(key, conn, true);
     }, 10_000);
     timer.unref();
     let seen = false;
@@ -438,7 +486,7 @@ export class ServerPools {
     const cutoff = Date.now() - this.opts.serverIdleTimeoutMs;
     for (const p of this.pools.values()) {
       while (p.idle.length > 0 && (p.idle[0] as ServerConn).idleSince < cutoff) {
-        if (p.clients > 0 && p.open <= 1) break;
+        if (!spare(p)) break;
         void this.evict(p, p.idle[0] as ServerConn);
       }
       if (p.open === 0 && p.clients <= 0 && p.waiters.length === 0) {
@@ -463,6 +511,17 @@ export class ServerPools {
 
 /** The CommandComplete body of DISCARD ALL. */
 const DISCARD_ALL_TAG = Buffer.from('DISCARD ALL\0', 'latin1');
+
+/**
+ * How long a discarded connection may take to close before dfgate drops it
+ * (a backend that ignores its cancel): its place is held until then.
+ */
+const DISCARD_GRACE_MS = 30_000;
+
+/** A pool can spare a connection unless it is the last one of a pool with clients. */
+function spare(q: Pool): boolean {
+  return q.clients <= 0 || q.conns > 1;
+}
 
 /** The longest-idle connection of `pools`, and its pool. */
 function longestIdle(pools: Iterable<Pool>): { conn: ServerConn; from: Pool } | undefined {

@@ -102,6 +102,8 @@ export class ServerConn {
   closed = false;
   /** Transaction mode: when it went idle in its pool (ms since epoch). */
   idleSince = 0;
+  /** Transaction mode: the connection holds a place in its pool (pool.ts), until it leaves it once. */
+  pooled = false;
   private readonly framer: Framer;
 
   constructor(
@@ -215,12 +217,17 @@ export class ServerConn {
   }
 
   /** Ends the connection politely (Terminate), then forcibly after a second. */
-  terminate(): void {
+  /**
+   * Sends Terminate and closes. The socket is destroyed after `graceMs`
+   * unless the server closed it first (a backend busy in a statement reads
+   * the Terminate only once the statement ends).
+   */
+  terminate(graceMs = 1000): void {
     this.closed = true;
     const s = this.socket;
     if (!s.destroyed) {
       s.end(encodeFrontend({ type: 'Terminate' }));
-      setTimeout(() => s.destroy(), 1000).unref();
+      setTimeout(() => s.destroy(), graceMs).unref();
     }
   }
 

@@ -5,6 +5,7 @@
  * set of parameters got a pool of its own size, so one role's clients could
  * take every connection under --max-server-connections from the others.
  */
+import net from 'node:net';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { encodeFrontend } from '../../src/proxy/protocol/frontend.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
@@ -14,11 +15,19 @@ import { dataRows, errorOf, loggedIn, raw, simpleQuery, startupMessage } from '.
 const db = useTestDatabase();
 let trust: TestRole;
 let other: TestRole;
+let third: TestRole;
+let fourth: TestRole;
+let fifth: TestRole;
 
 beforeAll(async () => {
   trust = await db.role('trust', { grant: false });
   other = await db.role('other', { grant: false });
-  await db.admin.query(`GRANT dfgate_trust_logins TO ${trust.ident}, ${other.ident}`);
+  third = await db.role('third', { grant: false });
+  fourth = await db.role('fourth', { grant: false });
+  fifth = await db.role('fifth', { grant: false });
+  await db.admin.query(
+    `GRANT dfgate_trust_logins TO ${trust.ident}, ${other.ident}, ${third.ident}, ${fourth.ident}, ${fifth.ident}`,
+  );
 });
 
 const Z = (t: string): boolean => t === 'Z';
@@ -96,5 +105,128 @@ describe('one role logging in with different startup parameters', () => {
     expect(rowsOf(await simple(b, 'SHOW extra_float_digits'))).toEqual(['2']);
     expect(await serverConnections(trust.name)).toBeLessThanOrEqual(2);
     for (const x of [b, c]) x.sock.destroy();
+    await p.shutdown(1000);
+  });
+});
+
+/** The server backends of `role` that are not idle in dfgate's pool, and all of them. */
+async function backends(role: string): Promise<number> {
+  return serverConnections(role);
+}
+
+describe('pool accounting when clients leave at the wrong moment (hostile review of the change above)', () => {
+  it("a login that goes away before authenticating leaves the pool's only connection to its connected client", async () => {
+    const p = await startTestProxy(db.url, {
+      poolMode: 'transaction',
+      poolSize: 1,
+      poolTimeoutMs: 2_000,
+    });
+    const a = await loggedIn(p.port, trust.name, db.name);
+    expect(rowsOf(await simple(a, 'SELECT 1'))).toEqual(['1']);
+    const s = net.connect({ host: '127.0.0.1', port: p.port }, () => {
+      s.write(startupMessage(trust.name, db.name));
+      setTimeout(() => s.resetAndDestroy(), 5);
+    });
+    s.on('error', () => undefined);
+    await new Promise((r) => setTimeout(r, 500));
+    const m = await simple(a, 'SELECT 2');
+    expect(errorOf(m)).toBeUndefined();
+    expect(rowsOf(m)).toEqual(['2']);
+    a.sock.destroy();
+    await p.shutdown(1000);
+  });
+
+  it('a login over --max-server-connections waits for a connection some pool can spare, and never cuts off connected clients', async () => {
+    const p = await startTestProxy(db.url, {
+      poolMode: 'transaction',
+      poolSize: 3,
+      maxServerConnections: 2,
+      poolTimeoutMs: 500,
+    });
+    const a = await loggedIn(p.port, trust.name, db.name);
+    const b = await loggedIn(p.port, other.name, db.name);
+    const c = await raw(p.port);
+    c.sock.write(startupMessage(third.name, db.name));
+    expect(errorOf(await c.until((t) => t === 'E'))).toMatchObject({ C: '53300' });
+    expect(rowsOf(await simple(a, 'SELECT 1'))).toEqual(['1']);
+    expect(rowsOf(await simple(b, 'SELECT 2'))).toEqual(['2']);
+    // once a pool has no clients, its idle connection makes room
+    a.sock.end(encodeFrontend({ type: 'Terminate' }));
+    await new Promise((r) => setTimeout(r, 200));
+    const d = await loggedIn(p.port, third.name, db.name);
+    expect(rowsOf(await simple(d, 'SELECT 3'))).toEqual(['3']);
+    for (const x of [b, d]) x.sock.destroy();
+    await p.shutdown(1000);
+  });
+
+  it('a client that leaves while its lent connection is being checked is given back once: the role never holds more than --pool-size', async () => {
+    const p = await startTestProxy(db.url, {
+      poolMode: 'transaction',
+      poolSize: 1,
+      poolTimeoutMs: 1_000,
+    });
+    for (let round = 0; round < 2; round++) {
+      const c = await loggedIn(p.port, fourth.name, db.name);
+      await simple(c, 'SELECT 1/0'); // the connection is checked before its next lend
+      const pid = (
+        await db.admin.query<{ pid: number }>(
+          'SELECT pid FROM pg_stat_activity WHERE usename = $1 AND datname = $2',
+          [fourth.name, db.name],
+        )
+      ).rows[0]?.pid as number;
+      process.kill(pid, 'SIGSTOP'); // the check waits
+      c.sock.write(encodeFrontend({ type: 'Query', sql: 'SELECT 1' }));
+      await new Promise((r) => setTimeout(r, 100));
+      c.sock.resetAndDestroy(); // the client leaves during the check
+      await new Promise((r) => setTimeout(r, 100));
+      process.kill(pid, 'SIGCONT');
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    // every way the connection could be given back has had its turn (the reset's timer is 10 s)
+    await new Promise((r) => setTimeout(r, 10_500));
+    expect(p.pools?.stats().total).toBeLessThanOrEqual(1);
+    const x = await loggedIn(p.port, fourth.name, db.name);
+    const y = await loggedIn(p.port, fourth.name, db.name);
+    await simple(x, 'BEGIN');
+    y.sock.write(encodeFrontend({ type: 'Query', sql: 'BEGIN' }));
+    expect(errorOf(await y.until((t) => t === 'E'))).toMatchObject({ C: '53300' });
+    expect(await backends(fourth.name)).toBe(1);
+    await simple(x, 'COMMIT');
+    x.sock.destroy();
+    await p.shutdown(1000);
+  });
+
+  it('a connection closed while its backend is busy keeps its place until the backend is gone (its statement is cancelled)', async () => {
+    const p = await startTestProxy(db.url, {
+      poolMode: 'transaction',
+      poolSize: 1,
+      poolTimeoutMs: 1_000,
+    });
+    const a = await loggedIn(p.port, fifth.name, db.name);
+    a.sock.write(encodeFrontend({ type: 'Query', sql: 'SELECT pg_sleep(30)' }));
+    await new Promise((r) => setTimeout(r, 200));
+    a.sock.resetAndDestroy(); // its connection is busy: the reset waits, then gives up after 10 s
+    let most = 0;
+    const watch = setInterval(() => {
+      void backends(fifth.name).then((n) => (most = Math.max(most, n)));
+    }, 100);
+    try {
+      const b = await loggedIn(p.port, fifth.name, db.name);
+      expect(rowsOf(await simple(b, 'SELECT 1'))).toEqual(['1']);
+      await new Promise((r) => setTimeout(r, 11_000));
+      // the busy backend was cancelled and has left: b keeps the one place
+      expect(await backends(fifth.name)).toBe(1);
+      await simple(b, 'BEGIN');
+      const c = await loggedIn(p.port, fifth.name, db.name);
+      c.sock.write(encodeFrontend({ type: 'Query', sql: 'BEGIN' }));
+      expect(errorOf(await c.until((t) => t === 'E'))).toMatchObject({ C: '53300' });
+      await simple(b, 'COMMIT');
+      // one place over --pool-size at most, while a login authenticated beside the busy one
+      expect(most).toBeLessThanOrEqual(2);
+      b.sock.destroy();
+    } finally {
+      clearInterval(watch);
+    }
+    await p.shutdown(1000);
   });
 });
