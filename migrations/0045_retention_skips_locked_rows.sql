@@ -7,14 +7,14 @@
 -- statement, so one such lock on one doomed instance held the deletion, and
 -- retention for every role, for as long as that role kept its transaction
 -- open (and the executor's control statements now give up after a lock wait
--- of two seconds, so it would have failed at every round). Now the doomed
+-- of five seconds, so it would have failed at every round). Now the doomed
 -- instances and their nodes are locked with SKIP LOCKED first, and only the
 -- instances whose own row and every node row were locked here are deleted;
 -- the others are left for a later round. What is doomed, and the batch, are
 -- unchanged.
 
 CREATE OR REPLACE FUNCTION df._reconcile(p_batch integer DEFAULT 5000) RETURNS integer
-  LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
   AS $$
 DECLARE
   v_days numeric := COALESCE((df._setting('retention_days') #>> '{}')::numeric, 30);

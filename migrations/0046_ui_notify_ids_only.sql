@@ -11,7 +11,7 @@
 -- call df._ui_notify as before; the owners they pass are no longer sent.
 
 CREATE OR REPLACE FUNCTION df._ui_notify(p_rows jsonb) RETURNS void
-  LANGUAGE sql SET search_path = pg_catalog
+  LANGUAGE sql SET search_path = pg_catalog, pg_temp
   AS $$
   SELECT pg_notify('dfgate_ui', json_build_object('i', to_json(c.ids))::text)
     FROM (SELECT array_agg(d.i ORDER BY d.i) AS ids

@@ -53,7 +53,7 @@ export function nextCron(expr: string, after: Date): Date {
  * connections every role shares. Past this it fails instead; the instance it was
  * for is taken up again when its lease expires (docs/executor.md, "Locks a role holds").
  */
-export const CONTROL_LOCK_TIMEOUT_MS = 2000;
+export const CONTROL_LOCK_TIMEOUT_MS = 5000;
 
 const GENERIC_PLANS = `-c plan_cache_mode=force_generic_plan -c lock_timeout=${CONTROL_LOCK_TIMEOUT_MS}`;
 /**
