@@ -110,11 +110,6 @@ export class CancelRegistry {
     return this.send(pid, key, target);
   }
 
-  /** Cancels whatever backend `pid` runs (one dfgate closes: transaction mode's pool). */
-  cancelOwn(pid: number, key: Buffer, target: UpstreamTarget): Promise<boolean> {
-    return this.send(pid, key, target);
-  }
-
   /**
    * Sends the request and, as libpq's PQcancel does, keeps the connection open
    * until the server closes it (it has then acted on the request), at most
@@ -123,7 +118,7 @@ export class CancelRegistry {
    * on the half-close while it forwards the cancel; the chained topology in
    * docs/proxy.md).
    */
-  private async send(pid: number, key: Buffer, target: UpstreamTarget): Promise<boolean> {
+  async send(pid: number, key: Buffer, target: UpstreamTarget): Promise<boolean> {
     try {
       const up = await connectUpstream(target, this.connectTimeoutMs);
       const socket = up.socket;

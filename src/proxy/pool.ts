@@ -58,6 +58,7 @@ class Family {
   /** Connections of its pools plus logins that hold a place. */
   open = 0;
   readonly pools = new Set<Pool>();
+  constructor(readonly key: string) {}
 }
 
 class Pool {
@@ -66,7 +67,7 @@ class Pool {
   /** Connections of this pool that logged in and joined it (open without the logins). */
   conns = 0;
   /** Of those, the ones being reset after their client left (not usable until it ends). */
-  resetting = new Set<ServerConn>();
+  readonly resetting = new Set<ServerConn>();
   readonly idle: ServerConn[] = [];
   readonly waiters: Waiter[] = [];
   /** Logged-in clients of this pool. */
@@ -114,7 +115,7 @@ export class ServerPools {
       const fk = familyKey(key);
       let f = this.families.get(fk);
       if (!f) {
-        f = new Family();
+        f = new Family(fk);
         this.families.set(fk, f);
       }
       p = new Pool(key, f);
@@ -193,7 +194,7 @@ export class ServerPools {
       const v = longestIdle([...p.family.pools].filter(spare));
       if (v) return this.evict(v.from, v.conn);
       // a login to a pool whose only connection its clients still need: one place over the
-      // role's share while it authenticates (adopt closes the surplus), never over the total
+      // role's share while it authenticates (release closes the surplus), never over the total
       if (p.conns >= 1 && p.family.open === size && this.total < this.opts.maxServerConnections)
         return Promise.resolve();
       return undefined;
@@ -492,7 +493,7 @@ export class ServerPools {
       if (p.open === 0 && p.clients <= 0 && p.waiters.length === 0) {
         this.pools.delete(p.key);
         p.family.pools.delete(p);
-        if (p.family.pools.size === 0) this.families.delete(familyKey(p.key));
+        if (p.family.pools.size === 0) this.families.delete(p.family.key);
       }
     }
   }

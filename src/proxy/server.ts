@@ -83,7 +83,7 @@ export async function startProxy(opts: ProxyOptions): Promise<ProxyServer> {
           maxServerConnections: opts.maxServerConnections ?? 100,
           poolTimeoutMs: opts.poolTimeoutMs ?? 30_000,
           serverIdleTimeoutMs: opts.serverIdleTimeoutMs ?? 600_000,
-          cancel: (pid, key) => void cancels.cancelOwn(pid, key, opts.upstream),
+          cancel: (pid, key) => void cancels.send(pid, key, opts.upstream),
         })
       : undefined;
   const secureContext =

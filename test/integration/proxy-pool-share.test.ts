@@ -31,8 +31,6 @@ beforeAll(async () => {
 });
 
 const Z = (t: string): boolean => t === 'Z';
-const simple = simpleQuery;
-const rowsOf = dataRows;
 
 /** A login with extra_float_digits = `n`: a startup parameter PostgreSQL does not report back. */
 const digits = (n: number): Array<[string, string]> => [['extra_float_digits', String(n)]];
@@ -56,8 +54,8 @@ describe('one role logging in with different startup parameters', () => {
     });
     const a = await loggedIn(p.port, trust.name, db.name, digits(1));
     const b = await loggedIn(p.port, trust.name, db.name, digits(2));
-    await simple(a, 'BEGIN');
-    await simple(b, 'BEGIN');
+    await simpleQuery(a, 'BEGIN');
+    await simpleQuery(b, 'BEGIN');
     // a third pool of the same role: no room among the role's two, and nothing idle to close
     const c = await raw(p.port);
     c.sock.write(startupMessage(trust.name, db.name, digits(3)));
@@ -68,10 +66,10 @@ describe('one role logging in with different startup parameters', () => {
     // another role still finds room under --max-server-connections
     const o1 = await loggedIn(p.port, other.name, db.name, digits(1));
     const o2 = await loggedIn(p.port, other.name, db.name, digits(2));
-    expect(rowsOf(await simple(o1, 'SELECT 1'))).toEqual(['1']);
-    expect(rowsOf(await simple(o2, 'SELECT 2'))).toEqual(['2']);
-    await simple(a, 'COMMIT');
-    await simple(b, 'COMMIT');
+    expect(dataRows(await simpleQuery(o1, 'SELECT 1'))).toEqual(['1']);
+    expect(dataRows(await simpleQuery(o2, 'SELECT 2'))).toEqual(['2']);
+    await simpleQuery(a, 'COMMIT');
+    await simpleQuery(b, 'COMMIT');
     for (const x of [a, b, o1, o2]) x.sock.destroy();
     await p.shutdown(1000);
   });
@@ -95,24 +93,19 @@ describe('one role logging in with different startup parameters', () => {
     });
     await new Promise((r) => setTimeout(r, 300));
     expect(cIn).toBe(false);
-    expect(rowsOf(await simple(b, 'SELECT 2'))).toEqual(['2']);
+    expect(dataRows(await simpleQuery(b, 'SELECT 2'))).toEqual(['2']);
     expect(cIn).toBe(false);
     // a leaves: its pool's idle connection is closed and c's login takes the place
     a.sock.end(encodeFrontend({ type: 'Terminate' }));
     const msgs = await cReady;
     expect(errorOf(msgs)).toBeUndefined();
-    expect(rowsOf(await simple(c, 'SHOW extra_float_digits'))).toEqual(['3']);
-    expect(rowsOf(await simple(b, 'SHOW extra_float_digits'))).toEqual(['2']);
+    expect(dataRows(await simpleQuery(c, 'SHOW extra_float_digits'))).toEqual(['3']);
+    expect(dataRows(await simpleQuery(b, 'SHOW extra_float_digits'))).toEqual(['2']);
     expect(await serverConnections(trust.name)).toBeLessThanOrEqual(2);
     for (const x of [b, c]) x.sock.destroy();
     await p.shutdown(1000);
   });
 });
-
-/** The server backends of `role` that are not idle in dfgate's pool, and all of them. */
-async function backends(role: string): Promise<number> {
-  return serverConnections(role);
-}
 
 describe('pool accounting when clients leave at the wrong moment (hostile review of the change above)', () => {
   it("a login that goes away before authenticating leaves the pool's only connection to its connected client", async () => {
@@ -122,16 +115,16 @@ describe('pool accounting when clients leave at the wrong moment (hostile review
       poolTimeoutMs: 2_000,
     });
     const a = await loggedIn(p.port, trust.name, db.name);
-    expect(rowsOf(await simple(a, 'SELECT 1'))).toEqual(['1']);
+    expect(dataRows(await simpleQuery(a, 'SELECT 1'))).toEqual(['1']);
     const s = net.connect({ host: '127.0.0.1', port: p.port }, () => {
       s.write(startupMessage(trust.name, db.name));
       setTimeout(() => s.resetAndDestroy(), 5);
     });
     s.on('error', () => undefined);
     await new Promise((r) => setTimeout(r, 500));
-    const m = await simple(a, 'SELECT 2');
+    const m = await simpleQuery(a, 'SELECT 2');
     expect(errorOf(m)).toBeUndefined();
-    expect(rowsOf(m)).toEqual(['2']);
+    expect(dataRows(m)).toEqual(['2']);
     a.sock.destroy();
     await p.shutdown(1000);
   });
@@ -148,13 +141,13 @@ describe('pool accounting when clients leave at the wrong moment (hostile review
     const c = await raw(p.port);
     c.sock.write(startupMessage(third.name, db.name));
     expect(errorOf(await c.until((t) => t === 'E'))).toMatchObject({ C: '53300' });
-    expect(rowsOf(await simple(a, 'SELECT 1'))).toEqual(['1']);
-    expect(rowsOf(await simple(b, 'SELECT 2'))).toEqual(['2']);
+    expect(dataRows(await simpleQuery(a, 'SELECT 1'))).toEqual(['1']);
+    expect(dataRows(await simpleQuery(b, 'SELECT 2'))).toEqual(['2']);
     // once a pool has no clients, its idle connection makes room
     a.sock.end(encodeFrontend({ type: 'Terminate' }));
     await new Promise((r) => setTimeout(r, 200));
     const d = await loggedIn(p.port, third.name, db.name);
-    expect(rowsOf(await simple(d, 'SELECT 3'))).toEqual(['3']);
+    expect(dataRows(await simpleQuery(d, 'SELECT 3'))).toEqual(['3']);
     for (const x of [b, d]) x.sock.destroy();
     await p.shutdown(1000);
   });
@@ -167,7 +160,7 @@ describe('pool accounting when clients leave at the wrong moment (hostile review
     });
     for (let round = 0; round < 2; round++) {
       const c = await loggedIn(p.port, fourth.name, db.name);
-      await simple(c, 'SELECT 1/0'); // the connection is checked before its next lend
+      await simpleQuery(c, 'SELECT 1/0'); // the connection is checked before its next lend
       const pid = (
         await db.admin.query<{ pid: number }>(
           'SELECT pid FROM pg_stat_activity WHERE usename = $1 AND datname = $2',
@@ -187,11 +180,11 @@ describe('pool accounting when clients leave at the wrong moment (hostile review
     expect(p.pools?.stats().total).toBeLessThanOrEqual(1);
     const x = await loggedIn(p.port, fourth.name, db.name);
     const y = await loggedIn(p.port, fourth.name, db.name);
-    await simple(x, 'BEGIN');
+    await simpleQuery(x, 'BEGIN');
     y.sock.write(encodeFrontend({ type: 'Query', sql: 'BEGIN' }));
     expect(errorOf(await y.until((t) => t === 'E'))).toMatchObject({ C: '53300' });
-    expect(await backends(fourth.name)).toBe(1);
-    await simple(x, 'COMMIT');
+    expect(await serverConnections(fourth.name)).toBe(1);
+    await simpleQuery(x, 'COMMIT');
     x.sock.destroy();
     await p.shutdown(1000);
   });
@@ -208,19 +201,19 @@ describe('pool accounting when clients leave at the wrong moment (hostile review
     a.sock.resetAndDestroy(); // its connection is busy: the reset waits, then gives up after 10 s
     let most = 0;
     const watch = setInterval(() => {
-      void backends(fifth.name).then((n) => (most = Math.max(most, n)));
+      void serverConnections(fifth.name).then((n) => (most = Math.max(most, n)));
     }, 100);
     try {
       const b = await loggedIn(p.port, fifth.name, db.name);
-      expect(rowsOf(await simple(b, 'SELECT 1'))).toEqual(['1']);
+      expect(dataRows(await simpleQuery(b, 'SELECT 1'))).toEqual(['1']);
       await new Promise((r) => setTimeout(r, 11_000));
       // the busy backend was cancelled and has left: b keeps the one place
-      expect(await backends(fifth.name)).toBe(1);
-      await simple(b, 'BEGIN');
+      expect(await serverConnections(fifth.name)).toBe(1);
+      await simpleQuery(b, 'BEGIN');
       const c = await loggedIn(p.port, fifth.name, db.name);
       c.sock.write(encodeFrontend({ type: 'Query', sql: 'BEGIN' }));
       expect(errorOf(await c.until((t) => t === 'E'))).toMatchObject({ C: '53300' });
-      await simple(b, 'COMMIT');
+      await simpleQuery(b, 'COMMIT');
       // one place over --pool-size at most, while a login authenticated beside the busy one
       expect(most).toBeLessThanOrEqual(2);
       b.sock.destroy();
