@@ -14,60 +14,19 @@ import {
   INLINE_MAX,
   loadBytes,
   statementName,
-  type FirstMark,
 } from './claim-sql.js';
 import type { EventKind } from './core.js';
-import type { NodeRow } from './graph.js';
 import { AttemptMarks } from './marks.js';
 import type { ControlPools } from './options.js';
 
-export interface InstanceRow {
-  readonly id: string;
-  readonly label: string | null;
-  readonly root_node: string;
-  readonly status: string;
-  readonly role_name: string | null;
-  readonly role_oid: number;
-  readonly rolsuper: boolean | null;
-  readonly vars: Record<string, string>;
-  /** Sizes: over VARS_MAX the variables read as {}, over LABEL_MAX / OPTIONS_MAX null (claim-sql.ts). */
-  readonly vars_bytes?: number | string | null;
-  readonly label_bytes?: number | string | null;
-  readonly options_bytes?: number | string | null;
-  readonly lease_epoch: string;
-  /** The number of the instance's latest event (df.instances.event_seq). */
-  readonly event_seq: string;
-  /** df.start's options (max_attempts, max_backoff_seconds, on_failure). */
-  readonly options: Record<string, unknown> | null;
-}
-
-export interface LoadedInstance extends InstanceRow {
-  /** Null when they and the graph take more than the read allowed (claim-sql.ts, instanceColumns). */
-  readonly events: Array<{ a: string; k: EventKind; d: Record<string, unknown>; s: number }> | null;
-  readonly nodes: Array<{ id: string; st: string; sd: string | null }> | null;
-  readonly graph: NodeRow[] | null;
-  /** Its first step, marked by the claim that returned it (claim-sql.ts). */
-  readonly premark?: FirstMark;
-}
-
-/** A claimed instance, with what its first load would read (events, node statuses, graph). */
-export type Claimed = LoadedInstance;
-
-/** An activation: its key and its node. */
-export interface ActivationRef {
-  readonly key: string;
-  readonly node: string;
-}
-
-/** The stamps to write for one instance, as parallel arrays. */
-export interface StampRows {
-  readonly ids: string[];
-  readonly statuses: string[];
-  readonly results: Array<string | null>;
-  readonly stamps: string[];
-  /** status_details retry keys (JSON) of a leaf under a retry policy, or null. */
-  readonly extra: Array<string | null>;
-}
+export type {
+  ActivationRef,
+  Claimed,
+  InstanceRow,
+  LoadedInstance,
+  StampRows,
+} from './store-types.js';
+import type { ActivationRef, Claimed, LoadedInstance, StampRows } from './store-types.js';
 
 const INSTANCE_COLUMNS = instanceColumns('$2', '$3', '$4', '$5');
 const CLAIMED_COLUMNS = instanceColumns('0', 'true', 'true', String(INLINE_MAX), INLINE_MAX);
@@ -416,6 +375,13 @@ export class ControlStore {
     await this.run(RECORD_EVENT, [id, epoch, a.node, a.key, kind, JSON.stringify(detail)], db);
   }
 
+  /**
+   * Writes node stamps (in the background, queueStamps). A stamp of an
+   * earlier attempt of the same execution never overwrites a later one: the
+   * next attempt's mark goes through its own connection and can land first
+   * (a failed attempt's stamp held up past the backoff), and the node would
+   * read failed, at the old attempt, while the next attempt runs.
+   */
   async writeStamps(id: string, rows: StampRows): Promise<void> {
     await this.run(
       `UPDATE df.nodes n SET status = u.status, result = CASE WHEN u.result IS NULL THEN NULL
@@ -423,7 +389,9 @@ export class ControlStore {
               status_details = jsonb_build_object('execution_id', u.stamp) || coalesce(u.extra::jsonb, '{}'),
               attempts = coalesce((u.extra::jsonb ->> 'attempt')::int, n.attempts), updated_at = now()
          FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(id, status, result, stamp, extra)
-        WHERE n.instance_id = $1 AND n.id = u.id`,
+        WHERE n.instance_id = $1 AND n.id = u.id
+          AND NOT (n.status_details ->> 'execution_id' IS NOT DISTINCT FROM u.stamp
+                   AND n.attempts > coalesce((u.extra::jsonb ->> 'attempt')::int, n.attempts))`,
       [id, rows.ids, rows.statuses, rows.results, rows.stamps, rows.extra],
     );
   }
@@ -513,7 +481,6 @@ export class ControlStore {
     }
   }
 
-  /** The oldest unconsumed signal `name` of the instance, locked (inside a transaction). */
   /**
    * Marks a SQL node's attempt before its step runs (marks.ts, batched with
    * the marks of the steps starting with it). False: lease lost, cancelled,

@@ -8,12 +8,16 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import type pg from 'pg';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backoffMs } from '../../src/executor/core.js';
 import { useTestDatabase, type TestRole } from '../harness/db.js';
 import { finished, startTestExecutor } from '../harness/executor.js';
 import { spawnWorker } from '../harness/worker.js';
 import type { Executor } from '../../src/executor/executor.js';
+import { controlPools, type ControlPools } from '../../src/executor/options.js';
+import { ControlStore } from '../../src/executor/store.js';
+import { tokenHash } from '../../src/executor/token.js';
 
 const db = useTestDatabase();
 let alice: TestRole;
@@ -267,5 +271,46 @@ describe('retries across a crash', () => {
     expect(ran2?.at.getTime()).toBeGreaterThanOrEqual(
       new Date(armed2?.detail['at'] ?? 0).getTime(),
     );
+  });
+});
+
+describe('a late stamp of an earlier attempt', () => {
+  let pools: ControlPools;
+  let store: ControlStore;
+  beforeAll(() => {
+    pools = controlPools(db.url, pino({ level: 'silent' }));
+    store = new ControlStore(pools, 'late-stamp-test', 30_000);
+  });
+  afterAll(async () => {
+    await pools.end();
+  });
+
+  it('does not take back the attempt a later mark wrote; a later attempt or another execution still writes', async () => {
+    // no executor runs these: the store writes what a driver would, in the order of the race
+    const id = await start(`SELECT 1 AS v`, 'max_attempts => 5');
+    const { rows } = await store.claim(10, new Map(), 1);
+    const c = rows.find((r) => r.id === id)!;
+    const a1 = { key: `${id}::1/${c.root_node}`, node: c.root_node };
+    const epoch = Number(c.lease_epoch);
+    // attempt 3 is marked (its mark went out on its own connection) ...
+    expect(await store.markAttempt(id, epoch, a1, tokenHash('t3'), `${id}::1`, 3)).toBe(true);
+    // ... before the background stamp of attempt 2's failure lands
+    const stamp = (attempt: number, stampId = `${id}::1`) => ({
+      ids: [c.root_node],
+      statuses: ['failed'],
+      results: [JSON.stringify('division by zero')],
+      stamps: [stampId],
+      extra: [JSON.stringify({ attempt, max_attempts: 5, last_error: 'division by zero' })],
+    });
+    await store.writeStamps(id, stamp(2));
+    const root = await rootNode(id);
+    expect(root).toMatchObject({ attempts: 3, status: 'running' });
+    expect(root.details).toEqual({ execution_id: `${id}::1` });
+    // the stamp of attempt 3's own failure applies
+    await store.writeStamps(id, stamp(3));
+    expect(await rootNode(id)).toMatchObject({ attempts: 3, status: 'failed' });
+    // a new execution of the node (a loop's next iteration) starts its attempts again at 1
+    await store.writeStamps(id, stamp(1, `${id}::2`));
+    expect(await rootNode(id)).toMatchObject({ attempts: 1, status: 'failed' });
   });
 });
