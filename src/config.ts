@@ -42,6 +42,8 @@ export interface Config {
   /** Transaction mode: an idle server connection is closed after this long (0: never). */
   readonly serverIdleTimeoutMs: number;
   readonly maxMessageSize: number;
+  /** Rounds of synthetic compiling before the proxy listens (0: none). */
+  readonly warmUpRounds: number;
   readonly shutdownTimeoutMs: number;
   readonly maxConcurrentSteps: number;
   readonly leaseMs: number;
@@ -200,6 +202,13 @@ export const FLAGS: readonly FlagSpec[] = [
     kind: 'string',
     env: 'DFGATE_MAX_MESSAGE_SIZE',
     help: 'largest client message in bytes (default 1073741824)',
+    commands: ['serve'],
+  },
+  {
+    name: 'warm-up',
+    kind: 'string',
+    env: 'DFGATE_WARM_UP',
+    help: 'rounds of synthetic compiling before the proxy listens, 0 none (default 20)',
     commands: ['serve'],
   },
   {
@@ -423,6 +432,7 @@ export function parseConfig(
     poolTimeoutMs: num('pool-timeout', 30, 0.01, 86400) * 1000,
     serverIdleTimeoutMs: num('server-idle-timeout', 600, 0, 86400) * 1000,
     maxMessageSize: num('max-message-size', 1024 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
+    warmUpRounds: Math.floor(num('warm-up', 20, 0, 1000)),
     shutdownTimeoutMs: num('shutdown-timeout', 30, 0, 86400) * 1000,
     maxConcurrentSteps: num('max-concurrent-steps', 10, 1, 1000),
     leaseMs: num('lease-seconds', 30, 0.2, 3600) * 1000,

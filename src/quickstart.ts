@@ -10,6 +10,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { migrateUpstream } from './serve.js';
 import { createLogger } from './log.js';
+import { warmCompiler } from './dsl/edge-pool.js';
 import { startCluster, type RunningCluster } from './pg/cluster.js';
 import { startExecutor } from './executor/start.js';
 import { startProxy } from './proxy/server.js';
@@ -146,6 +147,7 @@ async function main(): Promise<void> {
     },
     log.child({ component: 'executor' }),
   );
+  await warmCompiler(20); // docs/proxy.md, "Compiler warm-up"
   const proxy = await startProxy({
     host: '127.0.0.1',
     port: listenPort,

@@ -3,6 +3,7 @@ import pg from 'pg';
 import type { Config } from './config.js';
 import { startAdmin, type AdminServer } from './admin.js';
 import { migrate } from './db/migrate.js';
+import { warmCompiler } from './dsl/edge-pool.js';
 import type { Executor } from './executor/executor.js';
 import { startExecutor } from './executor/start.js';
 import type { Logger } from './log.js';
@@ -27,6 +28,13 @@ export async function migrateUpstream(url: string, log: Logger): Promise<void> {
   }
 }
 
+async function timedWarmUp(rounds: number, log: Logger): Promise<void> {
+  if (rounds <= 0) return;
+  const t0 = performance.now();
+  await warmCompiler(rounds);
+  log.debug({ rounds, ms: Math.round(performance.now() - t0) }, 'compiler warmed up');
+}
+
 export interface Running {
   readonly proxy: ProxyServer | undefined;
   readonly executor: Executor | undefined;
@@ -36,6 +44,8 @@ export interface Running {
 
 export async function serve(cfg: Config, log: Logger, withProxy = true): Promise<Running> {
   const upstream = cfg.upstream as string;
+  // the compile workers warm up while the schema migrates; the proxy listens once they are warm
+  const warmed = withProxy ? timedWarmUp(cfg.warmUpRounds, log) : Promise.resolve();
   if (cfg.migrate) await migrateUpstream(upstream, log);
   const executor =
     cfg.executor || !withProxy
@@ -65,6 +75,7 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
       : undefined;
   if (!withProxy)
     return { proxy: undefined, executor, admin: await admin(undefined), ui: await ui() };
+  await warmed;
   const proxy = await startProxy({
     host: cfg.listen.host,
     port: cfg.listen.port,

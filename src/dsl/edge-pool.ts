@@ -220,6 +220,26 @@ class Pool {
     });
   }
 
+  /** Warms every worker up (edge-warm.ts): resolves when each is done, ran past `budgetMs` or died. */
+  warm(rounds: number, budgetMs: number): Promise<void> {
+    return Promise.all(
+      this.slots.map(
+        () =>
+          new Promise<void>((resolve) => {
+            const id = this.nextId++;
+            this.queue.push('', {
+              id,
+              send: { id, warm: rounds },
+              budgetMs,
+              answered: () => resolve(),
+              abandoned: () => resolve(),
+            });
+            this.kick();
+          }),
+      ),
+    ).then(() => undefined);
+  }
+
   private kick(): void {
     for (const s of this.slots) if (!s.busy) s.pull();
   }
@@ -252,6 +272,19 @@ export function analyzeSoon(sql: string, extended: boolean, owner: string): Edge
   if (hit) return hit;
   const p = thePool();
   return p ? p.run(sql, extended, owner) : analyze(sql, extended);
+}
+
+/**
+ * Warms the compile workers up before the proxy takes clients (edge-warm.ts,
+ * docs/proxy.md "Compiler warm-up"): `rounds` rounds each, for at most
+ * `budgetMs`. With no pool (no worker script) there is nothing to warm.
+ */
+export function warmCompiler(rounds: number, budgetMs = 10_000): Promise<void> {
+  const p = rounds > 0 ? thePool() : undefined;
+  if (!p) return Promise.resolve();
+  // the workers do not hold the process open (unref'd): this does, until they are warm
+  const open = setInterval(() => undefined, 60_000);
+  return p.warm(rounds, budgetMs).finally(() => clearInterval(open));
 }
 
 /** Bound values up to this many characters in all are checked on the calling thread (well under 0.1 ms). */

@@ -4,7 +4,8 @@
  * Analysis, so that parsing and compiling never run on the proxy's event loop;
  * and { id, step } with a long step text's plan (the executor's check of
  * what a step may do, src/executor/sqlcheck.ts), and { id, check } with the
- * console's check of an expression (check-expression.ts), for the same reason.
+ * console's check of an expression (check-expression.ts), for the same reason;
+ * { id, warm } runs the start-up warm-up (edge-warm.ts).
  */
 import { readlinkSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
@@ -12,6 +13,7 @@ import { parentPort } from 'node:worker_threads';
 import { planUncached, type StepPlan } from '../executor/sqlcheck.js';
 import { checkNow, type CheckResult } from './check-expression.js';
 import { analyzeText, checkBound, type Analysis, type BoundProblem } from './edge.js';
+import { warmUp } from './edge-warm.js';
 import { loadParser } from './parser.js';
 
 /** A statement to analyze, or (`bound`) workflow values bound to df.start($n) to check by the start rule. */
@@ -19,13 +21,15 @@ export type EdgeJob =
   | { readonly id: number; readonly sql: string; readonly extended: boolean }
   | { readonly id: number; readonly bound: readonly string[] }
   | { readonly id: number; readonly step: string }
-  | { readonly id: number; readonly check: string };
+  | { readonly id: number; readonly check: string }
+  | { readonly id: number; readonly warm: number };
 
 export type EdgeAnswer =
   | { readonly id: number; readonly analysis: Analysis }
   | { readonly id: number; readonly problem: BoundProblem | null }
   | { readonly id: number; readonly plan: StepPlan }
-  | { readonly id: number; readonly checked: CheckResult };
+  | { readonly id: number; readonly checked: CheckResult }
+  | { readonly id: number; readonly warmedMs: number };
 
 /** The worker thread's nice value: below the event loop's, which relays every session's traffic. */
 export const WORKER_NICE = 10;
@@ -66,7 +70,9 @@ if (port) {
           ? { id: job.id, plan: planUncached(job.step) }
           : 'check' in job
             ? { id: job.id, checked: checkNow(job.check) }
-            : { id: job.id, analysis: analyzeText(job.sql, job.extended) };
+            : 'warm' in job
+              ? { id: job.id, warmedMs: warmUp(job.warm) }
+              : { id: job.id, analysis: analyzeText(job.sql, job.extended) };
     port.postMessage(answer);
   });
   port.postMessage('ready');

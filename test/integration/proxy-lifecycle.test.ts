@@ -507,3 +507,38 @@ describe('log lines', () => {
       expect(text).toContain(m);
   });
 });
+
+describe('compiler warm-up (docs/proxy.md)', () => {
+  it('dfgate warms its compiler before it listens, and --warm-up 0 skips it', async () => {
+    const args = ['--upstream', `${db.url}?sslmode=disable`, '--no-migrate', '--no-executor'];
+    const warm = await spawnDfgate(args, { DFGATE_LOG_LEVEL: 'debug' });
+    try {
+      const lines = warm
+        .output()
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => parseStrict(l) as { msg: string; rounds?: number; ms?: number });
+      const warmed = lines.findIndex((l) => l.msg === 'compiler warmed up');
+      const listening = lines.findIndex((l) => l.msg.includes('listening'));
+      expect(warmed).toBeGreaterThanOrEqual(0);
+      expect(lines[warmed]).toMatchObject({ rounds: 20, ms: expect.any(Number) });
+      expect(listening).toBeGreaterThan(warmed);
+      // and it compiles client statements as before
+      const c = await db.connect(viaPort(trust.url, warm.port));
+      try {
+        const r = await c.query(`SELECT df.start('SELECT 1', 'warm') AS id`);
+        expect(r.rows[0].id).toMatch(/^[0-9a-f]{8}$/);
+      } finally {
+        await c.end();
+      }
+    } finally {
+      await warm.stop();
+    }
+    const cold = await spawnDfgate([...args, '--warm-up', '0'], { DFGATE_LOG_LEVEL: 'debug' });
+    try {
+      expect(cold.output()).not.toContain('compiler warmed up');
+    } finally {
+      await cold.stop();
+    }
+  });
+});
