@@ -31,8 +31,10 @@ export async function migrateUpstream(url: string, log: Logger): Promise<void> {
 async function timedWarmUp(rounds: number, log: Logger): Promise<void> {
   if (rounds <= 0) return;
   const t0 = performance.now();
-  await warmCompiler(rounds);
-  log.debug({ rounds, ms: Math.round(performance.now() - t0) }, 'compiler warmed up');
+  const { done, of } = await warmCompiler(rounds);
+  const ms = Math.round(performance.now() - t0);
+  if (done === of) log.debug({ rounds, ms }, 'compiler warmed up');
+  else log.warn({ rounds, ms, workers: of, warmed: done }, 'compiler warm-up cut short');
 }
 
 export interface Running {
@@ -47,6 +49,8 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
   // the compile workers warm up while the schema migrates; the proxy listens once they are warm
   const warmed = withProxy ? timedWarmUp(cfg.warmUpRounds, log) : Promise.resolve();
   if (cfg.migrate) await migrateUpstream(upstream, log);
+  // before the executor: a signal during the warm-up then finds nothing running to hand back
+  await warmed;
   const executor =
     cfg.executor || !withProxy
       ? await startExecutor(
@@ -75,7 +79,6 @@ export async function serve(cfg: Config, log: Logger, withProxy = true): Promise
       : undefined;
   if (!withProxy)
     return { proxy: undefined, executor, admin: await admin(undefined), ui: await ui() };
-  await warmed;
   const proxy = await startProxy({
     host: cfg.listen.host,
     port: cfg.listen.port,

@@ -44,8 +44,10 @@ const PASS: Edge = { kind: 'pass' };
 interface Job {
   readonly id: number;
   readonly send: EdgeJob;
-  /** How long it may run (default COMPILE_BUDGET_MS). */
+  /** How long it may run (default COMPILE_BUDGET_MS), read when a worker takes it. */
   readonly budgetMs?: number;
+  /** No longer wanted: when a worker would take it, it is abandoned instead. */
+  readonly dropped?: () => boolean;
   answered(m: EdgeAnswer): void;
   abandoned(): void;
 }
@@ -141,6 +143,10 @@ class Pool {
   private readonly queue = new FairQueue<Job>();
   private readonly slots: Slot[] = [];
   private nextId = 1;
+
+  get size(): number {
+    return this.slots.length;
+  }
   /** Consecutive worker deaths; past a few the pool stops trying and compiles inline. */
   private deaths = 0;
 
@@ -149,9 +155,14 @@ class Pool {
       this.slots.push(
         new Slot(
           url,
-          () => this.queue.shift(),
+          () => this.next(),
           () => {
-            if (++this.deaths > 5) this.broken = true;
+            if (++this.deaths > 5) {
+              // no worker starts again: what waits is abandoned (left to the database)
+              this.broken = true;
+              for (let j = this.queue.shift(); j; j = this.queue.shift()) j.abandoned();
+              return;
+            }
             this.kick();
           },
         ),
@@ -159,6 +170,14 @@ class Pool {
   }
 
   broken = false;
+
+  private next(): Job | undefined {
+    for (let j = this.queue.shift(); j; j = this.queue.shift()) {
+      if (!j.dropped?.()) return j;
+      j.abandoned();
+    }
+    return undefined;
+  }
 
   run(sql: string, extended: boolean, owner: string): Promise<Edge> {
     return new Promise((resolve) => {
@@ -220,24 +239,43 @@ class Pool {
     });
   }
 
-  /** Warms every worker up (edge-warm.ts): resolves when each is done, ran past `budgetMs` or died. */
-  warm(rounds: number, budgetMs: number): Promise<void> {
-    return Promise.all(
-      this.slots.map(
-        () =>
-          new Promise<void>((resolve) => {
-            const id = this.nextId++;
-            this.queue.push('', {
-              id,
-              send: { id, warm: rounds },
-              budgetMs,
-              answered: () => resolve(),
-              abandoned: () => resolve(),
-            });
-            this.kick();
-          }),
-      ),
-    ).then(() => undefined);
+  /**
+   * Warms the workers up (edge-warm.ts), one job per worker: resolves with the
+   * number that finished, when all have ended (finished, or their worker
+   * died) or `budgetMs` after the call, whichever comes first. A warm job
+   * still queued then is dropped, and one still running is cut off at the
+   * same moment (its worker replaced), so no client waits behind it.
+   */
+  warm(rounds: number, budgetMs: number): Promise<number> {
+    const deadline = Date.now() + budgetMs;
+    let done = 0;
+    const jobs = this.slots.map(
+      () =>
+        new Promise<void>((resolve) => {
+          const id = this.nextId++;
+          this.queue.push('', {
+            id,
+            send: { id, warm: rounds },
+            get budgetMs() {
+              return Math.max(1, deadline - Date.now());
+            },
+            dropped: () => Date.now() >= deadline,
+            answered: () => {
+              done++;
+              resolve();
+            },
+            abandoned: () => resolve(),
+          });
+          this.kick();
+        }),
+    );
+    // the workers are unref'd: this timer holds the process open until the warm-up ends
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<void>((resolve) => (timer = setTimeout(resolve, budgetMs)));
+    return Promise.race([Promise.all(jobs), expired]).then(() => {
+      clearTimeout(timer);
+      return done;
+    });
   }
 
   private kick(): void {
@@ -276,15 +314,17 @@ export function analyzeSoon(sql: string, extended: boolean, owner: string): Edge
 
 /**
  * Warms the compile workers up before the proxy takes clients (edge-warm.ts,
- * docs/proxy.md "Compiler warm-up"): `rounds` rounds each, for at most
- * `budgetMs`. With no pool (no worker script) there is nothing to warm.
+ * docs/proxy.md "Compiler warm-up"): `rounds` rounds in each, within
+ * `budgetMs` of the call, workers' start-up included. Resolves with how many
+ * workers finished and how many there are (0 of 0 without a pool).
  */
-export function warmCompiler(rounds: number, budgetMs = 10_000): Promise<void> {
+export async function warmCompiler(
+  rounds: number,
+  budgetMs = 10_000,
+): Promise<{ readonly done: number; readonly of: number }> {
   const p = rounds > 0 ? thePool() : undefined;
-  if (!p) return Promise.resolve();
-  // the workers do not hold the process open (unref'd): this does, until they are warm
-  const open = setInterval(() => undefined, 60_000);
-  return p.warm(rounds, budgetMs).finally(() => clearInterval(open));
+  if (!p) return { done: 0, of: 0 };
+  return { done: await p.warm(rounds, budgetMs), of: p.size };
 }
 
 /** Bound values up to this many characters in all are checked on the calling thread (well under 0.1 ms). */

@@ -398,11 +398,10 @@ export class Executor {
         ...(retryPolicy(inst.options) ? { retry: retryPolicy(inst.options) as RetryPolicy } : {}),
       };
       const core = runCore({ ...base, events, now });
-      // SQL nodes about to start get their running stamp with their attempt mark
-      const starting = new Set(
-        core.actions.filter((a) => a.a === 'sql' && !inFlight.has(a.key)).map((a) => a.node),
-      );
-      queueStamps(this.store, id, cache, core.stamps, starting);
+      // SQL nodes about to start get their running stamp with their attempt mark, and one in
+      // flight gets its outcome from its checkpoint: a stamp written meanwhile could land after it
+      const sqlNodes = new Set(core.actions.filter((a) => a.a === 'sql').map((a) => a.node));
+      queueStamps(this.store, id, cache, core.stamps, sqlNodes);
       const o = core.outcome;
       if (o.k === 'done' || o.k === 'failed') {
         await Promise.allSettled(inFlight.values());
@@ -480,8 +479,10 @@ export class Executor {
           }
           case 'sql': {
             if (inFlight.has(a.key)) break;
-            const stamp = core.stamps.get(a.node)?.stamp ?? `${id}::1`;
-            const d = { id, epoch, inst, a, stamp, log, cache, inFlight, core: base };
+            const s = core.stamps.get(a.node);
+            const stamp = s?.stamp ?? `${id}::1`;
+            const retry = s?.attempts ? JSON.stringify(s.attempts) : undefined;
+            const d = { id, epoch, inst, a, stamp, retry, log, cache, inFlight, core: base };
             inFlight.set(a.key, dispatchSql(this.ctx, d));
             progressed = true;
             break;

@@ -23,6 +23,8 @@ export interface MarkRequest {
   readonly tokenHash: string;
   readonly stamp: string;
   readonly attempt: number;
+  /** Under a retry policy: the attempt's status_details keys (JSON), or null. */
+  readonly retry?: string | null | undefined;
 }
 
 interface Pending {
@@ -35,10 +37,11 @@ interface Pending {
 export const MARK_BATCH_MAX = 500;
 
 const MARK = `UPDATE df.nodes n SET activation = m.key, attempt_token = m.hash, attempts = m.attempt,
-       status = 'running', result = NULL, status_details = jsonb_build_object('execution_id', m.stamp),
+       status = 'running', result = NULL,
+       status_details = jsonb_build_object('execution_id', m.stamp) || coalesce(m.retry::jsonb, '{}'),
        updated_at = now()
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[])
-       AS m(id, node, key, hash, epoch, stamp, attempt)
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[], $9::text[])
+       AS m(id, node, key, hash, epoch, stamp, attempt, retry)
  WHERE n.instance_id = m.id AND n.id = m.node
    AND (SELECT i.lease_epoch = m.epoch AND i.lease_owner = $8 AND i.status IN ('pending', 'running')
           FROM df.instances i WHERE i.id = m.id)
@@ -116,6 +119,7 @@ export class AttemptMarks {
         reqs.map((m) => m.stamp),
         reqs.map((m) => m.attempt),
         this.owner,
+        reqs.map((m) => m.retry ?? null),
       ],
     });
     this.stats.marks += r.rows.length;

@@ -22,6 +22,8 @@ export interface SqlDispatch {
   readonly a: Extract<Action, { a: 'sql' }>;
   /** The node's stamp. */
   readonly stamp: string;
+  /** Under a retry policy: the attempt's status_details keys (JSON), written with its mark. */
+  readonly retry?: string | undefined;
   readonly log: Logger;
   readonly cache: DriveCache;
   /** The driver's steps in flight, by activation key (this one is added by the caller). */
@@ -34,7 +36,7 @@ export function dispatchSql(ctx: RunnerContext, d: SqlDispatch): Promise<void> {
   const { a, cache, stamp: st, inFlight } = d;
   const stored = cache.stored as Map<string, StoredStamp>;
   const events = cache.events;
-  stored.set(a.node, { status: 'running', stamp: st });
+  stored.set(a.node, { status: 'running', stamp: st, ...(d.retry ? { attempts: d.retry } : {}) });
   const premark = cache.premarks.get(a.key);
   cache.premarks.delete(a.key);
   let cached = false;
@@ -80,6 +82,7 @@ export function dispatchSql(ctx: RunnerContext, d: SqlDispatch): Promise<void> {
     recorded,
     after,
     ...(premark ? { premark } : {}),
+    ...(d.retry ? { retry: d.retry } : {}),
   }).finally(() => {
     inFlight.delete(a.key);
     if (!cached) cache.dirty = true;

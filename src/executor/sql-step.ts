@@ -22,6 +22,8 @@ export interface StepHooks {
   readonly after?: (result: string) => Promise<string | undefined>;
   /** The first attempt, already marked by the checkpoint before it. */
   readonly premark?: Premark;
+  /** Under a retry policy: the attempt's status_details keys (JSON), written with its mark. */
+  readonly retry?: string;
 }
 
 export async function sqlStep(
@@ -54,7 +56,7 @@ export async function sqlStep(
       if (!marking) {
         marking = pre
           ? Promise.resolve(true)
-          : ctx.store.markAttempt(id, epoch, a, tokenHash(token), stamp, a.attempt);
+          : ctx.store.markAttempt(id, epoch, a, tokenHash(token), stamp, a.attempt, hooks.retry);
         marking.catch(() => undefined); // awaited where it matters; an early return leaves it unhandled
       }
       return marking;

@@ -493,8 +493,9 @@ export class ControlStore {
     tokenHash: string,
     stamp: string,
     attempt: number,
+    retry?: string,
   ): Promise<boolean> {
-    return this.marks.mark({ id, epoch, a, tokenHash, stamp, attempt });
+    return this.marks.mark({ id, epoch, a, tokenHash, stamp, attempt, retry });
   }
 
   /** Records a step failure through the control connection, lease-checked and only if the activation has no outcome yet. */

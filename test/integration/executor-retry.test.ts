@@ -134,6 +134,29 @@ describe('retries in process', () => {
     expect(explain).toContain('(attempt 3/3) ✓');
   });
 
+  it('while a later attempt runs, its node shows that attempt and the last error', async () => {
+    const seq = `tries_${++n}`;
+    await a.query(`CREATE SEQUENCE ${seq}`);
+    // the first call divides by zero, the second sleeps 3 s
+    const id = await start(
+      `SELECT pg_sleep(3 / (nextval('${seq}') >= 2)::int) IS NULL AS v`,
+      'max_attempts => 3',
+    );
+    await until(async () => (await calls(seq)) === 2, 15_000);
+    await new Promise((r) => setTimeout(r, 300)); // ticks run meanwhile; none may undo the mark
+    const root = await rootNode(id);
+    expect(root.status).toBe('running');
+    expect(root.attempts).toBe(2);
+    expect(root.details).toEqual({
+      execution_id: `${id}::1`,
+      attempt: 2,
+      max_attempts: 3,
+      last_error: expect.stringContaining('division by zero'),
+    });
+    expect((await finished(a, id, 30_000)).status).toBe('completed');
+    expect(await rootNode(id)).toMatchObject({ status: 'completed', attempts: 2 });
+  });
+
   it('with max_attempts => 2 it fails after 2 attempts, with the last error', async () => {
     const f = await flaky(3);
     const id = await start(f.step, 'max_attempts => 2');
@@ -312,5 +335,36 @@ describe('a late stamp of an earlier attempt', () => {
     // a new execution of the node (a loop's next iteration) starts its attempts again at 1
     await store.writeStamps(id, stamp(1, `${id}::2`));
     expect(await rootNode(id)).toMatchObject({ attempts: 1, status: 'failed' });
+  });
+});
+
+describe('a running stamp written while the step is in flight', () => {
+  let ex: Executor;
+  beforeAll(async () => {
+    // ticks every 20 ms: many of them fall while a step runs
+    ex = await startTestExecutor(db.url, { pollMs: 20 });
+  });
+  afterAll(async () => {
+    await ex.stop();
+  });
+
+  it('never lands after the checkpoint: no completed instance keeps a running node', async () => {
+    // a tick during the step used to write the node's running stamp (with the retry keys);
+    // when that write waited for the checkpoint's row lock it applied after the commit, and
+    // 7 of these 300 instances completed with their node reading running
+    const ids: string[] = [];
+    for (let i = 0; i < 300; i++) {
+      ids.push(
+        await start(`SELECT pg_sleep(0.015 + random() * 0.03) IS NULL AS v`, 'max_attempts => 2'),
+      );
+      if (i % 8 === 7) await finished(a, ids[i] as string, 30_000);
+    }
+    for (const id of ids) expect((await finished(a, id, 60_000)).status).toBe('completed');
+    const stale = await db.admin.query(
+      `SELECT i.id, n.status FROM df.instances i JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node
+        WHERE i.id = ANY ($1) AND n.status <> 'completed'`,
+      [ids],
+    );
+    expect(stale.rows).toEqual([]);
   });
 });

@@ -1,5 +1,8 @@
 /** Authentication relay, limits, malformed input, upstream loss, client loss and graceful shutdown. */
+import { spawn } from 'node:child_process';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import { Writable } from 'node:stream';
 import pg from 'pg';
 import pino from 'pino';
@@ -539,6 +542,62 @@ describe('compiler warm-up (docs/proxy.md)', () => {
       expect(cold.output()).not.toContain('compiler warmed up');
     } finally {
       await cold.stop();
+    }
+  });
+
+  it('a compile worker that cannot start: the warm-up is cut short and dfgate listens', async () => {
+    // a copy of the build whose worker dies while loading (inside the checkout, so that
+    // its imports resolve to this node_modules)
+    mkdirSync(path.resolve('node_modules/.cache'), { recursive: true });
+    const dir = mkdtempSync(path.resolve('node_modules/.cache/dfgate-broken-worker-'));
+    try {
+      cpSync(path.resolve('dist/src'), path.join(dir, 'src'), { recursive: true });
+      const worker = path.join(dir, 'src/dsl/edge-worker.js');
+      const text = readFileSync(worker, 'utf8');
+      const at = text.indexOf('await loadParser();');
+      expect(at).toBeGreaterThan(0);
+      writeFileSync(
+        worker,
+        text.slice(0, at) + "throw new Error('the parser did not load');\n" + text.slice(at),
+      );
+      const proc = spawn(
+        process.execPath,
+        [
+          path.join(dir, 'src/cli.js'),
+          '--listen',
+          '127.0.0.1:0',
+          '--upstream',
+          `${db.url}?sslmode=disable`,
+          '--no-migrate',
+          '--no-executor',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let out = '';
+      proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      proc.stderr.on('data', (d: Buffer) => (out += d.toString()));
+      try {
+        const t0 = Date.now();
+        while (!/"msg":"proxy listening"/.test(out)) {
+          expect(Date.now() - t0, out).toBeLessThan(15_000);
+          expect(proc.exitCode, out).toBeNull();
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        expect(out).toContain('"msg":"compiler warm-up cut short"');
+        const port = Number(/"listen":"127\.0\.0\.1:(\d+)"/.exec(out)?.[1]);
+        // statements that mention df. are left to the database
+        const c = await db.connect(viaPort(trust.url, port));
+        try {
+          const r = await c.query(`SELECT df.start('SELECT 1', 'no-worker') AS id`);
+          expect(r.rows[0].id).toMatch(/^[0-9a-f]{8}$/);
+        } finally {
+          await c.end();
+        }
+      } finally {
+        proc.kill('SIGKILL');
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
