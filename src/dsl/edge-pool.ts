@@ -44,10 +44,10 @@ const PASS: Edge = { kind: 'pass' };
 interface Job {
   readonly id: number;
   readonly send: EdgeJob;
-  /** How long it may run (default COMPILE_BUDGET_MS), read when a worker takes it. */
+  /** How long it may run (default COMPILE_BUDGET_MS). */
   readonly budgetMs?: number;
-  /** No longer wanted: when a worker would take it, it is abandoned instead. */
-  readonly dropped?: () => boolean;
+  /** When it must have ended (ms since epoch): a worker takes it only before, and stops it then. */
+  readonly deadline?: number;
   answered(m: EdgeAnswer): void;
   abandoned(): void;
 }
@@ -132,11 +132,17 @@ class Slot {
       void w.terminate();
       if (cur) cur.job.abandoned();
       this.pull();
-    }, job.budgetMs ?? COMPILE_BUDGET_MS);
+    }, budgetOf(job));
     timer.unref();
     this.current = { job, timer };
     w.postMessage(job.send);
   }
+}
+
+/** How long a job may run once a worker takes it. */
+function budgetOf(job: Job): number {
+  if (job.deadline !== undefined) return Math.max(1, job.deadline - Date.now());
+  return job.budgetMs ?? COMPILE_BUDGET_MS;
 }
 
 class Pool {
@@ -144,11 +150,12 @@ class Pool {
   private readonly slots: Slot[] = [];
   private nextId = 1;
 
+  /** Worker deaths; past a few the pool stops trying and compiles inline. */
+  private deaths = 0;
+
   get size(): number {
     return this.slots.length;
   }
-  /** Consecutive worker deaths; past a few the pool stops trying and compiles inline. */
-  private deaths = 0;
 
   constructor(url: URL, size: number) {
     for (let i = 0; i < size; i++)
@@ -173,70 +180,76 @@ class Pool {
 
   private next(): Job | undefined {
     for (let j = this.queue.shift(); j; j = this.queue.shift()) {
-      if (!j.dropped?.()) return j;
+      if (j.deadline === undefined || Date.now() < j.deadline) return j;
       j.abandoned();
     }
     return undefined;
   }
 
-  run(sql: string, extended: boolean, owner: string): Promise<Edge> {
+  /** Queues a job for `owner`'s turn: `answer` turns the worker's answer into the result, `otherwise` stands when it is abandoned. */
+  private ask<T>(
+    owner: string,
+    send: (id: number) => EdgeJob,
+    answer: (m: EdgeAnswer) => T,
+    otherwise: T,
+    limits: { readonly budgetMs?: number; readonly deadline?: number } = {},
+  ): Promise<T> {
     return new Promise((resolve) => {
       const id = this.nextId++;
       this.queue.push(owner, {
+        ...limits,
         id,
-        send: { id, sql, extended },
-        answered: (m) => {
-          if (!('analysis' in m)) return resolve(PASS);
-          const e = toEdge(sql, m.analysis);
-          rememberEdge(sql, extended, e);
-          resolve(e);
-        },
-        abandoned: () => resolve(PASS),
+        send: send(id),
+        answered: (m) => resolve(answer(m)),
+        abandoned: () => resolve(otherwise),
       });
       this.kick();
     });
   }
 
+  run(sql: string, extended: boolean, owner: string): Promise<Edge> {
+    return this.ask(
+      owner,
+      (id) => ({ id, sql, extended }),
+      (m) => {
+        if (!('analysis' in m)) return PASS;
+        const e = toEdge(sql, m.analysis);
+        rememberEdge(sql, extended, e);
+        return e;
+      },
+      PASS,
+    );
+  }
+
   check(bound: readonly string[], owner: string): Promise<BoundProblem | undefined> {
-    return new Promise((resolve) => {
-      const id = this.nextId++;
-      this.queue.push(owner, {
-        id,
-        send: { id, bound },
-        answered: (m) => resolve('problem' in m ? (m.problem ?? undefined) : undefined),
-        abandoned: () => resolve(undefined), // the in-database df.start checks it
-      });
-      this.kick();
-    });
+    // abandoned: the in-database df.start checks it
+    return this.ask(
+      owner,
+      (id) => ({ id, bound }),
+      (m) => ('problem' in m ? (m.problem ?? undefined) : undefined),
+      undefined,
+    );
   }
 
   /** A step text's plan; undefined when the worker ran past its budget or died. */
   plan(step: string, owner: string): Promise<StepPlan | undefined> {
-    return new Promise((resolve) => {
-      const id = this.nextId++;
-      this.queue.push(owner, {
-        id,
-        send: { id, step },
-        budgetMs: STEP_CHECK_BUDGET_MS,
-        answered: (m) => resolve('plan' in m ? m.plan : undefined),
-        abandoned: () => resolve(undefined),
-      });
-      this.kick();
-    });
+    return this.ask(
+      owner,
+      (id) => ({ id, step }),
+      (m) => ('plan' in m ? m.plan : undefined),
+      undefined,
+      { budgetMs: STEP_CHECK_BUDGET_MS },
+    );
   }
 
   /** The console's check of an expression; undefined when the worker ran past its budget or died. */
   checkExpr(source: string, owner: string): Promise<CheckResult | undefined> {
-    return new Promise((resolve) => {
-      const id = this.nextId++;
-      this.queue.push(owner, {
-        id,
-        send: { id, check: source },
-        answered: (m) => resolve('checked' in m ? m.checked : undefined),
-        abandoned: () => resolve(undefined),
-      });
-      this.kick();
-    });
+    return this.ask(
+      owner,
+      (id) => ({ id, check: source }),
+      (m) => ('checked' in m ? m.checked : undefined),
+      undefined,
+    );
   }
 
   /**
@@ -248,31 +261,21 @@ class Pool {
    */
   warm(rounds: number, budgetMs: number): Promise<number> {
     const deadline = Date.now() + budgetMs;
-    let done = 0;
-    const jobs = this.slots.map(
-      () =>
-        new Promise<void>((resolve) => {
-          const id = this.nextId++;
-          this.queue.push('', {
-            id,
-            send: { id, warm: rounds },
-            get budgetMs() {
-              return Math.max(1, deadline - Date.now());
-            },
-            dropped: () => Date.now() >= deadline,
-            answered: () => {
-              done++;
-              resolve();
-            },
-            abandoned: () => resolve(),
-          });
-          this.kick();
-        }),
+    const jobs = this.slots.map(() =>
+      this.ask(
+        '',
+        (id) => ({ id, warm: rounds }),
+        () => 1,
+        0,
+        { deadline },
+      ),
     );
     // the workers are unref'd: this timer holds the process open until the warm-up ends
     let timer: NodeJS.Timeout | undefined;
+    let done = 0;
+    const counted = Promise.all(jobs.map((j) => j.then((n) => void (done += n))));
     const expired = new Promise<void>((resolve) => (timer = setTimeout(resolve, budgetMs)));
-    return Promise.race([Promise.all(jobs), expired]).then(() => {
+    return Promise.race([counted, expired]).then(() => {
       clearTimeout(timer);
       return done;
     });

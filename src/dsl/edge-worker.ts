@@ -29,7 +29,7 @@ export type EdgeAnswer =
   | { readonly id: number; readonly problem: BoundProblem | null }
   | { readonly id: number; readonly plan: StepPlan }
   | { readonly id: number; readonly checked: CheckResult }
-  | { readonly id: number; readonly warmedMs: number };
+  | { readonly id: number; readonly warmed: true };
 
 /** The worker thread's nice value: below the event loop's, which relays every session's traffic. */
 export const WORKER_NICE = 10;
@@ -58,6 +58,11 @@ function firstProblem(values: readonly string[]): BoundProblem | undefined {
   return undefined;
 }
 
+function warmed(id: number, rounds: number): EdgeAnswer {
+  warmUp(rounds);
+  return { id, warmed: true };
+}
+
 const port = parentPort;
 if (port) {
   lowerPriority();
@@ -71,7 +76,7 @@ if (port) {
           : 'check' in job
             ? { id: job.id, checked: checkNow(job.check) }
             : 'warm' in job
-              ? { id: job.id, warmedMs: warmUp(job.warm) }
+              ? warmed(job.id, job.warm)
               : { id: job.id, analysis: analyzeText(job.sql, job.extended) };
     port.postMessage(answer);
   });

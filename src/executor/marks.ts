@@ -24,7 +24,7 @@ export interface MarkRequest {
   readonly stamp: string;
   readonly attempt: number;
   /** Under a retry policy: the attempt's status_details keys (JSON), or null. */
-  readonly retry?: string | null | undefined;
+  readonly retry?: string | undefined;
 }
 
 interface Pending {

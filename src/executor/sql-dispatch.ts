@@ -36,9 +36,11 @@ export function dispatchSql(ctx: RunnerContext, d: SqlDispatch): Promise<void> {
   const { a, cache, stamp: st, inFlight } = d;
   const stored = cache.stored as Map<string, StoredStamp>;
   const events = cache.events;
-  stored.set(a.node, { status: 'running', stamp: st, ...(d.retry ? { attempts: d.retry } : {}) });
   const premark = cache.premarks.get(a.key);
   cache.premarks.delete(a.key);
+  // what the attempt's mark writes: a premarked first attempt's mark carried no retry keys
+  const written = d.retry && !premark ? { attempts: d.retry } : {};
+  stored.set(a.node, { status: 'running', stamp: st, ...written });
   let cached = false;
   let carried: Carried | undefined;
   const after = async (result: string): Promise<string | undefined> => {

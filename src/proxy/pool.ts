@@ -213,11 +213,7 @@ export class ServerPools {
 
   /** An idle connection leaves its pool (at most once): one place fewer in use. */
   private forget(p: Pool, c: ServerConn): void {
-    c.sink = undefined;
-    if (!c.pooled) return;
-    c.pooled = false;
-    p.conns--;
-    this.vacate(p);
+    if (unpool(p, c)) this.vacate(p);
   }
 
   private wait(p: Pool, kind: Waiter['kind']): Promise<ServerConn | undefined> {
@@ -354,14 +350,11 @@ export class ServerPools {
     p.resetting.delete(conn);
     const i = p.idle.indexOf(conn);
     if (i >= 0) p.idle.splice(i, 1);
-    conn.sink = undefined;
-    if (!conn.pooled) {
+    if (!unpool(p, conn)) {
       // already left its pool (a second report of the same end)
       if (!conn.closed) conn.terminate();
       return;
     }
-    conn.pooled = false;
-    p.conns--;
     const leave = (): void => {
       this.vacate(p);
       this.handOnRoom(p);
@@ -518,6 +511,15 @@ const DISCARD_ALL_TAG = Buffer.from('DISCARD ALL\0', 'latin1');
  * (a backend that ignores its cancel): its place is held until then.
  */
 const DISCARD_GRACE_MS = 30_000;
+
+/** Takes `c` out of its pool's count, once: false when it had already left. */
+function unpool(p: Pool, c: ServerConn): boolean {
+  c.sink = undefined;
+  if (!c.pooled) return false;
+  c.pooled = false;
+  p.conns--;
+  return true;
+}
 
 /** A pool can spare a connection unless it is the last one of a pool with clients. */
 function spare(q: Pool): boolean {

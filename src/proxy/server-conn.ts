@@ -216,7 +216,6 @@ export class ServerConn {
     if (!this.socket.destroyed) this.socket.write(data);
   }
 
-  /** Ends the connection politely (Terminate), then forcibly after a second. */
   /**
    * Sends Terminate and closes. The socket is destroyed after `graceMs`
    * unless the server closed it first (a backend busy in a statement reads
