@@ -227,7 +227,9 @@ export class Executor {
     this.statistics.check(); // plans made on a small table are remade when it has grown
     try {
       if (kind === 'general')
-        ({ rows: claimed, ready } = await this.store.claim(capacity, held, reserve));
+        ({ rows: claimed, ready } = await this.store.claim(capacity, held, reserve, [
+          ...this.active.keys(),
+        ]));
       else
         claimed =
           kind === 'id'

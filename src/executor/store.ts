@@ -72,11 +72,17 @@ export class ControlStore {
    * `held` are the instances leased here per role; the last `reserve` of
    * capacity go only to roles that hold none here. `ready`: how many were
    * ready to claim, so more than it took means work was left behind.
+   * `driving`: the instances this executor drives now. Their leases are
+   * never taken back from itself when they lapse (a step that holds its own
+   * instance's row locks out the renewal): a new epoch would only refuse the
+   * live driver's next checkpoint and run its step again. Another executor
+   * still takes them over.
    */
   async claim(
     capacity: number,
     held: ReadonlyMap<number, number>,
     reserve: number,
+    driving: readonly string[] = [],
   ): Promise<{ readonly rows: Claimed[]; readonly ready: number }> {
     const tokens = new FirstMarkTokens(capacity);
     const rows = (
@@ -146,6 +152,7 @@ export class ControlStore {
          expired AS (
            SELECT i.id, i.submitted_by, i.created_at FROM df.instances i
             WHERE i.lease_owner IS NOT NULL AND i.lease_expires_at < statement_timestamp()
+              AND NOT (i.lease_owner = $1 AND i.id = ANY ($8::text[]))
               AND i.runnable AND i.status IN ('pending', 'running')
               AND (i.wake_at IS NULL OR i.wake_at <= statement_timestamp()
                    OR EXISTS (SELECT 1 FROM df.signals s WHERE s.instance_id = i.id AND s.consumed_at IS NULL
@@ -174,6 +181,7 @@ export class ControlStore {
             WHERE i.id = ANY (ARRAY(SELECT id FROM picked))
               AND (i.lease_expires_at IS NULL OR i.lease_expires_at < clock_timestamp())
               AND i.runnable AND i.status NOT IN ('completed', 'failed', 'cancelled')
+              AND NOT (i.lease_owner IS NOT DISTINCT FROM $1 AND i.id = ANY ($8::text[]))
             FOR UPDATE OF i SKIP LOCKED),
          upd AS (
            UPDATE df.instances i
@@ -197,6 +205,7 @@ export class ControlStore {
           [...held.values()],
           reserve,
           tokens.hashes(),
+          driving,
         ],
         this.claimer,
       )

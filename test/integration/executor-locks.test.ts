@@ -16,9 +16,11 @@ const db = useTestDatabase();
 let alice: pg.Client;
 let mallory: pg.Client;
 let executor: Executor | undefined;
+let aliceIdent: string;
 
 beforeAll(async () => {
   const a = await db.role('alice');
+  aliceIdent = a.ident;
   const m = await db.role('mallory');
   alice = await db.connect(a.url);
   mallory = await db.connect(m.url);
@@ -69,6 +71,48 @@ describe('locks a role holds on its own instances', () => {
       `SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(15)%' AND pid <> pg_backend_pid()`,
     );
     expect((await finished(mallory, locked, 10_000)).status).toBe('failed');
+  });
+
+  it('a lease that lapsed under a lock while its step runs is not taken back by the executor driving it', async () => {
+    await db.admin.query(`CREATE SEQUENCE public.lapse_runs`);
+    await db.admin.query(`GRANT USAGE ON SEQUENCE public.lapse_runs TO ${aliceIdent}`);
+    executor = await startTestExecutor(db.url, { leaseMs: 1000, pollMs: 50 });
+    const r = await alice.query<{ id: string }>(
+      `SELECT df.start('SELECT nextval(''public.lapse_runs''), pg_sleep(3)' ~> 'SELECT 1') AS id`,
+    );
+    const id = r.rows[0]?.id as string;
+    for (let i = 0; ; i++) {
+      const a = await db.admin.query(
+        `SELECT 1 FROM pg_stat_activity WHERE query LIKE '%lapse_runs%pg_sleep(3)%' AND state = 'active' AND pid <> pg_backend_pid()`,
+      );
+      if (a.rowCount) break;
+      if (i > 200) throw new Error('the step never started');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    // someone holds the instance's row past its lease: renewals skip it, so the lease lapses
+    // while the step still runs; once the lock goes, the claims (every 50 ms) see it expired
+    const holder = await db.connect(db.url);
+    try {
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM df.instances WHERE id = $1 FOR NO KEY UPDATE', [id]);
+      await new Promise((r) => setTimeout(r, 1_500));
+      const lapsed = await db.admin.query(
+        'SELECT 1 FROM df.instances WHERE id = $1 AND lease_expires_at < clock_timestamp()',
+        [id],
+      );
+      expect(lapsed.rowCount).toBe(1);
+      await holder.query('COMMIT');
+    } finally {
+      await holder.end();
+    }
+    expect((await finished(alice, id, 10_000)).status).toBe('completed');
+    const after = await db.admin.query<{ e: string; n: string }>(
+      `SELECT i.lease_epoch::text AS e, (SELECT last_value::text FROM public.lapse_runs) AS n
+         FROM df.instances i WHERE i.id = $1`,
+      [id],
+    );
+    // its driver kept it: one lease, the step ran once (a sequence counts a rolled-back run too)
+    expect(after.rows[0]).toEqual({ e: '1', n: '1' });
   });
 
   it("retention deletes another role's expired instances while a role keeps one of its own locked", async () => {

@@ -154,7 +154,16 @@ describe('claims prepared on a table of one instance, run on 3,000 ready instanc
 
   it('the general claim reads no instance it does not need', async () => {
     const name = named('WITH RECURSIVE');
-    const read = await grownPlan(name, [store.owner, 10, 30_000, [], [], 1, hashes(10)]);
+    const read = await grownPlan(name, [
+      store.owner,
+      10,
+      30_000,
+      [],
+      [],
+      1,
+      hashes(10),
+      ['a1b2c3d4'],
+    ]);
     expect(read.length).toBeGreaterThan(0);
     for (const n of read) {
       expect(n['Node Type']).not.toBe('Seq Scan');

@@ -606,50 +606,85 @@ describe('born claimed: a plain df.start through the proxy of the same process',
   });
 });
 
-describe('claimed again here while the driver of its older lease is still ending', () => {
-  it('a lease that expired under a running step, claimed again by this executor: driven as soon as the old driver ends', async () => {
-    // a long lease: without a successor, the new lease would sit undriven until it expired
-    const { ex } = await spiedExecutor({ leaseMs: 60_000 });
-    const role = await db.role('wake_again');
-    const c = await db.connect(role.url);
-    const id = (
-      await c.query<{ id: string }>(
-        `SELECT df.start('SELECT pg_sleep(1.5)' ~> 'SELECT 2', 'again') AS id`,
-      )
-    ).rows[0]?.id as string;
-    ex.wake(named(id));
-    // the first step is running under epoch 1 ...
-    for (let i = 0; ; i++) {
-      const r = await db.admin.query(
-        `SELECT 1 FROM pg_stat_activity WHERE application_name = 'dfgate:step' AND query = 'SELECT pg_sleep(1.5)' AND state = 'active'`,
-      );
-      if (r.rowCount) break;
-      if (i > 200) throw new Error('the first step never ran');
-      await new Promise((r) => setTimeout(r, 25));
-    }
-    // ... when its lease expires (as under a stalled event loop) and this executor's claim takes it
+/** Starts a two-step workflow whose first step sleeps 1.5 s, and waits until that step runs. */
+async function slowFirstStep(ex: Executor, label: string): Promise<{ c: pg.Client; id: string }> {
+  const role = await db.role(label);
+  const c = await db.connect(role.url);
+  const id = (
+    await c.query<{ id: string }>(
+      `SELECT df.start('SELECT pg_sleep(1.5)' ~> 'SELECT 2', 'again') AS id`,
+    )
+  ).rows[0]?.id as string;
+  ex.wake(named(id));
+  for (let i = 0; ; i++) {
+    const r = await db.admin.query(
+      `SELECT 1 FROM pg_stat_activity WHERE application_name = 'dfgate:step' AND query = 'SELECT pg_sleep(1.5)' AND state = 'active'`,
+    );
+    if (r.rowCount) break;
+    if (i > 200) throw new Error('the first step never ran');
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return { c, id };
+}
+
+async function epochOf(id: string): Promise<string | undefined> {
+  const r = await db.admin.query<{ e: string }>(
+    'SELECT lease_epoch::text AS e FROM df.instances WHERE id = $1',
+    [id],
+  );
+  return r.rows[0]?.e;
+}
+
+async function doneSteps(id: string): Promise<number | undefined> {
+  const r = await db.admin.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM df.events WHERE instance_id = $1 AND kind = 'done'`,
+    [id],
+  );
+  return r.rows[0]?.n;
+}
+
+describe('a new lease of an instance whose driver here is still running', () => {
+  it('a lease that expired under a running step is not claimed again by the executor driving it', async () => {
+    const { ex, general } = await spiedExecutor({ leaseMs: 60_000 });
+    const { c, id } = await slowFirstStep(ex, 'wake_lapsed');
+    // the lease expires under the running step (as under a stalled event loop, or while
+    // someone holds the row so the renewal skips it), and a claim runs
     await db.admin.query(
       `UPDATE df.instances SET lease_expires_at = clock_timestamp() - interval '1 second' WHERE id = $1`,
+      [id],
+    );
+    ex.wake();
+    await vi.waitFor(() => expect(general).toHaveBeenCalled(), { timeout: 5_000, interval: 10 });
+    const answer = (await general.mock.results[0]?.value) as { rows: unknown[]; ready: number };
+    // neither taken nor counted as ready (a ready count would make the executor claim again at once)
+    expect(answer).toMatchObject({ rows: [], ready: 0 });
+    expect(await epochOf(id)).toBe('1');
+    // its driver goes on under the same lease: both steps, once each
+    expect(await finished(c, id, 30_000)).toMatchObject({ status: 'completed' });
+    expect(await epochOf(id)).toBe('1');
+    expect(await doneSteps(id)).toBe(2);
+  });
+
+  it('an instance handed back under a running step and claimed again here: driven as soon as the old driver ends', async () => {
+    // a long lease: without a successor, the new lease would sit undriven until it expired
+    const { ex } = await spiedExecutor({ leaseMs: 60_000 });
+    const { c, id } = await slowFirstStep(ex, 'wake_again');
+    // the instance is unleased under its running driver (as when it parked and a signal made
+    // it ready before that driver ended), and this executor's claim takes it
+    await db.admin.query(
+      `UPDATE df.instances SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1`,
       [id],
     );
     const t0 = Date.now();
     ex.wake();
     for (let i = 0; ; i++) {
-      const r = await db.admin.query<{ e: string }>(
-        'SELECT lease_epoch::text AS e FROM df.instances WHERE id = $1',
-        [id],
-      );
-      if (r.rows[0]?.e === '2') break;
+      if ((await epochOf(id)) === '2') break;
       if (i > 200) throw new Error('never claimed again');
       await new Promise((r) => setTimeout(r, 10));
     }
     // epoch 1's checkpoint is refused; epoch 2 runs both steps once its driver has ended
     expect(await finished(c, id, 30_000)).toMatchObject({ status: 'completed' });
     expect(Date.now() - t0).toBeLessThan(15_000);
-    const done = await db.admin.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM df.events WHERE instance_id = $1 AND kind = 'done'`,
-      [id],
-    );
-    expect(done.rows[0]?.n).toBe(2);
+    expect(await doneSteps(id)).toBe(2);
   });
 });
