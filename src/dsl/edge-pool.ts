@@ -150,7 +150,12 @@ class Pool {
   private readonly slots: Slot[] = [];
   private nextId = 1;
 
-  /** Worker deaths; past a few the pool stops trying and compiles inline. */
+  /**
+   * Worker deaths since a worker last answered: past a few in a row (workers
+   * that cannot start) the pool stops trying and statements go to the
+   * database unchanged. An answer resets it, so deaths spread over a long
+   * life never add up to that.
+   */
   private deaths = 0;
 
   get size(): number {
@@ -200,7 +205,10 @@ class Pool {
         ...limits,
         id,
         send: send(id),
-        answered: (m) => resolve(answer(m)),
+        answered: (m) => {
+          this.deaths = 0;
+          resolve(answer(m));
+        },
         abandoned: () => resolve(otherwise),
       });
       this.kick();
@@ -312,7 +320,14 @@ export function analyzeSoon(sql: string, extended: boolean, owner: string): Edge
   const hit = cachedEdge(sql, extended);
   if (hit) return hit;
   const p = thePool();
-  return p ? p.run(sql, extended, owner) : analyze(sql, extended);
+  if (p) return p.run(sql, extended, owner);
+  // workers that cannot start: the in-database df.start does the same work, off the event loop
+  return gaveUp() ? PASS : analyze(sql, extended);
+}
+
+/** The pool gave up on its workers (Pool.broken): what they would do is left to the database. */
+function gaveUp(): boolean {
+  return pool?.broken === true;
 }
 
 /**
@@ -345,8 +360,10 @@ export function checkBoundSoon(
 ): BoundProblem | undefined | Promise<BoundProblem | undefined> {
   const todo = values.filter((v): v is string => v !== undefined && v.length <= ANALYZE_MAX);
   if (todo.length === 0) return undefined;
-  const p = todo.reduce((n, v) => n + v.length, 0) > BOUND_INLINE_MAX ? thePool() : undefined;
+  const big = todo.reduce((n, v) => n + v.length, 0) > BOUND_INLINE_MAX;
+  const p = big ? thePool() : undefined;
   if (p) return p.check(todo, owner);
+  if (big && gaveUp()) return undefined; // the in-database df.start checks them
   for (const v of todo) {
     const problem = checkBound(v);
     if (problem) return problem;

@@ -545,21 +545,21 @@ describe('compiler warm-up (docs/proxy.md)', () => {
     }
   });
 
-  it('a compile worker that cannot start: the warm-up is cut short and dfgate listens', async () => {
-    // a copy of the build whose worker dies while loading (inside the checkout, so that
-    // its imports resolve to this node_modules)
+  /**
+   * Runs dfgate from a copy of the build whose compile worker `patch` changed
+   * (inside the checkout, so that its imports resolve to this node_modules);
+   * `use` gets its output so far and its port once it listens.
+   */
+  async function withPatchedWorker(
+    patch: (text: string) => string,
+    use: (out: () => string, port: number) => Promise<void>,
+  ): Promise<void> {
     mkdirSync(path.resolve('node_modules/.cache'), { recursive: true });
-    const dir = mkdtempSync(path.resolve('node_modules/.cache/dfgate-broken-worker-'));
+    const dir = mkdtempSync(path.resolve('node_modules/.cache/dfgate-patched-worker-'));
     try {
       cpSync(path.resolve('dist/src'), path.join(dir, 'src'), { recursive: true });
       const worker = path.join(dir, 'src/dsl/edge-worker.js');
-      const text = readFileSync(worker, 'utf8');
-      const at = text.indexOf('await loadParser();');
-      expect(at).toBeGreaterThan(0);
-      writeFileSync(
-        worker,
-        text.slice(0, at) + "throw new Error('the parser did not load');\n" + text.slice(at),
-      );
+      writeFileSync(worker, patch(readFileSync(worker, 'utf8')));
       const proc = spawn(
         process.execPath,
         [
@@ -583,21 +583,79 @@ describe('compiler warm-up (docs/proxy.md)', () => {
           expect(proc.exitCode, out).toBeNull();
           await new Promise((r) => setTimeout(r, 50));
         }
-        expect(out).toContain('"msg":"compiler warm-up cut short"');
-        const port = Number(/"listen":"127\.0\.0\.1:(\d+)"/.exec(out)?.[1]);
-        // statements that mention df. are left to the database
-        const c = await db.connect(viaPort(trust.url, port));
-        try {
-          const r = await c.query(`SELECT df.start('SELECT 1', 'no-worker') AS id`);
-          expect(r.rows[0].id).toMatch(/^[0-9a-f]{8}$/);
-        } finally {
-          await c.end();
-        }
+        await use(() => out, Number(/"listen":"127\.0\.0\.1:(\d+)"/.exec(out)?.[1]));
       } finally {
         proc.kill('SIGKILL');
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  }
+
+  /** Inserts `code` into the worker's text just before `before`. */
+  function inserting(before: string, code: string): (text: string) => string {
+    return (text) => {
+      const at = text.indexOf(before);
+      expect(at).toBeGreaterThan(0);
+      return text.slice(0, at) + code + text.slice(at);
+    };
+  }
+
+  it('a compile worker that cannot start: the warm-up is cut short and dfgate listens', async () => {
+    // a worker that dies while loading
+    await withPatchedWorker(
+      inserting('await loadParser();', "throw new Error('the parser did not load');\n"),
+      async (out, port) => {
+        expect(out()).toContain('"msg":"compiler warm-up cut short"');
+        // statements that mention df. are left to the database
+        const c = await db.connect(viaPort(trust.url, port));
+        try {
+          const r = await c.query(
+            `SELECT df.start('SELECT 1', 'no-worker') AS id, current_query() AS q`,
+          );
+          expect(r.rows[0].id).toMatch(/^[0-9a-f]{8}$/);
+          // as sent: not compiled on the event loop either
+          expect(r.rows[0].q).toContain(`df.start('SELECT 1', 'no-worker')`);
+        } finally {
+          await c.end();
+        }
+      },
+    );
+  });
+
+  it('compile workers that die now and then, with answers between: dfgate keeps compiling at the edge', async () => {
+    // a worker that dies on a statement marked /*die*/ (as a crash on some input would)
+    await withPatchedWorker(
+      inserting(
+        "port.on('message', (job) => {",
+        "port.on('message', (job) => { if ('sql' in job && job.sql.includes('/*die*/')) process.exit(1); });\n",
+      ),
+      async (_out, port) => {
+        const c = await db.connect(viaPort(trust.url, port));
+        try {
+          // what the database ran: df._start_rows when the edge compiled it, df.start when not
+          const edge = async (n: number): Promise<boolean> => {
+            const r = await c.query<{ id: string; q: string }>(
+              `SELECT df.start('SELECT ${n}') AS id, current_query() AS q`,
+            );
+            expect(r.rows[0]?.id).toMatch(/^[0-9a-f]{8}$/);
+            return (r.rows[0]?.q ?? '').includes('df._start_rows');
+          };
+          expect(await edge(0)).toBe(true);
+          // more deaths than the pool gives up after, each followed by an answer
+          for (let i = 1; i <= 8; i++) {
+            const r = await c.query<{ id: string; q: string }>(
+              `SELECT df.start('SELECT ${i}') /*die*/ AS id, current_query() AS q`,
+            );
+            // the dying worker's statement went to the database unchanged, and ran there
+            expect(r.rows[0]?.q).toContain('df.start(');
+            expect(r.rows[0]?.id).toMatch(/^[0-9a-f]{8}$/);
+            expect(await edge(100 + i)).toBe(true);
+          }
+        } finally {
+          await c.end();
+        }
+      },
+    );
   });
 });
