@@ -10,7 +10,8 @@
  * Only when the step is the instance's one step in flight (no other outcome
  * can land between this one and the checkpoint), and only for a completed
  * step whose consequences are plain: the workflow completes, or SQL steps
- * start next. A failure (retries, on_failure), timers, signals, HTTP steps
+ * start next (not under a retry policy: a carried mark writes no retry keys).
+ * A failure (retries, on_failure), timers, signals, HTTP steps
  * and loop summaries are left to the driver.
  */
 import { runCore, type CoreInput, type EventKind, type StoredEvent } from './core.js';
@@ -67,6 +68,8 @@ export function carry(input: CarryInput): Carried | undefined {
   else {
     const next = core.actions.flatMap((a) => (a.a === 'sql' && a.key !== input.key ? [a] : []));
     if (next.length === 0 || next.length !== core.actions.length) return undefined;
+    // under a retry policy the driver marks them: its mark writes the attempt's status_details keys
+    if (input.core.retry) return undefined;
     const marks: unknown[] = [];
     for (const a of next) {
       const stamp = core.stamps.get(a.node)?.stamp ?? `${input.core.instanceId}::1`;

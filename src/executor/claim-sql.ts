@@ -164,7 +164,9 @@ export function loadBytes(after: string, graph: string): string {
  * pass their caps: the driver fails those without
  * running a step, and their node must not read as running; nor for one whose
  * graph did not come with the claim (too large: its driver reads it, and
- * may fail it for its size). `hashes` is the
+ * may fail it for its size); nor for one with a retry policy (max_attempts
+ * over 1), whose running attempt shows `attempt` and `max_attempts` in its
+ * status_details, which the driver's mark writes. `hashes` is the
  * parameter with the token hashes; the k-th such instance (by id) takes the
  * k-th, and one past their number is left for the driver to mark.
  */
@@ -177,7 +179,9 @@ export function firstMarks(hashes: string): string {
              FROM (SELECT c.id, c.root_node, row_number() OVER (ORDER BY c.id) AS k FROM upd c
                     WHERE c.event_seq = 0 AND c.rolsuper IS FALSE AND c.vars_bytes <= ${VARS_MAX}
                       AND coalesce(c.label_bytes, 0) <= ${LABEL_MAX} AND coalesce(c.options_bytes, 0) <= ${OPTIONS_MAX}
-                      AND c.graph IS NOT NULL) u
+                      AND c.graph IS NOT NULL
+                      -- under a retry policy the driver's mark writes the attempt's status_details keys
+                      AND (c.options -> 'max_attempts' IS NULL OR c.options -> 'max_attempts' = '1'::jsonb)) u
             WHERE n.instance_id = u.id AND n.id = u.root_node AND u.k <= cardinality(${hashes}::text[])
               AND n.node_type = 'SQL' AND n.status = 'pending' AND n.attempts = 0 AND n.attempt_token IS NULL
            RETURNING n.instance_id AS id, u.k)`;

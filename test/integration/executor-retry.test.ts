@@ -157,6 +157,37 @@ describe('retries in process', () => {
     expect(await rootNode(id)).toMatchObject({ status: 'completed', attempts: 2 });
   });
 
+  it('a first attempt shows attempt 1 of max_attempts while it runs, whoever marked it', async () => {
+    const seq = `tries_${++n}`;
+    await a.query(`CREATE SEQUENCE ${seq}`);
+    // each step counts its start, then sleeps 1.5 s
+    const step = `SELECT nextval('${seq}') > 0 AND pg_sleep(1.5) IS NULL AS v`;
+    const running = async (id: string, k: number): Promise<unknown> => {
+      await until(async () => (await calls(seq)) === k, 15_000);
+      await new Promise((r) => setTimeout(r, 300));
+      const r = await a.query(
+        `SELECT status_details::jsonb AS d FROM df.instance_nodes($1) WHERE status = 'running' AND node_type = 'SQL'`,
+        [id],
+      );
+      expect(r.rows).toHaveLength(1);
+      return r.rows[0].d;
+    };
+    const want = (id: string) => ({ execution_id: `${id}::1`, attempt: 1, max_attempts: 3 });
+    // a one-step workflow: its first attempt could be marked by the claim that leased it
+    const one = await start(step, 'max_attempts => 3');
+    expect(await running(one, 1)).toEqual(want(one));
+    expect((await finished(a, one, 30_000)).status).toBe('completed');
+    // two steps: the second one's attempt could be marked by the first one's checkpoint
+    const two = (
+      await a.query(`SELECT df.start($1::text ~> $1::text, 'retry', max_attempts => 3) AS id`, [
+        step,
+      ])
+    ).rows[0].id as string;
+    expect(await running(two, 2)).toEqual(want(two));
+    expect(await running(two, 3)).toEqual(want(two));
+    expect((await finished(a, two, 30_000)).status).toBe('completed');
+  });
+
   it('with max_attempts => 2 it fails after 2 attempts, with the last error', async () => {
     const f = await flaky(3);
     const id = await start(f.step, 'max_attempts => 2');

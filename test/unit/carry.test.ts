@@ -123,6 +123,15 @@ describe('what a checkpoint carries', () => {
     expect(root?.status).toBe('completed');
   });
 
+  it('under a retry policy no next attempt is carried (its mark writes the retry keys); a completion still is', () => {
+    const retry = { retry: { maxAttempts: 3, maxBackoffMs: null } };
+    expect(carry(input(chain, [], { node: 'a0000003', result: res(1) }, retry))).toBeUndefined();
+    const c = carry(
+      input([sql('b0000001', 'SELECT 1')], [], { node: 'b0000001', result: res(7) }, retry),
+    );
+    expect(JSON.parse(c?.json as string).finish).toEqual({ output: res(7) });
+  });
+
   it('a one-step workflow completes in its checkpoint', () => {
     const c = carry(input([sql('b0000001', 'SELECT 1')], [], { node: 'b0000001', result: res(7) }));
     expect(JSON.parse(c?.json as string).finish).toEqual({ output: res(7) });
