@@ -400,7 +400,8 @@ export class ControlStore {
          FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(id, status, result, stamp, extra)
         WHERE n.instance_id = $1 AND n.id = u.id
           AND NOT (n.status_details ->> 'execution_id' IS NOT DISTINCT FROM u.stamp
-                   AND n.attempts > coalesce((u.extra::jsonb ->> 'attempt')::int, n.attempts))`,
+                   AND n.attempts > coalesce((u.extra::jsonb ->> 'attempt')::int, n.attempts))
+          AND NOT df._stamp_stale(u.stamp, n.status_details ->> 'execution_id')`,
       [id, rows.ids, rows.statuses, rows.results, rows.stamps, rows.extra],
     );
   }

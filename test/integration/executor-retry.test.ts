@@ -367,6 +367,62 @@ describe('a late stamp of an earlier attempt', () => {
     await store.writeStamps(id, stamp(1, `${id}::2`));
     expect(await rootNode(id)).toMatchObject({ attempts: 1, status: 'failed' });
   });
+
+  it('an earlier loop iteration never overwrites a later one (spec §5.6 write fence)', async () => {
+    const id = await start(`SELECT 1 AS v`, '');
+    const { rows } = await store.claim(10, new Map(), 1);
+    const c = rows.find((r) => r.id === id)!;
+    const epoch = Number(c.lease_epoch);
+    // iteration 3's mark lands first ...
+    const a3 = { key: `${id}::3/${c.root_node}`, node: c.root_node };
+    expect(await store.markAttempt(id, epoch, a3, tokenHash('i3'), `${id}::3`, 1)).toBe(true);
+    const stamp = (st: string, status = 'completed') => ({
+      ids: [c.root_node],
+      statuses: [status],
+      results: [status === 'completed' ? '{"rows": [], "row_count": 0}' : null],
+      stamps: [st],
+      extra: [null],
+    });
+    // ... then the stamp that closed iteration 2: dropped
+    await store.writeStamps(id, stamp(`${id}::2`));
+    expect(await rootNode(id)).toMatchObject({
+      status: 'running',
+      details: { execution_id: `${id}::3` },
+    });
+    // iteration 3's own outcome, a later iteration, and a deeper scope go through
+    await store.writeStamps(id, stamp(`${id}::3`));
+    expect((await rootNode(id)).status).toBe('completed');
+    await store.writeStamps(id, stamp(`${id}::4`, 'running'));
+    expect((await rootNode(id)).details).toEqual({ execution_id: `${id}::4` });
+    await store.writeStamps(id, stamp(`${id}::4::0badcafe::1`, 'running'));
+    expect((await rootNode(id)).details).toEqual({ execution_id: `${id}::4::0badcafe::1` });
+  });
+
+  it('df._stamp_stale compares stamps level by level', async () => {
+    const cases: Array<[string | null, string | null, boolean]> = [
+      ['c0ffee12::1', 'c0ffee12::2', true],
+      ['c0ffee12::2', 'c0ffee12::1', false],
+      ['c0ffee12::2', 'c0ffee12::2', false],
+      ['c0ffee12::9', 'c0ffee12::10', true], // generations compare as numbers
+      ['c0ffee12::1::0badcafe::3', 'c0ffee12::1::0badcafe::4', true],
+      ['c0ffee12::2::0badcafe::1', 'c0ffee12::1::0badcafe::9', false], // the root generation first
+      ['c0ffee12::1::0badcafe::1', 'c0ffee12::2', true],
+      ['c0ffee12::1::deadbeef::1', 'c0ffee12::1::0badcafe::5', false], // a sibling at the same generation
+      ['c0ffee12::3', 'c0ffee12::3::0badcafe::2', false], // another depth, the common levels equal
+      ['c0ffee12::3::0badcafe::2', 'c0ffee12::3', false],
+      ['other123::1', 'c0ffee12::2', false],
+      ['not a stamp', 'c0ffee12::2', false], // unparseable stamps always pass
+      ['c0ffee12::1', 'c0ffee12::x', false],
+      ['c0ffee12::1', null, false],
+      [null, 'c0ffee12::2', false],
+    ];
+    const r = await db.admin.query<{ stale: boolean[] }>(
+      `SELECT array_agg(df._stamp_stale(c.i, c.s) ORDER BY c.k) AS stale
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS c(i, s, k)`,
+      [cases.map((x) => x[0]), cases.map((x) => x[1])],
+    );
+    expect(r.rows[0]?.stale).toEqual(cases.map((x) => x[2]));
+  });
 });
 
 describe('a running stamp written while the step is in flight', () => {
