@@ -68,11 +68,13 @@ class Slot {
   private worker: Worker | undefined;
   private current: { job: Job; timer: NodeJS.Timeout } | undefined;
   private ready = false;
+  /** The current worker said it was ready once: a death after that is its job's doing, not its start's. */
+  private started = false;
 
   constructor(
     private readonly url: URL,
     private readonly next: () => Job | undefined,
-    private readonly failed: () => void,
+    private readonly failed: (started: boolean) => void,
   ) {}
 
   get busy(): boolean {
@@ -82,9 +84,11 @@ class Slot {
   private spawn(): Worker {
     const w = new Worker(this.url);
     this.ready = false;
+    this.started = false;
     w.on('message', (m: EdgeAnswer | 'ready') => {
       if (m === 'ready') {
         this.ready = true;
+        this.started = true;
         this.pull();
         return;
       }
@@ -115,7 +119,7 @@ class Slot {
       clearTimeout(cur.timer);
       cur.job.abandoned();
     }
-    this.failed();
+    this.failed(this.started);
   }
 
   /** Takes the next queued job if idle. */
@@ -151,10 +155,11 @@ class Pool {
   private nextId = 1;
 
   /**
-   * Worker deaths since a worker last answered: past a few in a row (workers
-   * that cannot start) the pool stops trying and statements go to the
-   * database unchanged. An answer resets it, so deaths spread over a long
-   * life never add up to that.
+   * Workers that died before they were ready, since a worker last answered:
+   * past a few in a row (workers that cannot start) the pool stops trying and
+   * statements go to the database unchanged. A worker that dies while running
+   * a job (whatever a statement made it do) is replaced and never counted, so
+   * no tenant's statements can make the pool give up.
    */
   private deaths = 0;
 
@@ -168,8 +173,8 @@ class Pool {
         new Slot(
           url,
           () => this.next(),
-          () => {
-            if (++this.deaths > 5) {
+          (started) => {
+            if (!started && ++this.deaths > 5) {
               // no worker starts again: what waits is abandoned (left to the database)
               this.broken = true;
               for (let j = this.queue.shift(); j; j = this.queue.shift()) j.abandoned();
@@ -273,7 +278,7 @@ class Pool {
       this.ask(
         '',
         (id) => ({ id, warm: rounds }),
-        () => 1,
+        (m) => ('warmed' in m ? 1 : 0),
         0,
         { deadline },
       ),

@@ -29,7 +29,9 @@ export type EdgeAnswer =
   | { readonly id: number; readonly problem: BoundProblem | null }
   | { readonly id: number; readonly plan: StepPlan }
   | { readonly id: number; readonly checked: CheckResult }
-  | { readonly id: number; readonly warmed: true };
+  | { readonly id: number; readonly warmed: true }
+  /** The job threw (caught, so the worker lives on): treated as abandoned. */
+  | { readonly id: number; readonly failed: string };
 
 /** The worker thread's nice value: below the event loop's, which relays every session's traffic. */
 export const WORKER_NICE = 10;
@@ -68,17 +70,25 @@ if (port) {
   lowerPriority();
   await loadParser();
   port.on('message', (job: EdgeJob) => {
-    const answer: EdgeAnswer =
-      'bound' in job
-        ? { id: job.id, problem: firstProblem(job.bound) ?? null }
-        : 'step' in job
-          ? { id: job.id, plan: planUncached(job.step) }
-          : 'check' in job
-            ? { id: job.id, checked: checkNow(job.check) }
-            : 'warm' in job
-              ? warmed(job.id, job.warm)
-              : { id: job.id, analysis: analyzeText(job.sql, job.extended) };
+    let answer: EdgeAnswer;
+    try {
+      answer = answerOf(job);
+    } catch (err) {
+      answer = { id: job.id, failed: String((err as Error)?.message ?? err) };
+    }
     port.postMessage(answer);
   });
   port.postMessage('ready');
+}
+
+function answerOf(job: EdgeJob): EdgeAnswer {
+  return 'bound' in job
+    ? { id: job.id, problem: firstProblem(job.bound) ?? null }
+    : 'step' in job
+      ? { id: job.id, plan: planUncached(job.step) }
+      : 'check' in job
+        ? { id: job.id, checked: checkNow(job.check) }
+        : 'warm' in job
+          ? warmed(job.id, job.warm)
+          : { id: job.id, analysis: analyzeText(job.sql, job.extended) };
 }

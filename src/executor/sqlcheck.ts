@@ -143,7 +143,7 @@ export function planStepSoon(
     plan === 'abandoned'
       ? {
           kind: 'refuse',
-          error: `the step's SQL could not be checked before it runs: the check of its ${sql.length} characters took more than ${STEP_CHECK_BUDGET_MS} ms`,
+          error: `the step's SQL could not be checked before it runs: the check of its ${sql.length} characters did not finish (it ran past ${STEP_CHECK_BUDGET_MS} ms, or its worker stopped)`,
         }
       : plan,
   );
@@ -186,10 +186,26 @@ function isRowless(sql: string, type: string, body: { [k: string]: Json }): bool
 
 /** The plan of one text, from its parse tree (exported for the tests). */
 export function planUncached(sql: string): StepPlan {
+  try {
+    return planOf(sql);
+  } catch (err) {
+    // unchecked, so it does not run (and the check never ends the thread it runs on)
+    return {
+      kind: 'refuse',
+      error:
+        err instanceof RangeError
+          ? "the step's SQL could not be checked before it runs: it is nested too deeply"
+          : `the step's SQL could not be checked before it runs: ${(err as Error).message}`,
+    };
+  }
+}
+
+function planOf(sql: string): StepPlan {
   let stmts: Array<{ stmt?: Json }>;
   try {
     stmts = (parseSync(sql) as unknown as { stmts?: Array<{ stmt?: Json }> }).stmts ?? [];
   } catch (err) {
+    if (err instanceof RangeError) throw err; // nested too deeply: planUncached says so
     // a syntax error: PostgreSQL reports it itself when the step runs
     const e = err as { sqlDetails?: unknown; message?: unknown };
     if (e.sqlDetails !== undefined && !/memory|stack depth/i.test(String(e.message)))

@@ -216,6 +216,33 @@ describe('long step texts', () => {
   }, 120_000);
 });
 
+describe('step texts too deeply nested to check', () => {
+  it('are refused with the reason, on the event loop or in the workers, six in a row; the workers live on', async () => {
+    const c = await db.connect(viaPort(app.url, d.port));
+    const deep = 'SELECT ' + '(SELECT '.repeat(3000) + '1' + ')'.repeat(3000); // 27 KB
+    const pad = `/* ${'x'.repeat(70_000)} */`; // past 64 KiB: checked in a compile worker
+    const texts = [deep, ...Array.from({ length: 6 }, (_, k) => `${deep} /* ${k} */ ${pad}`)];
+    const ids: string[] = [];
+    for (const t of texts)
+      ids.push((await c.query(`SELECT df.start($1) AS id`, [t])).rows[0].id as string);
+    for (const id of ids) {
+      expect((await whileAlive(finished(c, id, 60_000))).status).toBe('failed');
+      expect((await errorOf(id)).error).toBe(
+        "SQL execution failed: the step's SQL could not be checked before it runs: it is nested too deeply",
+      );
+    }
+    // each failed once, not claimed again and again
+    const epochs = await db.admin.query<{ e: string }>(
+      'SELECT max(lease_epoch)::text AS e FROM df.instances WHERE id = ANY ($1)',
+      [ids],
+    );
+    expect(Number(epochs.rows[0]?.e)).toBeLessThanOrEqual(2);
+    // the edge still compiles: what the database ran is df._start_rows
+    const r = await c.query(`SELECT df.start('SELECT 1') AS id, current_query() AS q`);
+    expect(r.rows[0].q).toContain('df._start_rows');
+  }, 120_000);
+});
+
 describe('instanceColumns', () => {
   it('reads the events and the step texts only within the bound it is given, and says so with a null', async () => {
     const c = await db.connect(app.url);

@@ -623,7 +623,7 @@ describe('compiler warm-up (docs/proxy.md)', () => {
     );
   });
 
-  it('compile workers that die now and then, with answers between: dfgate keeps compiling at the edge', async () => {
+  it('compile workers killed by the statements they compile, many times in a row: dfgate keeps compiling at the edge', async () => {
     // a worker that dies on a statement marked /*die*/ (as a crash on some input would)
     await withPatchedWorker(
       inserting(
@@ -642,7 +642,7 @@ describe('compiler warm-up (docs/proxy.md)', () => {
             return (r.rows[0]?.q ?? '').includes('df._start_rows');
           };
           expect(await edge(0)).toBe(true);
-          // more deaths than the pool gives up after, each followed by an answer
+          // more deaths in a row than the pool gives up after for workers that cannot start
           for (let i = 1; i <= 8; i++) {
             const r = await c.query<{ id: string; q: string }>(
               `SELECT df.start('SELECT ${i}') /*die*/ AS id, current_query() AS q`,
@@ -650,8 +650,8 @@ describe('compiler warm-up (docs/proxy.md)', () => {
             // the dying worker's statement went to the database unchanged, and ran there
             expect(r.rows[0]?.q).toContain('df.start(');
             expect(r.rows[0]?.id).toMatch(/^[0-9a-f]{8}$/);
-            expect(await edge(100 + i)).toBe(true);
           }
+          expect(await edge(100)).toBe(true);
         } finally {
           await c.end();
         }
