@@ -8,10 +8,11 @@
 -- the console). Spec §5.6 fences such writes: the incoming stamp is compared
 -- with the stored one level by level (the root generation, then for each
 -- nesting level the node id and that level's generation); at the first level
--- that differs, a lower incoming generation is stale and the write is
--- dropped. A different node id at that level (a sibling branch or loop), a
--- higher generation, a different depth, equal stamps and anything that does
--- not parse as a stamp let the write through.
+-- that differs, in its node id or its generation, a lower incoming generation
+-- is stale and the write is dropped. A higher or equal generation there (a
+-- sibling branch or loop of the same generation), stamps of different depths,
+-- equal stamps and anything that does not parse as a stamp let the write
+-- through.
 
 CREATE FUNCTION df._stamp_stale(p_incoming text, p_stored text) RETURNS boolean
   LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
@@ -29,17 +30,14 @@ BEGIN
   END IF;
   v_in := string_to_array(p_incoming, '::');
   v_st := string_to_array(p_stored, '::');
-  IF v_in[1] <> v_st[1] THEN
+  IF v_in[1] <> v_st[1] OR cardinality(v_in) <> cardinality(v_st) THEN
     RETURN false;
   END IF;
   -- generations sit at the even positions; a level below the root also has its node id before it
-  FOR i IN 1 .. least(cardinality(v_in), cardinality(v_st)) / 2 LOOP
-    IF i > 1 AND v_in[2 * i - 1] <> v_st[2 * i - 1] THEN
-      RETURN false;
-    END IF;
+  FOR i IN 1 .. cardinality(v_in) / 2 LOOP
     v_gi := v_in[2 * i]::bigint;
     v_gs := v_st[2 * i]::bigint;
-    IF v_gi <> v_gs THEN
+    IF v_gi <> v_gs OR (i > 1 AND v_in[2 * i - 1] <> v_st[2 * i - 1]) THEN
       RETURN v_gi < v_gs;
     END IF;
   END LOOP;

@@ -181,6 +181,8 @@ export function firstMarks(hashes: string): string {
                       AND coalesce(c.label_bytes, 0) <= ${LABEL_MAX} AND coalesce(c.options_bytes, 0) <= ${OPTIONS_MAX}
                       AND c.graph IS NOT NULL
                       -- under a retry policy the driver's mark writes the attempt's status_details keys
+                      -- (options read in full, or none: too large to come with the claim, unknown)
+                      AND (c.options IS NOT NULL OR c.options_bytes IS NULL)
                       AND (c.options -> 'max_attempts' IS NULL OR c.options -> 'max_attempts' = '1'::jsonb)) u
             WHERE n.instance_id = u.id AND n.id = u.root_node AND u.k <= cardinality(${hashes}::text[])
               AND n.node_type = 'SQL' AND n.status = 'pending' AND n.attempts = 0 AND n.attempt_token IS NULL

@@ -18,7 +18,9 @@ interface StoredStamp {
 
 export /** The retry policy in an instance's options (undefined: one attempt). */
 function retryPolicy(options: Record<string, unknown> | null): RetryPolicy | undefined {
-  const max = Number(options?.['max_attempts'] ?? 1);
+  const given = Number(options?.['max_attempts'] ?? 1);
+  // df.start takes any positive integer: one past what a double holds reads as Infinity
+  const max = given === Infinity ? Number.MAX_SAFE_INTEGER : given;
   if (!Number.isInteger(max) || max <= 1) return undefined;
   const secs = Number(options?.['max_backoff_seconds']);
   return { maxAttempts: max, maxBackoffMs: Number.isFinite(secs) && secs > 0 ? secs * 1000 : null };

@@ -47,6 +47,9 @@ export function dispatchSql(ctx: RunnerContext, d: SqlDispatch): Promise<void> {
     carried = undefined;
     // another step of this instance in flight could land its outcome first
     if (inFlight.size !== 1 || !inFlight.has(a.key)) return undefined;
+    // written since the last load and not in `events` (a loop's iteration summarised and its
+    // events dropped, say): replaying them would carry an older iteration's stamps and marks
+    if (cache.dirty) return undefined;
     // an outcome that takes the instance past what the executor holds fails it (executor.ts)
     const max = instanceBytesMax(ctx.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES);
     if (cache.held + Buffer.byteLength(result) > max) return undefined;

@@ -186,6 +186,15 @@ describe('retries in process', () => {
     expect(await running(two, 2)).toEqual(want(two));
     expect(await running(two, 3)).toEqual(want(two));
     expect((await finished(a, two, 30_000)).status).toBe('completed');
+    // options too large to come with the claim (a 300 kB on_failure): the claim cannot tell
+    const big = (
+      await a.query(`SELECT df.start($1, 'retry', max_attempts => 3, on_failure => $2) AS id`, [
+        step,
+        `SELECT '${'x'.repeat(300_000)}' AS pad`,
+      ])
+    ).rows[0].id as string;
+    expect(await running(big, 4)).toEqual(want(big));
+    expect((await finished(a, big, 30_000)).status).toBe('completed');
   });
 
   it('with max_attempts => 2 it fails after 2 attempts, with the last error', async () => {
@@ -406,10 +415,13 @@ describe('a late stamp of an earlier attempt', () => {
       ['c0ffee12::9', 'c0ffee12::10', true], // generations compare as numbers
       ['c0ffee12::1::0badcafe::3', 'c0ffee12::1::0badcafe::4', true],
       ['c0ffee12::2::0badcafe::1', 'c0ffee12::1::0badcafe::9', false], // the root generation first
-      ['c0ffee12::1::0badcafe::1', 'c0ffee12::2', true],
-      ['c0ffee12::1::deadbeef::1', 'c0ffee12::1::0badcafe::5', false], // a sibling at the same generation
-      ['c0ffee12::3', 'c0ffee12::3::0badcafe::2', false], // another depth, the common levels equal
+      ['c0ffee12::1::0badcafe::1', 'c0ffee12::2', false], // another depth always passes
+      ['c0ffee12::3', 'c0ffee12::3::0badcafe::2', false],
       ['c0ffee12::3::0badcafe::2', 'c0ffee12::3', false],
+      ['c0ffee12::1::deadbeef::5', 'c0ffee12::1::0badcafe::5', false], // a sibling, same generation
+      ['c0ffee12::1::deadbeef::1', 'c0ffee12::1::0badcafe::5', true], // the first level that differs
+      ['c0ffee12::1::deadbeef::7', 'c0ffee12::1::0badcafe::5', false],
+      ['c0ffee12::1::0badcafe::2::deadbeef::1', 'c0ffee12::1::0badcafe::2::deadbeef::3', true],
       ['other123::1', 'c0ffee12::2', false],
       ['not a stamp', 'c0ffee12::2', false], // unparseable stamps always pass
       ['c0ffee12::1', 'c0ffee12::x', false],
