@@ -6,7 +6,7 @@
  * the parser is loaded: it runs in the compile worker (edge-worker.ts) or,
  * for a short expression, on the calling thread.
  */
-import { parseSync } from 'libpg-query';
+import { parse as parseSync } from './parser.js';
 import { evaluate, valueText } from './evaluate.js';
 import { asNode, DslError, node } from './nodes.js';
 import { validateGraph } from './validate.js';

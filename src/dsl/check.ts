@@ -6,8 +6,7 @@
  * skipped. Exit status: 0 clean, 1 errors, 2 unreadable or unparseable input.
  */
 import { readFileSync } from 'node:fs';
-import { parseSync } from 'libpg-query';
-import { loadParser } from './parser.js';
+import { loadParser, parse as parseSync } from './parser.js';
 import { evaluate, valueText } from './evaluate.js';
 import { asNode, DslError, node } from './nodes.js';
 import { validateGraph } from './validate.js';

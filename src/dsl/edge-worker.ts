@@ -14,7 +14,7 @@ import { planUncached, type StepPlan } from '../executor/sqlcheck.js';
 import { checkNow, type CheckResult } from './check-expression.js';
 import { analyzeText, checkBound, type Analysis, type BoundProblem } from './edge.js';
 import { warmUp } from './edge-warm.js';
-import { loadParser } from './parser.js';
+import { loadParser, parserBroken } from './parser.js';
 
 /** A statement to analyze, or (`bound`) workflow values bound to df.start($n) to check by the start rule. */
 export type EdgeJob =
@@ -77,6 +77,8 @@ if (port) {
       answer = { id: job.id, failed: String((err as Error)?.message ?? err) };
     }
     port.postMessage(answer);
+    // a parse that overflowed inside the parser leaves it untrustworthy: a fresh worker takes over
+    if (parserBroken()) process.exit(0);
   });
   port.postMessage('ready');
 }

@@ -9,7 +9,8 @@
  * Pure apart from the cache and the node ids drawn for df._start_rows.
  */
 import { SqlState } from '../db/sqlstate.js';
-import { parseSync, scanSync, type ScanToken } from 'libpg-query';
+import { scanSync, type ScanToken } from 'libpg-query';
+import { parse as parseSync } from './parser.js';
 import { evaluate, valueText } from './evaluate.js';
 import { asNode, DslError, node } from './nodes.js';
 import { validateGraph } from './validate.js';

@@ -75,6 +75,19 @@ function configOf(query: string | null): Record<string, unknown> {
   }
 }
 
+/**
+ * runCore, or the reason it cannot evaluate the workflow (a value nested
+ * too deeply to handle, say): deterministic, so every later attempt would
+ * fail alike, and the driver fails the instance with it.
+ */
+export function tryCore(input: CoreInput): CoreResult | string {
+  try {
+    return runCore(input);
+  } catch (err) {
+    return `the workflow could not be evaluated: ${String((err as Error)?.message ?? err)}`;
+  }
+}
+
 export function runCore(input: CoreInput): CoreResult {
   const { graph, events } = input;
   const stamps = new Map<string, Stamp>();

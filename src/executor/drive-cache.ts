@@ -41,6 +41,8 @@ interface DriveCache {
    * cached event): the next tick loads.
    */
   dirty: boolean;
+  /** How many times `dirty` was set (markDirty): a load clears it only if nothing was written meanwhile. */
+  writes: number;
   /** Node stamps being written (not awaited before dispatching steps; awaited before finishing or parking). */
   stamps: Promise<void> | undefined;
   /** Next attempts a committed checkpoint already marked (carry.ts), by activation key. */
@@ -60,6 +62,12 @@ export function detailBytes(v: unknown): number {
   if (typeof v === 'object' && v !== null)
     return Object.entries(v).reduce((n, [k, x]) => n + k.length + detailBytes(x), 8);
   return 8;
+}
+
+/** Something was written that `events` does not hold: the next tick loads, and nothing is carried till then. */
+export function markDirty(cache: DriveCache): void {
+  cache.dirty = true;
+  cache.writes++;
 }
 
 /** Puts an event into the cache (replacing the one of its key and kind), counting what it holds. */

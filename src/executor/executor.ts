@@ -13,9 +13,10 @@ import type { StartNewRequest } from '../contract/start-new.js';
 import type { Lease, Started } from '../contract/started.js';
 import { metrics } from '../metrics.js';
 import type { RunnerContext } from './context.js';
-import { runCore, type Action, type RetryPolicy } from './core.js';
+import { tryCore, type Action, type RetryPolicy } from './core.js';
 import {
   dropEvents,
+  markDirty,
   flushStamps,
   loadInstance,
   queueStamps,
@@ -242,9 +243,8 @@ export class Executor {
     } finally {
       this.claiming = 0;
     }
-    // fewer than it could take: everything ready was claimed, and what becomes ready later
-    // comes with a wake (a commit, LISTEN, a timer, the poll), so a finishing instance need
-    // not claim again
+    // fewer than it could take: all that was ready was claimed, and what becomes ready later
+    // comes with a wake (a commit, LISTEN, a timer, the poll): a finishing one need not claim
     if (kind === 'general') this.backlog = ready > claimed.length;
     this.run(claimed);
   }
@@ -256,8 +256,7 @@ export class Executor {
       const epoch = Number(c.lease_epoch);
       const driving = this.active.get(c.id);
       if (driving) {
-        // a newer lease of an instance whose driver is still ending (it parked and a signal's
-        // claim took it at once; or its lease expired under it): driven when that driver ends
+        // a newer lease of an instance whose driver is still ending (it parked, and was claimed at once)
         if (epoch > driving.epoch) this.successors.set(c.id, c);
         continue;
       }
@@ -328,6 +327,7 @@ export class Executor {
       inst: undefined,
       fresh: false,
       dirty: false,
+      writes: 0,
       stamps: undefined,
       premarks: new Map(claimed?.premark ? [[claimed.premark.key, claimed.premark]] : []),
       finished: false,
@@ -352,8 +352,10 @@ export class Executor {
       let inst = cache.fresh && !cache.dirty ? cache.inst : undefined;
       cache.fresh = false;
       if (!inst) {
-        cache.dirty = false;
+        // not cleared before the load ends: a step completing meanwhile must not carry from `events`
+        const seen = cache.writes;
         inst = await loadInstance(this.store, this.graphs, id, cache, this.instanceMax, claimed);
+        cache.dirty = cache.writes !== seen;
         claimed = undefined;
         cache.inst = inst;
       }
@@ -375,18 +377,10 @@ export class Executor {
         await this.finish(id, epoch, 'failed', refused);
         return;
       }
-      if (inst.rolsuper) {
-        const allowed = await this.store.superuserInstancesAllowed();
-        if (!allowed) {
-          await flushStamps(cache);
-          await this.finish(
-            id,
-            epoch,
-            'failed',
-            `pg_durable blocked instance ${id}: submitted_by role "${inst.role_name}" is a superuser, but pg_durable.enable_superuser_instances is off`,
-          );
-          return;
-        }
+      if (inst.rolsuper && !(await this.store.superuserInstancesAllowed())) {
+        await flushStamps(cache);
+        const why = `pg_durable blocked instance ${id}: submitted_by role "${inst.role_name}" is a superuser, but pg_durable.enable_superuser_instances is off`;
+        return this.finish(id, epoch, 'failed', why);
       }
       const now = new Date();
       const base = {
@@ -399,7 +393,12 @@ export class Executor {
         stepTextMax: this.textMax,
         ...(retryPolicy(inst.options) ? { retry: retryPolicy(inst.options) as RetryPolicy } : {}),
       };
-      const core = runCore({ ...base, events, now });
+      const core = tryCore({ ...base, events, now });
+      if (typeof core === 'string') {
+        await Promise.allSettled(inFlight.values());
+        await flushStamps(cache).catch(() => undefined);
+        return this.finish(id, epoch, 'failed', core);
+      }
       // SQL nodes about to start get their running stamp with their attempt mark, and one in
       // flight gets its outcome from its checkpoint: a stamp written meanwhile could land after it
       const sqlNodes = new Set(core.actions.filter((a) => a.a === 'sql').map((a) => a.node));
@@ -429,7 +428,7 @@ export class Executor {
       for (const a of core.actions) {
         switch (a.a) {
           case 'iter': {
-            cache.dirty = true;
+            markDirty(cache);
             await this.store.recordEvent(id, epoch, a, 'iter', a.detail);
             progressed = true;
             break;
@@ -437,7 +436,7 @@ export class Executor {
           case 'backoff': {
             // like a timer: the due time is recorded first, so a restart keeps it
             if (!a.armed) {
-              cache.dirty = true;
+              markDirty(cache);
               await this.store.recordEvent(id, epoch, a, 'armed', { at: a.at.toISOString() });
               progressed = true;
             } else if (!wakeAt || a.at < wakeAt) wakeAt = a.at;
@@ -445,11 +444,11 @@ export class Executor {
           }
           case 'timer': {
             if (!a.armed) {
-              cache.dirty = true;
+              markDirty(cache);
               await this.store.recordEvent(id, epoch, a, 'armed', { at: a.at.toISOString() });
               progressed = true;
             } else if (a.at.getTime() <= now.getTime()) {
-              cache.dirty = true;
+              markDirty(cache);
               await this.store.recordEvent(id, epoch, a, 'done', { result: a.result });
               progressed = true;
             } else if (!wakeAt || a.at < wakeAt) wakeAt = a.at;
@@ -457,7 +456,7 @@ export class Executor {
           }
           case 'signal': {
             if (!a.armed) {
-              cache.dirty = true;
+              markDirty(cache);
               await this.store.recordEvent(id, epoch, a, 'armed', {
                 at: a.timeoutAt ? a.timeoutAt.toISOString() : null,
               });
@@ -473,7 +472,7 @@ export class Executor {
             if (inFlight.has(a.key)) break;
             const p = httpStep(this.ctx, id, epoch, inst, a).finally(() => {
               inFlight.delete(a.key);
-              cache.dirty = true;
+              markDirty(cache);
             });
             inFlight.set(a.key, p);
             progressed = true;
@@ -492,8 +491,11 @@ export class Executor {
         }
       }
       if (signalWaits.size > 0) {
-        cache.dirty = true;
+        const [was, seen] = [cache.dirty, cache.writes];
+        markDirty(cache);
         const delivered = await deliverSignals(this.ctx, id, epoch, signalWaits, now);
+        // nothing delivered is nothing written: a signal wait alone does not stop carrying
+        if (!delivered && cache.writes === seen + 1) cache.dirty = was;
         if (delivered) progressed = true;
         else {
           for (const [name, waits] of signalWaits) {
@@ -505,7 +507,7 @@ export class Executor {
       }
       if (core.obsolete.length > 0) {
         dropEvents(cache, core.obsolete);
-        cache.dirty = true;
+        markDirty(cache);
         await this.store.deleteEvents(id, core.obsolete);
       }
       if (inFlight.size > 0) {

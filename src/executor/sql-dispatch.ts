@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import { carry, type Carried } from './carry.js';
 import type { Action, CoreInput, EventKind } from './core.js';
 import type { RunnerContext } from './context.js';
-import { putEvent, type DriveCache, type StoredStamp } from './drive-cache.js';
+import { markDirty, putEvent, type DriveCache, type StoredStamp } from './drive-cache.js';
 import { DEFAULT_MAX_RESULT_BYTES } from './bounded.js';
 import { instanceBytesMax } from './claim-sql.js';
 import { sqlStep } from './sql-step.js';
@@ -90,6 +90,6 @@ export function dispatchSql(ctx: RunnerContext, d: SqlDispatch): Promise<void> {
     ...(d.retry ? { retry: d.retry } : {}),
   }).finally(() => {
     inFlight.delete(a.key);
-    if (!cached) cache.dirty = true;
+    if (!cached) markDirty(cache);
   });
 }

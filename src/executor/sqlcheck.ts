@@ -4,9 +4,10 @@
  * changes are refused; statements PostgreSQL refuses inside a transaction
  * block run in autocommit (at least once instead of exactly once).
  */
-import { parseSync } from 'libpg-query';
+import { parse as parseSync } from '../dsl/parser.js';
 import { planInPool, STEP_CHECK_BUDGET_MS } from '../dsl/edge-pool.js';
 export { loadParser } from '../dsl/parser.js';
+import { parserBroken } from '../dsl/parser.js';
 
 export type StepPlan =
   | {
@@ -136,9 +137,16 @@ export function planStepSoon(
   maxChars: number,
   owner: string,
 ): StepPlan | Promise<StepPlan> {
-  if (sql.length <= PLAN_INLINE_MAX || sql.length > maxChars) return planStep(sql, maxChars);
+  if (sql.length > maxChars || (sql.length <= PLAN_INLINE_MAX && !deepInside(sql)))
+    return planStep(sql, maxChars);
   const pooled = planInPool(sql, owner);
-  if (!pooled) return planStep(sql, maxChars);
+  if (!pooled)
+    return deepInside(sql)
+      ? {
+          kind: 'refuse',
+          error: `the step's SQL could not be checked before it runs: it is nested too deeply to check without a compile worker`,
+        }
+      : planStep(sql, maxChars);
   return pooled.then((plan) =>
     plan === 'abandoned'
       ? {
@@ -150,13 +158,37 @@ export function planStepSoon(
 }
 
 /**
+ * More parentheses, brackets and operator characters than this anywhere in a
+ * text (literals and comments included, so nothing can hide them) and its
+ * parse could run out of stack inside the parser, whose memory is then not
+ * to be trusted again (parser.ts): such a text is checked in a compile
+ * worker, which is replaced if it happens. Hand-written steps stay far below.
+ */
+const INLINE_NODES_MAX = 1000;
+
+/** Is a text one the event loop does not parse (see INLINE_NODES_MAX), or has its parser broken? */
+function deepInside(sql: string): boolean {
+  if (parserBroken()) return true;
+  let n = 0;
+  for (let i = 0; i < sql.length; i++) {
+    const c = sql.charCodeAt(i);
+    // ( ) [ ] + - * / < > = ~ ! @ # % ^ & | ?
+    if (STRUCTURAL[c] === 1 && ++n > INLINE_NODES_MAX) return true;
+  }
+  return false;
+}
+
+const STRUCTURAL = new Uint8Array(128);
+for (const ch of '()[]+-*/<>=~!@#%^&|?') STRUCTURAL[ch.charCodeAt(0)] = 1;
+
+/**
  * Checks these statements ahead of their steps (the wake path: while the
  * claim is on its way), so that a step's own planStep finds them cached.
  */
 export function planAhead(sqls: readonly string[]): void {
   for (const sql of sqls) {
-    // a long text is checked by its step, off the event loop
-    if (sql.length > PLAN_INLINE_MAX) continue;
+    // a long or deep text is checked by its step, off the event loop
+    if (sql.length > PLAN_INLINE_MAX || deepInside(sql)) continue;
     try {
       planStep(sql);
     } catch {

@@ -243,6 +243,24 @@ describe('step texts too deeply nested to check', () => {
   }, 120_000);
 });
 
+describe('values nested too deeply for the executor', () => {
+  it('a step result 4,500 arrays deep that a later step substitutes fails its instance once, with the reason', async () => {
+    const c = await db.connect(viaPort(app.url, d.port));
+    const id = (
+      await c.query(
+        `SELECT df.start('SELECT (repeat(''['', 4500) || repeat('']'', 4500))::json AS j' |=> 'a' ~> 'SELECT $a') AS id`,
+      )
+    ).rows[0].id as string;
+    expect((await whileAlive(finished(c, id, 60_000))).status).toBe('failed');
+    expect((await errorOf(id)).error).toMatch(/^the workflow could not be evaluated: /);
+    const epoch = await db.admin.query<{ e: string }>(
+      'SELECT lease_epoch::text AS e FROM df.instances WHERE id = $1',
+      [id],
+    );
+    expect(Number(epoch.rows[0]?.e)).toBeLessThanOrEqual(2); // failed once, not claimed again and again
+  }, 120_000);
+});
+
 describe('instanceColumns', () => {
   it('reads the events and the step texts only within the bound it is given, and says so with a null', async () => {
     const c = await db.connect(app.url);

@@ -162,6 +162,21 @@ describe('texts the check cannot read are not run (hostile review)', () => {
   });
 });
 
+describe("texts whose parse could exhaust the parser's stack (hostile review)", () => {
+  it('are checked in a compile worker, replaced after each, so checks on this thread stay right', async () => {
+    for (let i = 0; i < 40; i++) {
+      // 20 KB, under PLAN_INLINE_MAX; distinct (the cache key ignores digits, not letters)
+      const evil = `SELECT ${'1+'.repeat(10_000)}1 AS v${'a'.repeat(i % 26)}${'b'.repeat(i >> 3)}`;
+      const soon = planStepSoon(evil, STEP_TEXT_MAX, 'role:evil');
+      expect(soon).toBeInstanceOf(Promise);
+      expect(await soon).toMatchObject({ kind: 'refuse' });
+      // checks of other texts on this thread read them as ever
+      expect(planStep(`SELECT ${i} AS v${'c'.repeat(i)} FROM t`)).toEqual({ kind: 'transaction' });
+      expect(planStep(`SET ROLE victim${'d'.repeat(i)}`)).toMatchObject({ kind: 'refuse' });
+    }
+  });
+});
+
 describe('long texts are checked off the event loop (planStepSoon)', () => {
   it('checks a text over PLAN_INLINE_MAX in a compile worker, with the verdict of the inline check', async () => {
     expect(planStepSoon('SELECT 1 AS one', STEP_TEXT_MAX, 'role:1')).toEqual({
