@@ -33,6 +33,19 @@ afterEach(async () => {
   executor = undefined;
 });
 
+/** Waits until a statement LIKE `pattern` runs on some other backend. */
+async function untilRunning(pattern: string, never: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    const r = await db.admin.query(
+      `SELECT 1 FROM pg_stat_activity WHERE query LIKE $1 AND state = 'active' AND pid <> pg_backend_pid()`,
+      [pattern],
+    );
+    if (r.rowCount) return;
+    if (i > 400) throw new Error(never);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
 describe('locks a role holds on its own instances', () => {
   it("a step that keeps its own instance locked holds back neither another role's lease renewal nor its steps", async () => {
     executor = await startTestExecutor(db.url, { leaseMs: 1500, pollMs: 100 });
@@ -41,14 +54,7 @@ describe('locks a role holds on its own instances', () => {
       `SELECT df.start('WITH l AS MATERIALIZED (SELECT id FROM df.instances WHERE label = ''lockme'' FOR NO KEY UPDATE) SELECT pg_sleep(15) FROM l', 'lockme') AS id`,
     );
     const locked = lock.rows[0]?.id as string;
-    for (let i = 0; ; i++) {
-      const r = await db.admin.query(
-        `SELECT 1 FROM pg_stat_activity WHERE query LIKE '%pg_sleep(15)%' AND state = 'active' AND pid <> pg_backend_pid()`,
-      );
-      if (r.rowCount) break;
-      if (i > 200) throw new Error("mallory's step never started");
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await untilRunning('%pg_sleep(15)%', "mallory's step never started");
     // alice's workflow outlives her lease twice over: only renewals keep it hers
     const t0 = Date.now();
     const r = await alice.query<{ id: string }>(
@@ -81,14 +87,7 @@ describe('locks a role holds on its own instances', () => {
       `SELECT df.start('SELECT nextval(''public.lapse_runs''), pg_sleep(3)' ~> 'SELECT 1') AS id`,
     );
     const id = r.rows[0]?.id as string;
-    for (let i = 0; ; i++) {
-      const a = await db.admin.query(
-        `SELECT 1 FROM pg_stat_activity WHERE query LIKE '%lapse_runs%pg_sleep(3)%' AND state = 'active' AND pid <> pg_backend_pid()`,
-      );
-      if (a.rowCount) break;
-      if (i > 200) throw new Error('the step never started');
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await untilRunning('%lapse_runs%pg_sleep(3)%', 'the step never started');
     // someone holds the instance's row past its lease: renewals skip it, so the lease lapses
     // while the step still runs; once the lock goes, the claims (every 50 ms) see it expired
     const holder = await db.connect(db.url);
