@@ -55,6 +55,23 @@ interface DriveCache {
   unread?: number;
 }
 
+/** The cache of a driver that starts now; `first`: the first step its claim marked (claim-sql.ts). */
+export function newDriveCache(first?: Premark & { readonly key: string }): DriveCache {
+  return {
+    events: new Map(),
+    lastSeq: 0,
+    stored: undefined,
+    inst: undefined,
+    fresh: false,
+    dirty: false,
+    writes: 0,
+    stamps: undefined,
+    premarks: new Map(first ? [[first.key, first]] : []),
+    finished: false,
+    held: 0,
+  };
+}
+
 /** Bytes an event's detail holds: its strings as UTF-8, 8 per other value. */
 export function detailBytes(v: unknown): number {
   if (typeof v === 'string') return Buffer.byteLength(v);

@@ -22,7 +22,7 @@ import {
   queueStamps,
   retryPolicy,
   tooLarge,
-  type DriveCache,
+  newDriveCache,
 } from './drive-cache.js';
 import type { Graph } from './graph.js';
 import { httpStep } from './http-step.js';
@@ -319,32 +319,24 @@ export class Executor {
   /** Runs one instance while this executor holds its lease. */
   private async drive(id: string, epoch: number, claimed?: LoadedInstance): Promise<void> {
     const log = this.log.child({ instance: id });
+    log.debug({ epoch }, 'driving');
     const inFlight = new Map<string, Promise<void>>();
-    const cache: DriveCache = {
-      events: new Map(),
-      lastSeq: 0,
-      stored: undefined,
-      inst: undefined,
-      fresh: false,
-      dirty: false,
-      writes: 0,
-      stamps: undefined,
-      premarks: new Map(claimed?.premark ? [[claimed.premark.key, claimed.premark]] : []),
-      finished: false,
-      held: 0,
+    const cache = newDriveCache(claimed?.premark);
+    /** The steps in flight end and the stamps queued are written (or given up) before the driver returns. */
+    const settle = async (): Promise<void> => {
+      await Promise.allSettled(inFlight.values());
+      await flushStamps(cache).catch(() => undefined);
     };
     for (;;) {
       if (cache.finished) {
         // the last step's checkpoint completed the instance (carry.ts)
-        await Promise.allSettled(inFlight.values());
-        await flushStamps(cache).catch(() => undefined);
+        await settle();
         this.announceFinished(id, 'completed');
         return;
       }
       if (this.stopping) {
         // steps already running finish (or are cancelled by stop() after its timeout)
-        await Promise.allSettled(inFlight.values());
-        await flushStamps(cache).catch(() => undefined);
+        await settle();
         return;
       }
       // after a checkpoint whose event is cached, nothing needs re-reading: dispatch at once
@@ -358,6 +350,10 @@ export class Executor {
         cache.dirty = cache.writes !== seen;
         claimed = undefined;
         cache.inst = inst;
+        // a step that ended while it was read (its outcome not cached) may be missing from it: a
+        // core run on it would dispatch that step again, its statement running before its mark
+        // is refused. Read once more first.
+        if (inst && cache.dirty) continue;
       }
       if (!inst) {
         await flushStamps(cache).catch(() => undefined);
@@ -367,8 +363,7 @@ export class Executor {
       const events = cache.events;
       if (Number(inst.lease_epoch) !== epoch || !['pending', 'running'].includes(inst.status)) {
         if (inst.status === 'cancelled') await this.cancelSteps(id);
-        await Promise.allSettled(inFlight.values());
-        await flushStamps(cache).catch(() => undefined);
+        await settle();
         return;
       }
       const refused = unrunnable(id, inst) ?? tooLarge(id, cache, this.instanceMax);
@@ -395,8 +390,7 @@ export class Executor {
       };
       const core = tryCore({ ...base, events, now });
       if (typeof core === 'string') {
-        await Promise.allSettled(inFlight.values());
-        await flushStamps(cache).catch(() => undefined);
+        await settle();
         return this.finish(id, epoch, 'failed', core);
       }
       // SQL nodes about to start get their running stamp with their attempt mark, and one in

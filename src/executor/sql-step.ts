@@ -125,6 +125,8 @@ export async function sqlStep(
       metrics.steps.inc({
         outcome: out.k === 'retry' ? 'retried' : out.k === 'unrecorded' ? 'failed' : out.k,
       });
+      if (out.k === 'abandoned')
+        log.debug({ node: a.node, key: a.key, epoch, reason: out.reason }, 'step abandoned');
       if (out.k === 'done') recorded?.('completed', out.event);
       else if (out.k === 'failed') recorded?.('failed', out.event);
       else if (out.k === 'unrecorded' && (await markedOk()))

@@ -305,7 +305,10 @@ describe('retries in process', () => {
 });
 
 describe('retries across a crash', () => {
-  const worker = (): ChildProcess => spawnWorker(db.url, 'retry-test-secret');
+  /** What the workers of a test logged (debug level): shown when an assertion about them fails. */
+  let logs = '';
+  const worker = (): ChildProcess =>
+    spawnWorker(db.url, 'retry-test-secret', { log: (t) => (logs += t) });
 
   it('SIGKILL during a backoff, restart: the attempt count continues, nothing runs twice', async () => {
     const f = await flaky(3);
@@ -319,7 +322,8 @@ describe('retries across a crash', () => {
     const w2 = worker();
     expect(await finished(a, id, 30_000)).toMatchObject({ status: 'completed' });
     w2.kill('SIGTERM');
-    expect(await calls(f.seq)).toBe(3);
+    await new Promise<void>((r) => (w2.exitCode !== null ? r() : w2.once('exit', () => r())));
+    expect(await calls(f.seq), `the workers' log:\n${logs}`).toBe(3);
     const root = await rootNode(id);
     expect(root.attempts).toBe(3);
     const evs = await outcomes(id);
