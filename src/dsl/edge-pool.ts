@@ -38,6 +38,14 @@ export const COMPILE_BUDGET_MS = 2000;
  */
 export const STEP_CHECK_BUDGET_MS = 30_000;
 
+/**
+ * A worker that has not said it is ready this long after it was started
+ * (its parser hangs while loading, say) is ended and counted as one that
+ * could not start: the statements waiting for it go to the database
+ * unchanged, and a new worker is tried.
+ */
+export const WORKER_START_MS = 15_000;
+
 const PASS: Edge = { kind: 'pass' };
 
 /** A queued job: what the worker is sent, what to do with its answer, and the answer when it is abandoned. */
@@ -75,6 +83,8 @@ class Slot {
     private readonly url: URL,
     private readonly next: () => Job | undefined,
     private readonly failed: (started: boolean) => void,
+    /** A worker did not start in time: what waits for one is left to the database. */
+    private readonly stalled: () => void,
   ) {}
 
   get busy(): boolean {
@@ -85,8 +95,16 @@ class Slot {
     const w = new Worker(this.url);
     this.ready = false;
     this.started = false;
+    const startup = setTimeout(() => {
+      if (this.worker !== w || this.ready) return;
+      void w.terminate();
+      this.stalled();
+      this.lost();
+    }, WORKER_START_MS);
+    startup.unref();
     w.on('message', (m: EdgeAnswer | 'ready') => {
       if (m === 'ready') {
+        clearTimeout(startup);
         this.ready = true;
         this.started = true;
         this.pull();
@@ -99,8 +117,12 @@ class Slot {
       cur.job.answered(m);
       this.pull();
     });
-    w.on('error', () => this.lost());
+    // a worker already replaced (its job ran past its budget) ends unheeded: the current one is not its
+    w.on('error', () => {
+      if (this.worker === w) this.lost();
+    });
     w.on('exit', () => {
+      clearTimeout(startup);
       if (this.worker === w) this.lost();
     });
     // after the listeners: attaching a 'message' listener refs the worker's port again
@@ -177,16 +199,21 @@ class Pool {
             if (!started && ++this.deaths > 5) {
               // no worker starts again: what waits is abandoned (left to the database)
               this.broken = true;
-              for (let j = this.queue.shift(); j; j = this.queue.shift()) j.abandoned();
+              this.abandonQueued();
               return;
             }
             this.kick();
           },
+          () => this.abandonQueued(),
         ),
       );
   }
 
   broken = false;
+
+  private abandonQueued(): void {
+    for (let j = this.queue.shift(); j; j = this.queue.shift()) j.abandoned();
+  }
 
   private next(): Job | undefined {
     for (let j = this.queue.shift(); j; j = this.queue.shift()) {
@@ -249,7 +276,15 @@ class Pool {
     return this.ask(
       owner,
       (id) => ({ id, step }),
-      (m) => ('plan' in m ? m.plan : undefined),
+      (m) =>
+        'plan' in m
+          ? m.plan
+          : 'failed' in m
+            ? {
+                kind: 'refuse',
+                error: `the step's SQL could not be checked before it runs: the check failed (${m.failed})`,
+              }
+            : undefined,
       undefined,
       { budgetMs: STEP_CHECK_BUDGET_MS },
     );

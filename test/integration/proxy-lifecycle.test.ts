@@ -12,6 +12,7 @@ import { parseStrict } from '../harness/json.js';
 import { errorOf, loggedIn, raw } from '../harness/wire.js';
 import { useTestDatabase, withUser, type TestRole } from '../harness/db.js';
 import { POOLED, spawnDfgate, startTestProxy, viaPort } from '../harness/dfgate.js';
+import { WORKER_START_MS } from '../../src/dsl/edge-pool.js';
 
 const db = useTestDatabase();
 let port: number;
@@ -616,6 +617,31 @@ describe('compiler warm-up (docs/proxy.md)', () => {
           expect(r.rows[0].id).toMatch(/^[0-9a-f]{8}$/);
           // as sent: not compiled on the event loop either
           expect(r.rows[0].q).toContain(`df.start('SELECT 1', 'no-worker')`);
+        } finally {
+          await c.end();
+        }
+      },
+    );
+  });
+
+  it('a compile worker that never becomes ready is ended: the statements waiting for it go to the database', async () => {
+    // a worker whose parser never finishes loading (alive, never 'ready')
+    await withPatchedWorker(
+      inserting(
+        'await loadParser();',
+        'setInterval(() => {}, 1000);\nawait new Promise(() => {});\n',
+      ),
+      async (_out, port) => {
+        const c = await db.connect(viaPort(trust.url, port));
+        try {
+          const t0 = Date.now();
+          const r = await c.query(
+            `SELECT df.start('SELECT 1', 'stuck-worker') AS id, current_query() AS q`,
+          );
+          expect(r.rows[0].id).toMatch(/^[0-9a-f]{8}$/);
+          // as sent, once the worker's start-up time ran out (it started with the process)
+          expect(r.rows[0].q).toContain(`df.start('SELECT 1', 'stuck-worker')`);
+          expect(Date.now() - t0).toBeLessThan(WORKER_START_MS + 5000);
         } finally {
           await c.end();
         }
