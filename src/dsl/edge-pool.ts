@@ -271,20 +271,12 @@ class Pool {
     );
   }
 
-  /** A step text's plan; undefined when the worker ran past its budget or died. */
-  plan(step: string, owner: string): Promise<StepPlan | undefined> {
-    return this.ask(
+  /** A step text's plan, or why its check threw; undefined when the worker ran past its budget or died. */
+  plan(step: string, owner: string): Promise<StepPlan | { failed: string } | undefined> {
+    return this.ask<StepPlan | { failed: string } | undefined>(
       owner,
       (id) => ({ id, step }),
-      (m) =>
-        'plan' in m
-          ? m.plan
-          : 'failed' in m
-            ? {
-                kind: 'refuse',
-                error: `the step's SQL could not be checked before it runs: the check failed (${m.failed})`,
-              }
-            : undefined,
+      (m) => ('plan' in m ? m.plan : 'failed' in m ? { failed: m.failed } : undefined),
       undefined,
       { budgetMs: STEP_CHECK_BUDGET_MS },
     );
@@ -412,14 +404,15 @@ export function checkBoundSoon(
 }
 
 /**
- * A long step text's plan from the pool (in `owner`'s turn): 'abandoned'
+ * A long step text's plan from the pool (in `owner`'s turn), or why its
+ * check threw (`failed`): 'abandoned'
  * when it ran past its budget or its worker died, undefined when there is no
  * pool (the caller checks the text itself).
  */
 export function planInPool(
   step: string,
   owner: string,
-): Promise<StepPlan | 'abandoned'> | undefined {
+): Promise<StepPlan | { failed: string } | 'abandoned'> | undefined {
   const p = thePool();
   return p ? p.plan(step, owner).then((plan) => plan ?? 'abandoned') : undefined;
 }

@@ -104,14 +104,21 @@ export function planStep(sql: string, maxChars = STEP_TEXT_MAX): StepPlan {
       error: `the step's SQL text is ${sql.length} characters long, more than the ${maxChars} dfgate checks before it runs a step (four times --max-result-bytes, at least 16 MiB); keep large data in tables`,
     };
   const key = planKey(sql);
+  return cachedPlan(key) ?? rememberPlan(key, planUncached(sql));
+}
+
+/** The cached plan of a text of this planKey, made the most recently used. */
+function cachedPlan(key: string): StepPlan | undefined {
   const hit = planCache.get(key);
   if (hit) {
     // most recently used last: the oldest entry goes first when full
     planCache.delete(key);
     planCache.set(key, hit);
-    return hit;
   }
-  const plan = planUncached(sql);
+  return hit;
+}
+
+function rememberPlan(key: string, plan: StepPlan): StepPlan {
   if (key.length <= PLAN_CACHE_TEXT_MAX) {
     if (planCache.size >= PLAN_CACHE_MAX) planCache.delete(planCache.keys().next().value as string);
     planCache.set(key, plan);
@@ -120,12 +127,14 @@ export function planStep(sql: string, maxChars = STEP_TEXT_MAX): StepPlan {
 }
 
 /**
- * Step texts up to this many characters are checked on the calling thread
- * (at most about 1.5 ms); a longer one in a compile worker (planStepSoon),
- * since the parse takes about 25 ms per MiB and the event loop relays every
- * session's traffic and runs every other step.
+ * Step texts up to this many characters are checked on the calling thread;
+ * a longer one in a compile worker (planStepSoon), since the event loop
+ * relays every session's traffic and runs every other step. The parse's cost
+ * grows with the text's tokens: 4 KiB of `a,a,a,…` takes about 4 ms, 64 KiB
+ * of it 100 ms and more, which held every session of the process. Plans of
+ * texts up to PLAN_CACHE_TEXT_MAX are cached either way.
  */
-export const PLAN_INLINE_MAX = 64 * 1024;
+export const PLAN_INLINE_MAX = 4 * 1024;
 
 /**
  * planStep, with a text longer than PLAN_INLINE_MAX checked off the event
@@ -139,6 +148,10 @@ export function planStepSoon(
 ): StepPlan | Promise<StepPlan> {
   if (sql.length > maxChars || (sql.length <= PLAN_INLINE_MAX && !deepInside(sql)))
     return planStep(sql, maxChars);
+  // cached as a short text's plan is (a long one is not: its key alone would be a copy of it)
+  const key = sql.length <= PLAN_CACHE_TEXT_MAX ? planKey(sql) : undefined;
+  const hit = key === undefined ? undefined : cachedPlan(key);
+  if (hit) return hit;
   const pooled = planInPool(sql, owner);
   if (!pooled)
     return deepInside(sql)
@@ -153,7 +166,14 @@ export function planStepSoon(
           kind: 'refuse',
           error: `the step's SQL could not be checked before it runs: the check of its ${sql.length} characters did not finish (it ran past ${STEP_CHECK_BUDGET_MS} ms, or its worker stopped)`,
         }
-      : plan,
+      : 'failed' in plan
+        ? {
+            kind: 'refuse',
+            error: `the step's SQL could not be checked before it runs: the check failed (${plan.failed})`,
+          }
+        : key === undefined
+          ? plan
+          : rememberPlan(key, plan),
   );
 }
 

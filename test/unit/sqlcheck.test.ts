@@ -165,7 +165,7 @@ describe('texts the check cannot read are not run (hostile review)', () => {
 describe("texts whose parse could exhaust the parser's stack (hostile review)", () => {
   it('are checked in a compile worker, replaced after each, so checks on this thread stay right', async () => {
     for (let i = 0; i < 40; i++) {
-      // 20 KB, under PLAN_INLINE_MAX; distinct (the cache key ignores digits, not letters)
+      // 20 KB and deep; distinct (the cache key ignores digits, not letters)
       const evil = `SELECT ${'1+'.repeat(10_000)}1 AS v${'a'.repeat(i % 26)}${'b'.repeat(i >> 3)}`;
       const soon = planStepSoon(evil, STEP_TEXT_MAX, 'role:evil');
       expect(soon).toBeInstanceOf(Promise);
@@ -197,6 +197,18 @@ describe('long texts are checked off the event loop (planStepSoon)', () => {
     // over the limit: refused at once, unparsed
     const over = `SELECT 1 ${pad(STEP_TEXT_MAX)}`;
     expect(planStepSoon(over, STEP_TEXT_MAX, 'role:1')).toEqual(planStep(over));
+  });
+
+  it('caches the plan of a text checked in a worker: the same text with other numbers is answered at once', async () => {
+    // dense: 12 KiB of list elements, each a token of its own (checked inline, 10 ms and more)
+    const text = (n: number): string => `UPDATE t SET a = ${n} WHERE b IN (${'1,'.repeat(6000)}1)`;
+    expect(text(1).length).toBeGreaterThan(PLAN_INLINE_MAX);
+    const first = planStepSoon(text(1), STEP_TEXT_MAX, 'role:1');
+    expect(first).toBeInstanceOf(Promise);
+    const plan = { kind: 'transaction', rowless: true };
+    expect(await first).toEqual(plan);
+    expect(planStepSoon(text(2), STEP_TEXT_MAX, 'role:1')).toEqual(plan);
+    expect(planStepSoon(`${text(3)} RETURNING a`, STEP_TEXT_MAX, 'role:1')).toBeInstanceOf(Promise);
   });
 
   it('the event loop keeps turning while a 12 MiB text is checked', async () => {
