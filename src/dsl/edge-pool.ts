@@ -33,8 +33,9 @@ import { FairQueue } from './fair-queue.js';
 export const COMPILE_BUDGET_MS = 2000;
 
 /**
- * A step text's check (planInPool) may run this long: a 16 MiB text takes
- * about 0.4 s; past it the step is refused, never run unchecked.
+ * A step text's check (planInPool) may run this long: a 16 MiB comment
+ * takes about 0.4 s, 16 MiB of list elements much longer; past it the step
+ * is refused, never run unchecked.
  */
 export const STEP_CHECK_BUDGET_MS = 30_000;
 
@@ -51,6 +52,8 @@ const PASS: Edge = { kind: 'pass' };
 /** A queued job: what the worker is sent, what to do with its answer, and the answer when it is abandoned. */
 interface Job {
   readonly id: number;
+  /** The turn it waits in. */
+  readonly owner: string;
   readonly send: EdgeJob;
   /** How long it may run (default COMPILE_BUDGET_MS). */
   readonly budgetMs?: number;
@@ -103,6 +106,8 @@ class Slot {
     }, WORKER_START_MS);
     startup.unref();
     w.on('message', (m: EdgeAnswer | 'ready') => {
+      // a worker already replaced may still deliver what it posted before it ended
+      if (this.worker !== w) return;
       if (m === 'ready') {
         clearTimeout(startup);
         this.ready = true;
@@ -204,15 +209,24 @@ class Pool {
             }
             this.kick();
           },
-          () => this.abandonQueued(),
+          () => this.abandonQueued(true),
         ),
       );
   }
 
   broken = false;
 
-  private abandonQueued(): void {
-    for (let j = this.queue.shift(); j; j = this.queue.shift()) j.abandoned();
+  /**
+   * What waits for a worker goes to the database unchanged. On a stalled
+   * start (`stalled`) a step's check keeps its place for the next worker:
+   * abandoned, it would refuse the step, not hand it on.
+   */
+  private abandonQueued(stalled = false): void {
+    const kept: Job[] = [];
+    for (let j = this.queue.shift(); j; j = this.queue.shift())
+      if (stalled && 'step' in j.send) kept.push(j);
+      else j.abandoned();
+    for (const j of kept) this.queue.push(j.owner, j);
   }
 
   private next(): Job | undefined {
@@ -236,6 +250,7 @@ class Pool {
       this.queue.push(owner, {
         ...limits,
         id,
+        owner,
         send: send(id),
         answered: (m) => {
           this.deaths = 0;

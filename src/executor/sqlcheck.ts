@@ -66,12 +66,18 @@ const planCache = new Map<string, StepPlan>();
 const PLAN_CACHE_MAX = 1000;
 const PLAN_CACHE_TEXT_MAX = 16 * 1024;
 
-/** A standalone run of digits: no letter, digit, underscore, dollar or non-ASCII character on either side. */
-const NUMBER = /(?<![A-Za-z0-9_$\u0080-\uffff])[0-9]+(?![A-Za-z0-9_$\u0080-\uffff])/g;
+/**
+ * A standalone run of up to nine digits: no letter, digit, underscore,
+ * dollar or non-ASCII character on either side. Nine digits always make an
+ * integer; a longer run past 2^31 - 1 is lexed as a numeric constant, which
+ * places that take only an integer (FETCH n, float(n), timestamp(n)) do not
+ * parse, so it stays as it is in the key.
+ */
+const NUMBER = /(?<![A-Za-z0-9_$\u0080-\uffff])[0-9]{1,9}(?![A-Za-z0-9_$\u0080-\uffff])/g;
 
 /**
- * The text a step's plan is cached under: every standalone run of digits
- * made 0. A plan never depends on a number: it depends on statement types,
+ * The text a step's plan is cached under: every standalone run of up to
+ * nine digits made 0. A plan never depends on such a number: it depends on statement types,
  * setting names, cursor options and set_config's first argument, none of
  * which such a run can be part of, and a number stays a number (in a
  * string or a comment, any digits do). Only escapes read digits as
@@ -89,9 +95,9 @@ export const STEP_TEXT_MAX = 16 * 1024 * 1024;
 /**
  * The longest step text a dfgate with this result limit runs: four times
  * the limit, at least STEP_TEXT_MAX, so a result substituted into the text
- * once or twice always fits. The parse that checks a text runs on the
- * process's main thread (about 25 ms per MiB), so an unbounded text would
- * hold every other session of the process.
+ * once or twice always fits. The parse that checks a text takes time and
+ * memory with its length (a compile worker's, past PLAN_INLINE_MAX), so an
+ * unbounded text would hold the checks of every other session.
  */
 export function stepTextMax(maxResultBytes: number): number {
   return Math.max(STEP_TEXT_MAX, 4 * maxResultBytes);
@@ -119,7 +125,7 @@ function cachedPlan(key: string): StepPlan | undefined {
 }
 
 function rememberPlan(key: string, plan: StepPlan): StepPlan {
-  if (key.length <= PLAN_CACHE_TEXT_MAX) {
+  if (key.length <= PLAN_CACHE_TEXT_MAX && plan !== UNPARSED) {
     if (planCache.size >= PLAN_CACHE_MAX) planCache.delete(planCache.keys().next().value as string);
     planCache.set(key, plan);
   }
@@ -252,6 +258,14 @@ export function planUncached(sql: string): StepPlan {
   }
 }
 
+/**
+ * The plan of a text the parser cannot read: PostgreSQL reports the syntax
+ * error when the step runs. Never cached: a text of the same planKey that
+ * does parse (a number that only fits where the other's does not) is
+ * checked on its own.
+ */
+const UNPARSED: StepPlan = Object.freeze({ kind: 'transaction' });
+
 function planOf(sql: string): StepPlan {
   let stmts: Array<{ stmt?: Json }>;
   try {
@@ -261,7 +275,7 @@ function planOf(sql: string): StepPlan {
     // a syntax error: PostgreSQL reports it itself when the step runs
     const e = err as { sqlDetails?: unknown; message?: unknown };
     if (e.sqlDetails !== undefined && !/memory|stack depth/i.test(String(e.message)))
-      return { kind: 'transaction' };
+      return UNPARSED;
     // anything else (the parser out of memory, say) leaves the text unchecked: it does not run
     return {
       kind: 'refuse',

@@ -184,6 +184,9 @@ export class StepPool {
     const resets = [
       `SET ROLE ${quoteIdent(id.roleName)}`,
       ...settings,
+      // the step check (sqlcheck.ts) reads texts as PostgreSQL does with it on: a role or server
+      // setting it off would lex a backslash before a quote otherwise than the check did
+      'SET standard_conforming_strings = on',
       `SET df.in_workflow = 'true'`,
     ];
     await client.query(resets.join('; '));

@@ -18,7 +18,7 @@ beforeAll(async () => {
 });
 
 describe("a role's settings in its step sessions", () => {
-  it('are applied as values, whatever standard_conforming_strings the role sets', async () => {
+  it('are applied as values, whatever standard_conforming_strings the role sets, which steps run with on', async () => {
     const erin = await db.role('erin');
     const c = await db.connect(erin.url);
     // application_name keeps 63 bytes
@@ -37,7 +37,8 @@ describe("a role's settings in its step sessions", () => {
       expect(r.status).toBe('completed');
       expect(JSON.parse(r.result as string).rows[0]).toEqual({
         app: payload,
-        scs: 'off',
+        // steps run with it on, as the step check reads their texts (docs/executor.md, "Identity")
+        scs: 'on',
         who: erin.name,
       });
     }
