@@ -30,6 +30,7 @@ export interface WorkerOptions {
 /** Starts `dfgate worker` against `url` (a superuser's, migrated) with the step secret `secret`. */
 export function spawnWorker(url: string, secret: string, opts: WorkerOptions = {}): ChildProcess {
   const logs = process.env['DFGATE_TEST_WORKER_LOGS'];
+  if (logs) fs.mkdirSync(logs, { recursive: true });
   const out = opts.log
     ? 'pipe'
     : logs
