@@ -24,7 +24,7 @@ import {
   type BoundProblem,
   type Edge,
 } from './edge.js';
-import type { StepPlan } from '../executor/sqlcheck.js';
+import { UNPARSED, type StepPlan } from '../executor/sqlcheck.js';
 import type { CheckResult } from './check-expression.js';
 import type { EdgeAnswer, EdgeJob } from './edge-worker.js';
 import { FairQueue } from './fair-queue.js';
@@ -291,7 +291,15 @@ class Pool {
     return this.ask<StepPlan | { failed: string } | undefined>(
       owner,
       (id) => ({ id, step }),
-      (m) => ('plan' in m ? m.plan : 'failed' in m ? { failed: m.failed } : undefined),
+      // the one object the plan cache knows as a text it must not keep
+      (m) =>
+        'plan' in m
+          ? m.unparsed
+            ? UNPARSED
+            : m.plan
+          : 'failed' in m
+            ? { failed: m.failed }
+            : undefined,
       undefined,
       { budgetMs: STEP_CHECK_BUDGET_MS },
     );

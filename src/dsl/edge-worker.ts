@@ -10,7 +10,7 @@
 import { readlinkSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
-import { planUncached, type StepPlan } from '../executor/sqlcheck.js';
+import { planUncached, UNPARSED, type StepPlan } from '../executor/sqlcheck.js';
 import { checkNow, type CheckResult } from './check-expression.js';
 import { analyzeText, checkBound, type Analysis, type BoundProblem } from './edge.js';
 import { warmUp } from './edge-warm.js';
@@ -27,7 +27,8 @@ export type EdgeJob =
 export type EdgeAnswer =
   | { readonly id: number; readonly analysis: Analysis }
   | { readonly id: number; readonly problem: BoundProblem | null }
-  | { readonly id: number; readonly plan: StepPlan }
+  /** `unparsed`: the parser could not read the text (sqlcheck.ts, UNPARSED). */
+  | { readonly id: number; readonly plan: StepPlan; readonly unparsed?: true }
   | { readonly id: number; readonly checked: CheckResult }
   | { readonly id: number; readonly warmed: true }
   /** The job threw (caught, so the worker lives on): treated as abandoned. */
@@ -60,6 +61,10 @@ function firstProblem(values: readonly string[]): BoundProblem | undefined {
   return undefined;
 }
 
+function planAnswer(id: number, plan: StepPlan): EdgeAnswer {
+  return plan === UNPARSED ? { id, plan, unparsed: true } : { id, plan };
+}
+
 function warmed(id: number, rounds: number): EdgeAnswer {
   warmUp(rounds);
   return { id, warmed: true };
@@ -87,7 +92,7 @@ function answerOf(job: EdgeJob): EdgeAnswer {
   return 'bound' in job
     ? { id: job.id, problem: firstProblem(job.bound) ?? null }
     : 'step' in job
-      ? { id: job.id, plan: planUncached(job.step) }
+      ? planAnswer(job.id, planUncached(job.step))
       : 'check' in job
         ? { id: job.id, checked: checkNow(job.check) }
         : 'warm' in job

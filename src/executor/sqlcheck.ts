@@ -262,9 +262,10 @@ export function planUncached(sql: string): StepPlan {
  * The plan of a text the parser cannot read: PostgreSQL reports the syntax
  * error when the step runs. Never cached: a text of the same planKey that
  * does parse (a number that only fits where the other's does not) is
- * checked on its own.
+ * checked on its own. A compile worker's answer says so (`unparsed`), its
+ * copy of the plan being another object.
  */
-const UNPARSED: StepPlan = Object.freeze({ kind: 'transaction' });
+export const UNPARSED: StepPlan = Object.freeze({ kind: 'transaction' });
 
 function planOf(sql: string): StepPlan {
   let stmts: Array<{ stmt?: Json }>;

@@ -175,6 +175,23 @@ describe('the plan cache (hostile review)', () => {
       expect(planStep(good as string)).toMatchObject({ kind: 'refuse' });
     }
   });
+
+  it('nor does one checked in a compile worker (over PLAN_INLINE_MAX)', async () => {
+    const pad = `/* ${'x'.repeat(PLAN_INLINE_MAX)} */ `;
+    const bad = planStepSoon(
+      `${pad}DECLARE c CURSOR WITH HOLD FOR SELECT 2::float(0)`,
+      STEP_TEXT_MAX,
+      'role:1',
+    );
+    expect(bad).toBeInstanceOf(Promise);
+    expect(await bad).toEqual({ kind: 'transaction' });
+    const good = await planStepSoon(
+      `${pad}DECLARE c CURSOR WITH HOLD FOR SELECT 2::float(5)`,
+      STEP_TEXT_MAX,
+      'role:1',
+    );
+    expect(good).toMatchObject({ kind: 'refuse' });
+  });
 });
 
 describe("texts whose parse could exhaust the parser's stack (hostile review)", () => {
