@@ -18,35 +18,10 @@ import {
   stepPassword,
 } from './identity.js';
 import { runTrip } from './one-trip.js';
+import { isRetryable } from './step-errors.js';
+
+export { isRetryable };
 import { planKey, planStepSoon, stepTextMax } from './sqlcheck.js';
-
-/** Infrastructure errors: roll back and run the step again (DESIGN.md §4 "Errors"). */
-export const RETRYABLE = new Set([
-  '40001',
-  '40P01',
-  '57P01',
-  '57P02',
-  '57P03',
-  '53300',
-  '25006',
-  '08000',
-  '08003',
-  '08006',
-  '08001',
-  '08004',
-]);
-
-export function isRetryable(err: unknown): boolean {
-  const code = (err as { code?: string }).code;
-  // a stray $1 in a step: 08P01 (protocol violation) from the Bind, a step error, not a lost connection
-  if (code === '08P01' && /^bind message supplies /.test(String((err as Error).message)))
-    return false;
-  if (typeof code === 'string') return RETRYABLE.has(code) || code.startsWith('08');
-  // a lost connection surfaces without a SQLSTATE
-  return /Connection terminated|not queryable|ECONNRESET|ECONNREFUSED|EPIPE|connection.*(lost|closed)/i.test(
-    String((err as Error).message),
-  );
-}
 
 export interface StepIdentity {
   readonly roleName: string;
@@ -101,6 +76,8 @@ interface StepConn {
   clean: boolean;
   /** The session reset after the previous step: the connection is used only once it succeeded. */
   ready: Promise<boolean>;
+  /** client_encoding as the server last reported it (ParameterStatus). */
+  encoding: string;
 }
 
 export class StepPool {
@@ -187,10 +164,25 @@ export class StepPool {
       // the step check (sqlcheck.ts) reads texts as PostgreSQL does with it on: a role or server
       // setting it off would lex a backslash before a quote otherwise than the check did
       'SET standard_conforming_strings = on',
+      // and dfgate's messages are UTF-8: read in another encoding, a result's literal in the
+      // checkpoint could end early (a lead byte before its escaping backslash)
+      `SET client_encoding = 'UTF8'`,
       `SET df.in_workflow = 'true'`,
     ];
+    const conn: StepConn = {
+      client,
+      resets,
+      broken: false,
+      clean: false,
+      ready: Promise.resolve(true),
+      encoding: 'UTF8',
+    };
+    const con = (client as unknown as { connection: NodeJS.EventEmitter }).connection;
+    con.on('parameterStatus', (m: { parameterName: string; parameterValue: string }) => {
+      if (m.parameterName === 'client_encoding') conn.encoding = m.parameterValue;
+    });
     await client.query(resets.join('; '));
-    return { client, resets, broken: false, clean: false, ready: Promise.resolve(true) };
+    return conn;
   }
 
   private async provision(id: StepIdentity): Promise<string> {
@@ -393,6 +385,8 @@ export async function runSqlStep(
         if (isRetryable(err)) throw err;
         return await failed(err);
       }
+      const moved = encodingMoved(conn);
+      if (moved) return moved;
       await c.query('BEGIN');
       const event = await record('done', { result });
       await c.query('COMMIT');
@@ -417,6 +411,11 @@ export async function runSqlStep(
       // over the cap the connection is gone, and its transaction with it
       if (!(err instanceof ResultTooLargeError)) await c.query('ROLLBACK').catch(() => undefined);
       return await failed(err);
+    }
+    const moved = encodingMoved(conn);
+    if (moved) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      return moved;
     }
     // the statement ran while the attempt mark was on its way: without the mark nothing commits
     if (!(await markedOk())) {
@@ -474,6 +473,21 @@ export async function runSqlStep(
       error: `SQL execution failed: the step's outcome could not be recorded: ${msg}`,
     };
   }
+}
+
+/**
+ * A step that changed client_encoding (SET, set_config, a function that
+ * does) fails, recorded through the control connection: dfgate's own
+ * messages on this connection, the checkpoint with the step's result in it,
+ * would be read in that encoding. The connection is not used again.
+ */
+function encodingMoved(conn: StepConn): StepOutcome | undefined {
+  if (conn.encoding === 'UTF8') return undefined;
+  conn.broken = true;
+  return {
+    k: 'unrecorded',
+    error: `SQL execution failed: the step set client_encoding to ${conn.encoding}; steps run with UTF8`,
+  };
 }
 
 /**

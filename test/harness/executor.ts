@@ -57,8 +57,16 @@ export function stepConn(client: pg.Client): {
   broken: boolean;
   clean: boolean;
   ready: Promise<boolean>;
+  encoding: string;
 } {
-  return { client, resets: [], broken: false, clean: false, ready: Promise.resolve(true) };
+  return {
+    client,
+    resets: [],
+    broken: false,
+    clean: false,
+    ready: Promise.resolve(true),
+    encoding: 'UTF8',
+  };
 }
 
 /** Counts the ReadyForQuery messages `client` receives from now on: one per round trip. */

@@ -50,3 +50,33 @@ describe("a role's settings in its step sessions", () => {
     await c.end();
   });
 });
+
+describe('client_encoding in step sessions', () => {
+  it('is UTF8 whatever the role sets; a step that changes it fails, and nothing of it commits', async () => {
+    const fay = await db.role('fay');
+    const c = await db.connect(fay.url);
+    await c.query(`ALTER ROLE CURRENT_USER SET client_encoding = 'SJIS'`);
+    await c.query(`CREATE TABLE fay_t (n int)`);
+    const run = async (step: string): Promise<{ status: string; result: unknown }> => {
+      const id = (await c.query(`SELECT df.start($1) AS id`, [step])).rows[0].id as string;
+      return await finished(c, id);
+    };
+    const ok = await run(`SELECT current_setting('client_encoding') AS enc`);
+    expect(ok.status).toBe('completed');
+    expect(JSON.parse(ok.result as string).rows[0]).toEqual({ enc: 'UTF8' });
+    // its result would be read in SJIS inside the checkpoint's message
+    const moved = await run(
+      `WITH w AS (INSERT INTO fay_t VALUES (1)) SELECT set_config('client_encoding', 'SJIS', false) AS x`,
+    );
+    expect(moved.status).toBe('failed');
+    expect(
+      (await c.query(`SELECT error FROM df.instances ORDER BY created_at DESC LIMIT 1`)).rows[0]
+        .error,
+    ).toContain('the step set client_encoding to SJIS; steps run with UTF8');
+    expect((await db.admin.query(`SELECT count(*)::int AS n FROM fay_t`)).rows[0].n).toBe(0);
+    // the next step of the role finds UTF8 again
+    const after = await run(`SELECT current_setting('client_encoding') AS enc`);
+    expect(JSON.parse(after.result as string).rows[0]).toEqual({ enc: 'UTF8' });
+    await c.end();
+  });
+});
