@@ -7,7 +7,7 @@ import { metrics } from '../metrics.js';
 import type { Action } from './core.js';
 import type { RunnerContext } from './context.js';
 import { HttpStepError, idempotencyKey, sendHttp } from './http.js';
-import { isRetryable } from './steps.js';
+import { isRetryable } from './step-errors.js';
 import type { InstanceRow } from './store.js';
 
 export async function httpStep(

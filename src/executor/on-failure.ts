@@ -7,7 +7,8 @@
  * `dfgate:on_failure:<id>` makes a repeat after a crash return the same child.
  */
 import type { Logger } from 'pino';
-import { isRetryable, type StepIdentity, type StepPool } from './steps.js';
+import { isRetryable } from './step-errors.js';
+import type { StepIdentity, StepPool } from './steps.js';
 import type { InstanceRow } from './store.js';
 
 /** The child's id, or null (no on_failure, or it cannot start: logged, and the instance fails anyway). */

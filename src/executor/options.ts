@@ -3,7 +3,8 @@ import { Cron } from 'croner';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import type { ControlStore } from './store.js';
-import { isRetryable, type StepAuth } from './steps.js';
+import { isRetryable } from './step-errors.js';
+import type { StepAuth } from './steps.js';
 
 export interface ExecutorOptions {
   /** The executor's control login (member of df_executor). */

@@ -18,10 +18,8 @@ import {
   stepPassword,
 } from './identity.js';
 import { runTrip } from './one-trip.js';
-import { isRetryable } from './step-errors.js';
-
-export { isRetryable };
 import { planKey, planStepSoon, stepTextMax } from './sqlcheck.js';
+import { isRetryable } from './step-errors.js';
 
 export interface StepIdentity {
   readonly roleName: string;
